@@ -1,0 +1,121 @@
+"""The branched (tree-structured) multi-task model.
+
+One copy of backbone block ``i`` per task set of ``layout.blocks[i]``; one head per task. Images
+come in as [0, 1] tensors; the paper's normalisation (0-255 minus per-channel means, no std) is
+inside the model, so attacks work in [0, 1] pixel space. Each task set's block runs once per
+forward, so a shared block is computed once however many tasks use it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.models.backbones import build_backbone
+from benchmark.models.heads import ASPPHead
+from benchmark.models.layouts import Layout
+
+__all__ = ["PAPER_MEAN", "BranchedModel", "ModelConfig", "set_key"]
+
+#: Per-channel means subtracted from 0-255 images by the paper's code.
+PAPER_MEAN = (104.008, 116.669, 122.679)
+
+
+def set_key(task_set) -> str:
+    """Module-name key of a task set, e.g. ``{0, 2}`` -> ``"0_2"``."""
+    return "_".join(str(t) for t in sorted(task_set))
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a :class:`BranchedModel` (stored in ``config.json``)."""
+
+    layout: str
+    tasks: dict[str, int]  # task name -> output channels, in task-id order
+    backbone: str = "resnet34"
+    width: float = 1.0
+    output_stride: int | None = None
+    head_hidden: int | None = None  # default: 1024 x width
+    head_rates: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class BranchedModel(nn.Module):
+    def __init__(self, layout: Layout | str, tasks: dict[str, int] | Sequence[tuple[str, int]], *,
+                 backbone: str = "resnet34", width: float = 1.0, output_stride: int | None = None,
+                 head_hidden: int | None = None, head_rates: Sequence[int] = (6, 12, 18, 24)) -> None:
+        super().__init__()
+        tasks = dict(tasks)
+        if isinstance(layout, str):
+            layout = Layout.parse(layout, num_tasks=len(tasks))
+        layout.check(num_tasks=len(tasks))
+        spec = build_backbone(backbone, width=width, output_stride=output_stride)
+        layout.check(num_blocks=len(spec.blocks))
+        self.layout = layout
+        self.task_names = list(tasks)
+        hidden = head_hidden if head_hidden is not None else max(8, round(1024 * width))
+        self.config = ModelConfig(layout=str(layout), tasks=tasks, backbone=backbone, width=width,
+                                  output_stride=spec.output_stride, head_hidden=hidden,
+                                  head_rates=list(head_rates))
+        # Every copy of a block starts from the same initial weights (as TreeMTL's copies of a
+        # pretrained backbone do); training makes them diverge.
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict({set_key(s): copy.deepcopy(proto) for s in task_sets})
+            for proto, task_sets in zip(spec.blocks, layout.blocks, strict=True)
+        )
+        self.heads = nn.ModuleDict({
+            name: ASPPHead(spec.feature_dim, channels, hidden=hidden, rates=head_rates)
+            for name, channels in tasks.items()
+        })
+        self.register_buffer("mean", torch.tensor(PAPER_MEAN).view(1, 3, 1, 1), persistent=False)
+        # (block, task-set key, parent key) in execution order
+        self._plan = [
+            (i, set_key(s), None if i == 0 else set_key(layout.parent(i, s)))
+            for i, task_sets in enumerate(layout.blocks) for s in task_sets
+        ]
+        last = layout.num_blocks - 1
+        self._head_input = {name: set_key(layout.task_set(last, t)) for t, name in enumerate(self.task_names)}
+
+    @classmethod
+    def from_config(cls, config: ModelConfig | dict) -> BranchedModel:
+        cfg = config if isinstance(config, ModelConfig) else ModelConfig(**config)
+        return cls(cfg.layout, cfg.tasks, backbone=cfg.backbone, width=cfg.width,
+                   output_stride=cfg.output_stride, head_hidden=cfg.head_hidden, head_rates=cfg.head_rates)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 255.0 - self.mean.to(x.dtype)
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Output of the last block for each task set of the last block."""
+        h = self.normalize(x)
+        outs: dict[str, torch.Tensor] = {}
+        prev: dict[str, torch.Tensor] = {}
+        current_block = 0
+        for block, key, parent in self._plan:
+            if block != current_block:
+                prev, outs, current_block = outs, {}, block
+            outs[key] = self.blocks[block][key](h if parent is None else prev[parent])
+        return outs
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.features(x)
+        size = x.shape[-2:]
+        return {
+            name: F.interpolate(self.heads[name](feats[key]), size=size, mode="bilinear", align_corners=False)
+            for name, key in self._head_input.items()
+        }
+
+    # ------------------------------------------------------------------ accounting
+    def backbone_parameters(self) -> int:
+        """Number of backbone parameters (heads excluded), as the paper's tables count them."""
+        return sum(p.numel() for p in self.blocks.parameters())
+
+    def head_parameters(self) -> int:
+        return sum(p.numel() for p in self.heads.parameters())

@@ -1,0 +1,416 @@
+"""Dense-prediction tasks: output channels, per-sample losses and streaming metrics.
+
+The losses and metrics follow the paper's code (see ``shared/paper/CODE-NOTES.md``):
+
+* segmentation: cross-entropy with ignore index 255; per sample, the sum over valid pixels
+  divided by the number of valid pixels (Taskonomy: class-weighted, divided by the summed weights).
+* normal: 1 - cosine similarity of the L2-normalised prediction and target over valid pixels.
+* depth: L1 over valid pixels (the mask when given, else target > 0).
+* keypoint, edge: L1 over pixels whose target is not 255.
+
+Targets are a dict: ``targets[task_name]`` is the task's ground truth and the optional
+``targets["mask"]`` (B, 1, H, W) marks valid pixels for normal and depth.
+
+Metrics are small stateful objects (``update``/``compute``/``reset``/``merge``) that stream
+over batches, so a full test split never sits in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DATASET_TASKS",
+    "IGNORE_INDEX",
+    "Task",
+    "TaskMetric",
+    "get_tasks",
+    "list_datasets",
+    "register_dataset_tasks",
+    "total_loss",
+]
+
+IGNORE_INDEX = 255
+_EPS = 1e-8
+
+
+# ====================================================================== metrics
+class TaskMetric(ABC):
+    """Streaming metric: sufficient statistics in float64 tensors, mergeable across workers."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    @abstractmethod
+    def reset(self) -> None: ...
+
+    @abstractmethod
+    def update(self, pred: torch.Tensor, targets: dict[str, torch.Tensor]) -> None: ...
+
+    @abstractmethod
+    def compute(self) -> dict[str, float]: ...
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+
+    def merge(self, other: TaskMetric) -> TaskMetric:
+        """Add another metric's statistics into this one (same task, e.g. another worker)."""
+        if type(other) is not type(self):
+            raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
+        for name, value in other._state().items():
+            setattr(self, name, getattr(self, name) + value.to(getattr(self, name).device))
+        return self
+
+
+class SegmentationMetric(TaskMetric):
+    """mIoU (mean over classes that occur in prediction or target) and pixel accuracy, from a
+    streaming confusion matrix."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        super().__init__()
+
+    def reset(self) -> None:
+        self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, pred, targets):
+        target = _seg_target(targets)
+        label = pred.argmax(1)
+        valid = target != IGNORE_INDEX
+        idx = target[valid].long() * self.num_classes + label[valid].long()
+        counts = torch.bincount(idx, minlength=self.num_classes**2).to(torch.float64).cpu()
+        self.confusion += counts.view(self.num_classes, self.num_classes)
+
+    def compute(self):
+        conf = self.confusion
+        tp = conf.diag()
+        union = conf.sum(0) + conf.sum(1) - tp
+        present = union > 0
+        miou = (tp[present] / union[present]).mean().item() if present.any() else float("nan")
+        total = conf.sum().item()
+        return {"mIoU": miou, "pixel_acc": tp.sum().item() / total if total else float("nan")}
+
+
+class SegmentationErrorMetric(TaskMetric):
+    """Taskonomy's segmentation ``err``: the mean per-sample (class-weighted) cross-entropy."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        super().__init__()
+
+    def reset(self):
+        self.total = torch.zeros((), dtype=torch.float64)
+        self.count = torch.zeros((), dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, pred, targets):
+        losses = self.task.loss(pred, targets)
+        self.total += losses.double().sum().cpu()
+        self.count += losses.numel()
+
+    def compute(self):
+        return {"err": (self.total / self.count).item() if self.count else float("nan")}
+
+
+class NormalMetric(TaskMetric):
+    """Angle error (degrees) between prediction and target normals over valid pixels: mean,
+    median (from a 0.01-degree histogram, so it streams) and % within 11.25/22.5/30 degrees."""
+
+    BINS = 18000  # 0.01 degree
+
+    def reset(self):
+        self.hist = torch.zeros(self.BINS, dtype=torch.float64)
+        self.sum = torch.zeros((), dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, pred, targets):
+        cos, valid = _normal_cosine(pred, targets)
+        angles = torch.rad2deg(torch.acos(cos[valid].double().clamp(-1, 1)))
+        self.sum += angles.sum().cpu()
+        bins = (angles * (self.BINS / 180.0)).long().clamp_(0, self.BINS - 1)
+        self.hist += torch.bincount(bins, minlength=self.BINS).double().cpu()
+
+    def compute(self):
+        n = self.hist.sum().item()
+        if not n:
+            return dict.fromkeys(("mean", "median", "within_11.25", "within_22.5", "within_30"), float("nan"))
+        cdf = self.hist.cumsum(0)
+        median_bin = int(torch.searchsorted(cdf, torch.tensor(n / 2, dtype=torch.float64)).item())
+        width = 180.0 / self.BINS
+
+        def within(deg: float) -> float:
+            return 100.0 * self.hist[: round(deg / width)].sum().item() / n
+
+        return {
+            "mean": self.sum.item() / n,
+            "median": (median_bin + 0.5) * width,
+            "within_11.25": within(11.25),
+            "within_22.5": within(22.5),
+            "within_30": within(30.0),
+        }
+
+
+class CosineSimilarityMetric(TaskMetric):
+    """Taskonomy's normal ``cosine_similarity``: mean cosine over valid pixels."""
+
+    def reset(self):
+        self.sum = torch.zeros((), dtype=torch.float64)
+        self.count = torch.zeros((), dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, pred, targets):
+        cos, valid = _normal_cosine(pred, targets)
+        self.sum += cos[valid].double().sum().cpu()
+        self.count += valid.sum().cpu()
+
+    def compute(self):
+        return {"cosine_similarity": (self.sum / self.count).item() if self.count else float("nan")}
+
+
+class DepthMetric(TaskMetric):
+    """NYUv2 depth: abs_err, rel_err and the share of pixels with max(p/g, g/p) < 1.25^k."""
+
+    def reset(self):
+        self.abs = torch.zeros((), dtype=torch.float64)
+        self.rel = torch.zeros((), dtype=torch.float64)
+        self.deltas = torch.zeros(3, dtype=torch.float64)
+        self.count = torch.zeros((), dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, pred, targets):
+        target = targets[self.task_name].to(pred.dtype)
+        valid = _depth_valid(target, targets)
+        p, g = pred[valid].double(), target[valid].double()
+        err = (p - g).abs()
+        self.abs += err.sum().cpu()
+        self.rel += (err / g.clamp_min(_EPS)).sum().cpu()
+        ratio = torch.maximum(p / g.clamp_min(_EPS), g / p.clamp_min(_EPS))
+        ratio = torch.where(p > 0, ratio, torch.full_like(ratio, math.inf))
+        for k in range(3):
+            self.deltas[k] += (ratio < 1.25 ** (k + 1)).sum().cpu()
+        self.count += valid.sum().cpu()
+
+    def __init__(self, task_name: str) -> None:
+        self.task_name = task_name
+        super().__init__()
+
+    def compute(self):
+        n = self.count.item()
+        if not n:
+            return dict.fromkeys(("abs_err", "rel_err", "delta_1.25", "delta_1.25^2", "delta_1.25^3"), float("nan"))
+        d = (self.deltas / n * 100.0).tolist()
+        return {"abs_err": self.abs.item() / n, "rel_err": self.rel.item() / n,
+                "delta_1.25": d[0], "delta_1.25^2": d[1], "delta_1.25^3": d[2]}
+
+
+class L1ErrorMetric(TaskMetric):
+    """Mean absolute error over the valid pixels of a task (Taskonomy depth, keypoint, edge)."""
+
+    def __init__(self, task: Task, metric_name: str) -> None:
+        self.task, self.metric_name = task, metric_name
+        super().__init__()
+
+    def reset(self):
+        self.sum = torch.zeros((), dtype=torch.float64)
+        self.count = torch.zeros((), dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, pred, targets):
+        err, valid = self.task.pixel_error(pred, targets)
+        self.sum += (err * valid).double().sum().cpu()
+        self.count += valid.double().sum().cpu()
+
+    def compute(self):
+        return {self.metric_name: (self.sum / self.count).item() if self.count else float("nan")}
+
+
+# ====================================================================== helpers
+def _seg_target(targets: dict[str, torch.Tensor], name: str = "segment_semantic") -> torch.Tensor:
+    t = targets[name]
+    return t[:, 0] if t.dim() == 4 else t
+
+
+def _mask(targets: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The optional shared valid mask as a bool (B, 1, H, W) tensor, or all-true."""
+    m = targets.get("mask")
+    if m is None:
+        return torch.ones(like.shape[0], 1, *like.shape[-2:], dtype=torch.bool, device=like.device)
+    return (m > 0) if m.dim() == 4 else (m > 0).unsqueeze(1)
+
+
+def _normal_cosine(pred: torch.Tensor, targets: dict[str, torch.Tensor], name: str = "normal"):
+    """Per-pixel cosine (B, H, W) and the valid-pixel mask (B, H, W)."""
+    target = targets[name].to(pred.dtype)
+    valid = (target != IGNORE_INDEX).all(1) & _mask(targets, target)[:, 0]
+    valid &= target.abs().sum(1) > 0
+    cos = F.cosine_similarity(F.normalize(pred, dim=1, eps=_EPS), F.normalize(target, dim=1, eps=_EPS), dim=1)
+    return cos, valid
+
+
+def _depth_valid(target: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    if targets.get("mask") is not None:
+        return _mask(targets, target) & (target != IGNORE_INDEX)
+    return target > 0
+
+
+def _per_sample_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over ``valid`` pixels of each sample (0 where a sample has none)."""
+    v = valid.to(values.dtype)
+    dims = tuple(range(1, values.dim()))
+    return (values * v).sum(dims) / v.sum(dims).clamp_min(1.0)
+
+
+# ====================================================================== tasks
+@dataclass
+class Task:
+    """A dense-prediction task.
+
+    ``kind`` is one of ``segmentation``, ``normal``, ``depth``, ``l1`` (keypoint/edge).
+    ``metrics`` maps each metric name to True when higher is better.
+    """
+
+    name: str
+    kind: str
+    channels: int
+    metrics: dict[str, bool]
+    dataset: str
+    class_weights: torch.Tensor | None = None
+    label: str = ""
+    _metric_factory: Callable[[Task], TaskMetric] | None = field(default=None, repr=False)
+
+    # ---------------------------------------------------------------- loss
+    def loss(self, pred: torch.Tensor, targets: dict[str, torch.Tensor], reduction: str = "none") -> torch.Tensor:
+        """Per-sample loss of shape (B,) (``reduction="none"``), or the batch loss of the paper's
+        code (``"mean"``): pixel-weighted over the whole batch, which equals the mean of the
+        per-sample losses when every sample has the same number of valid pixels."""
+        if reduction not in ("none", "mean"):
+            raise ValueError(f"reduction must be 'none' or 'mean', got {reduction!r}")
+        values, weights = self._pixel_loss(pred, targets)
+        dims = tuple(range(1, values.dim()))
+        if reduction == "mean":
+            return (values * weights).sum() / weights.sum().clamp_min(_EPS)
+        return (values * weights).sum(dims) / weights.sum(dims).clamp_min(_EPS)
+
+    def _pixel_loss(self, pred, targets) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-pixel loss values and their weights (0 for invalid pixels)."""
+        if self.kind == "segmentation":
+            target = _seg_target(targets, self.name).long()
+            valid = target != IGNORE_INDEX
+            safe = torch.where(valid, target, torch.zeros_like(target))
+            values = F.cross_entropy(pred, safe, reduction="none")
+            if self.class_weights is not None:
+                w = self.class_weights.to(pred.device, pred.dtype)[safe]
+                return values, w * valid
+            return values, valid.to(pred.dtype)
+        if self.kind == "normal":
+            cos, valid = _normal_cosine(pred, targets, self.name)
+            return 1.0 - cos, valid.to(pred.dtype)
+        err, valid = self.pixel_error(pred, targets)
+        return err, valid.to(pred.dtype)
+
+    def pixel_error(self, pred, targets) -> tuple[torch.Tensor, torch.Tensor]:
+        """Absolute error per pixel and the valid mask, for the L1 tasks (depth, keypoint, edge)."""
+        target = targets[self.name].to(pred.dtype)
+        valid = _depth_valid(target, targets) if self.kind == "depth" else target != IGNORE_INDEX
+        return (pred - target).abs(), valid
+
+    # ---------------------------------------------------------------- metrics
+    def new_metric(self) -> TaskMetric:
+        if self._metric_factory is None:
+            raise ValueError(f"task {self.name!r} of {self.dataset!r} has no metric")
+        return self._metric_factory(self)
+
+    def higher_is_better(self, metric: str) -> bool:
+        return self.metrics[metric]
+
+    def trivial_prediction(self, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A constant prediction (majority class / mean value / mean direction over the batch's
+        valid pixels): the baseline any trained model must clearly beat."""
+        ref = targets[self.name]
+        b, h, w = ref.shape[0], ref.shape[-2], ref.shape[-1]
+        out = torch.zeros(b, self.channels, h, w, device=ref.device)
+        if self.kind == "segmentation":
+            target = _seg_target(targets, self.name)
+            counts = torch.bincount(target[target != IGNORE_INDEX].long().flatten(), minlength=self.channels)
+            out[:, counts.argmax()] = 1.0
+        elif self.kind == "normal":
+            _, valid = _normal_cosine(out + 1, targets, self.name)
+            mean = (ref.float() * valid.unsqueeze(1)).sum((0, 2, 3))
+            out += F.normalize(mean, dim=0).view(1, 3, 1, 1)
+        else:
+            _, valid = self.pixel_error(out, targets)
+            vals = ref.float()[valid]
+            out += vals.median() if vals.numel() else 0.0
+        return out
+
+
+TaskFactory = Callable[..., list[Task]]
+DATASET_TASKS: dict[str, TaskFactory] = {}
+
+
+def register_dataset_tasks(name: str) -> Callable[[TaskFactory], TaskFactory]:
+    def deco(fn: TaskFactory) -> TaskFactory:
+        DATASET_TASKS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_datasets() -> list[str]:
+    return sorted(DATASET_TASKS)
+
+
+def get_tasks(dataset: str, **options) -> list[Task]:
+    """The tasks of ``dataset`` in task-id order (the layout's task ids index this list)."""
+    if dataset not in DATASET_TASKS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(list_datasets())}")
+    return DATASET_TASKS[dataset](**options)
+
+
+@register_dataset_tasks("nyuv2")
+def nyuv2_tasks() -> list[Task]:
+    return [
+        Task("segment_semantic", "segmentation", 40, {"mIoU": True, "pixel_acc": True}, "nyuv2",
+             label="Segm", _metric_factory=lambda t: SegmentationMetric(t.channels)),
+        Task("normal", "normal", 3,
+             {"mean": False, "median": False, "within_11.25": True, "within_22.5": True, "within_30": True},
+             "nyuv2", label="Norm", _metric_factory=lambda t: NormalMetric()),
+        Task("depth_zbuffer", "depth", 1,
+             {"abs_err": False, "rel_err": False, "delta_1.25": True, "delta_1.25^2": True, "delta_1.25^3": True},
+             "nyuv2", label="Dept", _metric_factory=lambda t: DepthMetric(t.name)),
+    ]
+
+
+@register_dataset_tasks("taskonomy")
+def taskonomy_tasks(class_weights: torch.Tensor | None = None) -> list[Task]:
+    """Tiny-Taskonomy. ``class_weights`` is the 17-entry ``semseg_prior_factor.npy`` of the data
+    root (uniform when not given)."""
+    if class_weights is not None:
+        class_weights = torch.as_tensor(class_weights, dtype=torch.float32).flatten()
+        if class_weights.numel() != 17:
+            raise ValueError(f"Taskonomy segmentation needs 17 class weights, got {class_weights.numel()}")
+    return [
+        Task("segment_semantic", "segmentation", 17, {"err": False}, "taskonomy", class_weights, label="Segm",
+             _metric_factory=lambda t: SegmentationErrorMetric(t)),
+        Task("normal", "normal", 3, {"cosine_similarity": True}, "taskonomy", label="Norm",
+             _metric_factory=lambda t: CosineSimilarityMetric()),
+        Task("depth_zbuffer", "depth", 1, {"abs_err": False}, "taskonomy", label="Dept",
+             _metric_factory=lambda t: L1ErrorMetric(t, "abs_err")),
+        Task("keypoints2d", "l1", 1, {"key_err": False}, "taskonomy", label="Keyp",
+             _metric_factory=lambda t: L1ErrorMetric(t, "key_err")),
+        Task("edge_texture", "l1", 1, {"edge_err": False}, "taskonomy", label="Edge",
+             _metric_factory=lambda t: L1ErrorMetric(t, "edge_err")),
+    ]
+
+
+def total_loss(tasks: list[Task], outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+               reduction: str = "mean") -> torch.Tensor:
+    """Sum of the task losses (per sample with ``reduction="none"``)."""
+    return sum(t.loss(outputs[t.name], targets, reduction) for t in tasks)
