@@ -75,6 +75,59 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- attacks
+def cmd_attacks_list(args: argparse.Namespace) -> int:
+    from benchmark.attacks import list_attacks
+    from benchmark.attacks.registry import ATTACKS
+
+    names = list_attacks(args.pattern)
+    if not names:
+        raise UserError(f"no attack matches {args.pattern!r}; try 'mtlbench attacks list'")
+    table = Table(title=f"attacks ({len(names)})")
+    table.add_column("attack")
+    table.add_column("optimizer")
+    table.add_column("objective")
+    table.add_column("defined in")
+    for name in names:
+        opt, _, obj = name.partition(":")
+        table.add_row(name, opt, obj or "(complete attack)", ATTACKS[opt].__module__)
+    console.print(table)
+    return 0
+
+
+# ---------------------------------------------------------------------- data
+def cmd_data_preview(args: argparse.Namespace) -> int:
+    from benchmark.data import load_dataset, save_preview
+
+    ds = load_dataset(args.dataset, args.split, root=args.data_root, size=max(args.rows, 1),
+                      resolution=args.resolution, seed=args.seed)
+    out = save_preview(ds, args.out, rows=args.rows, title=f"{args.dataset} ({args.split})")
+    console.print(f"wrote {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from benchmark.demo import run_demo
+
+    index = run_demo(args.out, steps=args.steps, resolution=args.resolution, seed=args.seed,
+                     device=_device(args.device), console=console)
+    console.print(f"leaderboard: [bold]{index.resolve()}[/]")
+    return 0
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return name
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtlbench", description=__doc__.splitlines()[0])
@@ -98,6 +151,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="resnet34")
     p.add_argument("--width", type=float, default=1.0)
     p.set_defaults(func=cmd_model_info)
+
+    attacks = sub.add_parser("attacks", help="registered attacks (optimizer x objective)")
+    asub = attacks.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = asub.add_parser("list", help="list attacks, e.g. 'apgd:*' or '*:gb-mta'")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.set_defaults(func=cmd_attacks_list)
+
+    data = sub.add_parser("data", help="data sets: synthetic scenes and real NYUv2/Taskonomy")
+    dsub = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = dsub.add_parser("preview", help="write a PNG grid of images and every task's ground truth")
+    p.add_argument("--dataset", default="synthetic-nyuv2",
+                   help="synthetic-nyuv2, synthetic-taskonomy, nyuv2 or taskonomy (the last two need --data-root)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--data-root", default=None, help="directory of a real data set")
+    p.add_argument("--rows", type=int, default=4)
+    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="preview.png")
+    p.set_defaults(func=cmd_data_preview)
+
+    p = sub.add_parser("demo", help="train tiny models on synthetic scenes and render a leaderboard site")
+    p.add_argument("--out", default="site", help="output directory of the site (default: site)")
+    p.add_argument("--steps", type=int, default=200, help="training steps per model")
+    p.add_argument("--resolution", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

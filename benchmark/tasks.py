@@ -248,7 +248,9 @@ def _mask(targets: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
 def _normal_cosine(pred: torch.Tensor, targets: dict[str, torch.Tensor], name: str = "normal"):
     """Per-pixel cosine (B, H, W) and the valid-pixel mask (B, H, W)."""
     target = targets[name].to(pred.dtype)
-    valid = (target != IGNORE_INDEX).all(1) & _mask(targets, target)[:, 0]
+    # as the paper's code: a pixel is valid when every channel is below 255 (NYUv2 stores normals
+    # as 0-255 PNG values, 255 marking missing data); a zero vector has no direction either
+    valid = (target.amax(1) < IGNORE_INDEX) & _mask(targets, target)[:, 0]
     valid &= target.abs().sum(1) > 0
     cos = F.cosine_similarity(F.normalize(pred, dim=1, eps=_EPS), F.normalize(target, dim=1, eps=_EPS), dim=1)
     return cos, valid

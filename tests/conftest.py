@@ -17,3 +17,22 @@ def paper_layouts() -> dict:
 def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_nyu():
+    """A tiny all-shared NYUv2 model trained briefly on synthetic scenes, with a test batch."""
+    from benchmark.data import SyntheticScenes
+    from benchmark.models import BranchedModel
+    from benchmark.tasks import get_tasks
+    from benchmark.zoo.train import TrainRecipe, train_model
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    tasks = get_tasks("nyuv2")
+    model = BranchedModel("AS", {t.name: t.channels for t in tasks}, width=0.125, head_hidden=24,
+                          head_rates=(1, 2, 3))
+    train = SyntheticScenes("nyuv2", "train", size=256, resolution=32)
+    train_model(model, tasks, train, TrainRecipe(steps=150, batch_size=16, lr=3e-3))
+    batch = SyntheticScenes("nyuv2", "test", size=8, resolution=32).render(range(8))
+    return model.eval(), tasks, batch

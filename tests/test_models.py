@@ -99,7 +99,7 @@ def test_normalisation_is_inside_the_model():
     model = BranchedModel("AS", NYU, width=0.125, head_hidden=8, head_rates=(1,))
     x = torch.rand(1, 3, 8, 8)
     h = model.normalize(x)
-    assert torch.allclose(h[0, 0], x[0, 0] * 255 - 104.008)
+    assert torch.allclose(h[0, 0], x[0, 2] * 255 - 104.008)  # blue channel first, as the paper's BGR
 
 
 def test_config_round_trip_rebuilds_the_same_model():

@@ -1,7 +1,7 @@
 """The branched (tree-structured) multi-task model.
 
 One copy of backbone block ``i`` per task set of ``layout.blocks[i]``; one head per task. Images
-come in as [0, 1] tensors; the paper's normalisation (0-255 minus per-channel means, no std) is
+come in as RGB [0, 1] tensors; the paper's normalisation (BGR 0-255 minus per-channel means, no std) is
 inside the model, so attacks work in [0, 1] pixel space. Each task set's block runs once per
 forward, so a shared block is computed once however many tasks use it.
 """
@@ -22,7 +22,7 @@ from benchmark.models.layouts import Layout
 
 __all__ = ["PAPER_MEAN", "BranchedModel", "ModelConfig", "set_key"]
 
-#: Per-channel means subtracted from 0-255 images by the paper's code.
+#: Per-channel means subtracted from 0-255 BGR images by the paper's code (BGR order).
 PAPER_MEAN = (104.008, 116.669, 122.679)
 
 
@@ -90,7 +90,8 @@ class BranchedModel(nn.Module):
                    output_stride=cfg.output_stride, head_hidden=cfg.head_hidden, head_rates=cfg.head_rates)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return x * 255.0 - self.mean.to(x.dtype)
+        """RGB [0, 1] -> the paper's input: BGR 0-255 minus the per-channel BGR means."""
+        return x.flip(1) * 255.0 - self.mean.to(x.dtype)
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Output of the last block for each task set of the last block."""

@@ -1,0 +1,68 @@
+"""Training a branched multi-task model with the paper's losses (sum of the task losses)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from benchmark.data.datasets import make_loader
+from benchmark.evaluation import to_device
+from benchmark.tasks import Task, total_loss
+
+__all__ = ["TrainRecipe", "train_model"]
+
+
+@dataclass
+class TrainRecipe:
+    """How a checkpoint was trained (stored in its ``config.json``)."""
+
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_model(model: torch.nn.Module, tasks: list[Task], dataset: Dataset, recipe: TrainRecipe, *,
+                device: torch.device | str = "cpu",
+                progress: Callable[[int, float], None] | None = None) -> dict[str, float]:
+    """Train ``model`` in place for ``recipe.steps`` optimiser steps over (reshuffled) epochs of
+    ``dataset``; deterministic for a given seed on a given device. Returns training statistics."""
+    torch.manual_seed(recipe.seed)
+    model.to(device).train()
+    if recipe.optimizer == "adam":
+        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    elif recipe.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {recipe.optimizer!r} (adam or sgd)")
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps) if recipe.schedule == "cosine"
+             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    step, epoch, start, last = 0, 0, time.perf_counter(), float("nan")
+    while step < recipe.steps:
+        loader = make_loader(dataset, recipe.batch_size, shuffle=True, seed=recipe.seed + epoch, drop_last=True)
+        for batch in loader:
+            batch = to_device(batch, device)
+            loss = total_loss(tasks, model(batch["image"]), batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            last = loss.item() if (step % 10 == 0 or step == recipe.steps) else last
+            if progress is not None:
+                progress(step, last)
+            if step >= recipe.steps:
+                break
+        epoch += 1
+    model.eval()
+    return {"steps": step, "epochs": epoch, "final_loss": last, "seconds": time.perf_counter() - start}
