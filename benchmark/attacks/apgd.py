@@ -1,0 +1,129 @@
+"""APGD (Croce & Hein 2020) for multi-task models, as the paper's Algorithm 3.
+
+Follows the AutoAttack reference implementation step for step: L-infinity random start, initial
+step 2 eps (``preset="paper"``: eps/steps, as the paper's runs), momentum 0.75 (none in the first
+step), checkpoints after ``0.22 n`` iterations and then every ``max(k - 0.03 n, 0.06 n)``, and at
+each checkpoint the step of a sample is halved, and it restarts from its best point, when
+
+1. the score rose in at most 75% of the steps since the last checkpoint, or
+2. the step was not halved at the last checkpoint and the best score has not improved since.
+
+The score that decides the best point and the checkpoints is the objective's: the task's loss for
+SINGLE-X (exactly the reference), and the paper's multi-task score sum_i (L_i - l_i)/l_i for GB-MTA
+and SIGNTOTAL. With restarts, each sample keeps its best point over all runs.
+
+Convention kept from the reference: the oscillation check compares the last k scores with their
+predecessors in a zero-initialised history, so the very first check compares the first score with
+the (still zero) end of the history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from benchmark.attacks.base import OptimizerAttack, clip_to_ball
+from benchmark.attacks.registry import register_attack
+from benchmark.errors import UserError
+
+__all__ = ["APGD", "APGDTrace"]
+
+
+@dataclass
+class APGDTrace:
+    """What one run did, per iteration: the score at the new point (B,) and the step size (B,)."""
+
+    scores: list[torch.Tensor] = field(default_factory=list)
+    step_sizes: list[torch.Tensor] = field(default_factory=list)
+    checkpoints: list[int] = field(default_factory=list)
+
+
+@register_attack("apgd")
+class APGD(OptimizerAttack):
+    def __init__(self, objective: str = "gb-mta", *, steps: int = 20, restarts: int = 1, rho: float = 0.75,
+                 momentum: float = 0.75, preset: str = "reference", random_start: bool = True) -> None:
+        super().__init__(objective)
+        if preset not in ("reference", "paper"):
+            raise UserError(f"unknown APGD preset {preset!r}; use 'reference' (step 2 eps) or 'paper' (eps/steps)")
+        if int(steps) < 1 or int(restarts) < 1:
+            raise UserError(f"APGD needs steps >= 1 and restarts >= 1, got {steps} and {restarts}")
+        self.steps, self.restarts, self.rho, self.momentum = int(steps), int(restarts), float(rho), float(momentum)
+        self.preset, self.random_start = preset, bool(random_start)
+        self.trace: APGDTrace | None = None
+
+    def initial_step(self, eps: float) -> float:
+        return 2.0 * eps if self.preset == "reference" else eps / self.steps
+
+    def perturb(self, model, images, targets, *, tasks, eps, generator):
+        objective = self.objective(tasks)
+        with torch.no_grad():
+            clean = objective.losses(model, images, targets)
+        best_x, best_score = None, None
+        for _ in range(self.restarts):
+            x, score = self._run(model, images, targets, objective, clean, eps, generator)
+            if best_x is None:
+                best_x, best_score = x, score
+            else:
+                better = score > best_score
+                best_x[better] = x[better]
+                best_score = torch.where(better, score, best_score)
+        return best_x.detach()
+
+    def _run(self, model, x, targets, objective, clean, eps, generator):
+        n = self.steps
+        n2, n_min, size_decr = max(int(0.22 * n), 1), max(int(0.06 * n), 1), max(int(0.03 * n), 1)
+        b = x.shape[0]
+        view = (-1,) + (1,) * (x.dim() - 1)
+        if self.random_start:
+            t = 2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1
+            x_adv = (x + eps * t / t.reshape(b, -1).abs().max(1)[0].reshape(view)).clamp(0.0, 1.0)
+        else:
+            x_adv = x.clone()
+        x_best = x_adv.clone()
+        history = torch.zeros(n, b, device=x.device)
+        grad, losses = objective.direction(model, self._start(x_adv), targets)
+        grad_best = grad.clone()
+        score_best = objective.score(losses, clean)
+        step = torch.full((b, *view[1:]), self.initial_step(eps), device=x.device, dtype=x.dtype)
+        x_adv_old = x_adv.clone()
+        k, counter = n2, 0
+        best_last_check = score_best.clone()
+        reduced_last_check = torch.ones(b, dtype=torch.bool, device=x.device)
+        trace = APGDTrace()
+        for i in range(n):
+            with torch.no_grad():
+                grad2 = x_adv - x_adv_old
+                x_adv_old = x_adv.clone()
+                a = self.momentum if i > 0 else 1.0
+                z = clip_to_ball(x_adv + step * grad.sign(), x, eps)
+                x_adv = clip_to_ball(x_adv + (z - x_adv) * a + grad2 * (1 - a), x, eps)
+            grad, losses = objective.direction(model, self._start(x_adv), targets)
+            with torch.no_grad():
+                score = objective.score(losses, clean)
+                history[i] = score
+                improved = score > score_best
+                x_best[improved] = x_adv[improved]
+                grad_best[improved] = grad[improved]
+                score_best = torch.where(improved, score, score_best)
+                trace.scores.append(score.detach().cpu())
+                trace.step_sizes.append(step.reshape(b).detach().cpu().clone())
+                counter += 1
+                if counter == k:
+                    rises = torch.zeros(b, device=x.device)
+                    for c in range(k):  # negative indices wrap around, as in the reference
+                        rises += (history[i - c] > history[i - c - 1]).float()
+                    oscillating = rises <= k * self.rho
+                    no_improvement = ~reduced_last_check & (best_last_check >= score_best)
+                    halve = oscillating | no_improvement
+                    reduced_last_check = halve.clone()
+                    best_last_check = score_best.clone()
+                    if halve.any():
+                        step[halve] /= 2.0
+                        x_adv[halve] = x_best[halve]
+                        grad[halve] = grad_best[halve]
+                    trace.checkpoints.append(i)
+                    counter = 0
+                    k = max(k - size_decr, n_min)
+        self.trace = trace
+        return x_best, score_best

@@ -1,0 +1,16 @@
+"""FGSM (Goodfellow et al. 2015): one step of size eps along the sign of the objective's direction."""
+
+from __future__ import annotations
+
+from benchmark.attacks.base import OptimizerAttack, clip_to_ball
+from benchmark.attacks.registry import register_attack
+
+__all__ = ["FGSM"]
+
+
+@register_attack("fgsm")
+class FGSM(OptimizerAttack):
+    def perturb(self, model, images, targets, *, tasks, eps, generator):
+        x = self._start(images)
+        direction, _ = self.objective(tasks).direction(model, x, targets)
+        return clip_to_ball(images + eps * direction.sign(), images, eps).detach()

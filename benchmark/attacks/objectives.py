@@ -1,0 +1,203 @@
+"""Multi-task attack objectives: what direction an optimizer follows, and what it maximises.
+
+An objective turns the per-sample, per-task losses ``L`` (B, T) of a model into
+
+* an ascent direction (B, C, H, W) w.r.t. the input, and
+* a per-sample score (B,) that iterative optimizers (APGD) use to keep their best point.
+
+The optimizer never knows which objective it follows; the objective never knows the optimizer.
+
+==============  ===========================================  ==========================================
+objective       direction                                    score
+==============  ===========================================  ==========================================
+single-X        grad L_X                                     L_X
+total           grad sum_i L_i                               sum_i L_i
+signtotal       sum_i sign(grad L_i)                         sum_i (L_i - l_i) / l_i
+gb-mta          sum_i grad L_i / L_i  (= grad sum_i log L_i)  sum_i (L_i - l_i) / l_i  (paper Alg. 3)
+==============  ===========================================  ==========================================
+
+``l_i`` is the clean loss of task i. GB-MTA needs one backward pass (of ``sum log L_i``);
+SIGNTOTAL needs the T per-task gradients, taken from one forward pass.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import torch
+
+from benchmark.errors import UserError
+from benchmark.tasks import Task
+
+__all__ = [
+    "OBJECTIVES",
+    "TASK_SHORT_NAMES",
+    "Objective",
+    "create_objective",
+    "list_objectives",
+    "register_objective",
+    "relative_score",
+]
+
+#: short names of the tasks in ``single-X`` objectives
+TASK_SHORT_NAMES = {"segment_semantic": "segment", "normal": "normal", "depth_zbuffer": "depth",
+                    "keypoints2d": "keypoint", "edge_texture": "edge"}
+_LOG_FLOOR = 1e-12
+
+
+def per_task_losses(model: torch.nn.Module, x: torch.Tensor, targets: dict[str, torch.Tensor],
+                    tasks: list[Task]) -> torch.Tensor:
+    """(B, T) per-sample losses of every task, with the graph to ``x``."""
+    outputs = model(x)
+    return torch.stack([t.loss(outputs[t.name], targets) for t in tasks], 1)
+
+
+def relative_score(losses: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """The paper's multi-task score sum_i (L_i - l_i) / l_i per sample."""
+    return ((losses - clean) / clean.clamp_min(_LOG_FLOOR)).sum(1)
+
+
+class Objective(ABC):
+    """A multi-task attack objective over ``tasks`` (in the model's task order)."""
+
+    name: str = ""
+
+    def __init__(self, tasks: list[Task]) -> None:
+        self.tasks = list(tasks)
+
+    def losses(self, model, x, targets) -> torch.Tensor:
+        return per_task_losses(model, x, targets, self.tasks)
+
+    @abstractmethod
+    def direction(self, model, x, targets) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ascent direction (B, C, H, W) at ``x`` and the detached per-task losses (B, T)."""
+
+    def score(self, losses: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """Per-sample value to maximise, from losses (B, T) and clean losses (B, T)."""
+        return relative_score(losses, clean)
+
+    def task_gradients(self, model, x, targets) -> tuple[torch.Tensor, torch.Tensor]:
+        """The objective's per-task gradient terms (K, B, C, H, W) from one forward pass, for
+        multi-model optimizers such as Auto-SAGA that weight each task as one model; and the
+        detached losses (B, T). By default the raw task gradients."""
+        losses = self.losses(model, x, targets)
+        return self._split_grads(losses, x), losses.detach()
+
+    def _split_grads(self, losses: torch.Tensor, x: torch.Tensor, indices: list[int] | None = None) -> torch.Tensor:
+        idx = list(range(losses.shape[1])) if indices is None else indices
+        return torch.stack([self._grad(losses[:, i].sum(), x, retain=j < len(idx) - 1) for j, i in enumerate(idx)])
+
+    def _grad(self, scalar: torch.Tensor, x: torch.Tensor, retain: bool = False) -> torch.Tensor:
+        (g,) = torch.autograd.grad(scalar, x, retain_graph=retain)
+        return g
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class SingleTask(Objective):
+    """SINGLE-X: the loss of one task."""
+
+    def __init__(self, tasks: list[Task], task: str) -> None:
+        super().__init__(tasks)
+        names = [t.name for t in self.tasks]
+        if task not in names:
+            raise UserError(f"single-{task}: the model has no task {task!r} (tasks: {', '.join(names)})")
+        self.index = names.index(task)
+        self.task = task
+        self.name = f"single-{TASK_SHORT_NAMES.get(task, task)}"
+
+    def direction(self, model, x, targets):
+        losses = self.losses(model, x, targets)
+        return self._grad(losses[:, self.index].sum(), x), losses.detach()
+
+    def score(self, losses, clean):
+        return losses[:, self.index]
+
+    def task_gradients(self, model, x, targets):
+        losses = self.losses(model, x, targets)
+        return self._split_grads(losses, x, [self.index]), losses.detach()
+
+
+class Total(Objective):
+    """TOTAL: the sum of the task losses."""
+
+    name = "total"
+
+    def direction(self, model, x, targets):
+        losses = self.losses(model, x, targets)
+        return self._grad(losses.sum(), x), losses.detach()
+
+    def score(self, losses, clean):
+        return losses.sum(1)
+
+
+class SignTotal(Objective):
+    """SIGNTOTAL: the sum of the signs of the per-task gradients (one forward, T backward passes
+    through the retained graph)."""
+
+    name = "signtotal"
+
+    def direction(self, model, x, targets):
+        grads, losses = self.task_gradients(model, x, targets)
+        return grads.sum(0), losses
+
+    def task_gradients(self, model, x, targets):
+        losses = self.losses(model, x, targets)
+        return self._split_grads(losses, x).sign(), losses.detach()
+
+
+class GBMTA(Objective):
+    """GB-MTA: per sample, sum_i grad L_i / L_i, computed as grad sum_i log L_i (one backward)."""
+
+    name = "gb-mta"
+
+    def direction(self, model, x, targets):
+        losses = self.losses(model, x, targets)
+        return self._grad(losses.clamp_min(_LOG_FLOOR).log().sum(), x), losses.detach()
+
+    def task_gradients(self, model, x, targets):
+        losses = self.losses(model, x, targets)
+        norm = losses.detach().clamp_min(_LOG_FLOOR).T.reshape(losses.shape[1], -1, *([1] * (x.dim() - 1)))
+        return self._split_grads(losses, x) / norm, losses.detach()
+
+
+ObjectiveFactory = Callable[[list[Task]], Objective]
+OBJECTIVES: dict[str, ObjectiveFactory] = {"total": Total, "signtotal": SignTotal, "gb-mta": GBMTA}
+
+
+def register_objective(name: str) -> Callable[[ObjectiveFactory], ObjectiveFactory]:
+    """Register a new objective class (constructed with the task list)."""
+
+    def deco(factory: ObjectiveFactory) -> ObjectiveFactory:
+        if name in OBJECTIVES or name.startswith("single-"):
+            raise ValueError(f"objective name {name!r} is taken")
+        OBJECTIVES[name] = factory
+        return factory
+
+    return deco
+
+
+def _single_task_name(short: str, tasks: list[Task]) -> str:
+    for t in tasks:
+        if short in (t.name, TASK_SHORT_NAMES.get(t.name), t.label.lower()):
+            return t.name
+    return short
+
+
+def create_objective(name: str, tasks: list[Task]) -> Objective:
+    """``single-<task>`` (short or full task name), ``total``, ``signtotal``, ``gb-mta`` or a
+    registered name."""
+    key = name.strip().lower()
+    if key.startswith("single-"):
+        return SingleTask(tasks, _single_task_name(key.removeprefix("single-"), tasks))
+    if key not in OBJECTIVES:
+        raise UserError(f"unknown objective {name!r}; known: {', '.join(list_objectives(tasks))}")
+    return OBJECTIVES[key](tasks)
+
+
+def list_objectives(tasks: list[Task], pattern: str = "*") -> list[str]:
+    names = [f"single-{TASK_SHORT_NAMES.get(t.name, t.name)}" for t in tasks] + list(OBJECTIVES)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)]

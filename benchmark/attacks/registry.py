@@ -1,0 +1,103 @@
+"""Attack registry: ``@register_attack("pgd")``, ``create_attack("pgd:gb-mta", steps=20)``,
+``list_attacks("apgd:*")``.
+
+A registered :class:`~benchmark.attacks.base.OptimizerAttack` subclass combines with every
+objective (``<optimizer>:<objective>``); any other :class:`~benchmark.attacks.base.Attack`
+subclass is a complete attack used by its name alone. Third-party packages register theirs through
+the ``mtlbench.attacks`` entry-point group (``name = "package.module:Class"``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from importlib.metadata import entry_points
+
+from benchmark.errors import UserError
+from benchmark.tasks import Task, get_tasks
+
+__all__ = ["ATTACKS", "create_attack", "list_attacks", "load_plugins", "register_attack"]
+
+ATTACKS: dict[str, type] = {}
+_PLUGINS_LOADED = False
+
+
+def register_attack(name: str):
+    """Class decorator registering an attack (an optimizer or a complete attack) under ``name``."""
+    if ":" in name or not name:
+        raise ValueError(f"attack name {name!r} must be non-empty and contain no ':'")
+
+    def deco(cls):
+        from benchmark.attacks.base import Attack
+
+        if not (inspect.isclass(cls) and issubclass(cls, Attack)):
+            raise TypeError(f"@register_attack({name!r}) needs a subclass of benchmark.attacks.Attack, got {cls!r}")
+        if ATTACKS.get(name, cls) is not cls:
+            raise ValueError(f"attack {name!r} is already registered by {ATTACKS[name].__module__}")
+        ATTACKS[name] = cls
+        return cls
+
+    return deco
+
+
+def load_plugins() -> None:
+    """Import the attacks of installed plugins (entry-point group ``mtlbench.attacks``) once."""
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    for ep in entry_points(group="mtlbench.attacks"):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not break the benchmark
+            raise UserError(f"attack plugin {ep.name!r} ({ep.value}) failed to import: {exc}") from exc
+        if ep.name not in ATTACKS:
+            register_attack(ep.name)(obj)
+
+
+def _is_optimizer(cls) -> bool:
+    from benchmark.attacks.base import OptimizerAttack
+
+    return issubclass(cls, OptimizerAttack)
+
+
+def create_attack(spec: str, **options):
+    """Build an attack from ``"optimizer:objective"`` (or a complete attack's name) and its options."""
+    load_plugins()
+    name, _, objective = spec.strip().partition(":")
+    if name not in ATTACKS:
+        raise UserError(f"unknown attack {name!r} in {spec!r}; known: {', '.join(sorted(ATTACKS))}")
+    cls = ATTACKS[name]
+    if _is_optimizer(cls):
+        if not objective:
+            raise UserError(f"attack {spec!r} needs an objective, e.g. '{name}:gb-mta' or '{name}:single-depth'")
+        options["objective"] = objective
+    elif objective:
+        raise UserError(f"attack {name!r} is a complete attack and takes no objective (got {spec!r})")
+    try:
+        attack = cls(**options)
+    except TypeError as exc:
+        raise UserError(f"bad options for attack {spec!r}: {exc}") from None
+    attack.name = f"{name}:{objective}" if objective else name
+    return attack
+
+
+def list_attacks(pattern: str = "*", tasks: list[Task] | None = None) -> list[str]:
+    """Every attack name (optimizer x objective for ``tasks``, NYUv2's and Taskonomy's by default)
+    matching the shell-style ``pattern``."""
+    from benchmark.attacks.objectives import list_objectives
+
+    load_plugins()
+    if tasks is None:
+        seen: dict[str, Task] = {}
+        for dataset in ("nyuv2", "taskonomy"):
+            for t in get_tasks(dataset):
+                seen.setdefault(t.name, t)
+        tasks = list(seen.values())
+    names = []
+    for name, cls in sorted(ATTACKS.items()):
+        if _is_optimizer(cls):
+            names += [f"{name}:{obj}" for obj in list_objectives(tasks)]
+        else:
+            names.append(name)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)]

@@ -1,0 +1,174 @@
+import importlib.metadata
+import itertools
+
+import pytest
+import torch
+
+from benchmark.attacks import create_attack, create_objective, list_attacks, run_attack
+from benchmark.attacks import registry as registry_module
+from benchmark.attacks.objectives import per_task_losses
+from benchmark.errors import UserError
+from benchmark.evaluation import evaluate
+from benchmark.scoring import arp
+
+
+def test_every_optimizer_objective_combination_is_listed():
+    names = list_attacks()
+    optimizers = ["apgd", "autosaga", "fgsm", "mim", "pgd"]
+    objectives = ["single-segment", "single-normal", "single-depth", "single-keypoint", "single-edge",
+                  "total", "signtotal", "gb-mta"]
+    for opt in optimizers:
+        for obj in objectives:
+            assert f"{opt}:{obj}" in names
+    assert "autoattack" in names
+    assert list_attacks("apgd:*") == [n for n in names if n.startswith("apgd:")]
+    assert len(list_attacks("*:gb-mta")) == 5
+
+
+@pytest.mark.parametrize(("spec", "options", "message"), [
+    ("cw:total", {}, "unknown attack 'cw'"),
+    ("pgd", {}, "needs an objective"),
+    ("pgd:max", {}, "unknown objective 'max'"),
+    ("pgd:total", {"stepz": 3}, "bad options for attack 'pgd:total'"),
+    ("pgd:total", {"steps": 0}, "steps must be >= 1"),
+    ("autoattack:total", {}, "takes no objective"),
+    ("apgd:total", {"preset": "fast"}, "unknown APGD preset 'fast'"),
+])
+def test_bad_attack_specs_are_user_errors(tiny_nyu, spec, options, message):
+    _, tasks, _ = tiny_nyu
+    with pytest.raises(UserError, match=message):
+        create_attack(spec, **options).objective(tasks)
+
+
+def test_single_objective_needs_the_task(tiny_nyu):
+    _, tasks, _ = tiny_nyu
+    with pytest.raises(UserError, match="has no task 'keypoint'"):
+        create_objective("single-keypoint", tasks)
+    assert create_objective("single-depth_zbuffer", tasks).name == "single-depth"
+
+
+def _slow_task_gradients(model, x, batch, tasks):
+    grads, losses = [], []
+    for i, _ in enumerate(tasks):
+        xi = x.detach().clone().requires_grad_(True)
+        loss = per_task_losses(model, xi, batch, tasks)[:, i]
+        (g,) = torch.autograd.grad(loss.sum(), xi)
+        grads.append(g)
+        losses.append(loss.detach())
+    return grads, losses
+
+
+def test_gb_mta_direction_equals_per_task_normalised_gradients(tiny_nyu):
+    model, tasks, batch = tiny_nyu
+    x = batch["image"].clone().requires_grad_(True)
+    fast, _ = create_objective("gb-mta", tasks).direction(model, x, batch)
+    grads, losses = _slow_task_gradients(model, batch["image"], batch, tasks)
+    slow = sum(g / loss.view(-1, 1, 1, 1) for g, loss in zip(grads, losses, strict=True))
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-7)
+    # and it is not simply the TOTAL gradient
+    total, _ = create_objective("total", tasks).direction(model, batch["image"].clone().requires_grad_(True), batch)
+    assert not torch.allclose(total.sign(), fast.sign())
+
+
+def test_signtotal_and_total_directions(tiny_nyu):
+    model, tasks, batch = tiny_nyu
+    grads, _ = _slow_task_gradients(model, batch["image"], batch, tasks)
+    sign_total, _ = create_objective("signtotal", tasks).direction(
+        model, batch["image"].clone().requires_grad_(True), batch)
+    torch.testing.assert_close(sign_total, sum(g.sign() for g in grads))
+    total, _ = create_objective("total", tasks).direction(model, batch["image"].clone().requires_grad_(True), batch)
+    torch.testing.assert_close(total, sum(grads), rtol=1e-4, atol=1e-7)
+
+
+def _arp(model, tasks, batch, spec, eps, **options):
+    run = run_attack(create_attack(spec, **options), model, batch["image"], batch, tasks=tasks, eps=eps, seed=0,
+                     check_determinism=False)
+    assert run.verdict.valid, run.verdict
+    clean = evaluate(model, tasks, [batch])
+    adv = evaluate(model, tasks, [{**batch, "image": run.adversarial}])
+    return arp(clean, adv, tasks)
+
+
+def test_larger_eps_never_lowers_arp(tiny_nyu):
+    model, tasks, batch = tiny_nyu
+    values = [_arp(model, tasks, batch, "pgd:gb-mta", eps, steps=5) for eps in (1, 2, 4, 8)]
+    assert all(b >= a - 0.5 for a, b in itertools.pairwise(values)), values
+    assert values[-1] > values[0] + 5, values
+
+
+@pytest.mark.parametrize("objective", ["total", "gb-mta"])
+def test_pgd_beats_fgsm(tiny_nyu, objective):
+    model, tasks, batch = tiny_nyu
+    fgsm = _arp(model, tasks, batch, f"fgsm:{objective}", 4)
+    pgd = _arp(model, tasks, batch, f"pgd:{objective}", 4, steps=10)
+    assert pgd > fgsm, (fgsm, pgd)
+
+
+def test_every_attack_beats_random_noise(tiny_nyu):
+    model, tasks, batch = tiny_nyu
+    noise = torch.rand(batch["image"].shape, generator=torch.Generator().manual_seed(0)).sign() * 2 - 1
+    noisy = (batch["image"] + 4 / 255 * noise).clamp(0, 1)
+    clean = evaluate(model, tasks, [batch])
+    noise_arp = arp(clean, evaluate(model, tasks, [{**batch, "image": noisy}]), tasks)
+    for spec in ("mim:gb-mta", "apgd:gb-mta", "autosaga:gb-mta", "apgd:signtotal"):
+        assert _arp(model, tasks, batch, spec, 4, steps=5) > noise_arp + 3, spec
+
+
+def test_apgd_returns_its_best_point(tiny_nyu):
+    model, tasks, batch = tiny_nyu
+    attack = create_attack("apgd:gb-mta", steps=12)
+    objective = attack.objective(tasks)
+    gen = torch.Generator().manual_seed(0)
+    adv = attack(model, batch["image"], batch, tasks=tasks, eps=8 / 255, generator=gen)
+    with torch.no_grad():
+        clean = per_task_losses(model, batch["image"], batch, tasks)
+        score = objective.score(per_task_losses(model, adv, batch, tasks), clean)
+    best_seen = torch.stack(attack.trace.scores).max(0).values
+    torch.testing.assert_close(score, torch.maximum(score, best_seen), rtol=1e-5, atol=1e-5)
+    assert (score >= best_seen - 1e-4).all()
+
+
+def test_autoattack_is_at_least_as_strong_as_its_members(tiny_nyu):
+    model, tasks, batch = tiny_nyu
+    ens = _arp(model, tasks, batch, "autoattack", 4, steps=5, objectives="total,gb-mta")
+    member = _arp(model, tasks, batch, "apgd:gb-mta", 4, steps=5)
+    assert ens >= member - 1.0, (ens, member)
+
+
+def test_attacks_leave_the_model_as_it_was(tiny_nyu):
+    model, tasks, batch = tiny_nyu
+    model.train()
+    create_attack("pgd:total", steps=2)(model, batch["image"], batch, tasks=tasks, eps=4 / 255,
+                                        generator=torch.Generator().manual_seed(0))
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    model.eval()
+
+
+def test_plugin_attacks_register_through_entry_points(tiny_nyu, monkeypatch):
+    model, tasks, batch = tiny_nyu
+    ep = importlib.metadata.EntryPoint(name="random-sign", value="plugin_example:RandomSignNoise",
+                                       group="mtlbench.attacks")
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: [ep] if group == "mtlbench.attacks" else [])
+    monkeypatch.setattr(registry_module, "_PLUGINS_LOADED", False)
+    monkeypatch.setitem(registry_module.ATTACKS, "__sentinel__", registry_module.ATTACKS["pgd"])
+    try:
+        assert "random-sign" in list_attacks()
+        run = run_attack(create_attack("random-sign"), model, batch["image"], batch, tasks=tasks, eps=4, seed=1)
+        assert run.verdict.valid and run.verdict.max_perturbation == pytest.approx(4, abs=1e-3)
+    finally:
+        registry_module.ATTACKS.pop("random-sign", None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_attacks_run_on_cuda(tiny_nyu):
+    model, tasks, batch = tiny_nyu
+    model = model.cuda()
+    gpu = {k: v.cuda() for k, v in batch.items()}
+    try:
+        for spec in ("fgsm:total", "pgd:gb-mta", "mim:signtotal", "apgd:gb-mta", "autosaga:gb-mta"):
+            run = run_attack(create_attack(spec, **({} if spec.startswith("fgsm") else {"steps": 3})), model,
+                             gpu["image"], gpu, tasks=tasks, eps=8, seed=0)
+            assert run.verdict.valid and run.adversarial.is_cuda, (spec, run.verdict)
+    finally:
+        model.cpu()
