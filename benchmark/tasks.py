@@ -294,6 +294,14 @@ class Task:
         per-sample losses when every sample has the same number of valid pixels."""
         if reduction not in ("none", "mean"):
             raise ValueError(f"reduction must be 'none' or 'mean', got {reduction!r}")
+        if self.kind == "segmentation" and self.class_weights is None:
+            # fast path: cross-entropy already gives 0 on ignored pixels
+            target = _seg_target(targets, self.name).long()
+            values = F.cross_entropy(pred, target, ignore_index=IGNORE_INDEX, reduction="none")
+            count = (target != IGNORE_INDEX).sum((1, 2)).to(pred.dtype)
+            if reduction == "mean":
+                return values.sum() / count.sum().clamp_min(_EPS)
+            return values.sum((1, 2)) / count.clamp_min(_EPS)
         values, weights = self._pixel_loss(pred, targets)
         dims = tuple(range(1, values.dim()))
         if reduction == "mean":

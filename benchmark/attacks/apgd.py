@@ -66,7 +66,7 @@ class APGD(OptimizerAttack):
                 best_x, best_score = x, score
             else:
                 better = score > best_score
-                best_x[better] = x[better]
+                best_x = torch.where(better.reshape(-1, *([1] * (x.dim() - 1))), x, best_x)
                 best_score = torch.where(better, score, best_score)
         return best_x.detach()
 
@@ -103,11 +103,12 @@ class APGD(OptimizerAttack):
                 score = objective.score(losses, clean)
                 history[i] = score
                 improved = score > score_best
-                x_best[improved] = x_adv[improved]
-                grad_best[improved] = grad[improved]
+                keep = improved.reshape(view)
+                x_best = torch.where(keep, x_adv, x_best)
+                grad_best = torch.where(keep, grad, grad_best)
                 score_best = torch.where(improved, score, score_best)
-                trace.scores.append(score.detach().cpu())
-                trace.step_sizes.append(step.reshape(b).detach().cpu().clone())
+                trace.scores.append(score.detach())  # stays on the device: no per-step host sync
+                trace.step_sizes.append(step.reshape(b).clone())
                 counter += 1
                 if counter == k:
                     rises = torch.zeros(b, device=x.device)
@@ -118,12 +119,14 @@ class APGD(OptimizerAttack):
                     halve = oscillating | no_improvement
                     reduced_last_check = halve.clone()
                     best_last_check = score_best.clone()
-                    if halve.any():
-                        step[halve] /= 2.0
-                        x_adv[halve] = x_best[halve]
-                        grad[halve] = grad_best[halve]
+                    mask = halve.reshape(view)
+                    step = torch.where(mask, step / 2.0, step)
+                    x_adv = torch.where(mask, x_best, x_adv)
+                    grad = torch.where(mask, grad_best, grad)
                     trace.checkpoints.append(i)
                     counter = 0
                     k = max(k - size_decr, n_min)
+        trace.scores = [s.cpu() for s in trace.scores]
+        trace.step_sizes = [s.cpu() for s in trace.step_sizes]
         self.trace = trace
         return x_best, score_best

@@ -39,6 +39,6 @@ class MultiTaskAutoAttack(Attack):
             with torch.no_grad():
                 score = relative_score(per_task_losses(model, adv, targets, tasks), clean)
             better = score > best_score
-            best[better] = adv[better]
+            best = torch.where(better.reshape(-1, *([1] * (adv.dim() - 1))), adv, best)
             best_score = torch.where(better, score, best_score)
         return best

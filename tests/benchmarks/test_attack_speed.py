@@ -1,0 +1,94 @@
+"""Cost of one attack iteration against one plain forward+backward, same model and batch, one
+process. Targets (issue 5): GB-MTA and TOTAL <= 1.1x, SIGNTOTAL <= 1.6x for 3 tasks; our
+single-task PGD <= 1.0x torchattacks.PGD. The ratios are printed in the summary."""
+
+import pytest
+import torch
+
+from benchmark.attacks import create_attack
+from benchmark.attacks.objectives import per_task_losses
+from benchmark.data import SyntheticScenes
+from benchmark.models import BranchedModel
+from benchmark.tasks import Task, get_tasks
+
+TASKS = get_tasks("nyuv2")
+_times: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    model = BranchedModel("AS", {t.name: t.channels for t in TASKS}, width=0.125, head_hidden=32,
+                          head_rates=(1, 2, 3, 4)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    batch = SyntheticScenes("nyuv2", "test", size=16, resolution=64).render(range(16))
+    return model, batch
+
+
+def _record(benchmark, key, baseline="forward+backward"):
+    _times[key] = benchmark.stats.stats.median
+    if key != baseline and baseline in _times:
+        benchmark.extra_info[f"ratio_vs_{baseline}"] = _times[key] / _times[baseline]
+
+
+def test_forward_backward(benchmark, setup):
+    model, batch = setup
+
+    def step():
+        x = batch["image"].clone().requires_grad_(True)
+        losses = per_task_losses(model, x, batch, TASKS)
+        return torch.autograd.grad(losses.sum(), x)[0]
+
+    step()
+    benchmark.pedantic(step, rounds=7, iterations=1)
+    _record(benchmark, "forward+backward")
+
+
+@pytest.mark.parametrize("objective", ["total", "gb-mta", "signtotal", "single-depth"])
+def test_pgd_iteration(benchmark, setup, objective):
+    model, batch = setup
+    attack = create_attack(f"pgd:{objective}", steps=1)
+    gen = torch.Generator().manual_seed(0)
+
+    def step():
+        return attack(model, batch["image"], batch, tasks=TASKS, eps=8 / 255, generator=gen)
+
+    step()
+    benchmark.pedantic(step, rounds=7, iterations=1)
+    _record(benchmark, f"pgd:{objective}")
+
+
+@pytest.mark.parametrize("impl", ["ours", "torchattacks"])
+def test_single_task_pgd_vs_torchattacks(benchmark, impl):
+    torchattacks = pytest.importorskip("torchattacks")
+    torch.manual_seed(0)
+    model = BranchedModel("AS", {"segment_semantic": 40}, width=0.125, head_hidden=32,
+                          head_rates=(1, 2, 3, 4)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    batch = SyntheticScenes("nyuv2", "test", size=16, resolution=64).render(range(16))
+    x, y = batch["image"], batch["segment_semantic"]
+    task = Task("segment_semantic", "segmentation", 40, {"mIoU": True}, "nyuv2")
+    if impl == "ours":
+        attack = create_attack("pgd:single-segment", steps=10)
+        gen = torch.Generator().manual_seed(0)
+
+        def run():
+            return attack(model, x, {"segment_semantic": y}, tasks=[task], eps=8 / 255, generator=gen)
+    else:
+        class Logits(torch.nn.Module):
+            def forward(self, inp):
+                return model(inp)["segment_semantic"]
+
+        ref = torchattacks.PGD(Logits(), eps=8 / 255, alpha=0.8 / 255, steps=10, random_start=False)
+
+        def run():
+            return ref(x, y)
+
+    run()
+    benchmark.pedantic(run, rounds=3, iterations=1)
+    _times[f"single-pgd-{impl}"] = benchmark.stats.stats.median
+    if impl == "torchattacks" and "single-pgd-ours" in _times:
+        benchmark.extra_info["ours_over_torchattacks"] = _times["single-pgd-ours"] / _times["single-pgd-torchattacks"]
