@@ -2,6 +2,9 @@
 process. Targets (issue 5): GB-MTA and TOTAL <= 1.1x, SIGNTOTAL <= 1.6x for 3 tasks; our
 single-task PGD <= 1.0x torchattacks.PGD. The ratios are printed in the summary."""
 
+import statistics
+import time
+
 import pytest
 import torch
 
@@ -60,8 +63,10 @@ def test_pgd_iteration(benchmark, setup, objective):
     _record(benchmark, f"pgd:{objective}")
 
 
-@pytest.mark.parametrize("impl", ["ours", "torchattacks"])
-def test_single_task_pgd_vs_torchattacks(benchmark, impl):
+def test_single_task_pgd_vs_torchattacks(benchmark):
+    """Our PGD-10 (SINGLE-segment) against torchattacks.PGD on the same single-task model and
+    batch. The two are timed in interleaved rounds (so drift of the machine hits both equally);
+    the ratio of the medians is reported; pytest-benchmark's own table times ours."""
     torchattacks = pytest.importorskip("torchattacks")
     torch.manual_seed(0)
     model = BranchedModel("AS", {"segment_semantic": 40}, width=0.125, head_hidden=32,
@@ -71,24 +76,29 @@ def test_single_task_pgd_vs_torchattacks(benchmark, impl):
     batch = SyntheticScenes("nyuv2", "test", size=16, resolution=64).render(range(16))
     x, y = batch["image"], batch["segment_semantic"]
     task = Task("segment_semantic", "segmentation", 40, {"mIoU": True}, "nyuv2")
-    if impl == "ours":
-        attack = create_attack("pgd:single-segment", steps=10)
-        gen = torch.Generator().manual_seed(0)
+    attack = create_attack("pgd:single-segment", steps=10)
+    gen = torch.Generator().manual_seed(0)
 
-        def run():
-            return attack(model, x, {"segment_semantic": y}, tasks=[task], eps=8 / 255, generator=gen)
-    else:
-        class Logits(torch.nn.Module):
-            def forward(self, inp):
-                return model(inp)["segment_semantic"]
+    class Logits(torch.nn.Module):
+        def forward(self, inp):
+            return model(inp)["segment_semantic"]
 
-        ref = torchattacks.PGD(Logits(), eps=8 / 255, alpha=0.8 / 255, steps=10, random_start=False)
+    ref = torchattacks.PGD(Logits(), eps=8 / 255, alpha=0.8 / 255, steps=10, random_start=False)
 
-        def run():
-            return ref(x, y)
+    def ours():
+        return attack(model, x, {"segment_semantic": y}, tasks=[task], eps=8 / 255, generator=gen)
 
-    run()
-    benchmark.pedantic(run, rounds=3, iterations=1)
-    _times[f"single-pgd-{impl}"] = benchmark.stats.stats.median
-    if impl == "torchattacks" and "single-pgd-ours" in _times:
-        benchmark.extra_info["ours_over_torchattacks"] = _times["single-pgd-ours"] / _times["single-pgd-torchattacks"]
+    def theirs():
+        return ref(x, y)
+
+    times = {"ours": [], "theirs": []}
+    for fn in (ours, theirs):
+        fn()
+    for _ in range(5):
+        for key, fn in (("ours", ours), ("theirs", theirs)):
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    ratio = statistics.median(times["ours"]) / statistics.median(times["theirs"])
+    benchmark.extra_info["ours_over_torchattacks"] = ratio
+    benchmark.pedantic(ours, rounds=3, iterations=1)
