@@ -106,6 +106,189 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- suites
+def cmd_suites_list(args: argparse.Namespace) -> int:
+    from benchmark.suites import list_suites, load_suite
+    from benchmark.zoo.hub import local_checkpoint_dir
+
+    table = Table(title="suites")
+    for col in ("suite", "dataset", "backbone", "models", "weights", "profiles", "description"):
+        table.add_column(col, overflow="fold")
+    for name in list_suites():
+        suite = load_suite(name)
+        if suite.tiny:
+            built = sum((local_checkpoint_dir(suite, m) / "config.json").exists() for m in suite.members)
+            weights = f"built locally ({built}/{len(suite.members)} so far)"
+        else:
+            published = sum(m.published for m in suite.members)
+            weights = f"Hub: {published}/{len(suite.members)} published"
+        table.add_row(name, suite.data, suite.backbone, str(len(suite.members)), weights,
+                      ", ".join(suite.profiles), suite.description)
+    console.print(table)
+    return 0
+
+
+def cmd_suites_show(args: argparse.Namespace) -> int:
+    from benchmark.models.branched import count_backbone_parameters
+    from benchmark.models.layouts import Layout
+    from benchmark.suites import load_suite
+    from benchmark.tasks import get_tasks
+    from benchmark.zoo.hub import local_checkpoint_dir
+
+    suite = load_suite(args.suite)
+    num_tasks = len(get_tasks(suite.dataset))
+    console.print(f"[bold]{suite.name}[/]: {suite.description}")
+    console.print(f"data {suite.data}, split {suite.split}, manifest {suite.path}"
+                  + (f", mirror of {suite.mirror_of}" if suite.tiny else ""))
+    if suite.selection:
+        console.print(f"[italic]selection:[/] {suite.selection.strip()}")
+    table = Table(title=f"{len(suite.members)} models")
+    for col in ("model", "index", "layout", "backbone", "params (M)", "input", "weights"):
+        table.add_column(col, overflow="fold")
+    for m in suite.members:
+        params = count_backbone_parameters(Layout.parse(m.layout, num_tasks=num_tasks), m.backbone, m.width,
+                                           m.output_stride)
+        if suite.tiny:
+            weights = "built" if (local_checkpoint_dir(suite, m) / "config.json").exists() else "built on first use"
+        else:
+            weights = f"{m.repo_id}@{m.revision[:10]}" if m.published else f"{m.repo_id} (not published)"
+        table.add_row(m.name, "" if m.index is None else str(m.index), m.layout, f"{m.backbone} x{m.width:g}",
+                      f"{params / 1e6:.2f}", f"{m.input_size}", weights)
+    console.print(table)
+    prof = Table(title="profiles")
+    for col in ("profile", "eps (0-255)", "attacks", "steps", "images", "seeds"):
+        prof.add_column(col, overflow="fold")
+    for p in suite.profiles.values():
+        prof.add_row(p.name, ", ".join(f"{e:g}" for e in p.eps), ", ".join(p.attacks),
+                     ", ".join(f"{k}={v}" for k, v in p.steps.items()), "all" if p.eval_size is None else
+                     str(p.eval_size), ", ".join(map(str, p.seeds)))
+    console.print(prof)
+    return 0
+
+
+# ---------------------------------------------------------------------- zoo
+def cmd_zoo_build(args: argparse.Namespace) -> int:
+    from benchmark.suites import load_suite
+    from benchmark.zoo.build import build_suite
+
+    suite = load_suite(args.suite)
+    members = [m.strip() for m in args.model.split(",")] if args.model else None
+    if not suite.tiny and args.data_root is None:
+        raise UserError(f"{suite.name} is a full suite trained on real data: use `mtlbench zoo train {suite.name} "
+                        "--data-root DIR` (or `zoo import` for the paper authors' checkpoints)")
+    built = build_suite(suite, members, device=_device(args.device), data_root=args.data_root, console=console,
+                        rebuild=args.rebuild)
+    _print_clean(suite, built)
+    return 0
+
+
+def _print_clean(suite, built: dict) -> None:
+    from benchmark.zoo.checkpoint import read_config
+
+    table = Table(title=f"{suite.name}: clean metrics of the local checkpoints")
+    table.add_column("model")
+    rows = []
+    for name, directory in built.items():
+        info = read_config(directory)
+        rows.append((name, info.clean_metrics))
+    metric_cols = [(t, k) for t, ms in (rows[0][1].items() if rows else []) for k in list(ms)[:2]]
+    for t, k in metric_cols:
+        table.add_column(f"{t} {k}", justify="right")
+    for name, metrics in rows:
+        table.add_row(name, *(f"{metrics.get(t, {}).get(k, float('nan')):.3f}" for t, k in metric_cols))
+    console.print(table)
+
+
+def cmd_zoo_train(args: argparse.Namespace) -> int:
+    from benchmark.suites import load_suite
+    from benchmark.zoo.build import build_member, build_suite, load_model
+
+    suite = load_suite(args.suite)
+    if suite.tiny:
+        return cmd_zoo_build(args)
+    if args.data_root is None:
+        raise UserError(f"training {suite.name} needs the real {suite.data} data: pass --data-root DIR "
+                        "(directory format in the README)")
+    names = [m.strip() for m in args.model.split(",")] if args.model else [m.name for m in suite.members]
+    if args.steps is not None or args.out is not None:
+        out = {}
+        for name in names:
+            member = suite.member(name)
+            target = None if args.out is None else f"{args.out}/{member.name}"
+            init = None
+            if suite.training.get("warm_start") and member.name != suite.training["warm_start"]:
+                init, _ = load_model(suite, suite.training["warm_start"], weights_dir=args.out, build=False)
+            out[name] = build_member(suite, member, init_from=init, device=_device(args.device),
+                                     data_root=args.data_root, out_dir=target, steps=args.steps)
+            console.print(f"wrote {out[name]}")
+        _print_clean(suite, out)
+        return 0
+    built = build_suite(suite, names, device=_device(args.device), data_root=args.data_root, console=console,
+                        rebuild=args.rebuild)
+    _print_clean(suite, built)
+    return 0
+
+
+def cmd_zoo_import(args: argparse.Namespace) -> int:
+    from benchmark.suites import load_suite
+    from benchmark.tasks import get_tasks
+    from benchmark.zoo.build import member_model
+    from benchmark.zoo.checkpoint import CheckpointInfo, save_checkpoint
+    from benchmark.zoo.hub import local_checkpoint_dir
+    from benchmark.zoo.paper import convert_paper_state_dict, load_paper_checkpoint, paper_checkpoint_path
+
+    suite = load_suite(args.suite)
+    tasks = [t.name for t in get_tasks(suite.dataset)]
+    names = [m.strip() for m in args.model.split(",")] if args.model else [m.name for m in suite.members]
+    imported, absent = 0, []
+    for name in names:
+        member = suite.member(name)
+        model = member_model(suite, member)
+        src = paper_checkpoint_path(args.weight_root, model.layout, tasks)
+        if not src.exists():
+            absent.append(f"{member.name} ({src})")
+            continue
+        model.load_state_dict(convert_paper_state_dict(load_paper_checkpoint(src), model))
+        out = (local_checkpoint_dir(suite, member) if args.out is None else f"{args.out}/{member.name}")
+        info = CheckpointInfo(model=model.config, dataset=suite.data, suite=suite.name, member=member.name,
+                              input_size=member.input_size, source=f"paper checkpoint {src}",
+                              training={"source": "the paper authors' checkpoint (TreeMTL MTSeqModel)"})
+        digest = save_checkpoint(model, info, out)
+        console.print(f"{member.name}: {src} -> {out} (sha256 {digest[:12]}...)")
+        imported += 1
+    if absent:
+        err_console.print(f"no paper checkpoint for {len(absent)} model(s): " + "; ".join(absent))
+    if not imported:
+        raise UserError(f"nothing imported from {args.weight_root}: expected <layout_idx>/{'_'.join(tasks)}.model "
+                        "files (CODE-NOTES.md)")
+    console.print(f"imported {imported} checkpoint(s)")
+    return 0
+
+
+def cmd_zoo_push(args: argparse.Namespace) -> int:
+    from benchmark.suites import load_suite
+    from benchmark.zoo.checkpoint import read_config
+    from benchmark.zoo.hub import pin_in_manifest, push_checkpoint
+
+    info = read_config(args.directory)
+    repo_id = args.repo_id
+    suite = None
+    if args.manifest:
+        suite = load_suite(args.manifest)
+        member = suite.member(args.model or info.member)
+        repo_id = repo_id or member.repo_id
+    if not repo_id:
+        raise UserError("give --repo-id OWNER/NAME (or --manifest with a member that names its repo_id)")
+    revision, digest = push_checkpoint(args.directory, repo_id, token=args.token, private=args.private)
+    console.print(f"pushed {args.directory} to {repo_id}")
+    console.print(f'repo_id = "{repo_id}"\nrevision = "{revision}"\nsha256 = "{digest}"')
+    if suite is not None:
+        pin_in_manifest(suite.path, member.name, repo_id=repo_id, revision=revision, sha256=digest)
+        load_suite(suite.path)  # the edited manifest must still validate
+        console.print(f"pinned {member.name} in {suite.path}")
+    return 0
+
+
 # ---------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from benchmark.demo import run_demo
@@ -170,6 +353,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="preview.png")
     p.set_defaults(func=cmd_data_preview)
+
+    suites = sub.add_parser("suites", help="the standard suites (manifests in suites/*.toml)")
+    ssub = suites.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = ssub.add_parser("list", help="list the suites")
+    p.set_defaults(func=cmd_suites_list)
+    p = ssub.add_parser("show", help="members and profiles of a suite")
+    p.add_argument("suite", help="suite name or path of a .toml manifest")
+    p.set_defaults(func=cmd_suites_show)
+
+    zoo = sub.add_parser("zoo", help="checkpoints: build, train, import, push")
+    zsub = zoo.add_subparsers(dest="action", required=True, metavar="ACTION")
+    zoo_actions = (("build", "build (train) the tiny mirror's models that are not built yet", cmd_zoo_build),
+                   ("train", "train suite members (real data for full suites: --data-root)", cmd_zoo_train))
+    for action, text, func in zoo_actions:
+        p = zsub.add_parser(action, help=text)
+        p.add_argument("suite")
+        p.add_argument("--model", help="comma-separated member names (default: all)")
+        p.add_argument("--data-root", help="directory of the real data set")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--rebuild", action="store_true", help="train again even if a checkpoint exists")
+        if action == "train":
+            p.add_argument("--steps", type=int, help="override the recipe's training steps")
+            p.add_argument("--out", help="write checkpoints to OUT/<model> instead of the cache")
+        p.set_defaults(func=func)
+    p = zsub.add_parser("import", help="convert the paper authors' checkpoints (<layout_idx>/<tasks>.model)")
+    p.add_argument("suite")
+    p.add_argument("weight_root", help="the paper code's weight root directory")
+    p.add_argument("--model", help="comma-separated member names (default: all)")
+    p.add_argument("--out", help="write checkpoints to OUT/<model> instead of the cache")
+    p.set_defaults(func=cmd_zoo_import)
+    p = zsub.add_parser("push", help="upload a checkpoint directory to the Hugging Face Hub")
+    p.add_argument("directory")
+    p.add_argument("--repo-id", help="OWNER/NAME (default: the member's repo_id in --manifest)")
+    p.add_argument("--manifest", help="suite name or manifest path: pin the pushed revision and sha256 there")
+    p.add_argument("--model", help="member name in the manifest (default: the checkpoint's own)")
+    p.add_argument("--token", help="Hub token (default: the logged-in one)")
+    p.add_argument("--private", action="store_true")
+    p.set_defaults(func=cmd_zoo_push)
 
     p = sub.add_parser("demo", help="train tiny models on synthetic scenes and render a leaderboard site")
     p.add_argument("--out", default="site", help="output directory of the site (default: site)")

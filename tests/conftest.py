@@ -36,3 +36,14 @@ def tiny_nyu():
     train_model(model, tasks, train, TrainRecipe(steps=150, batch_size=16, lr=3e-3))
     batch = SyntheticScenes("nyuv2", "test", size=8, resolution=32).render(range(8))
     return model.eval(), tasks, batch
+
+
+@pytest.fixture
+def wide_console(monkeypatch):
+    """The CLI's rich console at a fixed wide width, so table cells are not wrapped in captures."""
+    from rich.console import Console
+
+    from benchmark import cli
+
+    monkeypatch.setattr(cli, "console", Console(width=300))
+    monkeypatch.setattr(cli, "err_console", Console(width=300, stderr=True))

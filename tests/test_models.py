@@ -154,3 +154,13 @@ def test_tiny_model_learns_every_task_on_random_tensors(backbone):
         after = losses()
     for name in before:
         assert after[name] < before[name] * 0.9, (name, before[name].item(), after[name].item())
+
+
+def test_parameter_count_without_building_the_model():
+    from benchmark.models.branched import count_backbone_parameters
+    from benchmark.models.layouts import layout_from_index
+
+    for index, backbone, width in ((9, "resnet34", 0.25), (42, "mobilenetv2", 0.5), (0, "resnet34", 1.0)):
+        layout = layout_from_index(index, 3)
+        model = BranchedModel(layout, {"a": 2, "b": 1, "c": 3}, backbone=backbone, width=width)
+        assert count_backbone_parameters(layout, backbone, width) == model.backbone_parameters()

@@ -9,6 +9,7 @@ forward, so a shared block is computed once however many tasks use it.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -20,10 +21,24 @@ from benchmark.models.backbones import build_backbone
 from benchmark.models.heads import ASPPHead
 from benchmark.models.layouts import Layout
 
-__all__ = ["PAPER_MEAN", "BranchedModel", "ModelConfig", "set_key"]
+__all__ = ["PAPER_MEAN", "BranchedModel", "ModelConfig", "count_backbone_parameters", "set_key"]
 
 #: Per-channel means subtracted from 0-255 BGR images by the paper's code (BGR order).
 PAPER_MEAN = (104.008, 116.669, 122.679)
+
+
+@functools.lru_cache(maxsize=64)
+def _block_parameters(backbone: str, width: float, output_stride: int | None) -> tuple[int, ...]:
+    spec = build_backbone(backbone, width=width, output_stride=output_stride)
+    return tuple(sum(p.numel() for p in b.parameters()) for b in spec.blocks)
+
+
+def count_backbone_parameters(layout: Layout, backbone: str = "resnet34", width: float = 1.0,
+                              output_stride: int | None = None) -> int:
+    """Backbone parameters of a layout without building the model: each block's size times the
+    number of its copies (equal to ``BranchedModel(...).backbone_parameters()``)."""
+    sizes = _block_parameters(backbone, width, output_stride)
+    return sum(len(sets) * n for sets, n in zip(layout.blocks, sizes, strict=True))
 
 
 def set_key(task_set) -> str:
@@ -112,6 +127,21 @@ class BranchedModel(nn.Module):
             name: F.interpolate(self.heads[name](feats[key]), size=size, mode="bilinear", align_corners=False)
             for name, key in self._head_input.items()
         }
+
+    @torch.no_grad()
+    def warm_start_from(self, source: BranchedModel) -> BranchedModel:
+        """Copy weights from ``source`` (same backbone, width and tasks; typically the all-shared
+        model): each copy of block i takes the source's copy of block i that covers its tasks,
+        and each head the source's head, as TreeMTL initialises branched models from a trained
+        all-shared one."""
+        if source.config.backbone != self.config.backbone or source.config.width != self.config.width:
+            raise ValueError("warm start needs the same backbone and width")
+        for i, task_sets in enumerate(self.layout.blocks):
+            for s in task_sets:
+                src = next(t for t in source.layout.blocks[i] if s <= t)
+                self.blocks[i][set_key(s)].load_state_dict(source.blocks[i][set_key(src)].state_dict())
+        self.heads.load_state_dict(source.heads.state_dict())
+        return self
 
     # ------------------------------------------------------------------ accounting
     def backbone_parameters(self) -> int:

@@ -31,6 +31,7 @@ __all__ = [
     "enumerate_layouts",
     "layout_from_index",
     "layout_index",
+    "treemtl_set_order",
 ]
 
 
@@ -231,6 +232,13 @@ def _canonical(state: list[list[frozenset[int]]]) -> tuple[tuple[tuple[int, ...]
 
 @functools.lru_cache(maxsize=16)
 def _enumerate(num_tasks: int, num_blocks: int) -> tuple[Layout, ...]:
+    return tuple(Layout(tuple(tuple(b) for b in s)) for s in _enumerate_states(num_tasks, num_blocks))
+
+
+@functools.lru_cache(maxsize=16)
+def _enumerate_states(num_tasks: int, num_blocks: int) -> tuple[tuple[tuple[frozenset[int], ...], ...], ...]:
+    """The enumeration with each block's task sets in TreeMTL's own list order (a cut removes the
+    set and appends its two parts), which fixes the order of block copies in its checkpoints."""
     root = [[frozenset(range(num_tasks))] for _ in range(num_blocks)]
     ordered: list[list[list[frozenset[int]]]] = [root]
     seen = {_canonical(root)}
@@ -255,7 +263,7 @@ def _enumerate(num_tasks: int, num_blocks: int) -> tuple[Layout, ...]:
                     recurse(new, cuts + 1, i)
 
     recurse(root, 0, 0)
-    return tuple(Layout(tuple(tuple(b) for b in s)) for s in ordered)
+    return tuple(tuple(tuple(b) for b in s) for s in ordered)
 
 
 def enumerate_layouts(num_tasks: int, num_blocks: int = 5) -> list[Layout]:
@@ -274,6 +282,12 @@ def _index_map(num_tasks: int, num_blocks: int) -> dict[Layout, int]:
 def layout_index(layout: Layout) -> int:
     """The paper index of ``layout`` (its position in :func:`enumerate_layouts`)."""
     return _index_map(layout.num_tasks, layout.num_blocks)[layout]
+
+
+def treemtl_set_order(layout: Layout) -> list[list[frozenset[int]]]:
+    """The task sets of each block in the order TreeMTL's code holds them (its ``Layout.state``)."""
+    state = _enumerate_states(layout.num_tasks, layout.num_blocks)[layout_index(layout)]
+    return [list(b) for b in state]
 
 
 def layout_from_index(index: int, num_tasks: int, num_blocks: int = 5) -> Layout:

@@ -1,0 +1,345 @@
+"""Suite manifests: ``suites/*.toml``, loaded and validated at the edge.
+
+A suite fixes a data set and its tasks, a backbone, the member models (layout, paper index, Hub
+repo id, pinned revision, sha256 of the weights), the evaluation split, and named *profiles*
+(``quick`` for demos and CI, ``paper`` for the paper's protocol): the eps grid, the attacks, their
+step budgets, the number of evaluation images and the seeds.
+
+A *tiny mirror* (``mirror = "nyuv2-resnet34"``) takes its members' layouts from the full suite
+and overrides the backbone size and resolution; its weights are built locally on first use.
+
+>>> suite = load_suite("tiny-nyuv2-resnet34")
+>>> suite.member("AS").layout
+'[[{0,1,2}], [{0,1,2}], [{0,1,2}], [{0,1,2}], [{0,1,2}]]'
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from benchmark.errors import UserError
+
+__all__ = ["Member", "Profile", "Suite", "SuiteError", "list_suites", "load_suite", "suites_dir"]
+
+_REVISION = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class SuiteError(UserError):
+    """A manifest that cannot be used; the message names the file and the key."""
+
+
+def suites_dir() -> Path:
+    """Where the standard manifests live: inside the installed package (wheel) or, in a source
+    checkout, the repository's ``suites/`` folder."""
+    packaged = Path(__file__).parent / "_suites"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[1] / "suites"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of a suite."""
+
+    name: str
+    layout: str  # TreeMTL notation, IND or AS
+    index: int | None  # paper index (position in TreeMTL's enumeration); None for IND/AS
+    backbone: str
+    width: float
+    input_size: int
+    repo_id: str = ""  # Hugging Face Hub repo id ("" for locally built tiny mirrors)
+    revision: str = ""  # pinned commit (40 hex) once published, else ""
+    sha256: str = ""  # of model.safetensors once published, else ""
+    head_hidden: int | None = None
+    head_rates: tuple[int, ...] = (6, 12, 18, 24)
+    output_stride: int | None = None  # None: the backbone's default
+
+    @property
+    def published(self) -> bool:
+        return bool(self.repo_id and self.revision and self.sha256)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How a suite is evaluated: eps grid (0-255 units), attacks (patterns such as ``pgd:*``),
+    steps per optimizer, evaluation images, seeds and batch size."""
+
+    name: str
+    eps: tuple[float, ...]
+    attacks: tuple[str, ...]
+    steps: dict[str, int]
+    eval_size: int | None  # None: the whole split
+    seeds: tuple[int, ...] = (0,)
+    batch_size: int = 8
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    dataset: str  # task set: "nyuv2" or "taskonomy"
+    data: str  # data source: "nyuv2"/"taskonomy" (real, needs a data root) or "synthetic-*"
+    split: str
+    backbone: str
+    members: tuple[Member, ...]
+    profiles: dict[str, Profile]
+    training: dict[str, Any] = field(default_factory=dict)
+    mirror_of: str | None = None
+    selection: str = ""
+    path: Path | None = None
+
+    @property
+    def tiny(self) -> bool:
+        """Built locally on synthetic data (the tiny mirrors), not downloaded."""
+        return self.mirror_of is not None or self.synthetic
+
+    @property
+    def synthetic(self) -> bool:
+        return self.data.startswith("synthetic-")
+
+    def member(self, name: str) -> Member:
+        for m in self.members:
+            if m.name == name or (m.index is not None and name == str(m.index)):
+                return m
+        raise UserError(f"suite {self.name!r} has no model {name!r}; models: "
+                        f"{', '.join(m.name for m in self.members)}")
+
+    def profile(self, name: str) -> Profile:
+        if name not in self.profiles:
+            raise UserError(f"suite {self.name!r} has no profile {name!r}; profiles: {', '.join(self.profiles)}")
+        return self.profiles[name]
+
+    def unpublished(self) -> list[Member]:
+        """Members of a full suite whose weights are not on the Hub yet."""
+        return [] if self.tiny else [m for m in self.members if not m.published]
+
+
+# ---------------------------------------------------------------------- loading
+_SUITE_KEYS = {"name", "description", "dataset", "data", "split", "backbone", "width", "input_size",
+               "head_hidden", "head_rates", "output_stride", "mirror", "selection", "hub_org"}
+_MEMBER_KEYS = {"name", "index", "layout", "backbone", "width", "input_size", "repo_id", "revision", "sha256",
+                "head_hidden", "head_rates"}
+_PROFILE_KEYS = {"eps", "attacks", "steps", "eval_size", "seeds", "batch_size", "description"}
+_TOP_KEYS = {"suite", "models", "profiles", "training"}
+_DATASETS = {"nyuv2": 3, "taskonomy": 5}
+
+
+class _Checker:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, message: str) -> SuiteError:
+        return SuiteError(f"{self.path}: {key}: {message}")
+
+    def keys(self, table: Any, allowed: set[str], where: str) -> dict:
+        if not isinstance(table, dict):
+            raise self.fail(where, f"expected a table, got {type(table).__name__}")
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            raise self.fail(f"{where}.{unknown[0]}" if where else unknown[0],
+                            f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        return table
+
+    def typed(self, table: dict, key: str, types, where: str, default: Any = ...) -> Any:
+        if key not in table:
+            if default is ...:
+                raise self.fail(f"{where}.{key}", "missing")
+            return default
+        value = table[key]
+        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            raise self.fail(f"{where}.{key}", f"expected {_type_names(types)}, got {value!r}")
+        if not isinstance(value, types):
+            raise self.fail(f"{where}.{key}", f"expected {_type_names(types)}, got {value!r}")
+        return value
+
+
+def _type_names(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    if set(types) == {int, float}:
+        return "a number"
+    return " or ".join({"str": "a string", "int": "an integer", "float": "a number", "list": "a list",
+                        "dict": "a table", "bool": "true/false"}.get(t.__name__, t.__name__) for t in types)
+
+
+def _read(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SuiteError(f"suite manifest {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        return p
+    candidate = suites_dir() / f"{name_or_path}.toml"
+    if not candidate.exists():
+        raise SuiteError(f"unknown suite {str(name_or_path)!r}; known: {', '.join(list_suites())} "
+                         "(or give the path of a .toml manifest)")
+    return candidate
+
+
+def list_suites() -> list[str]:
+    """Names of the standard suites (full ones first, then their tiny mirrors)."""
+    names = sorted(p.stem for p in suites_dir().glob("*.toml"))
+    return sorted(names, key=lambda n: (n.startswith("tiny-"), n))
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    """Load and validate a manifest by suite name (``tiny-nyuv2-resnet34``) or path."""
+    path = _resolve(name_or_path)
+    raw = _read(path)
+    c = _Checker(path)
+    c.keys(raw, _TOP_KEYS, "")
+    head = c.keys(raw.get("suite"), _SUITE_KEYS, "suite")
+    name = c.typed(head, "name", str, "suite")
+    if not _NAME.fullmatch(name):
+        raise c.fail("suite.name", f"{name!r} is not a valid name (letters, digits, '.', '_', '-')")
+    dataset = c.typed(head, "dataset", str, "suite")
+    if dataset not in _DATASETS:
+        raise c.fail("suite.dataset", f"unknown dataset {dataset!r}; use {' or '.join(_DATASETS)}")
+    mirror = c.typed(head, "mirror", str, "suite", None)
+    data = c.typed(head, "data", str, "suite", f"synthetic-{dataset}" if mirror else dataset)
+    if data not in (dataset, f"synthetic-{dataset}"):
+        raise c.fail("suite.data", f"{data!r} does not fit dataset {dataset!r} (use {dataset!r} or "
+                                   f"'synthetic-{dataset}')")
+    defaults = {
+        "backbone": c.typed(head, "backbone", str, "suite", "resnet34"),
+        "width": float(c.typed(head, "width", (int, float), "suite", 1.0)),
+        "input_size": c.typed(head, "input_size", int, "suite", 321 if dataset == "nyuv2" else 224),
+        "head_hidden": c.typed(head, "head_hidden", int, "suite", None),
+        "head_rates": tuple(c.typed(head, "head_rates", list, "suite", [6, 12, 18, 24])),
+        "output_stride": c.typed(head, "output_stride", int, "suite", None),
+    }
+    from benchmark.models.backbones import list_backbones
+
+    if defaults["backbone"] not in list_backbones():
+        raise c.fail("suite.backbone", f"unknown backbone {defaults['backbone']!r}; known: "
+                                       f"{', '.join(list_backbones())}")
+    if "models" in raw and mirror:
+        raise c.fail("models", "a mirror suite takes its models from the suite it mirrors; remove [[models]]")
+    if mirror:
+        sibling = path.parent / f"{mirror}.toml"
+        parent = load_suite(sibling if sibling.exists() else mirror)
+        if parent.dataset != dataset:
+            raise c.fail("suite.mirror", f"mirrors {mirror!r} of dataset {parent.dataset!r}, not {dataset!r}")
+        if "backbone" not in head:
+            defaults["backbone"] = parent.backbone
+        members = tuple(replace(m, repo_id="", revision="", sha256="", **defaults) for m in parent.members)
+    else:
+        members = _members(c, raw.get("models"), defaults, dataset, head.get("hub_org"), name)
+    profiles = _profiles(c, raw.get("profiles"))
+    training = raw.get("training", {})
+    c.keys(training, {"steps", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "seed", "train_size",
+                      "warm_start", "finetune_steps", "finetune_lr"}, "training")
+    return Suite(name=name, description=c.typed(head, "description", str, "suite", ""), dataset=dataset, data=data,
+                 split=c.typed(head, "split", str, "suite", "test"), backbone=defaults["backbone"],
+                 members=members, profiles=profiles, training=dict(training), mirror_of=mirror,
+                 selection=c.typed(head, "selection", str, "suite", ""), path=path)
+
+
+def _members(c: _Checker, models: Any, defaults: dict, dataset: str, org: str | None, suite: str) -> tuple[Member, ...]:
+    from benchmark.models.layouts import Layout as _Layout
+    from benchmark.models.layouts import LayoutError, layout_from_index, layout_index
+
+    if not isinstance(models, list) or not models:
+        raise c.fail("models", "a suite needs at least one [[models]] entry")
+    num_tasks = _DATASETS[dataset]
+    seen: set[str] = set()
+    out = []
+    for i, entry in enumerate(models):
+        where = f"models[{i}]"
+        c.keys(entry, _MEMBER_KEYS, where)
+        layout_text = c.typed(entry, "layout", str, where)
+        try:
+            layout = _Layout.parse(layout_text, num_tasks=num_tasks, num_blocks=5)
+        except LayoutError as exc:
+            raise c.fail(f"{where}.layout", str(exc)) from None
+        index = c.typed(entry, "index", int, where, None)
+        extreme = layout.is_all_shared or layout.is_independent
+        if index is not None:
+            try:
+                expected = layout_from_index(index, num_tasks)
+            except LayoutError as exc:
+                raise c.fail(f"{where}.index", str(exc)) from None
+            if expected != layout:
+                raise c.fail(f"{where}.index", f"paper index {index} is {expected}, not the layout {layout}")
+        elif not extreme:
+            index = layout_index(layout)
+        if extreme:
+            index = None  # the paper names them IND and AS
+        canonical = ("AS" if layout.is_all_shared else "IND") if extreme else str(layout)
+        name = c.typed(entry, "name", str, where, canonical if index is None else f"layout-{index}")
+        if not _NAME.fullmatch(name):
+            raise c.fail(f"{where}.name", f"{name!r} is not a valid name")
+        if name in seen:
+            raise c.fail(f"{where}.name", f"duplicate model name {name!r}")
+        seen.add(name)
+        revision = c.typed(entry, "revision", str, where, "")
+        if revision and not _REVISION.fullmatch(revision):
+            raise c.fail(f"{where}.revision", f"{revision!r} is not a pinned commit (40 lowercase hex digits); "
+                                              "branch and tag names move, so they are not accepted")
+        sha = c.typed(entry, "sha256", str, where, "")
+        if sha and not _SHA256.fullmatch(sha):
+            raise c.fail(f"{where}.sha256", f"{sha!r} is not a sha256 (64 lowercase hex digits)")
+        if bool(revision) != bool(sha):
+            raise c.fail(f"{where}.revision" if not revision else f"{where}.sha256",
+                         "revision and sha256 are published together: give both or neither")
+        repo_id = c.typed(entry, "repo_id", str, where, f"{org}/{suite}-{name}" if org else "")
+        if repo_id and not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+            raise c.fail(f"{where}.repo_id", f"{repo_id!r} is not a Hub repo id ('owner/name')")
+        values = dict(defaults)
+        for key in ("backbone", "width", "input_size", "head_hidden"):
+            if key in entry:
+                values[key] = c.typed(entry, key, (int, float) if key == "width" else (str if key == "backbone"
+                                                                                       else int), where)
+        values["width"] = float(values["width"])
+        out.append(Member(name=name, layout=canonical, index=index, repo_id=repo_id, revision=revision,
+                          sha256=sha, **values))
+    return tuple(out)
+
+
+def _profiles(c: _Checker, profiles: Any) -> dict[str, Profile]:
+    from benchmark.attacks import list_attacks
+
+    if not isinstance(profiles, dict) or not profiles:
+        raise c.fail("profiles", "a suite needs at least one [profiles.NAME] table (e.g. quick, paper)")
+    out = {}
+    known = list_attacks()
+    for pname, table in profiles.items():
+        where = f"profiles.{pname}"
+        c.keys(table, _PROFILE_KEYS, where)
+        eps = c.typed(table, "eps", list, where)
+        if not eps or not all(isinstance(e, int | float) and not isinstance(e, bool) and 0 < e <= 255 for e in eps):
+            raise c.fail(f"{where}.eps", f"expected a list of numbers in (0, 255] (0-255 pixel units), got {eps!r}")
+        attacks = c.typed(table, "attacks", list, where)
+        for pattern in attacks:
+            if not isinstance(pattern, str) or not any(fnmatch.fnmatch(a, pattern) for a in known):
+                raise c.fail(f"{where}.attacks", f"{pattern!r} matches no registered attack "
+                                                 "(see `mtlbench attacks list`)")
+        steps = c.typed(table, "steps", dict, where, {})
+        for key, value in steps.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise c.fail(f"{where}.steps.{key}", f"expected a positive integer, got {value!r}")
+        eval_size = c.typed(table, "eval_size", int, where, None)
+        if eval_size is not None and eval_size < 1:
+            raise c.fail(f"{where}.eval_size", "must be >= 1 (leave it out for the whole split)")
+        seeds = c.typed(table, "seeds", list, where, [0])
+        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise c.fail(f"{where}.seeds", f"expected a list of integers, got {seeds!r}")
+        out[pname] = Profile(name=pname, eps=tuple(float(e) for e in eps), attacks=tuple(attacks),
+                             steps=dict(steps), eval_size=eval_size, seeds=tuple(seeds),
+                             batch_size=c.typed(table, "batch_size", int, where, 8),
+                             description=c.typed(table, "description", str, where, ""))
+    return out

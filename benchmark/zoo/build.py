@@ -1,0 +1,175 @@
+"""Getting a suite member as a ready model: load it, or build (train) it.
+
+Tiny mirrors are built locally on first use, deterministically from the manifest's training
+recipe: the all-shared model (``warm_start``, AS) is trained first, then every other member starts
+from its weights and is fine-tuned for ``finetune_steps``, as TreeMTL initialises branched models.
+Each finished member is saved at once, so an interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from benchmark.data import load_dataset, make_loader
+from benchmark.errors import UserError
+from benchmark.evaluation import evaluate
+from benchmark.models.branched import BranchedModel
+from benchmark.suites import Member, Suite, load_suite
+from benchmark.tasks import get_tasks
+from benchmark.zoo.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from benchmark.zoo.hub import local_checkpoint_dir, resolve_weights
+from benchmark.zoo.train import TrainRecipe, train_model
+
+__all__ = ["build_member", "build_suite", "clean_test_set", "load_model", "member_model", "recipe_for"]
+
+_RECIPE_KEYS = set(TrainRecipe.__dataclass_fields__)
+
+
+def member_model(suite: Suite, member: Member) -> BranchedModel:
+    """A freshly initialised model of ``member`` (seeded by the member's name)."""
+    torch.manual_seed(zlib.crc32(f"{suite.name}/{member.name}".encode()))
+    tasks = get_tasks(suite.dataset)
+    return BranchedModel(member.layout, {t.name: t.channels for t in tasks}, backbone=member.backbone,
+                         width=member.width, head_hidden=member.head_hidden, head_rates=member.head_rates,
+                       output_stride=member.output_stride)
+
+
+def _expected(member: Member) -> dict:
+    exp = {"layout": member.layout, "backbone": member.backbone, "width": member.width,
+           "head_rates": list(member.head_rates)}
+    for key in ("head_hidden", "output_stride"):
+        if getattr(member, key) is not None:
+            exp[key] = getattr(member, key)
+    return exp
+
+
+def recipe_for(suite: Suite, *, finetune: bool = False, steps: int | None = None) -> TrainRecipe:
+    t = suite.training
+    recipe = TrainRecipe(**{k: v for k, v in t.items() if k in _RECIPE_KEYS})
+    if finetune:
+        recipe.steps = int(t.get("finetune_steps", recipe.steps))
+        recipe.lr = float(t.get("finetune_lr", recipe.lr))
+    if steps is not None:
+        recipe.steps = steps
+    return recipe
+
+
+def _train_set(suite: Suite, data_root: str | None):
+    size = int(suite.training.get("train_size", 512))
+    input_size = suite.members[0].input_size
+    if suite.synthetic:
+        return load_dataset(suite.data, "train", size=size, resolution=input_size, seed=0)
+    if data_root is None:
+        raise UserError(f"suite {suite.name!r} trains on the real {suite.data} data set: pass --data-root DIR "
+                        "(the directory format is in the README)")
+    return load_dataset(suite.data, "train", root=data_root)
+
+
+def clean_test_set(suite: Suite, *, size: int = 64, data_root: str | None = None):
+    """The held-out images a checkpoint's clean metrics are measured on."""
+    if suite.synthetic:
+        return load_dataset(suite.data, suite.split, size=size, resolution=suite.members[0].input_size, seed=0)
+    if data_root is None:
+        raise UserError(f"suite {suite.name!r} evaluates on the real {suite.data} data set: pass --data-root DIR")
+    return load_dataset(suite.data, suite.split, root=data_root, size=size)
+
+
+def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | None = None, device: str = "cpu",
+                 data_root: str | None = None, out_dir: str | Path | None = None, steps: int | None = None,
+                 train_set=None, test_set=None,
+                 progress: Callable[[int, float], None] | None = None) -> Path:
+    """Train ``member`` (from scratch, or fine-tuned from ``init_from``), measure its clean
+    metrics, and save it as a checkpoint directory."""
+    tasks = get_tasks(suite.dataset)
+    model = member_model(suite, member)
+    if init_from is not None:
+        model.warm_start_from(init_from)
+    recipe = recipe_for(suite, finetune=init_from is not None, steps=steps)
+    recipe.seed = int(suite.training.get("seed", 0)) + zlib.crc32(member.name.encode()) % 1000
+    train_set = train_set if train_set is not None else _train_set(suite, data_root)
+    stats = train_model(model, tasks, train_set, recipe, device=device, progress=progress)
+    test_set = test_set if test_set is not None else clean_test_set(suite, data_root=data_root)
+    metrics = evaluate(model, tasks, make_loader(test_set, 32), device=device)
+    info = CheckpointInfo(model=model.config, dataset=suite.data, suite=suite.name, member=member.name,
+                          input_size=member.input_size,
+                          training={**recipe.to_dict(), "warm_start": "AS" if init_from is not None else None,
+                                    "train_size": len(train_set), "seconds": round(stats["seconds"], 1),
+                                    "final_loss": stats["final_loss"], "device": str(device)},
+                          clean_metrics=metrics)
+    out = Path(out_dir) if out_dir is not None else local_checkpoint_dir(suite, member)
+    save_checkpoint(model.cpu(), info, out)
+    return out
+
+
+def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, device: str = "cpu",
+                data_root: str | None = None, console: Console | None = None, rebuild: bool = False) -> dict[str, Path]:
+    """Build the members of a suite that have no local checkpoint yet (all by default). The
+    warm-start member (AS) is built first when any other member needs it."""
+    suite = load_suite(suite) if isinstance(suite, str) else suite
+    console = console or Console(stderr=True)
+    wanted = [suite.member(m) for m in members] if members is not None else list(suite.members)
+    todo = [m for m in wanted if rebuild or not (local_checkpoint_dir(suite, m) / "config.json").exists()]
+    done = {m.name: local_checkpoint_dir(suite, m) for m in wanted if m not in todo}
+    if not todo:
+        return done
+    warm = suite.training.get("warm_start")
+    root = suite.member(warm) if warm else None
+    start = time.perf_counter()
+    train_set = _train_set(suite, data_root)
+    test_set = clean_test_set(suite, data_root=data_root)
+    if hasattr(train_set, "materialize"):
+        train_set.materialize()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), console=console,
+                  transient=False) as bar:
+        overall = bar.add_task(f"build {suite.name}", total=len(todo), loss=float("nan"))
+        init = None
+        others = [m for m in todo if m is not root]
+        if root is not None and (root in todo or others):
+            root_dir = local_checkpoint_dir(suite, root)
+            if root in todo or not (root_dir / "config.json").exists():
+                task = bar.add_task(f"  {root.name} (warm start)", total=recipe_for(suite).steps, loss=float("nan"))
+                build_member(suite, root, device=device, data_root=data_root, train_set=train_set,
+                             test_set=test_set, progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
+                if root in todo:
+                    done[root.name] = root_dir
+                    bar.update(overall, advance=1)
+            if others:
+                init, _ = load_checkpoint(root_dir)
+        for member in todo:
+            if member is root:
+                continue
+            steps = recipe_for(suite, finetune=init is not None).steps
+            task = bar.add_task(f"  {member.name}", total=steps, loss=float("nan"))
+            done[member.name] = build_member(
+                suite, member, init_from=init, device=device, data_root=data_root, train_set=train_set,
+                test_set=test_set, progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
+            bar.update(overall, advance=1)
+            bar.remove_task(task)
+    console.print(f"built {len(todo)} model(s) of {suite.name} in {time.perf_counter() - start:.0f} s "
+                  f"under {local_checkpoint_dir(suite, todo[0]).parent}")
+    return done
+
+
+def load_model(suite: Suite | str, member: Member | str, *, weights_dir: str | Path | None = None,
+               device: str | torch.device = "cpu", build: bool = True,
+               console: Console | None = None) -> tuple[BranchedModel, CheckpointInfo]:
+    """A suite member in eval mode, from a local directory, the Hub cache, or (tiny mirrors)
+    built on first use."""
+    suite = load_suite(suite) if isinstance(suite, str) else suite
+    member = suite.member(member) if isinstance(member, str) else member
+    directory, source = resolve_weights(suite, member, weights_dir=weights_dir)
+    if directory is None:
+        if not build:
+            raise UserError(f"{suite.name}/{member.name} is not built yet; run `mtlbench zoo build {suite.name}`")
+        directory = build_suite(suite, [member.name], console=console)[member.name]
+    # the pinned hash identifies the published weights; a local directory is the user's own model
+    return load_checkpoint(directory, sha256=member.sha256 if source == "hub" else "", expect=_expected(member),
+                           device=device)

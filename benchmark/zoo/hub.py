@@ -1,0 +1,166 @@
+"""Where a suite member's weights come from, and how they get onto the Hugging Face Hub.
+
+* a local directory (``--weights-dir DIR``: ``DIR/<member>/`` or ``DIR/<suite>/<member>/`` in the
+  checkpoint format),
+* a tiny mirror: ``$MTLBENCH_HOME/zoo/<suite>/<member>/``, built on first use,
+* a full suite: the Hub repo at the manifest's pinned revision, through huggingface_hub's cache
+  (``HF_HUB_OFFLINE=1`` or ``local_files_only`` never touches the network).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from benchmark.errors import UserError
+from benchmark.suites import Member, Suite
+from benchmark.zoo.checkpoint import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, CheckpointError, file_sha256, read_config
+
+__all__ = ["MissingWeightsError", "hub_offline", "local_checkpoint_dir", "mtlbench_home", "pin_in_manifest",
+           "push_checkpoint", "resolve_weights"]
+
+CHECKPOINT_FILES = [WEIGHTS_FILE, CONFIG_FILE, CARD_FILE]
+
+
+class MissingWeightsError(UserError):
+    """A member whose weights are neither local nor published."""
+
+
+def mtlbench_home() -> Path:
+    """mtlbench's cache: ``$MTLBENCH_HOME``, else ``$XDG_CACHE_HOME/mtlbench`` or ``~/.cache/mtlbench``."""
+    if os.environ.get("MTLBENCH_HOME"):
+        return Path(os.environ["MTLBENCH_HOME"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mtlbench"
+
+
+def local_checkpoint_dir(suite: Suite, member: Member) -> Path:
+    """Where mtlbench builds or trains ``member`` of ``suite`` locally."""
+    return mtlbench_home() / "zoo" / suite.name / member.name
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _how_to_get(suite: Suite, member: Member) -> str:
+    return (f"get them by one of: `mtlbench zoo train {suite.name} --model {member.name} --data-root DIR` "
+            f"(train it), `mtlbench zoo import {suite.name} WEIGHTROOT` (convert the paper authors' "
+            f"checkpoints), or `--weights-dir DIR` with a local checkpoint directory DIR/{member.name}/")
+
+
+def _in_weights_dir(weights_dir: Path, suite: Suite, member: Member) -> Path | None:
+    for candidate in (weights_dir / member.name, weights_dir / suite.name / member.name):
+        if (candidate / CONFIG_FILE).exists():
+            return candidate
+    return None
+
+
+def resolve_weights(suite: Suite, member: Member, *, weights_dir: str | Path | None = None,
+                    cache_dir: str | Path | None = None,
+                    local_files_only: bool | None = None) -> tuple[Path | None, str]:
+    """The checkpoint directory of ``member`` and where it came from (``weights-dir``, ``local``
+    or ``hub``), downloading it from the Hub when needed. The directory is ``None`` for a tiny
+    mirror that has not been built yet (the caller builds it)."""
+    if weights_dir is not None:
+        wd = Path(weights_dir)
+        if not wd.is_dir():
+            raise MissingWeightsError(f"--weights-dir {wd} does not exist")
+        found = _in_weights_dir(wd, suite, member)
+        if found is not None:
+            return found, "weights-dir"
+    local = local_checkpoint_dir(suite, member)
+    if (local / CONFIG_FILE).exists():
+        return local, "local"
+    if suite.tiny:
+        return None, "local"
+    if not member.published:
+        where = f" (looked in {weights_dir} and {local})" if weights_dir else f" (looked in {local})"
+        raise MissingWeightsError(f"{suite.name}/{member.name}: no published weights yet: the manifest has no "
+                                  f"pinned revision for {member.repo_id or 'its Hub repo'}{where}; "
+                                  f"{_how_to_get(suite, member)}")
+    path = _download(suite, member, cache_dir=cache_dir,
+                     local_files_only=hub_offline() if local_files_only is None else local_files_only)
+    return path, "hub"
+
+
+def _download(suite: Suite, member: Member, *, cache_dir, local_files_only: bool) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    label = f"{suite.name}/{member.name} ({member.repo_id}@{member.revision[:12]})"
+    try:
+        path = snapshot_download(member.repo_id, revision=member.revision, allow_patterns=CHECKPOINT_FILES,
+                                 cache_dir=cache_dir, local_files_only=local_files_only)
+    except LocalEntryNotFoundError:
+        raise MissingWeightsError(
+            f"{label}: not in the Hugging Face cache and downloads are off (HF_HUB_OFFLINE=1 or local_files_only); "
+            f"download it once with network access (unset HF_HUB_OFFLINE), or {_how_to_get(suite, member)}") from None
+    except RepositoryNotFoundError:
+        raise MissingWeightsError(f"{label}: the Hub has no repo {member.repo_id!r} (or it is private: "
+                                  f"log in with `hf auth login`); {_how_to_get(suite, member)}") from None
+    except RevisionNotFoundError:
+        raise MissingWeightsError(f"{label}: the Hub repo has no revision {member.revision}; the manifest pins a "
+                                  "commit that does not exist there") from None
+    except EntryNotFoundError as exc:
+        raise MissingWeightsError(f"{label}: a checkpoint file is missing on the Hub ({exc})") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise MissingWeightsError(f"{label}: download failed ({type(exc).__name__}: {exc}); retry, or set "
+                                  "HF_HUB_OFFLINE=1 to use the cache only") from None
+    path = Path(path)
+    missing = [f for f in (WEIGHTS_FILE, CONFIG_FILE) if not (path / f).exists()]
+    if missing:
+        raise CheckpointError(f"{label}: the downloaded snapshot lacks {', '.join(missing)}")
+    return path
+
+
+def push_checkpoint(directory: str | Path, repo_id: str, *, token: str | None = None, private: bool = False,
+                    message: str | None = None) -> tuple[str, str]:
+    """Upload a checkpoint directory to the Hub; returns ``(revision, sha256)`` to pin in the
+    manifest."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    d = Path(directory)
+    info = read_config(d)  # refuses directories that are not checkpoints
+    if not (d / WEIGHTS_FILE).exists():
+        raise CheckpointError(f"{d}: {WEIGHTS_FILE} is missing; nothing to push")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise UserError(f"{repo_id!r} is not a Hub repo id ('owner/name')")
+    digest = file_sha256(d / WEIGHTS_FILE)
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        message = message or f"mtlbench {info.suite}/{info.member}: {info.model.layout}"
+        commit = api.upload_folder(folder_path=str(d), repo_id=repo_id, repo_type="model",
+                                   allow_patterns=CHECKPOINT_FILES, commit_message=message)
+    except HfHubHTTPError as exc:
+        raise UserError(f"push to {repo_id} failed: {exc}") from None
+    return commit.oid, digest
+
+
+def pin_in_manifest(manifest: str | Path, member: str, *, repo_id: str, revision: str, sha256: str) -> None:
+    """Write ``repo_id``, ``revision`` and ``sha256`` into ``member``'s ``[[models]]`` entry of a
+    manifest (the text is edited in place, comments and order are kept)."""
+    path = Path(manifest)
+    text = path.read_text()
+    blocks = re.split(r"(?m)^(?=\[\[models\]\])", text)
+    for i, block in enumerate(blocks):
+        if block.startswith("[[models]]") and re.search(rf'(?m)^name\s*=\s*"{re.escape(member)}"\s*$', block):
+            for key, value in (("repo_id", repo_id), ("revision", revision), ("sha256", sha256)):
+                line = f'{key} = "{value}"'
+                if re.search(rf"(?m)^{key}\s*=", block):
+                    block = re.sub(rf"(?m)^{key}\s*=.*$", line, block)
+                else:
+                    block = block.rstrip("\n") + "\n" + line + "\n"
+            blocks[i] = block if block.endswith("\n") else block + "\n"
+            path.write_text("".join(blocks))
+            return
+    raise UserError(f"{path}: no [[models]] entry with name = {member!r}")
