@@ -289,6 +289,66 @@ def cmd_zoo_push(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- run
+def _csv(text: str | None, kind=str) -> list | None:
+    if text is None:
+        return None
+    try:
+        return [kind(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"cannot read {text!r} as a comma-separated list of {kind.__name__}s") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    from benchmark.runner import RunOptions, run
+
+    if args.plugins:
+        os.environ["MTLBENCH_PLUGINS"] = ",".join(filter(None, [os.environ.get("MTLBENCH_PLUGINS"), args.plugins]))
+    options = RunOptions(suite=args.suite, profile=args.profile, attacks=_csv(args.attacks), eps=_csv(args.eps, float),
+                         models=_csv(args.models), seeds=_csv(args.seeds, int), device=_device(args.device),
+                         results=args.results, weights_dir=args.weights_dir, data_root=args.data_root,
+                         executor=args.executor, ray_address=args.address, gpus_per_cell=args.gpus_per_cell)
+    summary = run(options, console=err_console)
+    done = dict(summary.done)
+    ran = ", ".join(f"{n} {s}" for s, n in sorted(done.items())) or "nothing left to run"
+    console.print(f"{summary.total} cells: {summary.skipped} already in {args.results}; {ran} "
+                  f"({summary.seconds:.0f} s)")
+    for name, why in summary.missing_models.items():
+        err_console.print(f"[yellow]skipped {name}[/]: {why}", highlight=False)
+    if summary.bad:
+        err_console.print(f"[red]{summary.bad} cell(s) failed or were invalid[/]; their reasons are in the store "
+                          f"(`mtlbench results show {args.results} --status failed,invalid`)")
+    return min(summary.bad, 99)
+
+
+def cmd_results_export(args: argparse.Namespace) -> int:
+    from benchmark.runner import ResultsStore
+
+    with ResultsStore(args.results, readonly=True) as store:
+        out = store.export(args.out)
+    console.print(f"wrote {out}")
+    return 0
+
+
+def cmd_results_show(args: argparse.Namespace) -> int:
+    from benchmark.runner import ResultsStore
+
+    statuses = _csv(args.status) or ["valid", "invalid", "failed"]
+    with ResultsStore(args.results, readonly=True) as store:
+        cells = [c for c in store.cells() if c.status in statuses]
+    table = Table(title=f"{args.results}: {len(cells)} cells")
+    for col in ("suite", "model", "attack", "eps", "seed", "status", "ARP", "s/img", "fwd", "bwd", "reason"):
+        table.add_column(col, overflow="fold")
+    for c in cells[: args.limit]:
+        table.add_row(c.suite, c.model, c.attack, f"{c.eps:g}", str(c.seed), c.status,
+                      "" if c.arp is None else f"{c.arp:.2f}", f"{c.time_per_image_s:.4f}", str(c.forward_passes),
+                      str(c.backward_passes), c.reason)
+    console.print(table)
+    return 0
+
+
 # ---------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from benchmark.demo import run_demo
@@ -391,6 +451,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="Hub token (default: the logged-in one)")
     p.add_argument("--private", action="store_true")
     p.set_defaults(func=cmd_zoo_push)
+
+    p = sub.add_parser("run", help="evaluate a suite's grid of models x attacks x eps x seeds")
+    p.add_argument("--suite", default="tiny-nyuv2-resnet34", help="suite name or manifest path")
+    p.add_argument("--profile", default="quick", help="profile of the suite (quick, paper, ...)")
+    p.add_argument("--attacks", help="comma-separated attacks or patterns, e.g. 'pgd:gb-mta,fgsm:*' "
+                                     "(default: the profile's)")
+    p.add_argument("--eps", help="comma-separated eps in 0-255 units (default: the profile's)")
+    p.add_argument("--models", help="comma-separated member names (default: all)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the profile's)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--results", default="results.db", help="SQLite results database (created or resumed)")
+    p.add_argument("--weights-dir", help="local checkpoint directories DIR/<model>/ (Hub format)")
+    p.add_argument("--data-root", help="directory of the real data set (full suites)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    p.add_argument("--gpus-per-cell", type=float, default=1.0, help="GPUs per Ray task (a fraction shares one)")
+    p.add_argument("--plugins", help="comma-separated modules or .py files that register attacks")
+    p.set_defaults(func=cmd_run)
+
+    results = sub.add_parser("results", help="read a results database")
+    rsub = results.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = rsub.add_parser("export", help="write the cells as CSV or JSON")
+    p.add_argument("results")
+    p.add_argument("out", help="output file, .csv or .json")
+    p.set_defaults(func=cmd_results_export)
+    p = rsub.add_parser("show", help="print cells")
+    p.add_argument("results")
+    p.add_argument("--status", help="comma-separated statuses (valid, invalid, failed)")
+    p.add_argument("--limit", type=int, default=200)
+    p.set_defaults(func=cmd_results_show)
 
     p = sub.add_parser("demo", help="train tiny models on synthetic scenes and render a leaderboard site")
     p.add_argument("--out", default="site", help="output directory of the site (default: site)")

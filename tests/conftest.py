@@ -47,3 +47,62 @@ def wide_console(monkeypatch):
 
     monkeypatch.setattr(cli, "console", Console(width=300))
     monkeypatch.setattr(cli, "err_console", Console(width=300, stderr=True))
+
+
+MINI_SUITE = """
+[suite]
+name = "mini-run"
+dataset = "nyuv2"
+data = "synthetic-nyuv2"
+width = 0.125
+input_size = 32
+head_hidden = 16
+head_rates = [1, 2]
+
+[training]
+steps = 40
+batch_size = 8
+lr = 0.003
+train_size = 64
+warm_start = "AS"
+finetune_steps = 5
+
+[profiles.quick]
+eps = [4, 8]
+attacks = ["fgsm:total", "pgd:gb-mta"]
+steps = { pgd = 2 }
+eval_size = 4
+batch_size = 2
+
+[[models]]
+name = "AS"
+layout = "AS"
+
+[[models]]
+index = 9
+layout = "[[{0,2},{1}], [{0,2},{1}], [{0},{1},{2}], [{0},{1},{2}], [{0},{1},{2}]]"
+"""
+
+
+@pytest.fixture(scope="session")
+def mini_suite(tmp_path_factory):
+    """A 2-model synthetic suite (AS and layout 9 at 32x32), built once; returns (manifest path,
+    MTLBENCH_HOME). Tests set MTLBENCH_HOME to that home to use the built models."""
+    import os
+
+    from benchmark.zoo.build import build_suite
+
+    root = tmp_path_factory.mktemp("mini-suite")
+    manifest = root / "mini-run.toml"
+    manifest.write_text(MINI_SUITE)
+    home = root / "home"
+    old = os.environ.get("MTLBENCH_HOME")
+    os.environ["MTLBENCH_HOME"] = str(home)
+    try:
+        build_suite(str(manifest))
+    finally:
+        if old is None:
+            os.environ.pop("MTLBENCH_HOME")
+        else:
+            os.environ["MTLBENCH_HOME"] = old
+    return manifest, home

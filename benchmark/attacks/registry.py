@@ -10,8 +10,13 @@ the ``mtlbench.attacks`` entry-point group (``name = "package.module:Class"``).
 from __future__ import annotations
 
 import fnmatch
+import importlib
+import importlib.util
 import inspect
+import os
+import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from benchmark.errors import UserError
 from benchmark.tasks import Task, get_tasks
@@ -20,6 +25,7 @@ __all__ = ["ATTACKS", "create_attack", "list_attacks", "load_plugins", "register
 
 ATTACKS: dict[str, type] = {}
 _PLUGINS_LOADED = False
+_PLUGIN_MODULES: set[str] = set()
 
 
 def register_attack(name: str):
@@ -41,8 +47,13 @@ def register_attack(name: str):
 
 
 def load_plugins() -> None:
-    """Import the attacks of installed plugins (entry-point group ``mtlbench.attacks``) once."""
+    """Import the attacks of installed plugins (entry-point group ``mtlbench.attacks``, once) and
+    of the modules named in ``MTLBENCH_PLUGINS`` (each once)."""
     global _PLUGINS_LOADED
+    for module in filter(None, (m.strip() for m in os.environ.get("MTLBENCH_PLUGINS", "").split(","))):
+        if module not in _PLUGIN_MODULES:
+            _PLUGIN_MODULES.add(module)
+            _import_plugin_module(module)
     if _PLUGINS_LOADED:
         return
     _PLUGINS_LOADED = True
@@ -53,6 +64,24 @@ def load_plugins() -> None:
             raise UserError(f"attack plugin {ep.name!r} ({ep.value}) failed to import: {exc}") from exc
         if ep.name not in ATTACKS:
             register_attack(ep.name)(obj)
+
+
+def _import_plugin_module(spec: str) -> None:
+    """Import a module that registers attacks with ``@register_attack``: a module name, or the
+    path of a ``.py`` file (``MTLBENCH_PLUGINS``, ``mtlbench run --plugins``)."""
+    try:
+        if spec.endswith(".py"):
+            path = Path(spec).resolve()
+            if not path.exists():
+                raise FileNotFoundError(f"no file {path}")
+            module_spec = importlib.util.spec_from_file_location(f"mtlbench_plugin_{path.stem}", path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_spec.name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            importlib.import_module(spec)
+    except Exception as exc:  # a broken plugin is the user's error, reported as such
+        raise UserError(f"attack plugin {spec!r} failed to import: {type(exc).__name__}: {exc}") from exc
 
 
 def _is_optimizer(cls) -> bool:

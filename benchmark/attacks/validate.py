@@ -9,6 +9,7 @@ attack that raises is *failed*. Either way the verdict carries the reason, and t
 from __future__ import annotations
 
 import hashlib
+import time
 import traceback
 from dataclasses import dataclass, field
 
@@ -17,7 +18,8 @@ import torch
 from benchmark.attacks.base import Attack, PassCounter
 from benchmark.tasks import Task
 
-__all__ = ["TOLERANCE", "AttackRun", "Verdict", "model_fingerprint", "run_attack", "validate_output"]
+__all__ = ["TOLERANCE", "AttackRun", "Verdict", "WeightSnapshot", "model_fingerprint", "run_attack",
+           "validate_output"]
 
 #: slack on the eps-ball and [0, 1] checks: float32 rounding of x +- eps, not a real budget
 TOLERANCE = 1e-5
@@ -52,6 +54,18 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+class WeightSnapshot:
+    """A copy of a model's parameters and buffers to check, cheaply and exactly, that an attack
+    left them alone (an element-wise comparison instead of hashing every byte)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def unchanged(self, model: torch.nn.Module) -> bool:
+        now = model.state_dict()
+        return now.keys() == self.state.keys() and all(torch.equal(now[k], v) for k, v in self.state.items())
+
+
 def validate_output(adv, images: torch.Tensor, eps: float) -> Verdict:
     """Shape/dtype/device, finiteness, range and eps-ball checks of one output (eps on [0, 1])."""
     if not isinstance(adv, torch.Tensor):
@@ -77,21 +91,28 @@ def validate_output(adv, images: torch.Tensor, eps: float) -> Verdict:
 
 
 def run_attack(attack: Attack, model: torch.nn.Module, images: torch.Tensor, targets: dict[str, torch.Tensor], *,
-               tasks: list[Task], eps: float, seed: int, check_determinism: bool = True) -> AttackRun:
-    """Run ``attack`` (eps in 0-255 units) with a generator seeded by ``seed`` and validate it."""
+               tasks: list[Task], eps: float, seed: int, check_determinism: bool = True,
+               snapshot: WeightSnapshot | None = None) -> AttackRun:
+    """Run ``attack`` (eps in 0-255 units) with a generator seeded by ``seed`` and validate it.
+    ``snapshot`` is a :class:`WeightSnapshot` of the model when the caller keeps one. The
+    attack's own wall time (first run, synchronised on CUDA) is in ``extra["attack_s"]``."""
     scale = eps / 255.0
-    before = model_fingerprint(model)
+    before = snapshot or WeightSnapshot(model)
     counter = PassCounter().attach(model)
+    start = time.perf_counter()
     try:
         adv = attack(model, images, targets, tasks=tasks, eps=scale, generator=_generator(seed, images.device))
+        if images.is_cuda:
+            torch.cuda.synchronize(images.device)
     except Exception as exc:  # an attack's crash is a failed cell, never a crashed run
         counter.detach()
         tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
         return AttackRun(None, Verdict("failed", f"attack raised {tb}"))
     finally:
         counter.detach()
-    run = AttackRun(None, Verdict("valid"), counter.forward, counter.backward)
-    if model_fingerprint(model) != before:
+    run = AttackRun(None, Verdict("valid"), counter.forward, counter.backward,
+                    {"attack_s": time.perf_counter() - start})
+    if not before.unchanged(model):
         run.verdict = Verdict("invalid", "the attack changed the model's weights or buffers")
         return run
     verdict = validate_output(adv, images, scale)

@@ -171,5 +171,7 @@ def load_model(suite: Suite | str, member: Member | str, *, weights_dir: str | P
             raise UserError(f"{suite.name}/{member.name} is not built yet; run `mtlbench zoo build {suite.name}`")
         directory = build_suite(suite, [member.name], console=console)[member.name]
     # the pinned hash identifies the published weights; a local directory is the user's own model
-    return load_checkpoint(directory, sha256=member.sha256 if source == "hub" else "", expect=_expected(member),
-                           device=device)
+    model, info = load_checkpoint(directory, sha256=member.sha256 if source == "hub" else "",
+                                  expect=_expected(member), device=device)
+    info.origin = source
+    return model, info

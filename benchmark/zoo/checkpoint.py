@@ -53,6 +53,7 @@ class CheckpointInfo:
     mtlbench_version: str = __version__
     created: str = ""
     source: str = "mtlbench"
+    origin: str = ""  # where this copy was loaded from: hub, local or weights-dir (not stored)
 
     def to_dict(self) -> dict:
         return {

@@ -1,0 +1,235 @@
+"""Cells: one (suite, model, attack, eps, seed) evaluation under a profile, and how it is run.
+
+:func:`evaluate_cell` is the single code path of every executor, so results are bit-identical
+(same seed, same device) whichever executor ran them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fnmatch
+import inspect
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from benchmark import __version__
+from benchmark.attacks import create_attack, list_attacks, run_attack
+from benchmark.attacks.registry import ATTACKS, load_plugins
+from benchmark.attacks.validate import WeightSnapshot
+from benchmark.errors import UserError
+from benchmark.runner.store import CellResult, cell_key
+from benchmark.scoring import arp, task_arp
+from benchmark.suites import Profile, Suite
+from benchmark.tasks import Task
+
+__all__ = ["Cell", "PeakMemory", "attack_options", "evaluate_cell", "expand_grid"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    suite: str
+    model: str
+    attack: str
+    eps: float  # 0-255 units
+    seed: int
+    profile: str
+    options: tuple[tuple[str, Any], ...] = ()  # attack options (e.g. steps)
+    images: int | None = None  # evaluation images (None: the whole split)
+    batch_size: int = 8
+    check_determinism: bool = True  # repeat the attack on the first batch and compare
+
+    def config(self, *, model_revision: str, data: str, split: str, input_size: int) -> dict[str, Any]:
+        """The full configuration that keys the cell in the store (with code and weights versions)."""
+        cfg = asdict(self)
+        cfg["options"] = dict(self.options)
+        cfg.update(model_revision=model_revision, data=data, split=split, input_size=input_size,
+                   code_version=__version__)
+        return cfg
+
+
+def attack_options(spec: str, profile: Profile) -> tuple[tuple[str, Any], ...]:
+    """The profile's step budget for ``spec``'s optimizer, if that attack takes ``steps``."""
+    load_plugins()
+    name = spec.partition(":")[0]
+    cls = ATTACKS.get(name)
+    if cls is None or name not in profile.steps:
+        return ()
+    if "steps" not in inspect.signature(cls.__init__).parameters:
+        return ()
+    return (("steps", profile.steps[name]),)
+
+
+def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = None,
+                eps: list[float] | None = None, models: list[str] | None = None,
+                seeds: list[int] | None = None) -> list[Cell]:
+    """suite x models x attacks (patterns expanded for the suite's tasks) x eps x seeds.
+
+    The attack's determinism is checked in the cells of the first eps (per model, attack and
+    seed): it is a property of the attack and the model, and checking it once halves the cost of
+    the other cells."""
+    from benchmark.tasks import get_tasks
+
+    tasks = get_tasks(suite.dataset)
+    names: list[str] = []
+    for pattern in attacks if attacks is not None else profile.attacks:
+        matched = [a for a in list_attacks("*", tasks=tasks) if fnmatch.fnmatch(a, pattern.strip())]
+        if not matched:
+            raise UserError(f"attack {pattern!r} matches nothing for the tasks of {suite.name}; "
+                            "see `mtlbench attacks list`")
+        names += [a for a in matched if a not in names]
+    eps_list = [float(e) for e in (eps if eps is not None else profile.eps)]
+    for e in eps_list:
+        if not 0 < e <= 255:
+            raise UserError(f"eps {e:g} is outside (0, 255] (0-255 pixel units: 8 means 8/255)")
+    members = [suite.member(m) for m in models] if models else list(suite.members)
+    seed_list = list(seeds if seeds is not None else profile.seeds)
+    return [Cell(suite.name, m.name, a, e, s, profile.name, attack_options(a, profile), profile.eval_size,
+                 profile.batch_size, check_determinism=(i == 0))
+            for m in members for a in names for s in seed_list for i, e in enumerate(eps_list)]
+
+
+class PeakMemory:
+    """Peak memory during a block.
+
+    * CUDA: ``torch.cuda.max_memory_allocated`` after a reset (kind ``cuda-max-allocated``).
+    * CPU on Linux: the process's peak resident set size (``VmHWM`` of ``/proc/self/status``),
+      reset at the start of the block through ``/proc/self/clear_refs`` (kind ``cpu-peak-rss``:
+      the whole process, model and data included, not only the attack's tensors).
+    * Elsewhere: ``ru_maxrss``, the peak over the process's lifetime (kind ``cpu-maxrss-lifetime``).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak: int | None = None
+        self.kind = ""
+
+    @staticmethod
+    def _reset_hwm() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def _hwm() -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        raise OSError("no VmHWM in /proc/self/status")
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.kind = "cuda-max-allocated"
+        elif self._reset_hwm():
+            self.kind = "cpu-peak-rss"
+        else:
+            self.kind = "cpu-maxrss-lifetime"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+        elif self.kind == "cpu-peak-rss":
+            self.peak = self._hwm()
+        else:
+            import resource
+
+            scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+            self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+@dataclass
+class CellContext:
+    """What a cell needs besides its own configuration (shared by the cells of one model)."""
+
+    model: torch.nn.Module
+    tasks: list[Task]
+    batches: list[dict[str, torch.Tensor]]
+    clean: dict[str, dict[str, float]]
+    fingerprint: str
+    model_revision: str
+    data: str
+    split: str
+    input_size: int
+    device: torch.device
+    git_commit: str = ""
+    snapshot: WeightSnapshot | None = None  # of the model's weights, to check attacks leave them alone
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _batch_seed(seed: int, index: int) -> int:
+    return (int(seed) * 1_000_003 + index) % (2**63 - 1)
+
+
+def evaluate_cell(cell: Cell, ctx: CellContext) -> CellResult:
+    """Attack every batch, validate each output, score the adversarial images. An attack that
+    raises or returns a bad output gives a ``failed``/``invalid`` result, never an exception."""
+    config = cell.config(model_revision=ctx.model_revision, data=ctx.data, split=ctx.split,
+                         input_size=ctx.input_size)
+    result = CellResult(
+        key=cell_key(config), suite=cell.suite, model=cell.model, attack=cell.attack, eps=cell.eps, seed=cell.seed,
+        profile=cell.profile, status="valid", clean=ctx.clean, device=_device_name(ctx.device),
+        torch_version=torch.__version__, mtlbench_version=__version__, git_commit=ctx.git_commit,
+        model_revision=ctx.model_revision, config=config,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    start = time.perf_counter()
+    meter = PeakMemory(ctx.device)
+    with meter:
+        _attack_and_score(cell, ctx, result)
+    result.wall_s = time.perf_counter() - start
+    result.time_per_image_s = result.attack_s / result.images if result.images else 0.0
+    result.peak_memory_bytes, result.peak_memory_kind = meter.peak, meter.kind
+    return result
+
+
+def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
+    try:
+        attack = create_attack(cell.attack, **dict(cell.options))
+    except UserError as exc:
+        result.status, result.reason = "failed", f"cannot create the attack: {exc}"
+        return
+    metrics = {t.name: t.new_metric() for t in ctx.tasks}
+    max_delta = 0.0
+    for i, batch in enumerate(ctx.batches):
+        run = run_attack(attack, ctx.model, batch["image"], batch, tasks=ctx.tasks, eps=cell.eps,
+                         seed=_batch_seed(cell.seed, i), check_determinism=cell.check_determinism and i == 0,
+                         snapshot=ctx.snapshot)
+        result.forward_passes += run.forward_passes
+        result.backward_passes += run.backward_passes
+        result.attack_s += run.extra.get("attack_s", 0.0)
+        if not run.verdict.valid:
+            result.status = run.verdict.status
+            result.reason = f"batch {i}: {run.verdict.reason}"
+            return
+        max_delta = max(max_delta, run.verdict.max_perturbation)
+        with torch.no_grad():
+            outputs = ctx.model(run.adversarial)
+        for t in ctx.tasks:
+            metrics[t.name].update(outputs[t.name], batch)
+        result.images += batch["image"].shape[0]
+        result.batches += 1
+    result.adversarial = {name: m.compute() for name, m in metrics.items()}
+    result.max_perturbation = max_delta
+    try:
+        result.task_arp = task_arp(ctx.clean, result.adversarial, ctx.tasks)
+        result.arp = arp(ctx.clean, result.adversarial, ctx.tasks)
+    except ValueError as exc:  # a clean metric of 0: ARP is undefined
+        result.status, result.reason = "invalid", f"ARP undefined: {exc}"
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"

@@ -1,0 +1,212 @@
+"""The results store: one SQLite file in WAL mode, one row per cell.
+
+A row is keyed by the cell's full configuration plus the code and weights versions (``key``, a
+sha256 of them). Each row is written in one transaction, so a ``kill -9`` loses at most the cell in
+flight and a concurrent reader (the leaderboard) never sees half a row. Clean metrics are cached
+per (model, weights version, split, images) in their own table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmark.errors import UserError
+
+__all__ = ["CellResult", "ResultsStore", "cell_key"]
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cells (
+    key TEXT PRIMARY KEY,
+    suite TEXT NOT NULL, model TEXT NOT NULL, attack TEXT NOT NULL, eps REAL NOT NULL, seed INTEGER NOT NULL,
+    profile TEXT NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL,
+    arp REAL, task_arp TEXT, clean TEXT, adversarial TEXT,
+    images INTEGER, batches INTEGER, wall_s REAL, attack_s REAL, time_per_image_s REAL,
+    forward_passes INTEGER, backward_passes INTEGER, peak_memory_bytes INTEGER, peak_memory_kind TEXT,
+    max_perturbation REAL, device TEXT, torch_version TEXT, mtlbench_version TEXT, git_commit TEXT,
+    model_revision TEXT, config TEXT NOT NULL, created TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cells_by_suite ON cells (suite, eps, attack);
+CREATE TABLE IF NOT EXISTS clean (
+    key TEXT PRIMARY KEY, suite TEXT NOT NULL, model TEXT NOT NULL, model_revision TEXT NOT NULL,
+    split TEXT NOT NULL, images INTEGER NOT NULL, metrics TEXT NOT NULL, device TEXT, created TEXT NOT NULL
+);
+"""
+_JSON_COLUMNS = ("task_arp", "clean", "adversarial", "config")
+
+
+def cell_key(config: dict[str, Any]) -> str:
+    """Stable key of a cell: sha256 of its canonical JSON configuration (which includes the code
+    and weights versions)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass
+class CellResult:
+    """Everything stored about one evaluated cell."""
+
+    key: str
+    suite: str
+    model: str
+    attack: str
+    eps: float
+    seed: int
+    profile: str
+    status: str  # valid | invalid | failed
+    reason: str = ""
+    arp: float | None = None
+    task_arp: dict[str, float] = field(default_factory=dict)
+    clean: dict[str, dict[str, float]] = field(default_factory=dict)
+    adversarial: dict[str, dict[str, float]] = field(default_factory=dict)
+    images: int = 0
+    batches: int = 0
+    wall_s: float = 0.0
+    attack_s: float = 0.0
+    time_per_image_s: float = 0.0
+    forward_passes: int = 0  # model calls made by the attack, over all batches
+    backward_passes: int = 0
+    peak_memory_bytes: int | None = None
+    peak_memory_kind: str = ""
+    max_perturbation: float | None = None  # 0-255 units
+    device: str = ""
+    torch_version: str = ""
+    mtlbench_version: str = ""
+    git_commit: str = ""
+    model_revision: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+
+    def to_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        for col in _JSON_COLUMNS:
+            row[col] = json.dumps(row[col], sort_keys=True)
+        return row
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> CellResult:
+        data = dict(row)
+        for col in _JSON_COLUMNS:
+            data[col] = json.loads(data[col]) if data[col] is not None else {}
+        return cls(**data)
+
+
+class ResultsStore:
+    """A results database. Safe for one writer and any number of concurrent readers."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly and not self.path.exists():
+            raise UserError(f"results database {self.path} does not exist; run `mtlbench run` first")
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"file:{self.path}?mode=ro" if readonly else str(self.path)
+        try:
+            self.conn = sqlite3.connect(uri, uri=readonly, timeout=30.0, isolation_level=None)
+            self.conn.row_factory = sqlite3.Row
+            if not readonly:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                self.conn.executescript(_SCHEMA)
+                self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            version = self.conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{self.path} is not an mtlbench results database ({exc})") from None
+        if version is None or int(version[0]) != SCHEMA_VERSION:
+            raise UserError(f"{self.path}: results schema version {version and version[0]}, this mtlbench "
+                            f"reads version {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ cells
+    def done_keys(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT key FROM cells")}
+
+    def put(self, result: CellResult) -> None:
+        """Insert one finished cell atomically (a row is either fully there or not at all)."""
+        row = result.to_row()
+        cols = ", ".join(row)
+        marks = ", ".join(f":{c}" for c in row)
+        with self._transaction():
+            self.conn.execute(f"INSERT OR REPLACE INTO cells ({cols}) VALUES ({marks})", row)
+
+    def _transaction(self):
+        conn = self.conn
+
+        class _Tx:
+            def __enter__(self):
+                conn.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, exc_type, *_):
+                conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+        return _Tx()
+
+    def cells(self, **where: Any) -> list[CellResult]:
+        unknown = set(where) - set(CellResult.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"no cell column {sorted(unknown)[0]!r}")
+        clause = " AND ".join(f"{k} = :{k}" for k in where)
+        sql = ("SELECT * FROM cells" + (f" WHERE {clause}" if clause else "")
+               + " ORDER BY suite, model, attack, eps, seed")
+        return [CellResult.from_row(r) for r in self.conn.execute(sql, where)]
+
+    def count(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.conn.execute("SELECT status, COUNT(*) FROM cells GROUP BY status")}
+
+    # ------------------------------------------------------------------ clean metrics
+    def get_clean(self, key: str) -> dict[str, dict[str, float]] | None:
+        row = self.conn.execute("SELECT metrics FROM clean WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put_clean(self, key: str, *, suite: str, model: str, model_revision: str, split: str, images: int,
+                  metrics: dict, device: str, created: str) -> None:
+        with self._transaction():
+            self.conn.execute("INSERT OR REPLACE INTO clean VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              (key, suite, model, model_revision, split, images, json.dumps(metrics), device, created))
+
+    def clean_rows(self) -> list[dict[str, Any]]:
+        return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in self.conn.execute("SELECT * FROM clean")]
+
+    # ------------------------------------------------------------------ export
+    def to_pandas(self):
+        """One row per cell; per-task ARP and metrics flattened into columns."""
+        import pandas as pd
+
+        rows = []
+        for c in self.cells():
+            row = {k: v for k, v in asdict(c).items() if k not in _JSON_COLUMNS}
+            row.update({f"arp_{t}": v for t, v in c.task_arp.items()})
+            for kind, metrics in (("clean", c.clean), ("adv", c.adversarial)):
+                for task, values in metrics.items():
+                    row.update({f"{kind}_{task}_{m}": v for m, v in values.items()})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def export(self, path: str | Path) -> Path:
+        """Write the cells to ``.csv`` or ``.json`` (by the file's suffix)."""
+        out = Path(path)
+        if out.suffix == ".csv":
+            self.to_pandas().to_csv(out, index=False)
+        elif out.suffix == ".json":
+            out.write_text(json.dumps([asdict(c) for c in self.cells()], indent=1, sort_keys=True, default=str))
+        else:
+            raise UserError(f"export to {out}: use a .csv or .json file name")
+        return out
+
+    def put_many(self, results: Iterable[CellResult]) -> None:
+        for r in results:
+            self.put(r)

@@ -1,0 +1,202 @@
+"""The runner: grid expansion, the results store (resume, kill -9, concurrent readers, export),
+failed and invalid cells, missing weights, and the Ray executor."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.errors import UserError
+from benchmark.runner import ResultsStore, RunOptions, expand_grid, run
+from benchmark.suites import load_suite
+
+TESTS = Path(__file__).parent
+PLUGIN = str(TESTS / "plugin_bad_attacks.py")
+
+
+@pytest.fixture
+def mini(mini_suite, monkeypatch):
+    manifest, home = mini_suite
+    monkeypatch.setenv("MTLBENCH_HOME", str(home))
+    return manifest
+
+
+def test_grid_expansion():
+    suite = load_suite("tiny-nyuv2-resnet34")
+    profile = suite.profile("quick")
+    cells = expand_grid(suite, profile)
+    # 25 models x (fgsm:gb-mta, pgd:total, pgd:signtotal, pgd:gb-mta, 3 x pgd:single-*) x 2 eps x 1 seed
+    assert len(cells) == 25 * 7 * 2
+    pgd = next(c for c in cells if c.attack == "pgd:gb-mta")
+    assert dict(pgd.options) == {"steps": 5} and pgd.images == 8
+    assert dict(next(c for c in cells if c.attack == "fgsm:gb-mta").options) == {}
+    # determinism is checked once per (model, attack, seed): in the cells of the first eps
+    assert {c.eps for c in cells if c.check_determinism} == {4.0}
+    cells = expand_grid(suite, profile, attacks=["apgd:single-*"], eps=[2, 16], models=["AS"], seeds=[0, 1])
+    assert {c.attack for c in cells} == {"apgd:single-segment", "apgd:single-normal", "apgd:single-depth"}
+    assert len(cells) == 3 * 2 * 2
+    with pytest.raises(UserError, match="matches nothing"):
+        expand_grid(suite, profile, attacks=["pgd:single-keypoint"])
+    with pytest.raises(UserError, match="outside"):
+        expand_grid(suite, profile, eps=[0])
+
+
+def test_run_stores_every_field_and_resumes(mini, tmp_path):
+    db = tmp_path / "r.db"
+    summary = run(RunOptions(suite=str(mini), results=str(db)))
+    assert summary.total == 2 * 2 * 2 and summary.done["valid"] == 8 and summary.skipped == 0
+    with ResultsStore(db, readonly=True) as store:
+        cells = store.cells()
+        assert len(cells) == 8 and {c.status for c in cells} == {"valid"}
+        pgd = next(c for c in cells if c.attack == "pgd:gb-mta" and c.eps == 8 and c.model == "layout-9")
+        # PGD-2 on 2 batches of 2 images: counted passes, not assumed ones
+        assert (pgd.forward_passes, pgd.backward_passes, pgd.images, pgd.batches) == (4, 4, 4, 2)
+        assert pgd.arp > 0 and set(pgd.task_arp) == {"segment_semantic", "normal", "depth_zbuffer"}
+        assert pgd.peak_memory_bytes > 10_000_000 and pgd.peak_memory_kind == "cpu-peak-rss"
+        assert 0 < pgd.max_perturbation <= 8 + 1e-3 and pgd.time_per_image_s > 0 and pgd.wall_s >= pgd.attack_s
+        assert pgd.model_revision.startswith("local-sha256:") and pgd.torch_version and pgd.mtlbench_version
+        assert pgd.config["options"] == {"steps": 2} and pgd.config["code_version"] == pgd.mtlbench_version
+        assert pgd.clean == next(c for c in cells if c.model == "layout-9").clean
+        assert len(store.clean_rows()) == 2  # clean metrics computed once per model
+        fgsm4 = next(c for c in cells if c.attack == "fgsm:total" and c.eps == 4 and c.model == "AS")
+        fgsm8 = next(c for c in cells if c.attack == "fgsm:total" and c.eps == 8 and c.model == "AS")
+        assert fgsm8.arp > fgsm4.arp
+    # a second run has nothing to do; a deleted row is the only thing run again
+    assert run(RunOptions(suite=str(mini), results=str(db))).skipped == 8
+    conn = sqlite3.connect(db)
+    conn.execute("DELETE FROM cells WHERE model='AS' AND attack='fgsm:total' AND eps=4")
+    conn.commit()
+    conn.close()
+    again = run(RunOptions(suite=str(mini), results=str(db)))
+    assert again.skipped == 7 and again.done["valid"] == 1
+
+
+def test_export(mini, tmp_path):
+    db = tmp_path / "r.db"
+    run(RunOptions(suite=str(mini), results=str(db), attacks=["fgsm:total"], eps=[8]))
+    assert main(["results", "export", str(db), str(tmp_path / "cells.csv")]) == 0
+    assert main(["results", "export", str(db), str(tmp_path / "cells.json")]) == 0
+    import pandas as pd
+
+    frame = pd.read_csv(tmp_path / "cells.csv")
+    assert len(frame) == 2 and {"arp", "arp_normal", "adv_depth_zbuffer_abs_err", "clean_normal_mean"} <= set(frame)
+    data = json.loads((tmp_path / "cells.json").read_text())
+    assert {d["model"] for d in data} == {"AS", "layout-9"}
+    with ResultsStore(db, readonly=True) as store:
+        assert store.to_pandas()["arp"].tolist() == frame["arp"].tolist()
+    assert main(["results", "export", str(db), str(tmp_path / "cells.xlsx")]) == 2
+    assert main(["results", "export", str(tmp_path / "missing.db"), str(tmp_path / "x.csv")]) == 2
+
+
+def test_failed_and_invalid_attacks_do_not_stop_the_run(mini, tmp_path, capsys):
+    db = tmp_path / "r.db"
+    code = main(["run", "--suite", str(mini), "--results", str(db), "--attacks", "test-nan,test-crash,fgsm:total",
+                 "--eps", "8", "--plugins", PLUGIN, "--device", "cpu"])
+    assert code == 4  # 2 models x (1 invalid + 1 failed); the exit status counts them
+    assert "4 cell(s) failed or were invalid" in capsys.readouterr().err
+    with ResultsStore(db, readonly=True) as store:
+        by = {(c.model, c.attack): c for c in store.cells()}
+    assert by[("AS", "test-nan")].status == "invalid" and "non-finite" in by[("AS", "test-nan")].reason
+    assert by[("AS", "test-crash")].status == "failed" and "RuntimeError: boom" in by[("AS", "test-crash")].reason
+    assert by[("AS", "fgsm:total")].status == "valid" and by[("layout-9", "fgsm:total")].arp > 0
+
+
+def test_unpublished_members_are_reported_and_skipped(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MTLBENCH_HOME", str(tmp_path / "home"))
+    code = main(["run", "--suite", "nyuv2-resnet34", "--models", "AS,layout-9", "--results", str(tmp_path / "r.db"),
+                 "--attacks", "fgsm:total", "--eps", "8", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "skipped AS" in err and "skipped layout-9" in err and "no published weights" in err
+    assert "zoo train nyuv2-resnet34" in err
+
+
+def _rows(db: Path) -> list[dict]:
+    """Read every row with a fresh connection (as the leaderboard would) and parse it fully."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = [dict(r) for r in conn.execute("SELECT * FROM cells")]
+    finally:
+        conn.close()
+    for r in rows:
+        for col in ("clean", "adversarial", "config", "task_arp"):
+            json.loads(r[col])
+        assert r["status"] == "valid" and r["arp"] is not None
+    return rows
+
+
+def test_kill_minus_9_loses_no_finished_cell(mini, tmp_path):
+    db = tmp_path / "r.db"
+    env = {**os.environ, "MTLBENCH_PLUGINS": PLUGIN, "MTLBENCH_TEST_SLEEP": "0.3"}
+    cmd = [sys.executable, "-m", "benchmark", "run", "--suite", str(mini), "--results", str(db), "--attacks",
+           "test-slow", "--eps", "1,2,3,4,5,6,7,8", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        seen = 0
+        while time.time() < deadline and seen < 5:
+            time.sleep(0.2)
+            if db.exists():
+                seen = len(_rows(db))  # a concurrent reader never sees a half-written row
+        assert seen >= 5, "the run did not get going"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    before = {r["key"]: r for r in _rows(db)}
+    assert 5 <= len(before) < 16
+    assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    done = subprocess.run(cmd, env={**env, "MTLBENCH_TEST_SLEEP": "0"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(before)} already in" in done.stdout
+    after = {r["key"]: r for r in _rows(db)}
+    assert len(after) == 16
+    for key, row in before.items():
+        assert after[key] == row  # finished cells were not run again
+
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_executor_gives_identical_results_and_retries_lost_workers(mini, ray_cluster, tmp_path, monkeypatch):
+    local, remote = tmp_path / "local.db", tmp_path / "ray.db"
+    common = {"suite": str(mini), "attacks": ["fgsm:total", "pgd:gb-mta"], "eps": [8]}
+    run(RunOptions(results=str(local), **common))
+    summary = run(RunOptions(results=str(remote), executor="ray", **common))
+    assert summary.done["valid"] == 4
+    with ResultsStore(local, readonly=True) as a, ResultsStore(remote, readonly=True) as b:
+        ca, cb = {c.key: c for c in a.cells()}, {c.key: c for c in b.cells()}
+    assert ca.keys() == cb.keys()
+    for key in ca:
+        assert ca[key].adversarial == cb[key].adversarial and ca[key].arp == cb[key].arp
+        assert ca[key].forward_passes == cb[key].forward_passes
+
+    # a worker that dies in the middle of a cell is replaced and the cell retried
+    monkeypatch.setenv("MTLBENCH_TEST_MARKER", str(tmp_path / "marker"))
+    monkeypatch.setenv("MTLBENCH_PLUGINS", PLUGIN)
+    from benchmark.runner.executors import RayExecutor
+
+    ray_cluster.shutdown()  # restart so the workers see the test plugin in their environment
+    executor = RayExecutor()
+    assert executor.ray.is_initialized()
+    summary = run(RunOptions(results=str(remote), executor="ray", suite=str(mini), attacks=["test-dies-once"],
+                             eps=[8], models=["AS"]))
+    assert (tmp_path / "marker").read_text() == "died"
+    assert summary.done["valid"] == 1
