@@ -349,12 +349,21 @@ def cmd_results_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- leaderboard
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from leaderboard import render_leaderboard
+
+    index = render_leaderboard(args.results, args.out, default_eps=args.eps)
+    console.print(f"leaderboard: [bold]{index.resolve()}[/]")
+    return 0
+
+
 # ---------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from benchmark.demo import run_demo
 
-    index = run_demo(args.out, steps=args.steps, resolution=args.resolution, seed=args.seed,
-                     device=_device(args.device), console=console)
+    index = run_demo(args.out, suite=args.suite, profile=args.profile, results=args.results,
+                     device=_device(args.device), console=err_console)
     console.print(f"leaderboard: [bold]{index.resolve()}[/]")
     return 0
 
@@ -482,11 +491,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=200)
     p.set_defaults(func=cmd_results_show)
 
-    p = sub.add_parser("demo", help="train tiny models on synthetic scenes and render a leaderboard site")
+    p = sub.add_parser("leaderboard", help="render the static HTML leaderboard from a results database")
+    p.add_argument("--results", default="results.db")
+    p.add_argument("--out", default="site", help="output directory (default: site)")
+    p.add_argument("--eps", type=float, default=8.0, help="eps shown first (default 8, else the closest run)")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("demo", help="build the tiny suite, run its quick profile, render the leaderboard site")
     p.add_argument("--out", default="site", help="output directory of the site (default: site)")
-    p.add_argument("--steps", type=int, default=200, help="training steps per model")
-    p.add_argument("--resolution", type=int, default=48)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--suite", default="tiny-nyuv2-resnet34")
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--results", default="results.db", help="results database (default: results.db)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -1,46 +1,170 @@
-"""Render a site from a JSON-able report: the numbers on the page are the numbers in
-``leaderboard.json`` next to it."""
+"""Render the static leaderboard site from a results store.
+
+``render_leaderboard("results.db", "site/")`` writes::
+
+    site/index.html                 rankings per suite and eps
+    site/suite-<suite>.html         models x attacks (the paper's table shape), per-task on demand
+    site/model-<suite>-<model>.html clean metrics, ARP vs eps, the layout tree
+    site/transfer-<suite>.html      transferability (Eq. 11): heatmap, per model, by sharing level
+    site/leaderboard.json           every number of the pages
+    site/plots/*.svg, site/static/  matplotlib SVGs, CSS and the table-sorting JS
+
+Templates are autoescaped; nothing is loaded from the network, so the site works from
+``file://`` and from any static host.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
+import re
 import shutil
+import zlib
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 
-__all__ = ["render_site"]
+from benchmark.runner.store import ResultsStore
+from leaderboard import plots
+from leaderboard.aggregate import DEFAULT_EPS, build_board
+
+__all__ = ["render_leaderboard", "slug"]
+
+STATIC = Path(__file__).parent / "static"
+CURVES_PER_MODEL = 8
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def slug(name: str) -> str:
+    """A file-name-safe version of ``name`` (a hash keeps distinct names distinct)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    return safe if safe == name else f"{safe}-{zlib.crc32(name.encode()):08x}"
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        if math.isnan(value):
+        if not math.isfinite(value):
             return "–"
-        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+        return f"{value:.{digits}f}"
     return str(value)
 
 
+def _num(value: Any) -> str:
+    """Sort key of a table cell (data-v attribute)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return repr(float(value)) if isinstance(value, int | float) else str(value)
+
+
+def _bytes(value: Any) -> str:
+    if not value:
+        return "–"
+    return f"{value / 2**20:.0f} MiB"
+
+
 def _env() -> Environment:
-    env = Environment(loader=PackageLoader("leaderboard", "templates"),
-                      autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
-    env.filters["fmt"] = _fmt
+    env = Environment(loader=PackageLoader("leaderboard", "templates"), autoescape=select_autoescape(["html", "j2"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(fmt=_fmt, num=_num, mib=_bytes, slug=slug)
     return env
 
 
-def render_site(report: dict[str, Any], out_dir: str | Path, *, assets: dict[str, Path] | None = None) -> Path:
-    """Write ``index.html`` and ``leaderboard.json`` for ``report`` into ``out_dir``; copy
-    ``assets`` (name -> file, e.g. a preview PNG) beside them. Returns the index path."""
+def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps: float = DEFAULT_EPS,
+                       plots_enabled: bool = True) -> Path:
+    """Render the site for ``results`` (a results database) into ``out_dir``; returns index.html."""
+    with ResultsStore(results, readonly=True) as store:
+        board = build_board(store, default_eps=default_eps)
+    return render_board(board, out_dir, plots_enabled=plots_enabled)
+
+
+def render_board(board: dict[str, Any], out_dir: str | Path, *, plots_enabled: bool = True) -> Path:
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, path in (assets or {}).items():
-        if Path(path).resolve() != (out / name).resolve():
-            shutil.copyfile(path, out / name)
-    (out / "leaderboard.json").write_text(json.dumps(report, indent=2, allow_nan=True))
-    html = _env().get_template("index.html.j2").render(report=report, assets=sorted(assets or {}))
-    index = out / "index.html"
-    index.write_text(html, encoding="utf-8")
-    return index
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(STATIC, out / "static", dirs_exist_ok=True)
+    board = _finite(board)
+    (out / "leaderboard.json").write_text(json.dumps(board, sort_keys=True, allow_nan=False, separators=(",", ":")))
+    env = _env()
+    common = {"board": board, "provenance": board["provenance"], "suites": board["suites"]}
+    figures: dict[str, Any] = {}
+    jobs: list[tuple] = []
+    for name, suite in board["suites"].items():
+        figures[name], suite_jobs = _suite_plots(suite, out) if plots_enabled else ({}, [])
+        jobs += suite_jobs
+    _draw_all(jobs)
+    _write(out / "index.html", env.get_template("index.html.j2").render(**common, figures=figures, page="index"))
+    for name, suite in board["suites"].items():
+        ctx = {**common, "suite": suite, "figures": figures[name]}
+        _write(out / f"suite-{slug(name)}.html", env.get_template("suite.html.j2").render(**ctx, page="suite"))
+        _write(out / f"transfer-{slug(name)}.html", env.get_template("transfer.html.j2").render(**ctx, page="transfer"))
+        for model in suite["models"]:
+            info = suite["model_info"].get(model, {})
+            tree = Markup(plots.layout_tree_svg(info["layout_sets"], suite["tasks"])) if info.get("layout_sets") else ""
+            curve = figures[name].get("curves", {}).get(model)
+            _write(out / f"model-{slug(name)}-{slug(model)}.html",
+                   env.get_template("model.html.j2").render(**ctx, model=model, info=info, tree=tree, curve=curve,
+                                                             page="model"))
+    return out / "index.html"
+
+
+def _suite_plots(suite: dict[str, Any], out: Path) -> tuple[dict[str, Any], list[tuple]]:
+    """File names of the suite's figures, and the jobs that draw them."""
+    sid = slug(suite["name"])
+    figs: dict[str, Any] = {"curves": {}, "heatmaps": {}}
+    jobs: list[tuple] = []
+    default = suite["default_eps"]
+    block = suite["by_eps"].get(f"{default:g}") if default is not None else None
+    if block and block["ranking"]:
+        figs["ranking"] = f"ranking-{sid}.svg"
+        jobs.append(("ranking_chart", block["ranking"], f"{suite['name']}, eps={default:g}",
+                     out / "plots" / figs["ranking"]))
+    top = [r["attack"] for r in (block["ranking"] if block else [])][:CURVES_PER_MODEL]
+    if len(suite["eps"]) > 1 and top:
+        for model in suite["models"]:
+            series = {a: [(float(k), b["table"][model][a]["arp"]) for k, b in suite["by_eps"].items()
+                          if a in b["table"].get(model, {}) and b["table"][model][a]["arp"] is not None] for a in top}
+            figs["curves"][model] = f"curves-{sid}-{slug(model)}.svg"
+            jobs.append(("arp_curves", series, f"{model}: ARP vs eps (the {len(top)} strongest attacks)",
+                         out / "plots" / figs["curves"][model]))
+    for key, b in suite["by_eps"].items():
+        t = b["transfer"]
+        if t["attacks"]:
+            figs["heatmaps"][key] = f"transfer-{sid}-{slug(key)}.svg"
+            jobs.append(("transfer_heatmap", t["matrix"], t["attacks"], suite["tasks"],
+                         f"{suite['name']}, eps={key}: ARP of each task", out / "plots" / figs["heatmaps"][key]))
+    return figs, jobs
+
+
+def _draw(job: tuple) -> None:
+    getattr(plots, job[0])(*job[1:])
+
+
+def _draw_all(jobs: list[tuple]) -> None:
+    """Draw the figures, in parallel processes where there are several cores and enough figures."""
+    workers = min(len(jobs) // 4, os.cpu_count() or 1)
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        for job in jobs:
+            _draw(job)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        list(pool.map(_draw, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+
+
+def _write(path: Path, html: str) -> None:
+    path.write_text(html, encoding="utf-8")
+
+
+def _finite(obj: Any) -> Any:
+    """The board with NaN/inf replaced by None (JSON has no NaN; pages show them as '–')."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {(f"{k:g}" if isinstance(k, float) else k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj

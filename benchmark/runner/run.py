@@ -17,6 +17,7 @@ from benchmark import __version__
 from benchmark.attacks.validate import WeightSnapshot, model_fingerprint
 from benchmark.data import load_dataset, make_loader
 from benchmark.evaluation import evaluate, to_device
+from benchmark.provenance import git_commit
 from benchmark.runner.cells import Cell, CellContext, expand_grid
 from benchmark.runner.store import ResultsStore, cell_key
 from benchmark.suites import Suite, load_suite
@@ -99,6 +100,17 @@ def load_context(suite: Suite, model_name: str, profile: str, *, device: torch.d
             store.put_clean(clean_key, suite=suite.name, model=member.name, model_revision=revision, split=suite.split,
                             images=images, metrics=clean, device=str(device),
                             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    if store is not None:
+        layout = model.layout
+        store.put_model(suite.name, member.name, revision, {
+            "layout": member.layout, "paper_index": member.index, "backbone": member.backbone, "width": member.width,
+            "input_size": member.input_size, "backbone_params": model.backbone_parameters(),
+            "shared_blocks": layout.shared_blocks, "block_copies": layout.num_block_copies,
+            "layout_sets": layout.to_json(), "tasks": [t.name for t in tasks], "dataset": suite.dataset,
+            "data": suite.data, "clean": clean, "repo_id": member.repo_id,
+            "mean_branch_block": sum(layout.branch_block(a, b) for a in range(len(tasks))
+                                     for b in range(a + 1, len(tasks))) / max(1, len(tasks) * (len(tasks) - 1) / 2),
+        })
     return CellContext(model=model, tasks=tasks, batches=batches, clean=clean, fingerprint=fingerprint,
                        snapshot=WeightSnapshot(model),
                        model_revision=revision, data=suite.data, split=suite.split, input_size=member.input_size,
@@ -122,8 +134,6 @@ def _todo(cells: list[Cell], suite: Suite, store: ResultsStore, ctx_for) -> list
 
 
 def run(options: RunOptions, *, console: Console | None = None) -> RunSummary:
-    from benchmark.demo import git_commit
-
     console = console or Console(stderr=True)
     suite = load_suite(options.suite)
     profile = suite.profile(options.profile)

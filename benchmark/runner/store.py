@@ -20,7 +20,7 @@ from benchmark.errors import UserError
 
 __all__ = ["CellResult", "ResultsStore", "cell_key"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cells (
@@ -34,6 +34,10 @@ CREATE TABLE IF NOT EXISTS cells (
     model_revision TEXT, config TEXT NOT NULL, created TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS cells_by_suite ON cells (suite, eps, attack);
+CREATE TABLE IF NOT EXISTS models (
+    suite TEXT NOT NULL, model TEXT NOT NULL, model_revision TEXT NOT NULL, info TEXT NOT NULL,
+    PRIMARY KEY (suite, model, model_revision)
+);
 CREATE TABLE IF NOT EXISTS clean (
     key TEXT PRIMARY KEY, suite TEXT NOT NULL, model TEXT NOT NULL, model_revision TEXT NOT NULL,
     split TEXT NOT NULL, images INTEGER NOT NULL, metrics TEXT NOT NULL, device TEXT, created TEXT NOT NULL
@@ -177,6 +181,16 @@ class ResultsStore:
         with self._transaction():
             self.conn.execute("INSERT OR REPLACE INTO clean VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                               (key, suite, model, model_revision, split, images, json.dumps(metrics), device, created))
+
+    def put_model(self, suite: str, model: str, model_revision: str, info: dict[str, Any]) -> None:
+        """What the leaderboard shows about a model (layout, paper index, parameters, ...)."""
+        with self._transaction():
+            self.conn.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?)",
+                              (suite, model, model_revision, json.dumps(info, sort_keys=True)))
+
+    def models(self) -> list[dict[str, Any]]:
+        return [{"suite": r[0], "model": r[1], "model_revision": r[2], **json.loads(r[3])}
+                for r in self.conn.execute("SELECT * FROM models ORDER BY suite, model")]
 
     def clean_rows(self) -> list[dict[str, Any]]:
         return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in self.conn.execute("SELECT * FROM clean")]

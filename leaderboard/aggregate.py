@@ -1,0 +1,202 @@
+"""From a results store to the leaderboard's numbers (a JSON-able dict, ``leaderboard.json``).
+
+Everything the pages show is computed here, once; templates only format it.
+
+* A (model, attack, eps) entry averages the valid cells over seeds. If any of its cells is
+  invalid or failed, the entry carries that status and its reason and has no ARP.
+* Rankings per suite and eps: attacks whose entries are valid on every model of the suite, by
+  mean ARP over models with a percentile-bootstrap 95% confidence interval over models; the win
+  count is the number of models on which the attack has the highest ARP (ties count for each);
+  attacks with an invalid or failed entry are listed apart, never ranked.
+* Transferability (paper Eq. 11) of each SINGLE-X attack: mean over the other tasks Y of
+  ARP-Y / ARP-X, per model, and averaged by sharing level (leading blocks shared by all tasks).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from benchmark import __version__
+from benchmark.attacks.objectives import TASK_SHORT_NAMES
+from benchmark.runner.store import CellResult, ResultsStore
+from benchmark.scoring import bootstrap_ci, transferability
+
+__all__ = ["DEFAULT_EPS", "build_board", "choose_eps"]
+
+DEFAULT_EPS = 8.0
+
+
+def choose_eps(available: list[float], wanted: float = DEFAULT_EPS) -> float:
+    """``wanted`` if it was run, else the closest eps that was."""
+    return min(available, key=lambda e: (abs(e - wanted), e))
+
+
+def _entry(cells: list[CellResult]) -> dict[str, Any]:
+    bad = [c for c in cells if c.status != "valid"]
+    if bad:
+        worst = next((c for c in bad if c.status == "failed"), bad[0])
+        return {"status": worst.status, "reason": worst.reason, "arp": None, "task_arp": {}, "seeds": len(cells)}
+    task_names = list(cells[0].task_arp)
+    per_image = [(c.forward_passes + c.backward_passes) / c.batches for c in cells if c.batches]
+    return {
+        "status": "valid", "reason": "", "seeds": len(cells),
+        "arp": mean(c.arp for c in cells),
+        "task_arp": {t: mean(c.task_arp[t] for c in cells) for t in task_names},
+        "adversarial": cells[0].adversarial,
+        "time_per_image_s": mean(c.time_per_image_s for c in cells),
+        "passes_per_image": mean(per_image) if per_image else None,
+        "forward_passes": cells[0].forward_passes, "backward_passes": cells[0].backward_passes,
+        "batches": cells[0].batches, "images": cells[0].images,
+        "peak_memory_bytes": max((c.peak_memory_bytes or 0) for c in cells) or None,
+        "peak_memory_kind": cells[0].peak_memory_kind,
+    }
+
+
+def _rankings(entries: dict[tuple[str, str], dict], models: list[str], attacks: list[str]) -> tuple[list, list]:
+    """Ranked attacks (valid on every model) and the others; wins count among ranked attacks."""
+    ranked, unranked = [], []
+    for a in attacks:
+        present = [entries[(m, a)] for m in models if (m, a) in entries]
+        bad = [e for e in present if e["status"] != "valid"]
+        if bad or len(present) < len(models):
+            unranked.append({
+                "attack": a, "models": len(present), "invalid": sum(e["status"] == "invalid" for e in bad),
+                "failed": sum(e["status"] == "failed" for e in bad), "missing": len(models) - len(present),
+                "reason": bad[0]["reason"] if bad else f"not run on {len(models) - len(present)} model(s)",
+            })
+    eligible = [a for a in attacks if a not in {u["attack"] for u in unranked}]
+    best = {m: max(entries[(m, a)]["arp"] for a in eligible) for m in models} if eligible else {}
+    for a in eligible:
+        present = [entries[(m, a)] for m in models]
+        values = [e["arp"] for e in present]
+        m_arp, low, high = bootstrap_ci(values, confidence=0.95, seed=0)
+        memory = [e["peak_memory_bytes"] for e in present if e["peak_memory_bytes"]]
+        passes = [e["passes_per_image"] for e in present if e["passes_per_image"] is not None]
+        ranked.append({
+            "attack": a, "mean_arp": m_arp, "ci_low": low, "ci_high": high, "models": len(present),
+            "wins": sum(1 for m, e in zip(models, present, strict=True) if e["arp"] >= best[m] - 1e-9),
+            "time_per_image_s": mean(e["time_per_image_s"] for e in present),
+            "passes_per_image": mean(passes) if passes else None,
+            "peak_memory_bytes": max(memory) if memory else None,
+            "peak_memory_kind": present[0]["peak_memory_kind"],
+        })
+    ranked.sort(key=lambda r: (-r["mean_arp"], r["attack"]))
+    for i, r in enumerate(ranked, start=1):
+        r["rank"] = i
+    return ranked, unranked
+
+
+def _single_target(attack: str, tasks: list[str]) -> str | None:
+    objective = attack.partition(":")[2]
+    if not objective.startswith("single-"):
+        return None
+    short = objective.removeprefix("single-")
+    return next((t for t in tasks if short in (t, TASK_SHORT_NAMES.get(t))), None)
+
+
+def _transfer(entries, models: list[str], attacks: list[str], tasks: list[str], info: dict) -> dict[str, Any]:
+    """Transferability of every SINGLE-X attack (Eq. 11) per model, the mean ARP-Y matrix
+    (attacked task x evaluated task) and the mean transferability by sharing level."""
+    per_model: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)  # attack -> model -> {target, T}
+    matrix: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    singles = [(a, _single_target(a, tasks)) for a in attacks]
+    singles = [(a, t) for a, t in singles if t is not None]
+    for a, target in singles:
+        for m in models:
+            e = entries.get((m, a))
+            if e is None or e["status"] != "valid":
+                continue
+            t = transferability(e["task_arp"], target)
+            per_model[a][m] = t
+            for y, v in e["task_arp"].items():
+                matrix[a][y].append(v)
+    by_level: dict[str, dict[int, float]] = {}
+    for a, values in per_model.items():
+        groups: dict[int, list[float]] = defaultdict(list)
+        for m, t in values.items():
+            if math.isfinite(t):
+                groups[info.get(m, {}).get("shared_blocks", -1)].append(t)
+        by_level[a] = {level: mean(v) for level, v in sorted(groups.items())}
+    return {
+        "attacks": [a for a, _ in singles if a in per_model],
+        "targets": {a: t for a, t in singles},
+        "per_model": {a: dict(v) for a, v in per_model.items()},
+        "matrix": {a: {y: mean(v) for y, v in row.items()} for a, row in matrix.items()},
+        "by_level": by_level,
+        "levels": sorted({lvl for v in by_level.values() for lvl in v}),
+    }
+
+
+def _model_order(models: list[str], info: dict) -> list[str]:
+    """Most parameters first (the paper's table order), then by name."""
+    return sorted(models, key=lambda m: (-(info.get(m, {}).get("backbone_params") or 0), m))
+
+
+def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dict[str, Any]:
+    cells = store.cells()
+    model_info: dict[tuple[str, str], dict] = {}
+    for row in store.models():
+        model_info[(row["suite"], row["model"])] = row
+    suites: dict[str, Any] = {}
+    grouped: dict[str, list[CellResult]] = defaultdict(list)
+    for c in cells:
+        grouped[c.suite].append(c)
+    for suite, suite_cells in sorted(grouped.items()):
+        info = {m: model_info.get((suite, m), {}) for m in {c.model for c in suite_cells}}
+        models = _model_order(list(info), info)
+        attacks = sorted({c.attack for c in suite_cells})
+        eps_list = sorted({c.eps for c in suite_cells})
+        tasks = next((list(c.task_arp) for c in suite_cells if c.task_arp), [])
+        by_key: dict[tuple[str, str, float], list[CellResult]] = defaultdict(list)
+        for c in suite_cells:
+            by_key[(c.model, c.attack, c.eps)].append(c)
+        per_eps: dict[str, Any] = {}
+        for eps in eps_list:
+            entries = {(m, a): _entry(by_key[(m, a, eps)]) for m in models for a in attacks if by_key.get((m, a, eps))}
+            ranked, unranked = _rankings(entries, models, attacks)
+            per_eps[_eps_key(eps)] = {
+                "eps": eps, "ranking": ranked, "unranked": unranked,
+                "table": {m: {a: entries[(m, a)] for a in attacks if (m, a) in entries} for m in models},
+                "transfer": _transfer(entries, models, attacks, tasks, info),
+            }
+        clean = {m: info[m].get("clean") or next((c.clean for c in suite_cells if c.model == m and c.clean), {})
+                 for m in models}
+        suites[suite] = {
+            "name": suite, "models": models, "attacks": attacks, "eps": eps_list, "tasks": tasks,
+            "default_eps": choose_eps(eps_list, default_eps) if eps_list else None,
+            "model_info": {m: {k: v for k, v in info[m].items() if k not in ("clean",)} for m in models},
+            "clean": clean, "by_eps": per_eps,
+            "statuses": dict(sorted(_count(suite_cells).items())),
+        }
+    return {"provenance": _provenance(cells, store.path), "suites": suites}
+
+
+def _count(cells: list[CellResult]) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for c in cells:
+        out[c.status] += 1
+    return out
+
+
+def _eps_key(eps: float) -> str:
+    return f"{eps:g}"
+
+
+def _provenance(cells: list[CellResult], path: Path) -> dict[str, Any]:
+    def distinct(attr: str) -> list[str]:
+        return sorted({str(getattr(c, attr)) for c in cells if getattr(c, attr)})
+
+    return {
+        "mtlbench (rendering)": __version__, "mtlbench (results)": ", ".join(distinct("mtlbench_version")),
+        "git commit": ", ".join(distinct("git_commit")) or "unknown", "torch": ", ".join(distinct("torch_version")),
+        "device": ", ".join(distinct("device")), "cells": len(cells),
+        "results from": min((c.created for c in cells), default="") + " to " + max((c.created for c in cells),
+                                                                                  default=""),
+        "rendered": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "results database": str(path),
+    }
