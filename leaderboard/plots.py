@@ -3,6 +3,7 @@ tree as a small hand-written SVG."""
 
 from __future__ import annotations
 
+import functools
 from html import escape
 from pathlib import Path
 
@@ -13,9 +14,18 @@ import matplotlib.pyplot as plt
 
 __all__ = ["arp_curves", "layout_tree_svg", "ranking_chart", "transfer_heatmap"]
 
-plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
-                     "figure.constrained_layout.use": True,
-                     "svg.fonttype": "none", "svg.hashsalt": "mtlbench"})
+#: our style, applied per figure (never to the global rcParams of the process)
+STYLE = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False, "figure.constrained_layout.use": True,
+         "svg.fonttype": "none", "svg.hashsalt": "mtlbench"}
+
+
+def _styled(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with plt.rc_context(STYLE):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _save(fig, path: Path) -> Path:
@@ -25,6 +35,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+@_styled
 def ranking_chart(ranking: list[dict], title: str, path: Path) -> Path:
     """Mean ARP per attack with its bootstrap 95% CI, strongest on top."""
     rows = ranking[:20][::-1]
@@ -39,6 +50,7 @@ def ranking_chart(ranking: list[dict], title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+@_styled
 def arp_curves(series: dict[str, list[tuple[float, float]]], title: str, path: Path) -> Path:
     """ARP vs eps, one line per attack (paper Fig. 2 style)."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -54,6 +66,7 @@ def arp_curves(series: dict[str, list[tuple[float, float]]], title: str, path: P
     return _save(fig, path)
 
 
+@_styled
 def transfer_heatmap(matrix: dict[str, dict[str, float]], rows: list[str], cols: list[str], title: str,
                      path: Path) -> Path:
     """Mean ARP of each task (columns) under each SINGLE-X attack (rows)."""
