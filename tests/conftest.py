@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from manifests import AS_AND_LAYOUT_9
 
 DATA = Path(__file__).parent / "data"
 
@@ -74,14 +75,7 @@ steps = { pgd = 2 }
 eval_size = 4
 batch_size = 2
 
-[[models]]
-name = "AS"
-layout = "AS"
-
-[[models]]
-index = 9
-layout = "[[{0,2},{1}], [{0,2},{1}], [{0},{1},{2}], [{0},{1},{2}], [{0},{1},{2}]]"
-"""
+""" + AS_AND_LAYOUT_9
 
 
 @pytest.fixture(scope="session")

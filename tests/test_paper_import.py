@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from manifests import AS_AND_LAYOUT_9
 
 from benchmark.cli import main
 from benchmark.models.layouts import Layout, layout_from_index, treemtl_set_order
@@ -86,14 +87,7 @@ input_size = 32
 eps = [8]
 attacks = ["fgsm:total"]
 
-[[models]]
-name = "AS"
-layout = "AS"
-
-[[models]]
-index = 9
-layout = "[[{0,2},{1}], [{0,2},{1}], [{0},{1},{2}], [{0},{1},{2}], [{0},{1},{2}]]"
-"""
+""" + AS_AND_LAYOUT_9
 
 
 def test_zoo_import_converts_a_paper_checkpoint(paper_layouts, tmp_path, monkeypatch, capsys, wide_console):

@@ -4,6 +4,7 @@ import re
 import textwrap
 
 import pytest
+from manifests import AS_AND_LAYOUT_9
 
 from benchmark.cli import main
 from benchmark.models import BranchedModel
@@ -75,14 +76,7 @@ input_size = 32
 eps = [4, 8]
 attacks = ["pgd:gb-mta"]
 
-[[models]]
-name = "AS"
-layout = "AS"
-
-[[models]]
-index = 9
-layout = "[[{0,2},{1}], [{0,2},{1}], [{0},{1},{2}], [{0},{1},{2}], [{0},{1},{2}]]"
-"""
+""" + AS_AND_LAYOUT_9
 
 
 def _write(tmp_path, text, name="mini.toml"):
