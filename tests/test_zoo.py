@@ -240,3 +240,30 @@ def test_weights_dir_and_config_mismatch(built, tmp_path, monkeypatch):
         load_model(full, "AS", weights_dir=wd)
     with pytest.raises(MissingWeightsError, match="does not exist"):
         load_model(full, "AS", weights_dir=tmp_path / "missing")
+
+
+def test_train_and_run_on_real_data_directories(tmp_path, monkeypatch, capsys):
+    """A full (real-data) suite end to end, offline, on a fixture in the NYUv2 directory format:
+    zoo train -> a checkpoint directory -> mtlbench run --weights-dir --data-root."""
+    from test_data import _write_nyuv2
+
+    monkeypatch.setenv("MTLBENCH_HOME", str(tmp_path / "home"))
+    data = tmp_path / "nyuv2"
+    _write_nyuv2(data, n=4, h=24, w=24)
+    manifest = write_suite(tmp_path, name="realsuite", data="nyuv2", hub=True)
+    assert main(["zoo", "train", str(manifest), "--model", "AS", "--steps", "40", "--data-root", str(data),
+                 "--out", str(tmp_path / "weights"), "--device", "cpu"]) == 0
+    config = json.loads((tmp_path / "weights" / "AS" / "config.json").read_text())
+    assert config["training"]["steps"] == 40 and config["dataset"] == "nyuv2" and config["clean_metrics"]
+    assert main(["zoo", "train", str(manifest), "--model", "AS"]) == 2
+    assert "--data-root" in capsys.readouterr().err
+    db = tmp_path / "r.db"
+    code = main(["run", "--suite", str(manifest), "--models", "AS", "--weights-dir", str(tmp_path / "weights"),
+                 "--data-root", str(data), "--attacks", "fgsm:total", "--eps", "8", "--results", str(db),
+                 "--device", "cpu"])
+    from benchmark.runner import ResultsStore
+
+    with ResultsStore(db, readonly=True) as store:
+        (cell,) = store.cells()
+    assert code == 0, cell.reason
+    assert cell.status == "valid" and cell.images == 4 and cell.model_revision.startswith("local-sha256:")

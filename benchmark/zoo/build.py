@@ -69,7 +69,7 @@ def _train_set(suite: Suite, data_root: str | None):
     if data_root is None:
         raise UserError(f"suite {suite.name!r} trains on the real {suite.data} data set: pass --data-root DIR "
                         "(the directory format is in the README)")
-    return load_dataset(suite.data, "train", root=data_root)
+    return load_dataset(suite.data, "train", root=data_root, resolution=input_size)
 
 
 def clean_test_set(suite: Suite, *, size: int = 64, data_root: str | None = None):
@@ -78,7 +78,7 @@ def clean_test_set(suite: Suite, *, size: int = 64, data_root: str | None = None
         return load_dataset(suite.data, suite.split, size=size, resolution=suite.members[0].input_size, seed=0)
     if data_root is None:
         raise UserError(f"suite {suite.name!r} evaluates on the real {suite.data} data set: pass --data-root DIR")
-    return load_dataset(suite.data, suite.split, root=data_root, size=size)
+    return load_dataset(suite.data, suite.split, root=data_root, size=size, resolution=suite.members[0].input_size)
 
 
 def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | None = None, device: str = "cpu",

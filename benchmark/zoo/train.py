@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from benchmark.data.datasets import make_loader
+from benchmark.errors import UserError
 from benchmark.evaluation import to_device
 from benchmark.tasks import Task, total_loss
 
@@ -47,9 +48,12 @@ def train_model(model: torch.nn.Module, tasks: list[Task], dataset: Dataset, rec
         raise ValueError(f"unknown optimizer {recipe.optimizer!r} (adam or sgd)")
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps) if recipe.schedule == "cosine"
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    if len(dataset) == 0:
+        raise UserError("the training set is empty")
+    batch_size = min(recipe.batch_size, len(dataset))  # a set smaller than a batch is one batch
     step, epoch, start, last = 0, 0, time.perf_counter(), float("nan")
     while step < recipe.steps:
-        loader = make_loader(dataset, recipe.batch_size, shuffle=True, seed=recipe.seed + epoch, drop_last=True)
+        loader = make_loader(dataset, batch_size, shuffle=True, seed=recipe.seed + epoch, drop_last=True)
         for batch in loader:
             batch = to_device(batch, device)
             loss = total_loss(tasks, model(batch["image"]), batch)
