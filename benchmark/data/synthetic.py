@@ -7,8 +7,9 @@ windows, doors), seen from a random camera. One vectorised ray cast gives, from 
 * RGB: albedo x procedural texture (planks, tiles, stripes, patterns) x Lambertian shading from a
   point light with cast shadows, plus ambient light and a little sensor noise;
 * depth (z-buffer, metres), surface normals (camera frame: x right, y up, z towards the camera),
-  semantic classes (NYUv2's 40 or Taskonomy's 17), texture/occlusion edges and corner saliency
-  (a Harris response of the rendered image), so the tasks are correlated through the geometry.
+  semantic classes (NYUv2's 40 or Taskonomy's 17), texture/occlusion edges and keypoints (a heat
+  map of the geometric corners where three faces meet, plus a weak Harris response of the rendered
+  texture), so the tasks are correlated through the geometry.
 
 Scene ``i`` of a split depends only on ``(seed, split, i)``: the same scene comes out whatever the
 batch it is rendered in.
@@ -368,6 +369,24 @@ def _harris(gray: torch.Tensor, k: float = 0.05) -> torch.Tensor:
     return s[:, 0] * s[:, 1] - s[:, 2] ** 2 - k * (s[:, 0] + s[:, 1]) ** 2
 
 
+def _distinct_3x3(ids: torch.Tensor) -> torch.Tensor:
+    """Number of distinct values in each pixel's 3x3 neighbourhood of an (S, 1, H, W) id map."""
+    padded = F.pad(ids, (1, 1, 1, 1), mode="replicate")
+    h, w = ids.shape[-2:]
+    shifts = torch.cat([padded[..., i:i + h, j:j + w] for i in range(3) for j in range(3)], 1)
+    ordered = shifts.sort(1).values
+    return 1 + (ordered[:, 1:] != ordered[:, :-1]).sum(1, keepdim=True)
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    r = max(1, round(2 * sigma))
+    t = torch.arange(-r, r + 1, dtype=x.dtype)
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    g = g / g.sum()
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), g.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), g.view(1, 1, -1, 1))
+
+
 def _cast(origin, d, sc):
     """Closest hit of each camera ray: t, world normal, info row and primitive id."""
     o = origin[:, None].expand_as(d)
@@ -464,9 +483,15 @@ def render_scenes(specs: list[SceneSpec], resolution: int | tuple[int, int], *, 
     boundary[..., 1:, :] |= inst[..., 1:, :] != inst[..., :-1, :]
     boundary[..., :-1, :] |= inst[..., 1:, :] != inst[..., :-1, :]
     edge = torch.where(boundary, torch.ones_like(tex_edge), tex_edge)
-    # keypoints: Harris corner saliency of the rendered image, squashed to [0, 1]
+    # keypoints: geometric corners (pixels whose 3x3 neighbourhood sees three or more faces: a
+    # primitive and the dominant axis of its normal) as a blurred heat map, plus a weak Harris
+    # saliency of the rendered texture; in [0, 1]
+    axis = n_cam.abs().argmax(-1) * 2 + (n_cam.gather(-1, n_cam.abs().argmax(-1, keepdim=True))[..., 0] > 0).long()
+    face = (instance.reshape(s, -1) * 8 + axis).reshape(s, 1, hgt, wid).float()
+    corner = (_distinct_3x3(face) >= 3).float()
+    heat = _blur(corner, sigma=2.0)
     harris = _harris(rgb.mean(1, keepdim=True))[:, None]
-    keypoint = torch.tanh(harris.clamp_min(0) * 4e4)
+    keypoint = (heat * 3.0 + 0.1 * torch.tanh(harris.clamp_min(0) * 4e4)).clamp(0, 1)
     return {
         "image": rgb,
         "depth": img(depth[..., None], 1),
