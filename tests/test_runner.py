@@ -200,3 +200,14 @@ def test_ray_executor_gives_identical_results_and_retries_lost_workers(mini, ray
                              eps=[8], models=["AS"]))
     assert (tmp_path / "marker").read_text() == "died"
     assert summary.done["valid"] == 1
+
+
+def test_a_real_data_suite_needs_its_data_root(mini_suite, tmp_path, capsys, monkeypatch):
+    manifest, home = mini_suite
+    monkeypatch.setenv("MTLBENCH_HOME", str(home))
+    real = tmp_path / "real.toml"
+    real.write_text(manifest.read_text().replace('data = "synthetic-nyuv2"', 'data = "nyuv2"'))
+    weights = home / "zoo" / "mini-run"
+    code = main(["run", "--suite", str(real), "--weights-dir", str(weights), "--attacks", "fgsm:total", "--eps", "8",
+                 "--results", str(tmp_path / "r.db"), "--device", "cpu"])
+    assert code == 2 and "pass --data-root DIR" in capsys.readouterr().err

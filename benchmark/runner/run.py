@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from benchmark import __version__
 from benchmark.attacks.validate import WeightSnapshot, model_fingerprint
 from benchmark.data import load_dataset, make_loader
+from benchmark.errors import UserError
 from benchmark.evaluation import evaluate, to_device
 from benchmark.provenance import git_commit
 from benchmark.runner.cells import Cell, CellContext, expand_grid
@@ -69,8 +70,8 @@ def eval_batches(suite: Suite, profile_name: str, *, device: torch.device, data_
                           resolution=input_size, seed=0)
     else:
         if data_root is None:
-            raise MissingWeightsError(f"suite {suite.name} is evaluated on the real {suite.data} data: pass "
-                                      "--data-root DIR (directory format in the README)")
+            raise UserError(f"suite {suite.name} is evaluated on the real {suite.data} data: pass --data-root DIR "
+                            "(directory format in the README)")
         ds = load_dataset(suite.data, suite.split, root=data_root, size=profile.eval_size,
                           resolution=input_size)
     return [to_device(b, device) for b in make_loader(ds, profile.batch_size)]
