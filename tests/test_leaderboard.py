@@ -84,6 +84,7 @@ def test_site_escapes_names_and_matches_its_json(board_db, tmp_path):
     top = board["suites"]["s"]["by_eps"]["8"]["ranking"][0]
     assert f"{top['mean_arp']:.2f}" in index.read_text()
     assert "abc1234" in index.read_text() and "local-sha256:m1" in (site / "model-s-m1.html").read_text()
+    assert "local-sha256:m3" in index.read_text() and "local-sha256:m2" in (site / "suite-s.html").read_text()
     assert (site / "static" / "leaderboard.js").is_file() and list((site / "plots").glob("*.svg"))
     assert "http://" not in index.read_text().replace("http://www.w3.org", "")
 
