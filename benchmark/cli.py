@@ -461,7 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true")
     p.set_defaults(func=cmd_zoo_push)
 
-    p = sub.add_parser("run", help="evaluate a suite's grid of models x attacks x eps x seeds")
+    p = sub.add_parser("run", help="evaluate a suite's grid of models x attacks x eps x seeds",
+                       description="Evaluate a suite's grid of cells into a results database (resumable). Exit "
+                                   "status: 0 when every cell is valid, else the number of failed or invalid cells "
+                                   "(at most 99); a usage error exits 2 before any cell runs.")
     p.add_argument("--suite", default="tiny-nyuv2-resnet34", help="suite name or manifest path")
     p.add_argument("--profile", default="quick", help="profile of the suite (quick, paper, ...)")
     p.add_argument("--attacks", help="comma-separated attacks or patterns, e.g. 'pgd:gb-mta,fgsm:*' "
