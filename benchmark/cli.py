@@ -172,7 +172,7 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
     from benchmark.zoo.build import build_suite
 
     suite = load_suite(args.suite)
-    members = [m.strip() for m in args.model.split(",")] if args.model else None
+    members = _csv(args.model)
     if not suite.tiny and args.data_root is None:
         raise UserError(f"{suite.name} is a full suite trained on real data: use `mtlbench zoo train {suite.name} "
                         "--data-root DIR` (or `zoo import` for the paper authors' checkpoints)")
@@ -209,7 +209,7 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
     if args.data_root is None:
         raise UserError(f"training {suite.name} needs the real {suite.data} data: pass --data-root DIR "
                         "(directory format in the README)")
-    names = [m.strip() for m in args.model.split(",")] if args.model else [m.name for m in suite.members]
+    names = _csv(args.model) or [m.name for m in suite.members]
     if args.steps is not None or args.out is not None:
         out = {}
         for name in names:
@@ -239,7 +239,7 @@ def cmd_zoo_import(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite)
     tasks = [t.name for t in get_tasks(suite.dataset)]
-    names = [m.strip() for m in args.model.split(",")] if args.model else [m.name for m in suite.members]
+    names = _csv(args.model) or [m.name for m in suite.members]
     imported, absent = 0, []
     for name in names:
         member = suite.member(name)

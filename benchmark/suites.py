@@ -29,6 +29,8 @@ __all__ = ["Member", "Profile", "Suite", "SuiteError", "list_suites", "load_suit
 
 _REVISION = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+#: a Hugging Face Hub repo id, ``owner/name``
+REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -130,6 +132,7 @@ _MEMBER_KEYS = {"name", "index", "layout", "backbone", "width", "input_size", "r
                 "head_hidden", "head_rates"}
 _PROFILE_KEYS = {"eps", "attacks", "steps", "eval_size", "seeds", "batch_size", "description"}
 _TOP_KEYS = {"suite", "models", "profiles", "training"}
+_MEMBER_OVERRIDES = {"backbone": str, "width": (int, float), "input_size": int, "head_hidden": int}
 _DATASETS = {"nyuv2": 3, "taskonomy": 5}
 
 
@@ -267,7 +270,6 @@ def _members(c: _Checker, models: Any, defaults: dict, dataset: str, org: str | 
         except LayoutError as exc:
             raise c.fail(f"{where}.layout", str(exc)) from None
         index = c.typed(entry, "index", int, where, None)
-        extreme = layout.is_all_shared or layout.is_independent
         if index is not None:
             try:
                 expected = layout_from_index(index, num_tasks)
@@ -275,10 +277,8 @@ def _members(c: _Checker, models: Any, defaults: dict, dataset: str, org: str | 
                 raise c.fail(f"{where}.index", str(exc)) from None
             if expected != layout:
                 raise c.fail(f"{where}.index", f"paper index {index} is {expected}, not the layout {layout}")
-        elif not extreme:
-            index = layout_index(layout)
-        if extreme:
-            index = None  # the paper names them IND and AS
+        extreme = layout.is_all_shared or layout.is_independent
+        index = None if extreme else layout_index(layout)  # the paper names the extremes IND and AS
         canonical = ("AS" if layout.is_all_shared else "IND") if extreme else str(layout)
         name = c.typed(entry, "name", str, where, canonical if index is None else f"layout-{index}")
         if not _NAME.fullmatch(name):
@@ -297,13 +297,12 @@ def _members(c: _Checker, models: Any, defaults: dict, dataset: str, org: str | 
             raise c.fail(f"{where}.revision" if not revision else f"{where}.sha256",
                          "revision and sha256 are published together: give both or neither")
         repo_id = c.typed(entry, "repo_id", str, where, f"{org}/{suite}-{name}" if org else "")
-        if repo_id and not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        if repo_id and not REPO_ID.fullmatch(repo_id):
             raise c.fail(f"{where}.repo_id", f"{repo_id!r} is not a Hub repo id ('owner/name')")
         values = dict(defaults)
-        for key in ("backbone", "width", "input_size", "head_hidden"):
+        for key, types in _MEMBER_OVERRIDES.items():
             if key in entry:
-                values[key] = c.typed(entry, key, (int, float) if key == "width" else (str if key == "backbone"
-                                                                                       else int), where)
+                values[key] = c.typed(entry, key, types, where)
         values["width"] = float(values["width"])
         out.append(Member(name=name, layout=canonical, index=index, repo_id=repo_id, revision=revision,
                           sha256=sha, **values))

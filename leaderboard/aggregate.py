@@ -26,7 +26,7 @@ from benchmark.attacks.objectives import TASK_SHORT_NAMES
 from benchmark.runner.store import CellResult, ResultsStore
 from benchmark.scoring import bootstrap_ci, transferability
 
-__all__ = ["DEFAULT_EPS", "build_board", "choose_eps"]
+__all__ = ["DEFAULT_EPS", "build_board", "choose_eps", "eps_key"]
 
 DEFAULT_EPS = 8.0
 
@@ -159,7 +159,7 @@ def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dic
         for eps in eps_list:
             entries = {(m, a): _entry(by_key[(m, a, eps)]) for m in models for a in attacks if by_key.get((m, a, eps))}
             ranked, unranked = _rankings(entries, models, attacks)
-            per_eps[_eps_key(eps)] = {
+            per_eps[eps_key(eps)] = {
                 "eps": eps, "ranking": ranked, "unranked": unranked,
                 "table": {m: {a: entries[(m, a)] for a in attacks if (m, a) in entries} for m in models},
                 "transfer": _transfer(entries, models, attacks, tasks, info),
@@ -183,7 +183,8 @@ def _count(cells: list[CellResult]) -> dict[str, int]:
     return out
 
 
-def _eps_key(eps: float) -> str:
+def eps_key(eps: float) -> str:
+    """How an eps names its block of the board (and of leaderboard.json): ``8.0`` -> ``"8"``."""
     return f"{eps:g}"
 
 

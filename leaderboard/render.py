@@ -31,7 +31,7 @@ from markupsafe import Markup
 
 from benchmark.runner.store import ResultsStore
 from leaderboard import plots
-from leaderboard.aggregate import DEFAULT_EPS, build_board
+from leaderboard.aggregate import DEFAULT_EPS, build_board, eps_key
 
 __all__ = ["render_leaderboard", "slug"]
 
@@ -118,7 +118,7 @@ def _suite_plots(suite: dict[str, Any], out: Path) -> tuple[dict[str, Any], list
     figs: dict[str, Any] = {"curves": {}, "heatmaps": {}}
     jobs: list[tuple] = []
     default = suite["default_eps"]
-    block = suite["by_eps"].get(f"{default:g}") if default is not None else None
+    block = suite["by_eps"].get(eps_key(default)) if default is not None else None
     if block and block["ranking"]:
         figs["ranking"] = f"ranking-{sid}.svg"
         jobs.append(("ranking_chart", block["ranking"], f"{suite['name']}, eps={default:g}",
@@ -164,7 +164,7 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {(f"{k:g}" if isinstance(k, float) else k): _finite(v) for k, v in obj.items()}
+        return {(eps_key(k) if isinstance(k, float) else k): _finite(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_finite(v) for v in obj]
     return obj

@@ -11,7 +11,7 @@ import fnmatch
 import inspect
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -156,7 +156,6 @@ class CellContext:
     tasks: list[Task]
     batches: list[dict[str, torch.Tensor]]
     clean: dict[str, dict[str, float]]
-    fingerprint: str
     model_revision: str
     data: str
     split: str
@@ -164,7 +163,21 @@ class CellContext:
     device: torch.device
     git_commit: str = ""
     snapshot: WeightSnapshot | None = None  # of the model's weights, to check attacks leave them alone
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def cell_config(self, cell: Cell) -> dict[str, Any]:
+        """``cell``'s full configuration on this model (what keys it in the store)."""
+        return cell.config(model_revision=self.model_revision, data=self.data, split=self.split,
+                           input_size=self.input_size)
+
+    def new_result(self, cell: Cell, status: str = "valid", reason: str = "") -> CellResult:
+        """An empty result of ``cell`` on this model, with its key and provenance."""
+        config = self.cell_config(cell)
+        return CellResult(
+            key=cell_key(config), suite=cell.suite, model=cell.model, attack=cell.attack, eps=cell.eps,
+            seed=cell.seed, profile=cell.profile, status=status, reason=reason, clean=self.clean,
+            device=_device_name(self.device), torch_version=torch.__version__, mtlbench_version=__version__,
+            git_commit=self.git_commit, model_revision=self.model_revision, config=config,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 
 def _batch_seed(seed: int, index: int) -> int:
@@ -174,14 +187,7 @@ def _batch_seed(seed: int, index: int) -> int:
 def evaluate_cell(cell: Cell, ctx: CellContext) -> CellResult:
     """Attack every batch, validate each output, score the adversarial images. An attack that
     raises or returns a bad output gives a ``failed``/``invalid`` result, never an exception."""
-    config = cell.config(model_revision=ctx.model_revision, data=ctx.data, split=ctx.split,
-                         input_size=ctx.input_size)
-    result = CellResult(
-        key=cell_key(config), suite=cell.suite, model=cell.model, attack=cell.attack, eps=cell.eps, seed=cell.seed,
-        profile=cell.profile, status="valid", clean=ctx.clean, device=_device_name(ctx.device),
-        torch_version=torch.__version__, mtlbench_version=__version__, git_commit=ctx.git_commit,
-        model_revision=ctx.model_revision, config=config,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    result = ctx.new_result(cell)
     start = time.perf_counter()
     meter = PeakMemory(ctx.device)
     with meter:

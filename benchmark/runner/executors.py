@@ -77,18 +77,6 @@ class RayExecutor:
                     yield ray.get(ref)
                 except ray.exceptions.RayError as exc:
                     # the task died more often than it may be retried: a failed cell, the run goes on
-                    yield _failed(cell, ctx, f"Ray task lost after {self.max_retries} retries: "
-                                             f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+                    yield ctx.new_result(cell, "failed", f"Ray task lost after {self.max_retries} retries: "
+                                                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
 
-
-def _failed(cell: Cell, ctx: CellContext, reason: str) -> CellResult:
-    import datetime as _dt
-
-    from benchmark import __version__
-    from benchmark.runner.store import cell_key
-
-    config = cell.config(model_revision=ctx.model_revision, data=ctx.data, split=ctx.split, input_size=ctx.input_size)
-    return CellResult(key=cell_key(config), suite=cell.suite, model=cell.model, attack=cell.attack, eps=cell.eps,
-                      seed=cell.seed, profile=cell.profile, status="failed", reason=reason, clean=ctx.clean,
-                      mtlbench_version=__version__, torch_version=torch.__version__, model_revision=ctx.model_revision,
-                      config=config, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))

@@ -112,13 +112,12 @@ def load_context(suite: Suite, model_name: str, profile: str, *, device: torch.d
             "mean_branch_block": sum(layout.branch_block(a, b) for a in range(len(tasks))
                                      for b in range(a + 1, len(tasks))) / max(1, len(tasks) * (len(tasks) - 1) / 2),
         })
-    return CellContext(model=model, tasks=tasks, batches=batches, clean=clean, fingerprint=fingerprint,
-                       snapshot=WeightSnapshot(model),
+    return CellContext(model=model, tasks=tasks, batches=batches, clean=clean, snapshot=WeightSnapshot(model),
                        model_revision=revision, data=suite.data, split=suite.split, input_size=member.input_size,
                        device=device, git_commit=git_commit)
 
 
-def _todo(cells: list[Cell], suite: Suite, store: ResultsStore, ctx_for) -> list[Cell]:
+def _todo(cells: list[Cell], store: ResultsStore, ctx_for) -> list[Cell]:
     """Cells whose key (which includes the weights version) is not in the store yet."""
     done = store.done_keys()
     out = []
@@ -126,10 +125,7 @@ def _todo(cells: list[Cell], suite: Suite, store: ResultsStore, ctx_for) -> list
         ctx = ctx_for(cell.model)
         if ctx is None:
             continue
-        member = suite.member(cell.model)
-        key = cell_key(cell.config(model_revision=ctx.model_revision, data=suite.data, split=suite.split,
-                                   input_size=member.input_size))
-        if key not in done:
+        if cell_key(ctx.cell_config(cell)) not in done:
             out.append(cell)
     return out
 
@@ -175,7 +171,7 @@ def run(options: RunOptions, *, console: Console | None = None) -> RunSummary:
                       TextColumn("ETA"), TimeRemainingColumn(), console=console) as bar:
             overall = bar.add_task(f"{suite.name} [{profile.name}]", total=len(cells))
             for model_name, model_cells in by_model.items():
-                todo = _todo(model_cells, suite, store, ctx_for)
+                todo = _todo(model_cells, store, ctx_for)
                 skipped = len(model_cells) - len(todo)
                 summary.skipped += skipped if model_name not in summary.missing_models else 0
                 bar.update(overall, advance=skipped if model_name not in summary.missing_models else len(model_cells))

@@ -8,10 +8,11 @@ per (model, weights version, split, images) in their own table.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,17 +148,15 @@ class ResultsStore:
         with self._transaction():
             self.conn.execute(f"INSERT OR REPLACE INTO cells ({cols}) VALUES ({marks})", row)
 
-    def _transaction(self):
-        conn = self.conn
-
-        class _Tx:
-            def __enter__(self):
-                conn.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self, exc_type, *_):
-                conn.execute("ROLLBACK" if exc_type else "COMMIT")
-
-        return _Tx()
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
     def cells(self, **where: Any) -> list[CellResult]:
         unknown = set(where) - set(CellResult.__dataclass_fields__)
@@ -220,7 +219,3 @@ class ResultsStore:
         else:
             raise UserError(f"export to {out}: use a .csv or .json file name")
         return out
-
-    def put_many(self, results: Iterable[CellResult]) -> None:
-        for r in results:
-            self.put(r)

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from benchmark.errors import UserError
-from benchmark.suites import Member, Suite
+from benchmark.suites import REPO_ID, Member, Suite
 from benchmark.zoo.checkpoint import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, CheckpointError, file_sha256, read_config
 
 __all__ = ["MissingWeightsError", "hub_offline", "local_checkpoint_dir", "mtlbench_home", "pin_in_manifest",
@@ -132,7 +132,7 @@ def push_checkpoint(directory: str | Path, repo_id: str, *, token: str | None = 
     info = read_config(d)  # refuses directories that are not checkpoints
     if not (d / WEIGHTS_FILE).exists():
         raise CheckpointError(f"{d}: {WEIGHTS_FILE} is missing; nothing to push")
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+    if not REPO_ID.fullmatch(repo_id):
         raise UserError(f"{repo_id!r} is not a Hub repo id ('owner/name')")
     digest = file_sha256(d / WEIGHTS_FILE)
     api = HfApi(token=token)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from benchmark.attacks import create_attack
-from benchmark.attacks.validate import WeightSnapshot, model_fingerprint
+from benchmark.attacks.validate import WeightSnapshot
 from benchmark.data import load_dataset, make_loader
 from benchmark.evaluation import evaluate
 from benchmark.runner.cells import Cell, CellContext, evaluate_cell
@@ -34,7 +34,7 @@ def context():
     batches = list(make_loader(ds, 8))
     clean = evaluate(model, tasks, batches)
     return suite, CellContext(model=model, tasks=tasks, batches=batches, clean=clean,
-                              fingerprint=model_fingerprint(model), model_revision="bench", data=suite.data,
+                              model_revision="bench", data=suite.data,
                               split="test", input_size=member.input_size, device=torch.device("cpu"),
                               snapshot=WeightSnapshot(model))
 
