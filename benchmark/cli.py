@@ -109,7 +109,7 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- suites
 def cmd_suites_list(args: argparse.Namespace) -> int:
     from benchmark.suites import list_suites, load_suite
-    from benchmark.zoo.hub import local_checkpoint_dir
+    from benchmark.zoo.hub import is_built
 
     table = Table(title="suites")
     for col in ("suite", "dataset", "backbone", "models", "weights", "profiles", "description"):
@@ -117,12 +117,12 @@ def cmd_suites_list(args: argparse.Namespace) -> int:
     for name in list_suites():
         suite = load_suite(name)
         if suite.tiny:
-            built = sum((local_checkpoint_dir(suite, m) / "config.json").exists() for m in suite.members)
+            built = sum(is_built(suite, m) for m in suite.members)
             weights = f"built locally ({built}/{len(suite.members)} so far)"
         else:
             published = sum(m.published for m in suite.members)
             weights = f"Hub: {published}/{len(suite.members)} published"
-        table.add_row(name, suite.data, suite.backbone, str(len(suite.members)), weights,
+        table.add_row(name, suite.data_source, suite.backbone, str(len(suite.members)), weights,
                       ", ".join(suite.profiles), suite.description)
     console.print(table)
     return 0
@@ -132,13 +132,12 @@ def cmd_suites_show(args: argparse.Namespace) -> int:
     from benchmark.models.branched import count_backbone_parameters
     from benchmark.models.layouts import Layout
     from benchmark.suites import load_suite
-    from benchmark.tasks import get_tasks
-    from benchmark.zoo.hub import local_checkpoint_dir
+    from benchmark.zoo.hub import is_built
 
     suite = load_suite(args.suite)
-    num_tasks = len(get_tasks(suite.dataset))
+    num_tasks = len(suite.tasks)
     console.print(f"[bold]{suite.name}[/]: {suite.description}")
-    console.print(f"data {suite.data}, split {suite.split}, manifest {suite.path}"
+    console.print(f"data {suite.data_source}, split {suite.split}, manifest {suite.path}"
                   + (f", mirror of {suite.mirror_of}" if suite.tiny else ""))
     if suite.selection:
         console.print(f"[italic]selection:[/] {suite.selection.strip()}")
@@ -149,7 +148,7 @@ def cmd_suites_show(args: argparse.Namespace) -> int:
         params = count_backbone_parameters(Layout.parse(m.layout, num_tasks=num_tasks), m.backbone, m.width,
                                            m.output_stride)
         if suite.tiny:
-            weights = "built" if (local_checkpoint_dir(suite, m) / "config.json").exists() else "built on first use"
+            weights = "built" if is_built(suite, m) else "built on first use"
         else:
             weights = f"{m.repo_id}@{m.revision[:10]}" if m.published else f"{m.repo_id} (not published)"
         table.add_row(m.name, "" if m.index is None else str(m.index), m.layout, f"{m.backbone} x{m.width:g}",
@@ -207,7 +206,7 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
     if suite.tiny:
         return cmd_zoo_build(args)
     if args.data_root is None:
-        raise UserError(f"training {suite.name} needs the real {suite.data} data: pass --data-root DIR "
+        raise UserError(f"training {suite.name} needs the real {suite.data_source} data: pass --data-root DIR "
                         "(directory format in the README)")
     names = _csv(args.model) or [m.name for m in suite.members]
     if args.steps is not None or args.out is not None:
@@ -231,14 +230,13 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
 
 def cmd_zoo_import(args: argparse.Namespace) -> int:
     from benchmark.suites import load_suite
-    from benchmark.tasks import get_tasks
     from benchmark.zoo.build import member_model
     from benchmark.zoo.checkpoint import CheckpointInfo, save_checkpoint
     from benchmark.zoo.hub import local_checkpoint_dir
     from benchmark.zoo.paper import convert_paper_state_dict, load_paper_checkpoint, paper_checkpoint_path
 
     suite = load_suite(args.suite)
-    tasks = [t.name for t in get_tasks(suite.dataset)]
+    tasks = [t.name for t in suite.tasks]
     names = _csv(args.model) or [m.name for m in suite.members]
     imported, absent = 0, []
     for name in names:
@@ -250,7 +248,7 @@ def cmd_zoo_import(args: argparse.Namespace) -> int:
             continue
         model.load_state_dict(convert_paper_state_dict(load_paper_checkpoint(src), model))
         out = (local_checkpoint_dir(suite, member) if args.out is None else f"{args.out}/{member.name}")
-        info = CheckpointInfo(model=model.config, dataset=suite.data, suite=suite.name, member=member.name,
+        info = CheckpointInfo(model=model.config, dataset=suite.data_source, suite=suite.name, member=member.name,
                               input_size=member.input_size, source=f"paper checkpoint {src}",
                               training={"source": "the paper authors' checkpoint (TreeMTL MTSeqModel)"})
         digest = save_checkpoint(model, info, out)

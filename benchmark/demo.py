@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from benchmark.data import load_dataset, save_preview
+from benchmark.data import save_preview
 from benchmark.runner import RunOptions, run
 from benchmark.suites import load_suite
 from benchmark.zoo.build import build_suite
@@ -37,8 +37,8 @@ def run_demo(out_dir: str | Path = "site", *, suite: str = "tiny-nyuv2-resnet34"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     index = render_leaderboard(results, out)
-    scenes = load_dataset(spec.data, spec.split, size=4, resolution=spec.members[0].input_size)
-    save_preview(scenes, out / "plots" / "scenes.png", rows=4, title=f"{spec.data}: RGB and ground truth")
+    scenes = spec.data(size=4)
+    save_preview(scenes, out / "plots" / "scenes.png", rows=4, title=f"{spec.data_source}: RGB and ground truth")
     console.print(f"zoo {built - start:.0f} s, {summary.total - summary.skipped} cells {ran - built:.0f} s, "
                   f"site {time.perf_counter() - ran:.0f} s; results in {results}")
     return index

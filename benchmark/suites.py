@@ -27,6 +27,8 @@ from benchmark.errors import UserError
 
 __all__ = ["Member", "Profile", "Suite", "SuiteError", "list_suites", "load_suite", "suites_dir"]
 
+#: images of a synthetic split when nothing else says how many
+SYNTHETIC_SPLIT_SIZE = 256
 _REVISION = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: a Hugging Face Hub repo id, ``owner/name``
@@ -89,7 +91,7 @@ class Suite:
     name: str
     description: str
     dataset: str  # task set: "nyuv2" or "taskonomy"
-    data: str  # data source: "nyuv2"/"taskonomy" (real, needs a data root) or "synthetic-*"
+    data_source: str  # the manifest's ``data``: "nyuv2"/"taskonomy" (real, needs a data root) or "synthetic-*"
     split: str
     backbone: str
     members: tuple[Member, ...]
@@ -106,7 +108,33 @@ class Suite:
 
     @property
     def synthetic(self) -> bool:
-        return self.data.startswith("synthetic-")
+        return self.data_source.startswith("synthetic-")
+
+    @property
+    def tasks(self) -> list:
+        """The suite's tasks (:class:`~benchmark.tasks.Task`), in the models' output order."""
+        from benchmark.tasks import get_tasks
+
+        return get_tasks(self.dataset)
+
+    def data(self, split: str | None = None, *, size: int | None = None, data_root: str | None = None,
+             resolution: int | None = None, seed: int = 0):
+        """The one way in to a suite's data: ``split`` (default: the evaluation split) of its
+        synthetic scenes, or of the real data set under ``data_root`` (a real-data suite without
+        one is a usage error). ``size`` images (default: a synthetic split has
+        :data:`SYNTHETIC_SPLIT_SIZE`, a real one all of its images) at ``resolution`` (default:
+        the members' input size)."""
+        from benchmark.data import load_dataset
+
+        split = split or self.split
+        resolution = resolution or self.members[0].input_size
+        if self.synthetic:
+            return load_dataset(self.data_source, split, size=size or SYNTHETIC_SPLIT_SIZE, resolution=resolution,
+                                seed=seed)
+        if data_root is None:
+            raise UserError(f"suite {self.name} uses the real {self.data_source} data: pass --data-root DIR "
+                            "(directory format in the README)")
+        return load_dataset(self.data_source, split, root=data_root, size=size, resolution=resolution)
 
     def member(self, name: str) -> Member:
         for m in self.members:
@@ -246,7 +274,8 @@ def load_suite(name_or_path: str | Path) -> Suite:
     training = raw.get("training", {})
     c.keys(training, {"steps", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "seed", "train_size",
                       "warm_start", "finetune_steps", "finetune_lr"}, "training")
-    return Suite(name=name, description=c.typed(head, "description", str, "suite", ""), dataset=dataset, data=data,
+    return Suite(name=name, description=c.typed(head, "description", str, "suite", ""), dataset=dataset,
+                 data_source=data,
                  split=c.typed(head, "split", str, "suite", "test"), backbone=defaults["backbone"],
                  members=members, profiles=profiles, training=dict(training), mirror_of=mirror,
                  selection=c.typed(head, "selection", str, "suite", ""), path=path)

@@ -22,7 +22,6 @@ from statistics import mean
 from typing import Any
 
 from benchmark import __version__
-from benchmark.attacks.objectives import TASK_SHORT_NAMES
 from benchmark.runner.store import CellResult, ResultsStore
 from benchmark.scoring import bootstrap_ci, transferability
 
@@ -91,21 +90,14 @@ def _rankings(entries: dict[tuple[str, str], dict], models: list[str], attacks: 
     return ranked, unranked
 
 
-def _single_target(attack: str, tasks: list[str]) -> str | None:
-    objective = attack.partition(":")[2]
-    if not objective.startswith("single-"):
-        return None
-    short = objective.removeprefix("single-")
-    return next((t for t in tasks if short in (t, TASK_SHORT_NAMES.get(t))), None)
 
 
-def _transfer(entries, models: list[str], attacks: list[str], tasks: list[str], info: dict) -> dict[str, Any]:
+def _transfer(entries, models: list[str], attacks: list[str], targets: dict[str, str], info: dict) -> dict[str, Any]:
     """Transferability of every SINGLE-X attack (Eq. 11) per model, the mean ARP-Y matrix
     (attacked task x evaluated task) and the mean transferability by sharing level."""
     per_model: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)  # attack -> model -> {target, T}
     matrix: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    singles = [(a, _single_target(a, tasks)) for a in attacks]
-    singles = [(a, t) for a, t in singles if t is not None]
+    singles = [(a, targets[a]) for a in attacks if targets.get(a)]
     for a, target in singles:
         for m in models:
             e = entries.get((m, a))
@@ -152,6 +144,8 @@ def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dic
         attacks = sorted({c.attack for c in suite_cells})
         eps_list = sorted({c.eps for c in suite_cells})
         tasks = next((list(c.task_arp) for c in suite_cells if c.task_arp), [])
+        # the task a SINGLE-X attack targets, as the runner's AttackSpec stored it (never re-parsed)
+        targets = {c.attack: c.config["task"] for c in suite_cells if c.config.get("task") in tasks}
         by_key: dict[tuple[str, str, float], list[CellResult]] = defaultdict(list)
         for c in suite_cells:
             by_key[(c.model, c.attack, c.eps)].append(c)
@@ -162,7 +156,7 @@ def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dic
             per_eps[eps_key(eps)] = {
                 "eps": eps, "ranking": ranked, "unranked": unranked,
                 "table": {m: {a: entries[(m, a)] for a in attacks if (m, a) in entries} for m in models},
-                "transfer": _transfer(entries, models, attacks, tasks, info),
+                "transfer": _transfer(entries, models, attacks, targets, info),
             }
         clean = {m: info[m].get("clean") or next((c.clean for c in suite_cells if c.model == m and c.clean), {})
                  for m in models}

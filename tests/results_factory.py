@@ -9,7 +9,9 @@ CLEAN = {"segment_semantic": {"mIoU": 0.2, "pixel_acc": 0.7}, "normal": {"mean":
 
 def make_cell(suite, model, attack, eps, arp, *, seed=0, status="valid", reason="", task_arp=None, seconds=0.01):
     task_arp = task_arp if task_arp is not None else {t: arp for t in TASKS}
-    config = {"suite": suite, "model": model, "attack": attack, "eps": eps, "seed": seed}
+    target = {"single-depth": "depth_zbuffer", "single-normal": "normal", "single-segment": "segment_semantic"}
+    config = {"suite": suite, "model": model, "attack": attack, "eps": eps, "seed": seed,
+              "task": target.get(attack.partition(":")[2])}
     return CellResult(key=cell_key(config), suite=suite, model=model, attack=attack, eps=eps, seed=seed,
                       profile="test", status=status, reason=reason, arp=arp if status == "valid" else None,
                       task_arp=task_arp if status == "valid" else {}, clean=CLEAN, adversarial=CLEAN,

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from benchmark.attacks import run_attack
-from benchmark.attacks.registry import ATTACKS, create_attack
+from benchmark.attacks import create_attack, run_attack
+from benchmark.attacks.registry import ATTACKS
 
 README = Path(__file__).parents[1] / "README.md"
 

@@ -34,13 +34,16 @@ def test_grid_expansion():
     cells = expand_grid(suite, profile)
     # 25 models x (fgsm:gb-mta, pgd:total, pgd:signtotal, pgd:gb-mta, 3 x pgd:single-*) x 2 eps x 1 seed
     assert len(cells) == 25 * 7 * 2
-    pgd = next(c for c in cells if c.attack == "pgd:gb-mta")
-    assert dict(pgd.options) == {"steps": 5} and pgd.images == 8
-    assert dict(next(c for c in cells if c.attack == "fgsm:gb-mta").options) == {}
+    pgd = next(c for c in cells if c.attack.name == "pgd:gb-mta")
+    assert dict(pgd.attack.options) == {"steps": 5} and pgd.images == 8
+    assert dict(next(c for c in cells if c.attack.name == "fgsm:gb-mta").attack.options) == {}
+    single = next(c for c in cells if c.attack.name == "pgd:single-depth")
+    assert (single.attack.optimizer, single.attack.objective, single.attack.task) == ("pgd", "single-depth",
+                                                                                      "depth_zbuffer")
     # determinism is checked once per (model, attack, seed): in the cells of the first eps
     assert {c.eps for c in cells if c.check_determinism} == {4.0}
     cells = expand_grid(suite, profile, attacks=["apgd:single-*"], eps=[2, 16], models=["AS"], seeds=[0, 1])
-    assert {c.attack for c in cells} == {"apgd:single-segment", "apgd:single-normal", "apgd:single-depth"}
+    assert {c.attack.name for c in cells} == {"apgd:single-segment", "apgd:single-normal", "apgd:single-depth"}
     assert len(cells) == 3 * 2 * 2
     with pytest.raises(UserError, match="matches nothing"):
         expand_grid(suite, profile, attacks=["pgd:single-keypoint"])
@@ -202,7 +205,7 @@ def test_ray_executor_gives_identical_results_and_retries_lost_workers(mini, ray
     assert summary.done["valid"] == 1
 
 
-def test_a_real_data_suite_needs_its_data_root(mini_suite, tmp_path, capsys, monkeypatch):
+def test_a_real_data_suite_needs_its_data_root(mini_suite, tmp_path, capsys, monkeypatch, wide_console):
     manifest, home = mini_suite
     monkeypatch.setenv("MTLBENCH_HOME", str(home))
     real = tmp_path / "real.toml"

@@ -131,7 +131,7 @@ def test_mirrors_take_their_models_from_the_full_suite(tmp_path):
     text = '[suite]\nname = "m"\ndataset = "nyuv2"\nmirror = "nyuv2-resnet34"\nwidth = 0.25\n' \
            '[profiles.q]\neps = [8]\nattacks = ["fgsm:total"]\n'
     suite = load_suite(_write(tmp_path, text))
-    assert len(suite.members) == 25 and suite.members[0].width == 0.25 and suite.data == "synthetic-nyuv2"
+    assert len(suite.members) == 25 and suite.members[0].width == 0.25 and suite.data_source == "synthetic-nyuv2"
     with pytest.raises(SuiteError, match="mirror suite takes its models"):
         load_suite(_write(tmp_path, text + '[[models]]\nlayout = "AS"\n', "m2.toml"))
 

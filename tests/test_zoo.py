@@ -267,3 +267,36 @@ def test_train_and_run_on_real_data_directories(tmp_path, monkeypatch, capsys):
         (cell,) = store.cells()
     assert code == 0, cell.reason
     assert cell.status == "valid" and cell.images == 4 and cell.model_revision.startswith("local-sha256:")
+
+
+def _card_snippet(directory) -> str:
+    import re
+
+    card = (directory / "README.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+    return block
+
+
+def test_model_card_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The card next to every checkpoint shows code that works: for a standard suite's member by
+    suite and member name, for any other checkpoint from its own folder."""
+    monkeypatch.setenv("MTLBENCH_HOME", str(tmp_path / "home"))
+    suite = load_suite("tiny-nyuv2-resnet34")
+    member = suite.member("layout-9")
+    model = member_model(suite, member)
+    info = CheckpointInfo(model=model.config, dataset=suite.data_source, suite=suite.name, member=member.name,
+                          input_size=member.input_size)
+    save_checkpoint(model, info, local_checkpoint_dir(suite, member))
+    snippet = _card_snippet(local_checkpoint_dir(suite, member))
+    assert 'load_model("tiny-nyuv2-resnet34", "layout-9")' in snippet
+    exec(compile(snippet, "README.md", "exec"), {})
+    shapes = capsys.readouterr().out
+    assert "'depth_zbuffer': (2, 1, 48, 48)" in shapes and "'segment_semantic': (2, 40, 48, 48)" in shapes
+
+    own = tmp_path / "my-checkpoint"
+    save_checkpoint(model, CheckpointInfo(model=model.config, dataset="synthetic-nyuv2", input_size=32), own)
+    snippet = _card_snippet(own)
+    assert "load_checkpoint(" in snippet
+    monkeypatch.chdir(own)
+    exec(compile(snippet, "README.md", "exec"), {})
+    assert "'normal': (2, 3, 32, 32)" in capsys.readouterr().out

@@ -4,12 +4,14 @@ GB-MTA), the multi-task AutoAttack ensemble, the registry and the output validat
 from benchmark.attacks import apgd, autosaga, ensemble, fgsm, mim, pgd  # noqa: F401  (register)
 from benchmark.attacks.base import Attack, OptimizerAttack, PassCounter, clip_to_ball
 from benchmark.attacks.objectives import Objective, create_objective, list_objectives, register_objective
-from benchmark.attacks.registry import create_attack, list_attacks, register_attack
+from benchmark.attacks.registry import list_attacks, register_attack
+from benchmark.attacks.spec import AttackSpec, create_attack
 from benchmark.attacks.validate import AttackRun, Verdict, model_fingerprint, run_attack, validate_output
 
 __all__ = [
     "Attack",
     "AttackRun",
+    "AttackSpec",
     "Objective",
     "OptimizerAttack",
     "PassCounter",

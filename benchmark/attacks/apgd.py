@@ -41,6 +41,8 @@ class APGDTrace:
 
 @register_attack("apgd")
 class APGD(OptimizerAttack):
+    budget_option = "steps"
+
     def __init__(self, objective: str = "gb-mta", *, steps: int = 20, restarts: int = 1, rho: float = 0.75,
                  momentum: float = 0.75, preset: str = "reference", random_start: bool = True) -> None:
         super().__init__(objective)

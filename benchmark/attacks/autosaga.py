@@ -31,6 +31,8 @@ def _sech2(u: torch.Tensor) -> torch.Tensor:
 
 @register_attack("autosaga")
 class AutoSAGA(OptimizerAttack):
+    budget_option = "steps"
+
     def __init__(self, objective: str = "gb-mta", *, steps: int = 10, step_size: float | None = None,
                  alpha_lr: float = 10.0, fitting: float = 50.0, gamma: float = 0.0) -> None:
         super().__init__(objective)

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -87,6 +88,9 @@ class Attack(ABC):
 
     #: registry name, e.g. ``"pgd:gb-mta"``; set by :func:`~benchmark.attacks.registry.create_attack`
     name: str = ""
+    #: the constructor option that sets the attack's iteration budget (``"steps"``), through which a
+    #: suite profile's ``steps`` table is applied; ``None`` for attacks without one (FGSM)
+    budget_option: ClassVar[str | None] = None
 
     @abstractmethod
     def perturb(self, model: torch.nn.Module, images: torch.Tensor, targets: dict[str, torch.Tensor], *,

@@ -19,6 +19,8 @@ __all__ = ["MultiTaskAutoAttack"]
 
 @register_attack("autoattack")
 class MultiTaskAutoAttack(Attack):
+    budget_option = "steps"
+
     def __init__(self, *, steps: int = 20, restarts: int = 1, objectives: str = "single-*,total,gb-mta",
                  preset: str = "reference") -> None:
         self.steps, self.restarts, self.objectives, self.preset = int(steps), int(restarts), objectives, preset

@@ -13,6 +13,8 @@ __all__ = ["MIM"]
 
 @register_attack("mim")
 class MIM(OptimizerAttack):
+    budget_option = "steps"
+
     def __init__(self, objective: str = "gb-mta", *, steps: int = 10, step_size: float | None = None,
                  mu: float = 1.0) -> None:
         super().__init__(objective)

@@ -18,6 +18,8 @@ __all__ = ["PGD"]
 
 @register_attack("pgd")
 class PGD(OptimizerAttack):
+    budget_option = "steps"
+
     def __init__(self, objective: str = "gb-mta", *, steps: int = 10, step_size: float | None = None,
                  random_start: bool | None = None, preset: str = "paper") -> None:
         super().__init__(objective)

@@ -1,5 +1,5 @@
-"""Attack registry: ``@register_attack("pgd")``, ``create_attack("pgd:gb-mta", steps=20)``,
-``list_attacks("apgd:*")``.
+"""Attack registry: ``@register_attack("pgd")``, ``list_attacks("apgd:*")``; names are parsed
+and attacks created by :mod:`benchmark.attacks.spec` (``create_attack("pgd:gb-mta", steps=20)``).
 
 A registered :class:`~benchmark.attacks.base.OptimizerAttack` subclass combines with every
 objective (``<optimizer>:<objective>``); any other :class:`~benchmark.attacks.base.Attack`
@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmark.errors import UserError
 from benchmark.tasks import Task, get_tasks
 
-__all__ = ["ATTACKS", "create_attack", "list_attacks", "load_plugins", "register_attack"]
+__all__ = ["ATTACKS", "is_optimizer", "list_attacks", "load_plugins", "register_attack"]
 
 ATTACKS: dict[str, type] = {}
 _PLUGINS_LOADED = False
@@ -84,31 +84,11 @@ def _import_plugin_module(spec: str) -> None:
         raise UserError(f"attack plugin {spec!r} failed to import: {type(exc).__name__}: {exc}") from exc
 
 
-def _is_optimizer(cls) -> bool:
+def is_optimizer(cls) -> bool:
+    """Whether a registered class is an optimizer (combines with every objective)."""
     from benchmark.attacks.base import OptimizerAttack
 
     return issubclass(cls, OptimizerAttack)
-
-
-def create_attack(spec: str, **options):
-    """Build an attack from ``"optimizer:objective"`` (or a complete attack's name) and its options."""
-    load_plugins()
-    name, _, objective = spec.strip().partition(":")
-    if name not in ATTACKS:
-        raise UserError(f"unknown attack {name!r} in {spec!r}; known: {', '.join(sorted(ATTACKS))}")
-    cls = ATTACKS[name]
-    if _is_optimizer(cls):
-        if not objective:
-            raise UserError(f"attack {spec!r} needs an objective, e.g. '{name}:gb-mta' or '{name}:single-depth'")
-        options["objective"] = objective
-    elif objective:
-        raise UserError(f"attack {name!r} is a complete attack and takes no objective (got {spec!r})")
-    try:
-        attack = cls(**options)
-    except TypeError as exc:
-        raise UserError(f"bad options for attack {spec!r}: {exc}") from None
-    attack.name = f"{name}:{objective}" if objective else name
-    return attack
 
 
 def list_attacks(pattern: str = "*", tasks: list[Task] | None = None) -> list[str]:
@@ -125,7 +105,7 @@ def list_attacks(pattern: str = "*", tasks: list[Task] | None = None) -> list[st
         tasks = list(seen.values())
     names = []
     for name, cls in sorted(ATTACKS.items()):
-        if _is_optimizer(cls):
+        if is_optimizer(cls):
             names += [f"{name}:{obj}" for obj in list_objectives(tasks)]
         else:
             names.append(name)

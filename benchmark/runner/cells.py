@@ -1,4 +1,4 @@
-"""Cells: one (suite, model, attack, eps, seed) evaluation under a profile, and how it is run.
+"""Cells: one (target, attack, eps, seed) evaluation under a profile, and how it is run.
 
 :func:`evaluate_cell` is the single code path of every executor, so results are bit-identical
 (same seed, same device) whichever executor ran them.
@@ -6,90 +6,95 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import fnmatch
-import inspect
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from benchmark import __version__
-from benchmark.attacks import create_attack, list_attacks, run_attack
-from benchmark.attacks.registry import ATTACKS, load_plugins
-from benchmark.attacks.validate import WeightSnapshot
+from benchmark.attacks import list_attacks, run_attack
+from benchmark.attacks.spec import AttackSpec
 from benchmark.errors import UserError
-from benchmark.runner.store import CellResult, cell_key
+from benchmark.runner.context import CellContext
+from benchmark.runner.store import CellResult
 from benchmark.scoring import arp, task_arp
 from benchmark.suites import Profile, Suite
-from benchmark.tasks import Task
+from benchmark.targets import Target
 
-__all__ = ["Cell", "PeakMemory", "attack_options", "evaluate_cell", "expand_grid"]
+__all__ = ["Cell", "PeakMemory", "evaluate_cell", "expand_grid"]
 
 
 @dataclass(frozen=True)
 class Cell:
-    suite: str
-    model: str
-    attack: str
+    """One evaluation: a target, an attack spec, eps and seed, scored on ``images`` images of the
+    target's suite (``batch_size`` per batch) as the profile ``profile`` says. ``data_root`` says
+    where a real data set lives (a location: not part of the cell's identity)."""
+
+    target: Target
+    attack: AttackSpec
     eps: float  # 0-255 units
     seed: int
     profile: str
-    options: tuple[tuple[str, Any], ...] = ()  # attack options (e.g. steps)
     images: int | None = None  # evaluation images (None: the whole split)
     batch_size: int = 8
     check_determinism: bool = True  # repeat the attack on the first batch and compare
+    data_root: str | None = None
 
-    def config(self, *, model_revision: str, data: str, split: str, input_size: int) -> dict[str, Any]:
+    @property
+    def model(self) -> str:
+        return self.target.name
+
+    @property
+    def data_key(self) -> tuple:
+        """Cells with the same data key share a model, evaluation batches and clean metrics."""
+        return (self.target, self.images, self.batch_size, self.data_root)
+
+    def config(self, *, suite: str, model_revision: str, data: str, split: str, input_size: int) -> dict[str, Any]:
         """The full configuration that keys the cell in the store (with code and weights versions)."""
-        cfg = asdict(self)
-        cfg["options"] = dict(self.options)
-        cfg.update(model_revision=model_revision, data=data, split=split, input_size=input_size,
-                   code_version=__version__)
-        return cfg
-
-
-def attack_options(spec: str, profile: Profile) -> tuple[tuple[str, Any], ...]:
-    """The profile's step budget for ``spec``'s optimizer, if that attack takes ``steps``."""
-    load_plugins()
-    name = spec.partition(":")[0]
-    cls = ATTACKS.get(name)
-    if cls is None or name not in profile.steps:
-        return ()
-    if "steps" not in inspect.signature(cls.__init__).parameters:
-        return ()
-    return (("steps", profile.steps[name]),)
+        return {
+            "suite": suite, "model": self.target.name, "attack": self.attack.name, "eps": self.eps,
+            "seed": self.seed, "profile": self.profile, "options": dict(self.attack.options), "images": self.images,
+            "batch_size": self.batch_size, "check_determinism": self.check_determinism,
+            "objective": self.attack.objective, "task": self.attack.task,
+            "model_revision": model_revision, "data": data, "split": split, "input_size": input_size,
+            "code_version": __version__,
+        }
 
 
 def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = None,
                 eps: list[float] | None = None, models: list[str] | None = None,
-                seeds: list[int] | None = None) -> list[Cell]:
+                seeds: list[int] | None = None, weights_dir: str | None = None,
+                data_root: str | None = None) -> list[Cell]:
     """suite x models x attacks (patterns expanded for the suite's tasks) x eps x seeds.
 
     The attack's determinism is checked in the cells of the first eps (per model, attack and
     seed): it is a property of the attack and the model, and checking it once halves the cost of
     the other cells."""
-    from benchmark.tasks import get_tasks
-
-    tasks = get_tasks(suite.dataset)
-    names: list[str] = []
+    tasks = suite.tasks
+    specs: list[AttackSpec] = []
     for pattern in attacks if attacks is not None else profile.attacks:
         matched = [a for a in list_attacks("*", tasks=tasks) if fnmatch.fnmatch(a, pattern.strip())]
         if not matched:
             raise UserError(f"attack {pattern!r} matches nothing for the tasks of {suite.name}; "
                             "see `mtlbench attacks list`")
-        names += [a for a in matched if a not in names]
+        for name in matched:
+            spec = AttackSpec.parse(name, tasks=tasks).with_budget(profile.steps)
+            if spec not in specs:
+                specs.append(spec)
     eps_list = [float(e) for e in (eps if eps is not None else profile.eps)]
     for e in eps_list:
         if not 0 < e <= 255:
             raise UserError(f"eps {e:g} is outside (0, 255] (0-255 pixel units: 8 means 8/255)")
     members = [suite.member(m) for m in models] if models else list(suite.members)
     seed_list = list(seeds if seeds is not None else profile.seeds)
-    return [Cell(suite.name, m.name, a, e, s, profile.name, attack_options(a, profile), profile.eval_size,
-                 profile.batch_size, check_determinism=(i == 0))
-            for m in members for a in names for s in seed_list for i, e in enumerate(eps_list)]
+    ref = str(suite.path.resolve()) if suite.path is not None else suite.name
+    targets = [Target.of(ref, m.name, weights_dir=weights_dir) for m in members]
+    return [Cell(t, a, e, s, profile.name, profile.eval_size, profile.batch_size, check_determinism=(i == 0),
+                 data_root=data_root)
+            for t in targets for a in specs for s in seed_list for i, e in enumerate(eps_list)]
 
 
 class PeakMemory:
@@ -148,38 +153,6 @@ class PeakMemory:
             self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-@dataclass
-class CellContext:
-    """What a cell needs besides its own configuration (shared by the cells of one model)."""
-
-    model: torch.nn.Module
-    tasks: list[Task]
-    batches: list[dict[str, torch.Tensor]]
-    clean: dict[str, dict[str, float]]
-    model_revision: str
-    data: str
-    split: str
-    input_size: int
-    device: torch.device
-    git_commit: str = ""
-    snapshot: WeightSnapshot | None = None  # of the model's weights, to check attacks leave them alone
-
-    def cell_config(self, cell: Cell) -> dict[str, Any]:
-        """``cell``'s full configuration on this model (what keys it in the store)."""
-        return cell.config(model_revision=self.model_revision, data=self.data, split=self.split,
-                           input_size=self.input_size)
-
-    def new_result(self, cell: Cell, status: str = "valid", reason: str = "") -> CellResult:
-        """An empty result of ``cell`` on this model, with its key and provenance."""
-        config = self.cell_config(cell)
-        return CellResult(
-            key=cell_key(config), suite=cell.suite, model=cell.model, attack=cell.attack, eps=cell.eps,
-            seed=cell.seed, profile=cell.profile, status=status, reason=reason, clean=self.clean,
-            device=_device_name(self.device), torch_version=torch.__version__, mtlbench_version=__version__,
-            git_commit=self.git_commit, model_revision=self.model_revision, config=config,
-            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-
-
 def _batch_seed(seed: int, index: int) -> int:
     return (int(seed) * 1_000_003 + index) % (2**63 - 1)
 
@@ -200,7 +173,7 @@ def evaluate_cell(cell: Cell, ctx: CellContext) -> CellResult:
 
 def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
     try:
-        attack = create_attack(cell.attack, **dict(cell.options))
+        attack = cell.attack.create()
     except UserError as exc:
         result.status, result.reason = "failed", f"cannot create the attack: {exc}"
         return
@@ -231,11 +204,3 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
         result.arp = arp(ctx.clean, result.adversarial, ctx.tasks)
     except ValueError as exc:  # a clean metric of 0: ARP is undefined
         result.status, result.reason = "invalid", f"ARP undefined: {exc}"
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"

@@ -17,14 +17,13 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmark.data import load_dataset, make_loader
+from benchmark.data import make_loader
 from benchmark.errors import UserError
 from benchmark.evaluation import evaluate
 from benchmark.models.branched import BranchedModel
 from benchmark.suites import Member, Suite, load_suite
-from benchmark.tasks import get_tasks
 from benchmark.zoo.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
-from benchmark.zoo.hub import local_checkpoint_dir, resolve_weights
+from benchmark.zoo.hub import is_built, local_checkpoint_dir, resolve_weights
 from benchmark.zoo.train import TrainRecipe, train_model
 
 __all__ = ["build_member", "build_suite", "clean_test_set", "load_model", "member_model", "recipe_for"]
@@ -35,7 +34,7 @@ _RECIPE_KEYS = set(TrainRecipe.__dataclass_fields__)
 def member_model(suite: Suite, member: Member) -> BranchedModel:
     """A freshly initialised model of ``member`` (seeded by the member's name)."""
     torch.manual_seed(zlib.crc32(f"{suite.name}/{member.name}".encode()))
-    tasks = get_tasks(suite.dataset)
+    tasks = suite.tasks
     return BranchedModel(member.layout, {t.name: t.channels for t in tasks}, backbone=member.backbone,
                          width=member.width, head_hidden=member.head_hidden, head_rates=member.head_rates,
                        output_stride=member.output_stride)
@@ -62,23 +61,14 @@ def recipe_for(suite: Suite, *, finetune: bool = False, steps: int | None = None
 
 
 def _train_set(suite: Suite, data_root: str | None):
-    size = int(suite.training.get("train_size", 512))
-    input_size = suite.members[0].input_size
-    if suite.synthetic:
-        return load_dataset(suite.data, "train", size=size, resolution=input_size, seed=0)
-    if data_root is None:
-        raise UserError(f"suite {suite.name!r} trains on the real {suite.data} data set: pass --data-root DIR "
-                        "(the directory format is in the README)")
-    return load_dataset(suite.data, "train", root=data_root, resolution=input_size)
+    size = int(suite.training["train_size"]) if "train_size" in suite.training else (None if not suite.synthetic
+                                                                                     else 512)
+    return suite.data("train", size=size, data_root=data_root)
 
 
 def clean_test_set(suite: Suite, *, size: int = 64, data_root: str | None = None):
     """The held-out images a checkpoint's clean metrics are measured on."""
-    if suite.synthetic:
-        return load_dataset(suite.data, suite.split, size=size, resolution=suite.members[0].input_size, seed=0)
-    if data_root is None:
-        raise UserError(f"suite {suite.name!r} evaluates on the real {suite.data} data set: pass --data-root DIR")
-    return load_dataset(suite.data, suite.split, root=data_root, size=size, resolution=suite.members[0].input_size)
+    return suite.data(size=size, data_root=data_root)
 
 
 def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | None = None, device: str = "cpu",
@@ -87,7 +77,7 @@ def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | Non
                  progress: Callable[[int, float], None] | None = None) -> Path:
     """Train ``member`` (from scratch, or fine-tuned from ``init_from``), measure its clean
     metrics, and save it as a checkpoint directory."""
-    tasks = get_tasks(suite.dataset)
+    tasks = suite.tasks
     model = member_model(suite, member)
     if init_from is not None:
         model.warm_start_from(init_from)
@@ -97,7 +87,7 @@ def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | Non
     stats = train_model(model, tasks, train_set, recipe, device=device, progress=progress)
     test_set = test_set if test_set is not None else clean_test_set(suite, data_root=data_root)
     metrics = evaluate(model, tasks, make_loader(test_set, 32), device=device)
-    info = CheckpointInfo(model=model.config, dataset=suite.data, suite=suite.name, member=member.name,
+    info = CheckpointInfo(model=model.config, dataset=suite.data_source, suite=suite.name, member=member.name,
                           input_size=member.input_size,
                           training={**recipe.to_dict(), "warm_start": "AS" if init_from is not None else None,
                                     "train_size": len(train_set), "seconds": round(stats["seconds"], 1),
@@ -115,7 +105,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     suite = load_suite(suite) if isinstance(suite, str) else suite
     console = console or Console(stderr=True)
     wanted = [suite.member(m) for m in members] if members is not None else list(suite.members)
-    todo = [m for m in wanted if rebuild or not (local_checkpoint_dir(suite, m) / "config.json").exists()]
+    todo = [m for m in wanted if rebuild or not is_built(suite, m)]
     done = {m.name: local_checkpoint_dir(suite, m) for m in wanted if m not in todo}
     if not todo:
         return done
@@ -134,7 +124,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
         others = [m for m in todo if m is not root]
         if root is not None and (root in todo or others):
             root_dir = local_checkpoint_dir(suite, root)
-            if root in todo or not (root_dir / "config.json").exists():
+            if root in todo or not is_built(suite, root):
                 task = bar.add_task(f"  {root.name} (warm start)", total=recipe_for(suite).steps, loss=float("nan"))
                 build_member(suite, root, device=device, data_root=data_root, train_set=train_set,
                              test_set=test_set, progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))

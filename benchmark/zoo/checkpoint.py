@@ -196,8 +196,27 @@ multi-task models.
 
 ## Use
 
-```python
-from benchmark.zoo import load_model
-model = load_model("{info.suite or 'SUITE'}", "{info.member or 'MODEL'}")
-```
+{_usage(info)}
 """
+
+
+def _usage(info: CheckpointInfo) -> str:
+    """The card's code snippet: it runs as written once mtlbench is installed (``pip install
+    mtlbench``), from the suite's name for a member of a standard suite, else from this folder."""
+    size = info.input_size or 64
+    if info.suite and info.member and _is_standard_suite(info.suite):
+        load = (f'from benchmark.zoo import load_model\n\n'
+                f'model, info = load_model("{info.suite}", "{info.member}")  # eval mode; downloaded or built once\n')
+    else:
+        load = ('from benchmark.zoo import load_checkpoint\n\n'
+                'model, info = load_checkpoint(".")  # this folder: model.safetensors + config.json\n')
+    return (f"```python\nimport torch\n{load}"
+            f"images = torch.rand(2, 3, {size}, {size})  # RGB in [0, 1]; the normalisation is inside the model\n"
+            "outputs = model(images)  # {task: (B, C, H, W)}\n"
+            "print({task: tuple(out.shape) for task, out in outputs.items()})\n```")
+
+
+def _is_standard_suite(name: str) -> bool:
+    from benchmark.suites import list_suites
+
+    return name in list_suites()

@@ -17,7 +17,7 @@ from benchmark.errors import UserError
 from benchmark.suites import REPO_ID, Member, Suite
 from benchmark.zoo.checkpoint import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, CheckpointError, file_sha256, read_config
 
-__all__ = ["MissingWeightsError", "hub_offline", "local_checkpoint_dir", "mtlbench_home", "pin_in_manifest",
+__all__ = ["MissingWeightsError", "hub_offline", "is_built", "local_checkpoint_dir", "mtlbench_home", "pin_in_manifest",
            "push_checkpoint", "resolve_weights"]
 
 CHECKPOINT_FILES = [WEIGHTS_FILE, CONFIG_FILE, CARD_FILE]
@@ -38,6 +38,22 @@ def mtlbench_home() -> Path:
 def local_checkpoint_dir(suite: Suite, member: Member) -> Path:
     """Where mtlbench builds or trains ``member`` of ``suite`` locally."""
     return mtlbench_home() / "zoo" / suite.name / member.name
+
+
+def is_built(suite: Suite, member: Member, *, weights_dir: str | Path | None = None) -> bool:
+    """Whether ``member``'s weights are on this machine (in ``weights_dir``, the local zoo, or the
+    Hugging Face cache at the pinned revision), so loading it neither trains nor downloads."""
+    if weights_dir is not None and Path(weights_dir).is_dir() and _in_weights_dir(Path(weights_dir), suite, member):
+        return True
+    if (local_checkpoint_dir(suite, member) / CONFIG_FILE).exists():
+        return True
+    if suite.tiny or not member.published:
+        return False
+    try:
+        _download(suite, member, cache_dir=None, local_files_only=True)
+    except UserError:
+        return False
+    return True
 
 
 def hub_offline() -> bool:

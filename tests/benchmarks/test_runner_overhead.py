@@ -11,13 +11,15 @@ import time
 import pytest
 import torch
 
-from benchmark.attacks import create_attack
+from benchmark.attacks import AttackSpec, create_attack
 from benchmark.attacks.validate import WeightSnapshot
 from benchmark.data import load_dataset, make_loader
 from benchmark.evaluation import evaluate
-from benchmark.runner.cells import Cell, CellContext, evaluate_cell
+from benchmark.runner.cells import Cell, evaluate_cell
+from benchmark.runner.context import CellContext
 from benchmark.runner.store import ResultsStore
 from benchmark.suites import load_suite
+from benchmark.targets import Target
 from benchmark.tasks import get_tasks
 from benchmark.zoo.build import member_model
 
@@ -33,17 +35,18 @@ def context():
     ds = load_dataset("synthetic-nyuv2", "test", size=8, resolution=member.input_size)
     batches = list(make_loader(ds, 8))
     clean = evaluate(model, tasks, batches)
-    return suite, CellContext(model=model, tasks=tasks, batches=batches, clean=clean,
-                              model_revision="bench", data=suite.data,
+    target = Target.of(suite.name, member.name)
+    return suite, CellContext(target=target, model=model, tasks=tasks, batches=batches, clean=clean,
+                              model_revision="bench", suite=suite.name, data=suite.data_source,
                               split="test", input_size=member.input_size, device=torch.device("cpu"),
                               snapshot=WeightSnapshot(model))
 
 
 @pytest.mark.parametrize("steps", [10, 20])
 def test_runner_overhead_per_cell(benchmark, context, tmp_path, steps):
-    suite, ctx = context
+    _, ctx = context
     store = ResultsStore(tmp_path / "bench.db")
-    cell = Cell(suite.name, "layout-9", "pgd:gb-mta", 8.0, 0, "bench", (("steps", steps),), 8, 8,
+    cell = Cell(ctx.target, AttackSpec.parse("pgd:gb-mta", steps=steps), 8.0, 0, "bench", 8, 8,
                 check_determinism=False)
     attack = create_attack("pgd:gb-mta", steps=steps)
     batch = ctx.batches[0]

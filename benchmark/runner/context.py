@@ -1,0 +1,97 @@
+"""What the cells of one target share: the loaded model, the evaluation batches and the clean
+metrics. Every executor builds it the same way, from a cell's target and data settings."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from benchmark import __version__
+from benchmark.attacks.validate import WeightSnapshot
+from benchmark.data import make_loader
+from benchmark.evaluation import evaluate, to_device
+from benchmark.runner.store import CellResult, ResultsStore, cell_key
+from benchmark.targets import Target
+from benchmark.tasks import Task
+
+if TYPE_CHECKING:
+    from benchmark.runner.cells import Cell
+
+__all__ = ["CellContext", "device_name", "prepare_context"]
+
+
+@dataclass
+class CellContext:
+    """What a cell needs besides its own configuration (shared by the cells of one target)."""
+
+    target: Target
+    model: torch.nn.Module
+    tasks: list[Task]
+    batches: list[dict[str, torch.Tensor]]
+    clean: dict[str, dict[str, float]]
+    model_revision: str
+    suite: str  # the suite's name
+    data: str
+    split: str
+    input_size: int
+    device: torch.device
+    git_commit: str = ""
+    snapshot: WeightSnapshot | None = None  # of the model's weights, to check attacks leave them alone
+
+    def cell_config(self, cell: Cell) -> dict[str, Any]:
+        """``cell``'s full configuration on this target (what keys it in the store)."""
+        return cell.config(suite=self.suite, model_revision=self.model_revision, data=self.data, split=self.split,
+                           input_size=self.input_size)
+
+    def new_result(self, cell: Cell, status: str = "valid", reason: str = "") -> CellResult:
+        """An empty result of ``cell`` on this target, with its key and provenance."""
+        config = self.cell_config(cell)
+        return CellResult(
+            key=cell_key(config), suite=self.suite, model=cell.model, attack=cell.attack.name, eps=cell.eps,
+            seed=cell.seed, profile=cell.profile, status=status, reason=reason, clean=self.clean,
+            device=device_name(self.device), torch_version=torch.__version__, mtlbench_version=__version__,
+            git_commit=self.git_commit, model_revision=self.model_revision, config=config,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+def prepare_context(target: Target, *, images: int | None, batch_size: int, data_root: str | None,
+                    device: torch.device, store: ResultsStore | None = None, console=None,
+                    git_commit: str = "", clean: dict | None = None) -> CellContext:
+    """Load ``target`` on ``device``, its suite's evaluation batches and its clean metrics (from
+    ``clean`` when given, else read from / written to the store's cache when a store is given,
+    else computed)."""
+    suite = target.suite_spec
+    loaded = target.load(device, console=console)
+    model, revision = loaded.model, loaded.revision
+    tasks = suite.tasks
+    dataset = suite.data(size=images, data_root=data_root, resolution=target.member_spec.input_size)
+    batches = [to_device(b, device) for b in make_loader(dataset, batch_size)]
+    count = sum(b["image"].shape[0] for b in batches)
+    input_size = target.member_spec.input_size
+    clean_key = cell_key({"suite": suite.name, "model": target.name, "model_revision": revision,
+                          "data": suite.data_source, "split": suite.split, "images": count, "input_size": input_size,
+                          "code_version": __version__, "device": device.type})
+    if clean is None and store is not None:
+        clean = store.get_clean(clean_key)
+    if clean is None:
+        clean = evaluate(model, tasks, batches, device=device)
+        if store is not None:
+            store.put_clean(clean_key, suite=suite.name, model=target.name, model_revision=revision,
+                            split=suite.split, images=count, metrics=clean, device=str(device),
+                            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    if store is not None:
+        store.put_model(suite.name, target.name, revision, {**target.describe(), "clean": clean})
+    return CellContext(target=target, model=model, tasks=tasks, batches=batches, clean=clean,
+                       snapshot=WeightSnapshot(model), model_revision=revision, suite=suite.name,
+                       data=suite.data_source, split=suite.split, input_size=input_size, device=device,
+                       git_commit=git_commit)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
