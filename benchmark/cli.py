@@ -307,7 +307,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(suite=args.suite, profile=args.profile, attacks=_csv(args.attacks), eps=_csv(args.eps, float),
                          models=_csv(args.models), seeds=_csv(args.seeds, int), device=_device(args.device),
                          results=args.results, weights_dir=args.weights_dir, data_root=args.data_root,
-                         executor=args.executor, ray_address=args.address, gpus_per_cell=args.gpus_per_cell)
+                         executor=args.executor, ray_address=args.address, gpus_per_cell=args.gpus_per_cell,
+                         cell_timeout=_timeout(args.cell_timeout), defenses=_csv(args.defenses),
+                         eot_samples=args.eot)
     summary = run(options, console=err_console)
     done = dict(summary.done)
     ran = ", ".join(f"{n} {s}" for s, n in sorted(done.items())) or "nothing left to run"
@@ -319,6 +321,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         err_console.print(f"[red]{summary.bad} cell(s) failed or were invalid[/]; their reasons are in the store "
                           f"(`mtlbench results show {args.results} --status failed,invalid`)")
     return min(summary.bad, 99)
+
+
+def cmd_defenses_list(args: argparse.Namespace) -> int:
+    from benchmark.defenses import list_defenses
+
+    table = Table(title="defenses (name:argument; 'none' is the undefended model)")
+    for col in ("defense", "kind", "argument (default)", "randomised", "differentiable", "attacked with",
+                "defined in"):
+        table.add_column(col, overflow="fold")
+    for cls in list_defenses():
+        randomised, differentiable = getattr(cls, "randomised", False), getattr(cls, "differentiable", True)
+        how = ", ".join(filter(None, ["EOT" if randomised else "", "BPDA" if not differentiable else ""])) or "exact"
+        table.add_row(cls.name, cls.kind, f"{cls.argument_help} ({cls.default_argument})" if cls.argument_help else "",
+                      "yes" if randomised else "no", "yes" if differentiable else "no",
+                      how if cls.kind == "inference" else "(new weights)", cls.__module__)
+    console.print(table)
+    return 0
+
+
+def _timeout(value: float | None) -> float | None:
+    if value is not None and not 0 <= value <= 7 * 86400:
+        raise UserError(f"--cell-timeout {value:g}: expected seconds in [0, 604800] (0: no limit)")
+    return value
 
 
 def cmd_results_export(args: argparse.Namespace) -> int:
@@ -478,7 +503,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: start a local one)")
     p.add_argument("--gpus-per-cell", type=float, default=1.0, help="GPUs per Ray task (a fraction shares one)")
     p.add_argument("--plugins", help="comma-separated modules or .py files that register attacks")
+    p.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
+                   help="wall-time limit of one cell, after which it is stored as failed and the run goes on "
+                        "(default: the profile's cell_timeout, 1800 s unless it says otherwise; 0: no limit)")
+    p.add_argument("--defenses", help="comma-separated targets per model: 'none' (undefended) and inference-time "
+                                      "defenses, e.g. 'none,bitdepth:4,resize:0.15' (default: the profile's)")
+    p.add_argument("--eot", type=int, default=None, metavar="N",
+                   help="EOT draws per model call when attacking a randomised defense (default: the profile's "
+                        "eot_samples, 4 unless it says otherwise)")
     p.set_defaults(func=cmd_run)
+
+    defenses = sub.add_parser("defenses", help="registered defenses")
+    dsub2 = defenses.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = dsub2.add_parser("list", help="list defenses: kind, argument, randomised, differentiable")
+    p.set_defaults(func=cmd_defenses_list)
 
     results = sub.add_parser("results", help="read a results database")
     rsub = results.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -84,6 +84,9 @@ class Profile:
     seeds: tuple[int, ...] = (0,)
     batch_size: int = 8
     description: str = ""
+    cell_timeout: float = 1800.0  # seconds one cell may take before it is stored as failed (0: no limit)
+    defenses: tuple[str, ...] = ("none",)  # targets per member: undefended and inference-time defenses
+    eot_samples: int = 4  # EOT draws per model call when attacking a randomised defense
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,8 @@ _SUITE_KEYS = {"name", "description", "dataset", "data", "split", "backbone", "w
                "head_hidden", "head_rates", "output_stride", "mirror", "selection", "hub_org"}
 _MEMBER_KEYS = {"name", "index", "layout", "backbone", "width", "input_size", "repo_id", "revision", "sha256",
                 "head_hidden", "head_rates"}
-_PROFILE_KEYS = {"eps", "attacks", "steps", "eval_size", "seeds", "batch_size", "description"}
+_PROFILE_KEYS = {"eps", "attacks", "steps", "eval_size", "seeds", "batch_size", "description", "cell_timeout",
+                 "defenses", "eot_samples"}
 _TOP_KEYS = {"suite", "models", "profiles", "training"}
 _MEMBER_OVERRIDES = {"backbone": str, "width": (int, float), "input_size": int, "head_hidden": int}
 _DATASETS = {"nyuv2": 3, "taskonomy": 5}
@@ -366,8 +370,25 @@ def _profiles(c: _Checker, profiles: Any) -> dict[str, Profile]:
         seeds = c.typed(table, "seeds", list, where, [0])
         if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
             raise c.fail(f"{where}.seeds", f"expected a list of integers, got {seeds!r}")
+        timeout = c.typed(table, "cell_timeout", (int, float), where, 1800)
+        if not 0 <= timeout <= 7 * 86400:
+            raise c.fail(f"{where}.cell_timeout", f"expected seconds in [0, 604800] (0: no limit), got {timeout!r}")
+        defenses = c.typed(table, "defenses", list, where, ["none"])
+        from benchmark.defenses import canonical_defense
+
+        for d in defenses:
+            if not isinstance(d, str):
+                raise c.fail(f"{where}.defenses", f"expected defense names such as 'bitdepth:4', got {d!r}")
+            try:
+                canonical_defense(d)
+            except UserError as exc:
+                raise c.fail(f"{where}.defenses", str(exc)) from None
+        eot = c.typed(table, "eot_samples", int, where, 4)
+        if not 1 <= eot <= 1000:
+            raise c.fail(f"{where}.eot_samples", f"expected an integer in [1, 1000], got {eot!r}")
         out[pname] = Profile(name=pname, eps=tuple(float(e) for e in eps), attacks=tuple(attacks),
                              steps=dict(steps), eval_size=eval_size, seeds=tuple(seeds),
                              batch_size=c.typed(table, "batch_size", int, where, 8),
-                             description=c.typed(table, "description", str, where, ""))
+                             description=c.typed(table, "description", str, where, ""),
+                             cell_timeout=float(timeout), defenses=tuple(defenses), eot_samples=eot)
     return out

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from benchmark.errors import UserError
 from benchmark.suites import Member, Suite, load_suite
 
 __all__ = ["LoadedTarget", "Target", "suite_ref"]
@@ -59,15 +60,33 @@ class Target:
     suite: str  # suite name or absolute manifest path (see :func:`suite_ref`)
     member: str
     weights_dir: str | None = None
+    defense: str | None = None  # canonical inference-time defense (``bitdepth:4``), None: undefended
+    eot: int = 1  # EOT samples per model call while attacking a randomised defense
 
     @classmethod
-    def of(cls, suite: str | Path, member: str, *, weights_dir: str | Path | None = None) -> Target:
-        return cls(suite_ref(suite), member, None if weights_dir is None else str(Path(weights_dir).resolve()))
+    def of(cls, suite: str | Path, member: str, *, weights_dir: str | Path | None = None,
+           defense: str | None = None, eot: int = 1) -> Target:
+        from benchmark.defenses import create_defense
+
+        spec = None
+        if defense is not None and defense.strip() not in ("", "none"):
+            d = create_defense(defense)
+            if d.kind != "inference":
+                raise UserError(f"defense {d.spec!r} is a training defense: its checkpoints come from "
+                                f"`mtlbench defend`, not from wrapping the model")
+            spec = d.spec
+            eot = int(eot) if d.randomised else 1
+        else:
+            eot = 1
+        if eot < 1:
+            raise UserError(f"EOT samples must be >= 1, got {eot}")
+        return cls(suite_ref(suite), member, None if weights_dir is None else str(Path(weights_dir).resolve()),
+                   spec, eot)
 
     @property
     def name(self) -> str:
-        """How the target is named in results and on the leaderboard."""
-        return self.member
+        """How the target is named in results and on the leaderboard: the member, and its defense."""
+        return self.member if self.defense is None else f"{self.member}+{self.defense}"
 
     @property
     def suite_spec(self) -> Suite:
@@ -96,6 +115,10 @@ class Target:
             p.requires_grad_(False)
         member = self.member_spec
         revision = member.revision if info.origin == "hub" else f"local-sha256:{model_fingerprint(model)[:16]}"
+        if self.defense is not None:
+            from benchmark.defenses import DefendedModel, create_defense
+
+            model = DefendedModel(model, create_defense(self.defense), eot_samples=self.eot).eval()
         return LoadedTarget(model=model, revision=revision, origin=info.origin, info=info)
 
     def describe(self) -> dict[str, Any]:
@@ -115,5 +138,19 @@ class Target:
             "layout_sets": layout.to_json(), "tasks": [t.name for t in tasks], "dataset": suite.dataset,
             "data": suite.data_source, "repo_id": member.repo_id,
             "mean_branch_block": sum(layout.branch_block(a, b) for a, b in pairs) / max(1, len(pairs)),
-            "defense": None, "kind": "suite member",
+            "kind": "suite member", "member": member.name, **self._defense_info(),
         }
+
+    def _defense_info(self) -> dict[str, Any]:
+        if self.defense is None:
+            return {"defense": None}
+        from benchmark.defenses import create_defense
+
+        d = create_defense(self.defense)
+        gradient = []
+        if d.randomised:
+            gradient.append(f"EOT over {self.eot} draws")
+        if not d.differentiable:
+            gradient.append("BPDA (straight-through)")
+        return {"defense": d.spec, "defense_kind": d.kind, "randomised": d.randomised,
+                "differentiable": d.differentiable, "eot": self.eot, "gradient": "; ".join(gradient) or "exact"}

@@ -124,6 +124,50 @@ def _transfer(entries, models: list[str], attacks: list[str], targets: dict[str,
     }
 
 
+def _defenses(entries: dict, defended: list[str], attacks: list[str], info: dict) -> dict[str, Any]:
+    """The paper's Table 3 shape: rows = no defense and each defense, columns = attacks, cells =
+    mean ARP over the members that have the defense (bootstrap 95% CI over members), with the
+    strongest attack of each row; and each defense's clean cost (its clean metrics' relative drop
+    against the undefended member, ARP's formula) beside its robust ARP (strongest attack)."""
+    from benchmark.scoring import arp as relative_drop
+    from benchmark.tasks import get_tasks
+
+    by_defense: dict[str, list[str]] = defaultdict(list)  # defense -> targets
+    for t in defended:
+        by_defense[info[t]["defense"]].append(t)
+    rows = []
+    for defense in ["none", *sorted(by_defense)]:
+        targets = by_defense[defense] if defense != "none" else sorted(
+            {info[t].get("member", t.partition("+")[0]) for ts in by_defense.values() for t in ts})
+        cells: dict[str, Any] = {}
+        for a in attacks:
+            present = [entries.get((t, a)) for t in targets]
+            values = [e["arp"] for e in present if e and e["status"] == "valid"]
+            bad = [e for e in present if e and e["status"] != "valid"]
+            if not values or bad:
+                cells[a] = {"arp": None, "n": len(values), "reason": bad[0]["reason"] if bad else "not run"}
+                continue
+            m, low, high = bootstrap_ci(values, confidence=0.95, seed=0)
+            cells[a] = {"arp": m, "ci_low": low, "ci_high": high, "n": len(values), "reason": ""}
+        ranked = [a for a in attacks if cells[a]["arp"] is not None]
+        strongest = max(ranked, key=lambda a: cells[a]["arp"]) if ranked else None
+        costs = []
+        for t in targets if defense != "none" else []:
+            member = info[t].get("member", t.partition("+")[0])
+            clean_def, clean_base = info[t].get("clean"), info.get(member, {}).get("clean")
+            if clean_def and clean_base:
+                costs.append(relative_drop(clean_base, clean_def, get_tasks(info[t]["dataset"])))
+        first = info[targets[0]] if targets and targets[0] in info else {}
+        rows.append({
+            "defense": defense, "targets": targets, "cells": cells, "strongest": strongest,
+            "robust_arp": cells[strongest]["arp"] if strongest else None,
+            "clean_cost": mean(costs) if costs else (0.0 if defense == "none" else None),
+            "gradient": first.get("gradient", "exact") if defense != "none" else "exact",
+            "randomised": first.get("randomised", False), "eot": first.get("eot", 1),
+        })
+    return {"rows": rows, "attacks": attacks}
+
+
 def _model_order(models: list[str], info: dict) -> list[str]:
     """Most parameters first (the paper's table order), then by name."""
     return sorted(models, key=lambda m: (-(info.get(m, {}).get("backbone_params") or 0), m))
@@ -140,7 +184,9 @@ def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dic
         grouped[c.suite].append(c)
     for suite, suite_cells in sorted(grouped.items()):
         info = {m: model_info.get((suite, m), {}) for m in {c.model for c in suite_cells}}
-        models = _model_order(list(info), info)
+        # attacks are ranked on the suite's own (undefended) models; defended targets have their page
+        models = _model_order([m for m in info if not info[m].get("defense")], info)
+        defended = sorted(m for m in info if info[m].get("defense"))
         attacks = sorted({c.attack for c in suite_cells})
         eps_list = sorted({c.eps for c in suite_cells})
         tasks = next((list(c.task_arp) for c in suite_cells if c.task_arp), [])
@@ -151,19 +197,22 @@ def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dic
             by_key[(c.model, c.attack, c.eps)].append(c)
         per_eps: dict[str, Any] = {}
         for eps in eps_list:
-            entries = {(m, a): _entry(by_key[(m, a, eps)]) for m in models for a in attacks if by_key.get((m, a, eps))}
+            entries = {(m, a): _entry(by_key[(m, a, eps)]) for m in models + defended for a in attacks
+                       if by_key.get((m, a, eps))}
             ranked, unranked = _rankings(entries, models, attacks)
             per_eps[eps_key(eps)] = {
                 "eps": eps, "ranking": ranked, "unranked": unranked,
                 "table": {m: {a: entries[(m, a)] for a in attacks if (m, a) in entries} for m in models},
                 "transfer": _transfer(entries, models, attacks, targets, info),
+                "defenses": _defenses(entries, defended, attacks, info) if defended else None,
             }
         clean = {m: info[m].get("clean") or next((c.clean for c in suite_cells if c.model == m and c.clean), {})
                  for m in models}
         suites[suite] = {
             "name": suite, "models": models, "attacks": attacks, "eps": eps_list, "tasks": tasks,
             "default_eps": choose_eps(eps_list, default_eps) if eps_list else None,
-            "model_info": {m: {k: v for k, v in info[m].items() if k not in ("clean",)} for m in models},
+            "model_info": {m: {k: v for k, v in info[m].items() if k not in ("clean",)} for m in models + defended},
+            "defended": defended,
             "clean": clean, "by_eps": per_eps,
             "statuses": dict(sorted(_count(suite_cells).items())),
         }

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-__all__ = ["arp_curves", "layout_tree_svg", "ranking_chart", "transfer_heatmap"]
+__all__ = ["arp_curves", "defense_tradeoff", "layout_tree_svg", "ranking_chart", "transfer_heatmap"]
 
 #: our style, applied per figure (never to the global rcParams of the process)
 STYLE = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False, "figure.constrained_layout.use": True,
@@ -122,3 +122,19 @@ def layout_tree_svg(layout_sets: list[list[list[int]]], tasks: list[str]) -> str
                          f'<text x="{hx + 4}" y="{y + 12}" class="head">{t}: {escape(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+@_styled
+def defense_tradeoff(rows: list[dict], title: str, path: Path) -> Path:
+    """Each defense's clean cost (x) against the ARP of the strongest attack on it (y)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for row in rows:
+        if row["clean_cost"] is None or row["robust_arp"] is None:
+            continue
+        ax.scatter([row["clean_cost"]], [row["robust_arp"]], s=28)
+        ax.annotate(f"{row['defense']} ({row['strongest']})", (row["clean_cost"], row["robust_arp"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("clean cost: relative clean-metric drop (%)")
+    ax.set_ylabel("ARP of the strongest attack (%)")
+    ax.set_title(f"{title}: lower left is better", fontsize=9)
+    return _save(fig, path)

@@ -102,6 +102,9 @@ def render_board(board: dict[str, Any], out_dir: str | Path, *, plots_enabled: b
         ctx = {**common, "suite": suite, "figures": figures[name]}
         _write(out / f"suite-{slug(name)}.html", env.get_template("suite.html.j2").render(**ctx, page="suite"))
         _write(out / f"transfer-{slug(name)}.html", env.get_template("transfer.html.j2").render(**ctx, page="transfer"))
+        if suite["defended"]:
+            _write(out / f"defenses-{slug(name)}.html",
+                   env.get_template("defenses.html.j2").render(**ctx, page="defenses"))
         for model in suite["models"]:
             info = suite["model_info"].get(model, {})
             tree = Markup(plots.layout_tree_svg(info["layout_sets"], suite["tasks"])) if info.get("layout_sets") else ""
@@ -115,7 +118,7 @@ def render_board(board: dict[str, Any], out_dir: str | Path, *, plots_enabled: b
 def _suite_plots(suite: dict[str, Any], out: Path) -> tuple[dict[str, Any], list[tuple]]:
     """File names of the suite's figures, and the jobs that draw them."""
     sid = slug(suite["name"])
-    figs: dict[str, Any] = {"curves": {}, "heatmaps": {}}
+    figs: dict[str, Any] = {"curves": {}, "heatmaps": {}, "defenses": {}}
     jobs: list[tuple] = []
     default = suite["default_eps"]
     block = suite["by_eps"].get(eps_key(default)) if default is not None else None
@@ -132,6 +135,10 @@ def _suite_plots(suite: dict[str, Any], out: Path) -> tuple[dict[str, Any], list
             jobs.append(("arp_curves", series, f"{model}: ARP vs eps (the {len(top)} strongest attacks)",
                          out / "plots" / figs["curves"][model]))
     for key, b in suite["by_eps"].items():
+        if b.get("defenses"):
+            figs["defenses"][key] = f"defenses-{sid}-{slug(key)}.svg"
+            jobs.append(("defense_tradeoff", b["defenses"]["rows"], f"{suite['name']}, eps={key}",
+                         out / "plots" / figs["defenses"][key]))
         t = b["transfer"]
         if t["attacks"]:
             figs["heatmaps"][key] = f"transfer-{sid}-{slug(key)}.svg"

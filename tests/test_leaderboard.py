@@ -104,7 +104,8 @@ def test_browser(mini_suite, tmp_path, monkeypatch):
     manifest, home = mini_suite
     monkeypatch.setenv("MTLBENCH_HOME", str(home))
     db = tmp_path / "r.db"
-    run(RunOptions(suite=str(manifest), results=str(db), attacks=["fgsm:total", "pgd:gb-mta", "pgd:single-depth"]))
+    run(RunOptions(suite=str(manifest), results=str(db), attacks=["fgsm:total", "pgd:gb-mta", "pgd:single-depth"],
+                   defenses=["none", "bitdepth:4"]))
     index = render_leaderboard(db, tmp_path / "site")
     with ResultsStore(db, readonly=True) as store:
         block = build_board(store)["suites"]["mini-run"]["by_eps"]
@@ -140,5 +141,15 @@ def test_browser(mini_suite, tmp_path, monkeypatch):
         page.check("#show-tasks")
         assert shown.is_visible()
         page.screenshot(path=str(tmp_path / "suite.png"), full_page=True)
+        # the defenses page: its table is the store's numbers
+        page.goto((index.parent / "defenses-mini-run.html").resolve().as_uri())
+        defenses = page.locator("table#defenses-8")
+        assert defenses.is_visible()
+        for row in block["8"]["defenses"]["rows"]:
+            for attack, cell in row["cells"].items():
+                text = defenses.locator(f'tr[data-defense="{row["defense"]}"] td[data-attack="{attack}"]').inner_text()
+                assert text.startswith(f"{cell['arp']:.2f}"), (row["defense"], attack, text)
+        assert defenses.locator("tbody tr").count() == 2
+        page.screenshot(path=str(tmp_path / "defenses.png"), full_page=True)
         browser.close()
     assert (tmp_path / "index.png").stat().st_size > 10_000

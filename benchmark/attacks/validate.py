@@ -1,9 +1,11 @@
 """The output validator: every attack output is checked before it is scored.
 
 A result is *valid* only if the output has the input's shape, dtype and device, is finite, lies in
-[0, 1], lies in the L-infinity eps-ball around the clean images up to ``TOLERANCE``, left the
-model's weights and buffers unchanged, and (when checked) is the same for the same seed. An
-attack that raises is *failed*. Either way the verdict carries the reason, and the run goes on.
+[0, 1], lies in the L-infinity eps-ball around the clean images up to ``TOLERANCE``, the attack
+left the model's weights, buffers and hooks, its inputs and torch's autograd state unchanged
+(whatever it changed is undone: :mod:`benchmark.attacks.sandbox`), and (when checked) the output
+is the same for the same seed. An attack that raises (or calls ``sys.exit``) is *failed*. Either
+way the verdict carries the reason, and the run goes on.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from dataclasses import dataclass, field
 import torch
 
 from benchmark.attacks.base import Attack, PassCounter
+from benchmark.attacks.sandbox import StateGuard, interrupt_is_the_users
 from benchmark.tasks import Task
 
-__all__ = ["TOLERANCE", "AttackRun", "Verdict", "WeightSnapshot", "model_fingerprint", "run_attack",
+__all__ = ["NONDETERMINISTIC", "TOLERANCE", "AttackRun", "Verdict", "WeightSnapshot", "model_fingerprint", "run_attack",
            "validate_output"]
 
+#: how a verdict of the determinism check begins (the runner extends it to every eps of the cell)
+NONDETERMINISTIC = "not deterministic"
 #: slack on the eps-ball and [0, 1] checks: float32 rounding of x +- eps, not a real budget
 TOLERANCE = 1e-5
 
@@ -54,16 +59,40 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of the model, non-persistent buffers (not in the state dict,
+    such as the input normalisation) included."""
+    out = {f"param:{k}": v for k, v in model.named_parameters(remove_duplicate=False)}
+    out.update({f"buffer:{k}": v for k, v in model.named_buffers(remove_duplicate=False)})
+    return out
+
+
 class WeightSnapshot:
-    """A copy of a model's parameters and buffers to check, cheaply and exactly, that an attack
-    left them alone (an element-wise comparison instead of hashing every byte)."""
+    """A copy of a model's parameters and buffers (non-persistent ones included) to check,
+    cheaply and exactly, that an attack left them alone (an element-wise comparison instead of
+    hashing every byte), and to put them back when it did not."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.state = {k: v.detach().clone() for k, v in _tensors(model).items()}
 
     def unchanged(self, model: torch.nn.Module) -> bool:
-        now = model.state_dict()
-        return now.keys() == self.state.keys() and all(torch.equal(now[k], v) for k, v in self.state.items())
+        now = _tensors(model)
+        return now.keys() == self.state.keys() and all(
+            now[k].shape == v.shape and now[k].dtype == v.dtype and torch.equal(now[k], v)
+            for k, v in self.state.items())
+
+    def restore(self, model: torch.nn.Module) -> bool:
+        """Copy the snapshot back into the model's tensors; ``False`` when the model's structure
+        changed (other names, shapes or dtypes), so it must be reloaded instead."""
+        now = _tensors(model)
+        if now.keys() != self.state.keys() or any(now[k].shape != v.shape or now[k].dtype != v.dtype
+                                                  for k, v in self.state.items()):
+            return False
+        with torch.no_grad():
+            for k, v in self.state.items():
+                if not torch.equal(now[k], v):
+                    now[k].copy_(v)
+        return True
 
 
 def validate_output(adv, images: torch.Tensor, eps: float) -> Verdict:
@@ -94,42 +123,87 @@ def run_attack(attack: Attack, model: torch.nn.Module, images: torch.Tensor, tar
                tasks: list[Task], eps: float, seed: int, check_determinism: bool = True,
                snapshot: WeightSnapshot | None = None) -> AttackRun:
     """Run ``attack`` (eps in 0-255 units) with a generator seeded by ``seed`` and validate it.
-    ``snapshot`` is a :class:`WeightSnapshot` of the model when the caller keeps one. The
+
+    The attack gets its own copies of the images and targets, and whatever it does to the model
+    (weights, buffers, hooks) or to torch's global autograd state is undone afterwards and makes
+    the result invalid, so it cannot spoil anything but its own result. ``snapshot`` is a
+    :class:`WeightSnapshot` of the model when the caller keeps one; ``extra["model_restored"]``
+    is ``False`` when the model could not be put back in place (the caller must reload it). The
     attack's own wall time (first run, synchronised on CUDA) is in ``extra["attack_s"]``."""
     scale = eps / 255.0
     before = snapshot or WeightSnapshot(model)
-    counter = PassCounter().attach(model)
-    start = time.perf_counter()
-    try:
-        adv = attack(model, images, targets, tasks=tasks, eps=scale, generator=_generator(seed, images.device))
-        if images.is_cuda:
-            torch.cuda.synchronize(images.device)
-    except Exception as exc:  # an attack's crash is a failed cell, never a crashed run
-        counter.detach()
-        tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        return AttackRun(None, Verdict("failed", f"attack raised {tb}"))
-    finally:
-        counter.detach()
-    run = AttackRun(None, Verdict("valid"), counter.forward, counter.backward,
-                    {"attack_s": time.perf_counter() - start})
-    if not before.unchanged(model):
-        run.verdict = Verdict("invalid", "the attack changed the model's weights or buffers")
+    run = AttackRun(None, Verdict("valid"))
+    adv, verdict = _sandboxed(attack, model, images, targets, tasks, scale, seed, before, run)
+    if verdict is not None:
+        run.verdict = verdict
         return run
     verdict = validate_output(adv, images, scale)
     if not verdict.valid:
         run.verdict = verdict
         return run
     if check_determinism:
-        try:
-            again = attack(model, images, targets, tasks=tasks, eps=scale, generator=_generator(seed, images.device))
-        except Exception as exc:
-            run.verdict = Verdict("failed", f"attack raised on the repeat run: {type(exc).__name__}: {exc}")
+        repeat = AttackRun(None, verdict)
+        again, problem = _sandboxed(attack, model, images, targets, tasks, scale, seed, before, repeat)
+        if problem is not None:
+            run.verdict = Verdict(problem.status, f"on the repeat run: {problem.reason}")
             return run
         if not (isinstance(again, torch.Tensor) and again.shape == adv.shape and torch.equal(again, adv)):
-            run.verdict = Verdict("invalid", "not deterministic: the same seed gave a different output")
+            run.verdict = Verdict("invalid", f"{NONDETERMINISTIC}: the same seed gave a different output")
             return run
     run.adversarial, run.verdict = adv.detach(), verdict
     return run
+
+
+def _sandboxed(attack, model, images, targets, tasks, scale, seed, before: WeightSnapshot,
+               run: AttackRun) -> tuple[torch.Tensor | None, Verdict | None]:
+    """One call of the attack on copies of its inputs, counting passes into ``run``; returns the
+    output and, when the call failed or changed something it must not, the verdict saying so.
+    Whatever the attack did to the model or to autograd's global state is undone here, also when
+    a :class:`~benchmark.attacks.sandbox.CellTimeout` or the user's Ctrl-C ends it."""
+    x = images.clone()
+    given = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in targets.items()}
+    guard = StateGuard(model)
+    # a defended model is charged for the passes of the network inside it (EOT makes several per call)
+    counter = PassCounter().attach(getattr(model, "counted_module", model))
+    if hasattr(model, "reseed"):  # a randomised defense draws the same randomness for the same seed
+        model.reseed(seed)
+    failure: Verdict | None = None
+    adv = None
+    start = time.perf_counter()
+    try:
+        adv = attack(model, x, given, tasks=tasks, eps=scale, generator=_generator(seed, images.device))
+        if images.is_cuda:
+            torch.cuda.synchronize(images.device)
+        run.extra["attack_s"] = time.perf_counter() - start
+    except KeyboardInterrupt:
+        if interrupt_is_the_users():
+            raise
+        failure = Verdict("failed", "attack raised KeyboardInterrupt (not the user's Ctrl-C)")
+    except SystemExit as exc:
+        failure = Verdict("failed", f"attack called sys.exit({exc.code!r})")
+    except Exception as exc:  # an attack's crash is a failed cell, never a crashed run
+        tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        failure = Verdict("failed", f"attack raised {tb}")
+    finally:
+        counter.detach()
+        run.forward_passes += counter.forward
+        run.backward_passes += counter.backward
+        problems = guard.restore()
+        if not before.unchanged(model):
+            restored = before.restore(model)
+            run.extra["model_restored"] = restored
+            problems.insert(0, "the attack changed the model's weights or buffers "
+                               + ("(restored)" if restored else "(its structure: the model must be reloaded)"))
+    if failure is not None:
+        return None, failure
+    if not torch.equal(x, images):
+        problems.append("the attack changed the clean images it was given in place")
+    changed = [k for k, v in targets.items() if isinstance(v, torch.Tensor) and not torch.equal(given[k], v)]
+    if changed:
+        problems.append(f"the attack changed the targets in place ({', '.join(changed)})")
+    if problems:
+        return None, Verdict("invalid", "; ".join(problems))
+    return adv, None
 
 
 def _generator(seed: int, device: torch.device) -> torch.Generator:

@@ -16,7 +16,9 @@ import torch
 
 from benchmark import __version__
 from benchmark.attacks import list_attacks, run_attack
+from benchmark.attacks.sandbox import CellTimeout, time_limit
 from benchmark.attacks.spec import AttackSpec
+from benchmark.defenses.inference import deployed
 from benchmark.errors import UserError
 from benchmark.runner.context import CellContext
 from benchmark.runner.store import CellResult
@@ -42,6 +44,7 @@ class Cell:
     batch_size: int = 8
     check_determinism: bool = True  # repeat the attack on the first batch and compare
     data_root: str | None = None
+    timeout_s: float | None = None  # wall-time limit of the cell (not part of its identity)
 
     @property
     def model(self) -> str:
@@ -61,13 +64,16 @@ class Cell:
             "objective": self.attack.objective, "task": self.attack.task,
             "model_revision": model_revision, "data": data, "split": split, "input_size": input_size,
             "code_version": __version__,
+            # an undefended cell keeps the key it had before defenses existed
+            **({"defense": self.target.defense, "eot": self.target.eot} if self.target.defense else {}),
         }
 
 
 def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = None,
                 eps: list[float] | None = None, models: list[str] | None = None,
                 seeds: list[int] | None = None, weights_dir: str | None = None,
-                data_root: str | None = None) -> list[Cell]:
+                data_root: str | None = None, cell_timeout: float | None = None,
+                defenses: list[str] | None = None, eot_samples: int | None = None) -> list[Cell]:
     """suite x models x attacks (patterns expanded for the suite's tasks) x eps x seeds.
 
     The attack's determinism is checked in the cells of the first eps (per model, attack and
@@ -91,9 +97,13 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
     members = [suite.member(m) for m in models] if models else list(suite.members)
     seed_list = list(seeds if seeds is not None else profile.seeds)
     ref = str(suite.path.resolve()) if suite.path is not None else suite.name
-    targets = [Target.of(ref, m.name, weights_dir=weights_dir) for m in members]
+    defense_list = list(dict.fromkeys(defenses if defenses is not None else profile.defenses))
+    eot = profile.eot_samples if eot_samples is None else eot_samples
+    targets = list(dict.fromkeys(Target.of(ref, m.name, weights_dir=weights_dir, defense=d, eot=eot)
+                                 for m in members for d in defense_list))
+    timeout = profile.cell_timeout if cell_timeout is None else cell_timeout
     return [Cell(t, a, e, s, profile.name, profile.eval_size, profile.batch_size, check_determinism=(i == 0),
-                 data_root=data_root)
+                 data_root=data_root, timeout_s=timeout or None)
             for t in targets for a in specs for s in seed_list for i, e in enumerate(eps_list)]
 
 
@@ -163,8 +173,16 @@ def evaluate_cell(cell: Cell, ctx: CellContext) -> CellResult:
     result = ctx.new_result(cell)
     start = time.perf_counter()
     meter = PeakMemory(ctx.device)
-    with meter:
-        _attack_and_score(cell, ctx, result)
+    try:
+        with meter, time_limit(cell.timeout_s):
+            _attack_and_score(cell, ctx, result)
+    except CellTimeout as exc:
+        result.status = "failed"
+        result.reason = (f"{exc} in batch {result.batches + 1} of {len(ctx.batches)}; raise it with --cell-timeout "
+                         "or the profile's cell_timeout")
+        result.adversarial, result.arp, result.task_arp = {}, None, {}
+    finally:
+        ctx.ensure_pristine()  # whatever the attack did to the model is undone before the next cell
     result.wall_s = time.perf_counter() - start
     result.time_per_image_s = result.attack_s / result.images if result.images else 0.0
     result.peak_memory_bytes, result.peak_memory_kind = meter.peak, meter.kind
@@ -191,7 +209,7 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
             result.reason = f"batch {i}: {run.verdict.reason}"
             return
         max_delta = max(max_delta, run.verdict.max_perturbation)
-        with torch.no_grad():
+        with torch.no_grad(), deployed(ctx.model, _batch_seed(cell.seed, i) + 1):
             outputs = ctx.model(run.adversarial)
         for t in ctx.tasks:
             metrics[t.name].update(outputs[t.name], batch)

@@ -13,6 +13,7 @@ import torch
 from benchmark import __version__
 from benchmark.attacks.validate import WeightSnapshot
 from benchmark.data import make_loader
+from benchmark.defenses.inference import deployed
 from benchmark.evaluation import evaluate, to_device
 from benchmark.runner.store import CellResult, ResultsStore, cell_key
 from benchmark.targets import Target
@@ -41,6 +42,15 @@ class CellContext:
     device: torch.device
     git_commit: str = ""
     snapshot: WeightSnapshot | None = None  # of the model's weights, to check attacks leave them alone
+
+    def ensure_pristine(self) -> None:
+        """Put the model back to its loaded weights if anything changed them (an attack that
+        mutated them is already invalid); reload it when it cannot be put back in place."""
+        if self.snapshot is None or self.snapshot.unchanged(self.model):
+            return
+        if not self.snapshot.restore(self.model):
+            self.model = self.target.load(self.device).model
+            self.snapshot = WeightSnapshot(self.model)
 
     def cell_config(self, cell: Cell) -> dict[str, Any]:
         """``cell``'s full configuration on this target (what keys it in the store)."""
@@ -78,7 +88,8 @@ def prepare_context(target: Target, *, images: int | None, batch_size: int, data
     if clean is None and store is not None:
         clean = store.get_clean(clean_key)
     if clean is None:
-        clean = evaluate(model, tasks, batches, device=device)
+        with deployed(model, 0):
+            clean = evaluate(model, tasks, batches, device=device)
         if store is not None:
             store.put_clean(clean_key, suite=suite.name, model=target.name, model_revision=revision,
                             split=suite.split, images=count, metrics=clean, device=str(device),

@@ -11,6 +11,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from benchmark.attacks.sandbox import watch_user_interrupts
+from benchmark.attacks.validate import NONDETERMINISTIC
 from benchmark.provenance import git_commit
 from benchmark.runner.cells import Cell, expand_grid
 from benchmark.runner.context import CellContext, prepare_context
@@ -37,6 +39,9 @@ class RunOptions:
     executor: str = "local"
     ray_address: str | None = None
     gpus_per_cell: float = 1.0
+    cell_timeout: float | None = None  # seconds (None: the profile's; 0: no limit)
+    defenses: list[str] | None = None  # "none" and inference-time defenses (None: the profile's)
+    eot_samples: int | None = None  # EOT draws per call on randomised defenses (None: the profile's)
 
 
 @dataclass
@@ -58,6 +63,30 @@ def _todo(cells: list[Cell], store: ResultsStore, ctx: CellContext) -> list[Cell
     return [cell for cell in cells if cell_key(ctx.cell_config(cell)) not in done]
 
 
+def _spread_nondeterminism(group: list[Cell], ctx: CellContext, store: ResultsStore, summary: RunSummary,
+                           ran: set[str] = frozenset()) -> int:
+    """The determinism check runs in one cell per (target, attack, seed), the first eps; its
+    verdict holds for every eps of that attack and seed, so their stored valid cells become
+    invalid too (``ran``: keys of the cells this run evaluated, counted in ``summary``). Returns
+    how many cells changed."""
+    stored = {cell: store.get(cell_key(ctx.cell_config(cell))) for cell in group}
+    failed = {(cell.attack, cell.seed): cell.eps for cell, r in stored.items()
+              if cell.check_determinism and r is not None and r.status == "invalid" and NONDETERMINISTIC in r.reason}
+    changed = 0
+    for cell, r in stored.items():
+        if r is None or r.status != "valid" or (cell.attack, cell.seed) not in failed:
+            continue
+        r.status, r.arp, r.task_arp = "invalid", None, {}
+        r.reason = (f"{NONDETERMINISTIC}: the same seed gave a different output (checked in the eps "
+                    f"{failed[(cell.attack, cell.seed)]:g} cell of this attack and seed)")
+        store.put(r)
+        summary.done["invalid"] += 1
+        if r.key in ran:
+            summary.done["valid"] -= 1
+        changed += 1
+    return changed
+
+
 def make_executor(options: RunOptions) -> Executor:
     if options.executor == "ray":
         return RayExecutor(device=options.device, address=options.ray_address, gpus_per_cell=options.gpus_per_cell)
@@ -69,7 +98,9 @@ def run(options: RunOptions, *, console: Console | None = None) -> RunSummary:
     suite = load_suite(options.suite)
     profile = suite.profile(options.profile)
     cells = expand_grid(suite, profile, attacks=options.attacks, eps=options.eps, models=options.models,
-                        seeds=options.seeds, weights_dir=options.weights_dir, data_root=options.data_root)
+                        seeds=options.seeds, weights_dir=options.weights_dir, data_root=options.data_root,
+                        cell_timeout=options.cell_timeout, defenses=options.defenses,
+                        eot_samples=options.eot_samples)
     device = torch.device(options.device)
     summary = RunSummary(total=len(cells))
     start = time.perf_counter()
@@ -79,7 +110,7 @@ def run(options: RunOptions, *, console: Console | None = None) -> RunSummary:
     groups: dict[tuple, list[Cell]] = defaultdict(list)
     for cell in cells:
         groups[cell.data_key].append(cell)
-    with ResultsStore(options.results) as store:
+    with ResultsStore(options.results) as store, watch_user_interrupts():
         executor = make_executor(options)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TextColumn("ETA"), TimeRemainingColumn(), console=console) as bar:
@@ -100,15 +131,20 @@ def run(options: RunOptions, *, console: Console | None = None) -> RunSummary:
                 summary.skipped += len(group) - len(todo)
                 bar.update(overall, advance=len(group) - len(todo))
                 if not todo:
+                    _spread_nondeterminism(group, ctx, store, summary)
                     continue
-                t0, arps, statuses = time.perf_counter(), [], defaultdict(int)
+                t0, arps, statuses, ran = time.perf_counter(), [], defaultdict(int), set()
                 for result in executor.run(todo, ctx):
                     store.put(result)
+                    ran.add(result.key)
                     summary.done[result.status] += 1
                     statuses[result.status] += 1
                     if result.arp is not None:
                         arps.append(result.arp)
                     bar.update(overall, advance=1)
+                spread = _spread_nondeterminism(group, ctx, store, summary, ran)
+                statuses["invalid"] += spread
+                statuses = {s: n for s, n in statuses.items() if n}
                 mean = f"mean ARP {sum(arps) / len(arps):6.2f}" if arps else "no valid cell"
                 bad = ", ".join(f"{n} {s}" for s, n in statuses.items() if s != "valid")
                 bar.console.print(f"{target.name:>12}: {len(todo)} cells in {time.perf_counter() - t0:5.1f} s, "

@@ -137,6 +137,10 @@ class ResultsStore:
         self.close()
 
     # ------------------------------------------------------------------ cells
+    def get(self, key: str) -> CellResult | None:
+        row = self.conn.execute("SELECT * FROM cells WHERE key = ?", (key,)).fetchone()
+        return None if row is None else CellResult.from_row(row)
+
     def done_keys(self) -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT key FROM cells")}
 

@@ -1,0 +1,136 @@
+"""What keeps an attack from changing anything but its own output.
+
+:func:`~benchmark.attacks.validate.run_attack` runs every attack inside these guards, so a buggy
+or hostile attack spoils its own result and nothing else:
+
+* :class:`StateGuard` records the model's hooks (forward, pre-forward, backward, state-dict hooks
+  on every submodule, and torch's global module hooks) and the global autograd switches before
+  the attack, and afterwards names and undoes every change (the weights are restored by
+  :class:`~benchmark.attacks.validate.WeightSnapshot`).
+* :func:`time_limit` ends an attack that runs too long with :class:`CellTimeout` (a
+  ``BaseException``, so an attack's ``except Exception`` cannot swallow it).
+* :func:`watch_user_interrupts` tells the user's Ctrl-C (SIGINT) apart from a
+  ``KeyboardInterrupt`` that an attack raises itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import torch
+from torch.nn.modules import module as _module
+
+__all__ = ["CellTimeout", "StateGuard", "interrupt_is_the_users", "time_limit", "watch_user_interrupts"]
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+               "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+               "_load_state_dict_post_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_forward_pre_hooks_with_kwargs")
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks", "_global_forward_hooks_always_called")
+
+
+class CellTimeout(BaseException):
+    """Raised inside an attack when its cell's time limit is over."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the cell's time limit of {seconds:g} s was reached")
+        self.seconds = seconds
+
+
+class StateGuard:
+    """Snapshot of the hooks of ``model`` (and torch's global module hooks) and of the global
+    autograd switches; :meth:`restore` puts them back and says what had changed."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.hooks = {(name, attr): OrderedDict(getattr(m, attr))
+                      for name, m in model.named_modules() for attr in _HOOK_DICTS
+                      if isinstance(getattr(m, attr, None), dict)}
+        self.global_hooks = {attr: OrderedDict(getattr(_module, attr)) for attr in _GLOBAL_HOOKS
+                             if isinstance(getattr(_module, attr, None), dict)}
+        self.grad_enabled = torch.is_grad_enabled()
+        self.anomaly = torch.is_anomaly_enabled()
+
+    def restore(self) -> list[str]:
+        """Undo every change since the snapshot; returns one line per kind of change."""
+        problems: list[str] = []
+        modules = dict(self.model.named_modules())
+        pairs = [(getattr(modules[name], attr), before) for (name, attr), before in self.hooks.items()
+                 if name in modules]
+        pairs += [(getattr(_module, attr), before) for attr, before in self.global_hooks.items()]
+        added = removed = 0
+        for now, before in pairs:
+            if list(now) != list(before):
+                added += len(set(now) - set(before))
+                removed += len(set(before) - set(now))
+                now.clear()
+                now.update(before)
+        if added:
+            problems.append(f"the attack left {added} hook(s) registered on the model (removed)")
+        if removed:
+            problems.append(f"the attack removed {removed} hook(s) of the model (put back)")
+        if torch.is_grad_enabled() != self.grad_enabled:
+            torch.set_grad_enabled(self.grad_enabled)
+            problems.append("the attack left autograd switched "
+                            + ("off (torch.set_grad_enabled(False))" if self.grad_enabled else "on"))
+        if torch.is_anomaly_enabled() != self.anomaly:
+            torch.set_anomaly_enabled(self.anomaly)
+            problems.append("the attack changed torch's anomaly-detection mode")
+        return problems
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`CellTimeout` in the block after ``seconds`` of wall time. Needs a POSIX main
+    thread (SIGALRM); elsewhere, and with ``seconds=None``, the block runs without a limit."""
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def _expire(signum, frame):
+        raise CellTimeout(seconds)
+
+    previous = signal.signal(signal.SIGALRM, _expire)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+_user_interrupt = threading.Event()
+_watching = threading.Event()
+
+
+@contextlib.contextmanager
+def watch_user_interrupts() -> Iterator[None]:
+    """While the block runs, a SIGINT (the user's Ctrl-C) is remembered before it raises
+    ``KeyboardInterrupt``, so :func:`interrupt_is_the_users` can tell it from one an attack raised."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _on_sigint(signum, frame):
+        _user_interrupt.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    _user_interrupt.clear()
+    _watching.set()
+    try:
+        yield
+    finally:
+        _watching.clear()
+        signal.signal(signal.SIGINT, previous)
+
+
+def interrupt_is_the_users() -> bool:
+    """Whether a ``KeyboardInterrupt`` being handled came from the user (always true when no
+    :func:`watch_user_interrupts` block is active: then nothing tells them apart)."""
+    return not _watching.is_set() or _user_interrupt.is_set()

@@ -1,0 +1,16 @@
+"""Defenses: inference-time transformations attacked adaptively (BPDA, EOT) and training
+recipes that produce new checkpoints; every registered attack evaluates the defended targets."""
+
+from benchmark.defenses import inference  # noqa: F401  (registers the built-in defenses)
+from benchmark.defenses.inference import DefendedModel, InferenceDefense, straight_through
+from benchmark.defenses.registry import (
+    DEFENSES,
+    Defense,
+    canonical_defense,
+    create_defense,
+    list_defenses,
+    register_defense,
+)
+
+__all__ = ["DEFENSES", "DefendedModel", "Defense", "InferenceDefense", "canonical_defense", "create_defense",
+           "list_defenses", "register_defense", "straight_through"]

@@ -1,0 +1,98 @@
+"""Defense registry: ``@register_defense("bitdepth")``, ``create_defense("bitdepth:4")``,
+``list_defenses()``. Third-party packages register theirs through the ``mtlbench.defenses``
+entry-point group (``name = "package.module:Class"``).
+
+A defense name is ``name[:argument]``: ``bitdepth:4`` (4 bits), ``gaussian:1.0`` (sigma in
+pixels), ``median:3`` (window), ``resize:0.15`` (up to 15% larger), ``fat:pgd:gb-mta`` (FAT
+adversarial training with the attack ``pgd:gb-mta``). ``none`` is the undefended model.
+"""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import entry_points
+
+from benchmark.errors import UserError
+
+__all__ = ["DEFENSES", "Defense", "canonical_defense", "create_defense", "list_defenses", "register_defense"]
+
+DEFENSES: dict[str, type] = {}
+_PLUGINS_LOADED = False
+
+
+class Defense:
+    """Base of every defense. ``kind`` is ``"inference"`` (wraps a model at evaluation time) or
+    ``"training"`` (produces new weights). ``argument`` is what follows the name's first colon."""
+
+    kind: str = "inference"
+    #: what the argument means, for `mtlbench defenses list`
+    argument_help: str = ""
+    default_argument: str = ""
+
+    name: str = ""  # set by @register_defense
+
+    def __init__(self, argument: str = "") -> None:
+        self.argument = argument or self.default_argument
+
+    @property
+    def spec(self) -> str:
+        """The canonical name, ``name:argument``."""
+        return f"{self.name}:{self.argument}" if self.argument else self.name
+
+
+def register_defense(name: str):
+    """Class decorator registering a defense under ``name``."""
+    if not name or ":" in name or name == "none":
+        raise ValueError(f"defense name {name!r} must be non-empty, not 'none', and contain no ':'")
+
+    def deco(cls):
+        if not (inspect.isclass(cls) and issubclass(cls, Defense)):
+            raise TypeError(f"@register_defense({name!r}) needs a subclass of benchmark.defenses.Defense")
+        if DEFENSES.get(name, cls) is not cls:
+            raise ValueError(f"defense {name!r} is already registered by {DEFENSES[name].__module__}")
+        cls.name = name
+        DEFENSES[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_plugins() -> None:
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    for ep in entry_points(group="mtlbench.defenses"):
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            raise UserError(f"defense plugin {ep.name!r} ({ep.value}) failed to import: {exc}") from exc
+        if ep.name not in DEFENSES:
+            register_defense(ep.name)(obj)
+
+
+def create_defense(spec: str) -> Defense:
+    """A defense from its name and argument (``"bitdepth:4"``)."""
+    _load_plugins()
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError(f"a defense name must be a non-empty string, got {spec!r}")
+    name, _, argument = spec.strip().partition(":")
+    if name not in DEFENSES:
+        raise UserError(f"unknown defense {name!r} in {spec!r}; known: none, {', '.join(sorted(DEFENSES))} "
+                        "(see `mtlbench defenses list`)")
+    try:
+        return DEFENSES[name](argument)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"defense {spec!r}: {exc}") from None
+
+
+def canonical_defense(spec: str | None) -> str | None:
+    """``None`` for no defense (``None``, ``""`` or ``"none"``), else the defense's canonical name."""
+    if spec is None or spec.strip() in ("", "none"):
+        return None
+    return create_defense(spec).spec
+
+
+def list_defenses() -> list[type]:
+    _load_plugins()
+    return [DEFENSES[n] for n in sorted(DEFENSES)]
