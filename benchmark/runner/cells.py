@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import fnmatch
 import sys
 import time
@@ -20,8 +21,8 @@ from benchmark.attacks.sandbox import CellTimeout, time_limit
 from benchmark.attacks.spec import AttackSpec
 from benchmark.defenses.inference import deployed
 from benchmark.errors import UserError
-from benchmark.runner.context import CellContext
-from benchmark.runner.store import CellResult
+from benchmark.runner.context import CellContext, device_name
+from benchmark.runner.store import CellResult, cell_key
 from benchmark.scoring import arp, task_arp
 from benchmark.suites import Profile, Suite
 from benchmark.targets import Target
@@ -54,6 +55,22 @@ class Cell:
     def data_key(self) -> tuple:
         """Cells with the same data key share a model, evaluation batches and clean metrics."""
         return (self.target, self.images, self.batch_size, self.data_root)
+
+    def key_config(self, ctx: CellContext) -> dict[str, Any]:
+        """The full configuration that keys the cell in the store, on ``ctx``'s loaded target
+        (with the code and weights versions)."""
+        return self.config(suite=ctx.suite, model_revision=ctx.model_revision, data=ctx.data, split=ctx.split,
+                           input_size=ctx.input_size)
+
+    def new_result(self, ctx: CellContext, status: str = "valid", reason: str = "") -> CellResult:
+        """An empty result of this cell on ``ctx``'s target, with its key and provenance."""
+        config = self.key_config(ctx)
+        return CellResult(
+            key=cell_key(config), suite=ctx.suite, model=self.model, attack=self.attack.name, eps=self.eps,
+            seed=self.seed, profile=self.profile, status=status, reason=reason, clean=ctx.clean,
+            device=device_name(ctx.device), torch_version=torch.__version__, mtlbench_version=__version__,
+            git_commit=ctx.git_commit, model_revision=ctx.model_revision, config=config,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
     def config(self, *, suite: str, model_revision: str, data: str, split: str, input_size: int) -> dict[str, Any]:
         """The full configuration that keys the cell in the store (with code and weights versions)."""
@@ -170,7 +187,7 @@ def _batch_seed(seed: int, index: int) -> int:
 def evaluate_cell(cell: Cell, ctx: CellContext) -> CellResult:
     """Attack every batch, validate each output, score the adversarial images. An attack that
     raises or returns a bad output gives a ``failed``/``invalid`` result, never an exception."""
-    result = ctx.new_result(cell)
+    result = cell.new_result(ctx)
     start = time.perf_counter()
     meter = PeakMemory(ctx.device)
     try:

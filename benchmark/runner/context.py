@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,12 +14,9 @@ from benchmark.attacks.validate import WeightSnapshot
 from benchmark.data import make_loader
 from benchmark.defenses.inference import deployed
 from benchmark.evaluation import evaluate, to_device
-from benchmark.runner.store import CellResult, ResultsStore, cell_key
+from benchmark.runner.store import ResultsStore, cell_key
 from benchmark.targets import Target
 from benchmark.tasks import Task
-
-if TYPE_CHECKING:
-    from benchmark.runner.cells import Cell
 
 __all__ = ["CellContext", "device_name", "prepare_context"]
 
@@ -51,21 +47,6 @@ class CellContext:
         if not self.snapshot.restore(self.model):
             self.model = self.target.load(self.device).model
             self.snapshot = WeightSnapshot(self.model)
-
-    def cell_config(self, cell: Cell) -> dict[str, Any]:
-        """``cell``'s full configuration on this target (what keys it in the store)."""
-        return cell.config(suite=self.suite, model_revision=self.model_revision, data=self.data, split=self.split,
-                           input_size=self.input_size)
-
-    def new_result(self, cell: Cell, status: str = "valid", reason: str = "") -> CellResult:
-        """An empty result of ``cell`` on this target, with its key and provenance."""
-        config = self.cell_config(cell)
-        return CellResult(
-            key=cell_key(config), suite=self.suite, model=cell.model, attack=cell.attack.name, eps=cell.eps,
-            seed=cell.seed, profile=cell.profile, status=status, reason=reason, clean=self.clean,
-            device=device_name(self.device), torch_version=torch.__version__, mtlbench_version=__version__,
-            git_commit=self.git_commit, model_revision=self.model_revision, config=config,
-            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 
 def prepare_context(target: Target, *, images: int | None, batch_size: int, data_root: str | None,

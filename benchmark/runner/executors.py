@@ -87,5 +87,5 @@ class RayExecutor(Executor):
                     yield ray.get(ref)
                 except ray.exceptions.RayError as exc:
                     # the task died more often than it may be retried: a failed cell, the run goes on
-                    yield ctx.new_result(cell, "failed", f"Ray task lost after {self.max_retries} retries: "
+                    yield cell.new_result(ctx, "failed", f"Ray task lost after {self.max_retries} retries: "
                                                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")

@@ -60,7 +60,7 @@ class RunSummary:
 def _todo(cells: list[Cell], store: ResultsStore, ctx: CellContext) -> list[Cell]:
     """Cells whose key (which includes the weights version) is not in the store yet."""
     done = store.done_keys()
-    return [cell for cell in cells if cell_key(ctx.cell_config(cell)) not in done]
+    return [cell for cell in cells if cell_key(cell.key_config(ctx)) not in done]
 
 
 def _spread_nondeterminism(group: list[Cell], ctx: CellContext, store: ResultsStore, summary: RunSummary,
@@ -69,7 +69,7 @@ def _spread_nondeterminism(group: list[Cell], ctx: CellContext, store: ResultsSt
     verdict holds for every eps of that attack and seed, so their stored valid cells become
     invalid too (``ran``: keys of the cells this run evaluated, counted in ``summary``). Returns
     how many cells changed."""
-    stored = {cell: store.get(cell_key(ctx.cell_config(cell))) for cell in group}
+    stored = {cell: store.get(cell_key(cell.key_config(ctx))) for cell in group}
     failed = {(cell.attack, cell.seed): cell.eps for cell, r in stored.items()
               if cell.check_determinism and r is not None and r.status == "invalid" and NONDETERMINISTIC in r.reason}
     changed = 0
