@@ -80,15 +80,15 @@ def test_hanging_and_exiting_attacks_fail_their_cells_and_the_run_goes_on(mini, 
     db = tmp_path / "r.db"
     code = main(["run", "--suite", str(mini), "--results", str(db), "--attacks",
                  "hostile-sleep,hostile-busy,hostile-exit,hostile-keyboard,fgsm:total", "--eps", "8",
-                 "--models", "AS", "--cell-timeout", "1.5", "--device", "cpu"])
-    assert code == 4  # four bad cells; the exit status is their count, not the attack's sys.exit(7)
+                 "--models", "AS", "--cell-timeout", "6", "--device", "cpu"])
     by = {c.attack: c for c in _cells(db).values()}
+    assert by["fgsm:total"].status == "valid", by["fgsm:total"].reason
+    assert code == 4  # four bad cells; the exit status is their count, not the attack's sys.exit(7)
     for name in ("hostile-sleep", "hostile-busy"):
-        assert by[name].status == "failed" and "time limit of 1.5 s" in by[name].reason
-        assert by[name].wall_s < 10
+        assert by[name].status == "failed" and "time limit of 6 s" in by[name].reason
+        assert by[name].wall_s < 30
     assert by["hostile-exit"].status == "failed" and "sys.exit(7)" in by["hostile-exit"].reason
     assert by["hostile-keyboard"].status == "failed" and "not the user's Ctrl-C" in by["hostile-keyboard"].reason
-    assert by["fgsm:total"].status == "valid"
     assert "4 cell(s) failed or were invalid" in capsys.readouterr().err
     assert main(["run", "--suite", str(mini), "--cell-timeout", "-1"]) == 2
 
