@@ -27,6 +27,8 @@ from benchmark.errors import UserError
 
 __all__ = ["Member", "Profile", "Suite", "SuiteError", "list_suites", "load_suite", "suites_dir"]
 
+#: the longest cell time limit a profile or --cell-timeout may set (a week), in seconds
+MAX_CELL_TIMEOUT = 7 * 86400
 #: images of a synthetic split when nothing else says how many
 SYNTHETIC_SPLIT_SIZE = 256
 _REVISION = re.compile(r"[0-9a-f]{40}")
@@ -344,6 +346,7 @@ def _members(c: _Checker, models: Any, defaults: dict, dataset: str, org: str | 
 
 def _profiles(c: _Checker, profiles: Any) -> dict[str, Profile]:
     from benchmark.attacks import list_attacks
+    from benchmark.defenses import canonical_defense
 
     if not isinstance(profiles, dict) or not profiles:
         raise c.fail("profiles", "a suite needs at least one [profiles.NAME] table (e.g. quick, paper)")
@@ -371,11 +374,10 @@ def _profiles(c: _Checker, profiles: Any) -> dict[str, Profile]:
         if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
             raise c.fail(f"{where}.seeds", f"expected a list of integers, got {seeds!r}")
         timeout = c.typed(table, "cell_timeout", (int, float), where, 1800)
-        if not 0 <= timeout <= 7 * 86400:
-            raise c.fail(f"{where}.cell_timeout", f"expected seconds in [0, 604800] (0: no limit), got {timeout!r}")
+        if not 0 <= timeout <= MAX_CELL_TIMEOUT:
+            raise c.fail(f"{where}.cell_timeout",
+                         f"expected seconds in [0, {MAX_CELL_TIMEOUT}] (0: no limit), got {timeout!r}")
         defenses = c.typed(table, "defenses", list, where, ["none"])
-        from benchmark.defenses import canonical_defense
-
         for d in defenses:
             if not isinstance(d, str):
                 raise c.fail(f"{where}.defenses", f"expected defense names such as 'bitdepth:4', got {d!r}")

@@ -66,18 +66,14 @@ class Target:
     @classmethod
     def of(cls, suite: str | Path, member: str, *, weights_dir: str | Path | None = None,
            defense: str | None = None, eot: int = 1) -> Target:
-        from benchmark.defenses import create_defense
+        from benchmark.defenses import parse_defense
 
-        spec = None
-        if defense is not None and defense.strip() not in ("", "none"):
-            d = create_defense(defense)
-            if d.kind != "inference":
-                raise UserError(f"defense {d.spec!r} is a training defense: its checkpoints come from "
-                                f"`mtlbench defend`, not from wrapping the model")
-            spec = d.spec
-            eot = int(eot) if d.randomised else 1
-        else:
-            eot = 1
+        d = parse_defense(defense)
+        if d is not None and d.kind != "inference":
+            raise UserError(f"defense {d.spec!r} is a training defense: its checkpoints come from "
+                            f"`mtlbench defend`, not from wrapping the model")
+        spec = None if d is None else d.spec
+        eot = int(eot) if d is not None and d.randomised else 1
         if eot < 1:
             raise UserError(f"EOT samples must be >= 1, got {eot}")
         return cls(suite_ref(suite), member, None if weights_dir is None else str(Path(weights_dir).resolve()),

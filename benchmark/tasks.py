@@ -384,6 +384,15 @@ def get_tasks(dataset: str, **options) -> list[Task]:
     return DATASET_TASKS[dataset](**options)
 
 
+def all_tasks() -> list[Task]:
+    """Every task of every registered data set (NYUv2's and Taskonomy's), each name once."""
+    seen: dict[str, Task] = {}
+    for dataset in DATASET_TASKS:
+        for t in get_tasks(dataset):
+            seen.setdefault(t.name, t)
+    return list(seen.values())
+
+
 @register_dataset_tasks("nyuv2")
 def nyuv2_tasks() -> list[Task]:
     return [

@@ -138,7 +138,7 @@ def _defenses(entries: dict, defended: list[str], attacks: list[str], info: dict
     rows = []
     for defense in ["none", *sorted(by_defense)]:
         targets = by_defense[defense] if defense != "none" else sorted(
-            {info[t].get("member", t.partition("+")[0]) for ts in by_defense.values() for t in ts})
+            {info[t]["member"] for ts in by_defense.values() for t in ts})
         cells: dict[str, Any] = {}
         for a in attacks:
             present = [entries.get((t, a)) for t in targets]
@@ -153,8 +153,7 @@ def _defenses(entries: dict, defended: list[str], attacks: list[str], info: dict
         strongest = max(ranked, key=lambda a: cells[a]["arp"]) if ranked else None
         costs = []
         for t in targets if defense != "none" else []:
-            member = info[t].get("member", t.partition("+")[0])
-            clean_def, clean_base = info[t].get("clean"), info.get(member, {}).get("clean")
+            clean_def, clean_base = info[t].get("clean"), info.get(info[t]["member"], {}).get("clean")
             if clean_def and clean_base:
                 costs.append(relative_drop(clean_base, clean_def, get_tasks(info[t]["dataset"])))
         first = info[targets[0]] if targets and targets[0] in info else {}

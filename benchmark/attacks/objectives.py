@@ -36,6 +36,7 @@ __all__ = [
     "TASK_SHORT_NAMES",
     "Objective",
     "create_objective",
+    "find_task",
     "list_objectives",
     "register_objective",
     "relative_score",
@@ -180,11 +181,9 @@ def register_objective(name: str) -> Callable[[ObjectiveFactory], ObjectiveFacto
     return deco
 
 
-def _single_task_name(short: str, tasks: list[Task]) -> str:
-    for t in tasks:
-        if short in (t.name, TASK_SHORT_NAMES.get(t.name), t.label.lower()):
-            return t.name
-    return short
+def find_task(short: str, tasks: list[Task]) -> Task | None:
+    """The task that ``single-<short>`` names (by full name, short name or label), or None."""
+    return next((t for t in tasks if short in (t.name, TASK_SHORT_NAMES.get(t.name), t.label.lower())), None)
 
 
 def create_objective(name: str, tasks: list[Task]) -> Objective:
@@ -192,7 +191,9 @@ def create_objective(name: str, tasks: list[Task]) -> Objective:
     registered name."""
     key = name.strip().lower()
     if key.startswith("single-"):
-        return SingleTask(tasks, _single_task_name(key.removeprefix("single-"), tasks))
+        short = key.removeprefix("single-")
+        task = find_task(short, tasks)
+        return SingleTask(tasks, task.name if task is not None else short)
     if key not in OBJECTIVES:
         raise UserError(f"unknown objective {name!r}; known: {', '.join(list_objectives(tasks))}")
     return OBJECTIVES[key](tasks)

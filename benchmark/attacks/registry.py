@@ -19,7 +19,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from benchmark.errors import UserError
-from benchmark.tasks import Task, get_tasks
+from benchmark.tasks import Task, all_tasks
 
 __all__ = ["ATTACKS", "is_optimizer", "list_attacks", "load_plugins", "register_attack"]
 
@@ -97,12 +97,7 @@ def list_attacks(pattern: str = "*", tasks: list[Task] | None = None) -> list[st
     from benchmark.attacks.objectives import list_objectives
 
     load_plugins()
-    if tasks is None:
-        seen: dict[str, Task] = {}
-        for dataset in ("nyuv2", "taskonomy"):
-            for t in get_tasks(dataset):
-                seen.setdefault(t.name, t)
-        tasks = list(seen.values())
+    tasks = all_tasks() if tasks is None else tasks
     names = []
     for name, cls in sorted(ATTACKS.items()):
         if is_optimizer(cls):

@@ -17,21 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from benchmark.attacks.objectives import OBJECTIVES, TASK_SHORT_NAMES
+from benchmark.attacks.objectives import OBJECTIVES, TASK_SHORT_NAMES, find_task, list_objectives
 from benchmark.attacks.registry import ATTACKS, is_optimizer, load_plugins
 from benchmark.errors import UserError
-from benchmark.tasks import Task, get_tasks
+from benchmark.tasks import Task, all_tasks
 
-__all__ = ["AttackSpec", "create_attack", "known_tasks"]
-
-
-def known_tasks() -> list[Task]:
-    """Every task of every data set (NYUv2's and Taskonomy's), each once."""
-    seen: dict[str, Task] = {}
-    for dataset in ("nyuv2", "taskonomy"):
-        for t in get_tasks(dataset):
-            seen.setdefault(t.name, t)
-    return list(seen.values())
+__all__ = ["AttackSpec", "create_attack"]
 
 
 @dataclass(frozen=True)
@@ -48,11 +39,6 @@ class AttackSpec:
     def name(self) -> str:
         """The canonical name, ``optimizer:objective`` or the complete attack's name."""
         return f"{self.optimizer}:{self.objective}" if self.objective else self.optimizer
-
-    @property
-    def preset(self) -> str | None:
-        """The optimizer preset named in the options (``None``: the optimizer's default)."""
-        return dict(self.options).get("preset")
 
     def __str__(self) -> str:
         return self.name
@@ -76,19 +62,18 @@ class AttackSpec:
             if not objective:
                 raise UserError(f"attack {text!r} needs an objective, e.g. '{optimizer}:gb-mta' or "
                                 f"'{optimizer}:single-depth'")
-            pool = tasks if tasks is not None else known_tasks()
+            pool = tasks if tasks is not None else all_tasks()
             if objective.startswith("single-"):
                 short = objective.removeprefix("single-")
-                match = next((t for t in pool if short in (t.name, TASK_SHORT_NAMES.get(t.name), t.label.lower())),
-                             None)
+                match = find_task(short, pool)
                 if match is None and tasks is not None:
                     raise UserError(f"attack {text!r}: no task {short!r} among {', '.join(t.name for t in pool)}")
                 # without the model's tasks, an unknown name stays as given (checked when the attack runs)
                 task = match.name if match is not None else short
                 objective = f"single-{TASK_SHORT_NAMES.get(task, task)}"
             elif objective not in OBJECTIVES:
-                names = [f"single-{TASK_SHORT_NAMES.get(t.name, t.name)}" for t in pool] + sorted(OBJECTIVES)
-                raise UserError(f"attack {text!r}: unknown objective {objective!r}; known: {', '.join(names)}")
+                raise UserError(f"attack {text!r}: unknown objective {objective!r}; known: "
+                                f"{', '.join(list_objectives(pool))}")
         elif sep:
             raise UserError(f"attack {optimizer!r} is a complete attack and takes no objective (got {text!r})")
         else:
@@ -117,11 +102,6 @@ class AttackSpec:
         """A new instance of the attack with this spec's options."""
         return create_attack(self)
 
-    def to_dict(self) -> dict[str, Any]:
-        """What a stored cell records about its attack."""
-        return {"name": self.name, "optimizer": self.optimizer, "objective": self.objective, "task": self.task,
-                "options": dict(self.options)}
-
 
 def create_attack(spec: str | AttackSpec, **options: Any):
     """Build an attack from an :class:`AttackSpec` or a name (``"optimizer:objective"``, or a
@@ -135,5 +115,4 @@ def create_attack(spec: str | AttackSpec, **options: Any):
     except TypeError as exc:
         raise UserError(f"bad options for attack {spec.name!r}: {exc}") from None
     attack.name = spec.name
-    attack.spec = spec
     return attack

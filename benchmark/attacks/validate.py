@@ -74,6 +74,8 @@ class WeightSnapshot:
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.state = {k: v.detach().clone() for k, v in _tensors(model).items()}
+        #: set when :meth:`restore` found the model's structure changed: only a reload puts it back
+        self.needs_reload = False
 
     def unchanged(self, model: torch.nn.Module) -> bool:
         now = _tensors(model)
@@ -87,6 +89,7 @@ class WeightSnapshot:
         now = _tensors(model)
         if now.keys() != self.state.keys() or any(now[k].shape != v.shape or now[k].dtype != v.dtype
                                                   for k, v in self.state.items()):
+            self.needs_reload = True
             return False
         with torch.no_grad():
             for k, v in self.state.items():

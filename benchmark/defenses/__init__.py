@@ -9,8 +9,9 @@ from benchmark.defenses.registry import (
     canonical_defense,
     create_defense,
     list_defenses,
+    parse_defense,
     register_defense,
 )
 
 __all__ = ["DEFENSES", "DefendedModel", "Defense", "InferenceDefense", "canonical_defense", "create_defense",
-           "list_defenses", "register_defense", "straight_through"]
+           "list_defenses", "parse_defense", "register_defense", "straight_through"]

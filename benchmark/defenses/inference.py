@@ -71,16 +71,6 @@ class InferenceDefense(Defense):
         return model(t)
 
 
-def _number(argument: str, kind, name: str, low: float, high: float):
-    try:
-        value = kind(argument)
-    except ValueError:
-        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {argument!r}") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {argument!r}")
-    return value
-
-
 @register_defense("bitdepth")
 class BitDepth(InferenceDefense):
     """Feature squeezing: each colour channel rounded to ``bits`` bits."""
@@ -91,8 +81,7 @@ class BitDepth(InferenceDefense):
 
     def __init__(self, argument: str = "") -> None:
         super().__init__(argument)
-        self.bits = _number(self.argument, int, "bits", 1, 8)
-        self.argument = str(self.bits)
+        self.bits = self.parse_argument(int, "bits", 1, 8)
 
     def transform(self, x, generator):
         levels = 2**self.bits - 1
@@ -109,10 +98,9 @@ class MedianFilter(InferenceDefense):
 
     def __init__(self, argument: str = "") -> None:
         super().__init__(argument)
-        self.size = _number(self.argument, int, "window size", 3, 9)
+        self.size = self.parse_argument(int, "window size", 3, 9)
         if self.size % 2 == 0:
             raise ValueError(f"window size must be odd, got {self.size}")
-        self.argument = str(self.size)
 
     def transform(self, x, generator):
         k = self.size
@@ -130,8 +118,7 @@ class GaussianBlur(InferenceDefense):
 
     def __init__(self, argument: str = "") -> None:
         super().__init__(argument)
-        self.sigma = _number(self.argument, float, "sigma", 0.1, 5.0)
-        self.argument = f"{self.sigma:g}"
+        self.sigma = self.parse_argument(float, "sigma", 0.1, 5.0)
 
     def transform(self, x, generator):
         radius = max(1, math.ceil(2 * self.sigma))
@@ -157,8 +144,7 @@ class RandomResizePad(InferenceDefense):
 
     def __init__(self, argument: str = "") -> None:
         super().__init__(argument)
-        self.ratio = _number(self.argument, float, "ratio", 0.01, 1.0)
-        self.argument = f"{self.ratio:g}"
+        self.ratio = self.parse_argument(float, "ratio", 0.01, 1.0)
 
     def apply(self, model, x, generator):
         h, w = x.shape[-2:]

@@ -14,7 +14,8 @@ from importlib.metadata import entry_points
 
 from benchmark.errors import UserError
 
-__all__ = ["DEFENSES", "Defense", "canonical_defense", "create_defense", "list_defenses", "register_defense"]
+__all__ = ["DEFENSES", "Defense", "canonical_defense", "create_defense", "list_defenses", "parse_defense",
+           "register_defense"]
 
 DEFENSES: dict[str, type] = {}
 _PLUGINS_LOADED = False
@@ -33,6 +34,19 @@ class Defense:
 
     def __init__(self, argument: str = "") -> None:
         self.argument = argument or self.default_argument
+
+    def parse_argument(self, kind: type, name: str, low: float, high: float):
+        """The argument as a ``kind`` (int or float) in [low, high]; the canonical argument becomes
+        its shortest form (``"4"``, ``"0.15"``). A bad value is a ``ValueError`` naming ``name``."""
+        try:
+            value = kind(self.argument)
+        except ValueError:
+            raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, "
+                             f"got {self.argument!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {self.argument!r}")
+        self.argument = f"{value:g}"
+        return value
 
     @property
     def spec(self) -> str:
@@ -86,11 +100,17 @@ def create_defense(spec: str) -> Defense:
         raise UserError(f"defense {spec!r}: {exc}") from None
 
 
-def canonical_defense(spec: str | None) -> str | None:
-    """``None`` for no defense (``None``, ``""`` or ``"none"``), else the defense's canonical name."""
+def parse_defense(spec: str | None) -> Defense | None:
+    """``None`` for no defense (``None``, ``""`` or ``"none"``), else the defense."""
     if spec is None or spec.strip() in ("", "none"):
         return None
-    return create_defense(spec).spec
+    return create_defense(spec)
+
+
+def canonical_defense(spec: str | None) -> str | None:
+    """``None`` for no defense, else the defense's canonical name (``bitdepth`` -> ``bitdepth:4``)."""
+    defense = parse_defense(spec)
+    return None if defense is None else defense.spec
 
 
 def list_defenses() -> list[type]:

@@ -53,14 +53,23 @@ class Cell:
 
     @property
     def data_key(self) -> tuple:
-        """Cells with the same data key share a model, evaluation batches and clean metrics."""
+        """Cells with the same data key share a model, evaluation batches and clean metrics: the
+        positional arguments of :func:`~benchmark.runner.context.prepare_context`."""
         return (self.target, self.images, self.batch_size, self.data_root)
 
     def key_config(self, ctx: CellContext) -> dict[str, Any]:
         """The full configuration that keys the cell in the store, on ``ctx``'s loaded target
         (with the code and weights versions)."""
-        return self.config(suite=ctx.suite, model_revision=ctx.model_revision, data=ctx.data, split=ctx.split,
-                           input_size=ctx.input_size)
+        return {
+            "suite": ctx.suite, "model": self.target.name, "attack": self.attack.name, "eps": self.eps,
+            "seed": self.seed, "profile": self.profile, "options": dict(self.attack.options), "images": self.images,
+            "batch_size": self.batch_size, "check_determinism": self.check_determinism,
+            "objective": self.attack.objective, "task": self.attack.task,
+            "model_revision": ctx.model_revision, "data": ctx.data, "split": ctx.split, "input_size": ctx.input_size,
+            "code_version": __version__,
+            # an undefended cell keeps the key it had before defenses existed
+            **({"defense": self.target.defense, "eot": self.target.eot} if self.target.defense else {}),
+        }
 
     def new_result(self, ctx: CellContext, status: str = "valid", reason: str = "") -> CellResult:
         """An empty result of this cell on ``ctx``'s target, with its key and provenance."""
@@ -71,19 +80,6 @@ class Cell:
             device=device_name(ctx.device), torch_version=torch.__version__, mtlbench_version=__version__,
             git_commit=ctx.git_commit, model_revision=ctx.model_revision, config=config,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-
-    def config(self, *, suite: str, model_revision: str, data: str, split: str, input_size: int) -> dict[str, Any]:
-        """The full configuration that keys the cell in the store (with code and weights versions)."""
-        return {
-            "suite": suite, "model": self.target.name, "attack": self.attack.name, "eps": self.eps,
-            "seed": self.seed, "profile": self.profile, "options": dict(self.attack.options), "images": self.images,
-            "batch_size": self.batch_size, "check_determinism": self.check_determinism,
-            "objective": self.attack.objective, "task": self.attack.task,
-            "model_revision": model_revision, "data": data, "split": split, "input_size": input_size,
-            "code_version": __version__,
-            # an undefended cell keeps the key it had before defenses existed
-            **({"defense": self.target.defense, "eot": self.target.eot} if self.target.defense else {}),
-        }
 
 
 def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = None,

@@ -40,16 +40,14 @@ class CellContext:
     snapshot: WeightSnapshot | None = None  # of the model's weights, to check attacks leave them alone
 
     def ensure_pristine(self) -> None:
-        """Put the model back to its loaded weights if anything changed them (an attack that
-        mutated them is already invalid); reload it when it cannot be put back in place."""
-        if self.snapshot is None or self.snapshot.unchanged(self.model):
-            return
-        if not self.snapshot.restore(self.model):
+        """Reload the model when an attack changed its structure, so that the run's restore of
+        its weights (:func:`~benchmark.attacks.validate.run_attack`) could not put it back."""
+        if self.snapshot is not None and self.snapshot.needs_reload:
             self.model = self.target.load(self.device).model
             self.snapshot = WeightSnapshot(self.model)
 
 
-def prepare_context(target: Target, *, images: int | None, batch_size: int, data_root: str | None,
+def prepare_context(target: Target, images: int | None, batch_size: int, data_root: str | None, *,
                     device: torch.device, store: ResultsStore | None = None, console=None,
                     git_commit: str = "", clean: dict | None = None) -> CellContext:
     """Load ``target`` on ``device``, its suite's evaluation batches and its clean metrics (from

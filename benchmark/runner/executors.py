@@ -43,9 +43,7 @@ class LocalExecutor(Executor):
 
 @functools.lru_cache(maxsize=1)
 def _worker_context(data_key: tuple, device: str) -> CellContext:
-    target, images, batch_size, data_root = data_key
-    return prepare_context(target, images=images, batch_size=batch_size, data_root=data_root,
-                           device=torch.device(device), clean={})
+    return prepare_context(*data_key, device=torch.device(device), clean={})
 
 
 def _ray_cell(cell: Cell, device: str, clean: dict, git_commit: str, threads: int) -> CellResult:

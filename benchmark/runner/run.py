@@ -17,7 +17,7 @@ from benchmark.provenance import git_commit
 from benchmark.runner.cells import Cell, expand_grid
 from benchmark.runner.context import CellContext, prepare_context
 from benchmark.runner.executors import Executor, LocalExecutor, RayExecutor
-from benchmark.runner.store import ResultsStore, cell_key
+from benchmark.runner.store import CellResult, ResultsStore, cell_key
 from benchmark.suites import load_suite
 from benchmark.zoo.hub import MissingWeightsError
 
@@ -69,12 +69,21 @@ def _spread_nondeterminism(group: list[Cell], ctx: CellContext, store: ResultsSt
     verdict holds for every eps of that attack and seed, so their stored valid cells become
     invalid too (``ran``: keys of the cells this run evaluated, counted in ``summary``). Returns
     how many cells changed."""
-    stored = {cell: store.get(cell_key(cell.key_config(ctx))) for cell in group}
-    failed = {(cell.attack, cell.seed): cell.eps for cell, r in stored.items()
-              if cell.check_determinism and r is not None and r.status == "invalid" and NONDETERMINISTIC in r.reason}
+    def stored(cell: Cell) -> CellResult | None:
+        return store.get(cell_key(cell.key_config(ctx)))
+
+    failed = {}
+    for cell in group:
+        if cell.check_determinism:
+            r = stored(cell)
+            if r is not None and r.status == "invalid" and NONDETERMINISTIC in r.reason:
+                failed[(cell.attack, cell.seed)] = cell.eps
     changed = 0
-    for cell, r in stored.items():
-        if r is None or r.status != "valid" or (cell.attack, cell.seed) not in failed:
+    for cell in group:
+        if cell.check_determinism or (cell.attack, cell.seed) not in failed:
+            continue
+        r = stored(cell)
+        if r is None or r.status != "valid":
             continue
         r.status, r.arp, r.task_arp = "invalid", None, {}
         r.reason = (f"{NONDETERMINISTIC}: the same seed gave a different output (checked in the eps "
@@ -118,8 +127,7 @@ def run(options: RunOptions, *, console: Console | None = None) -> RunSummary:
             for group in groups.values():
                 target = group[0].target
                 try:
-                    ctx = prepare_context(target, images=group[0].images, batch_size=group[0].batch_size,
-                                          data_root=group[0].data_root, device=device, store=store, console=console,
+                    ctx = prepare_context(*group[0].data_key, device=device, store=store, console=console,
                                           git_commit=commit)
                 except MissingWeightsError as exc:
                     if target.member not in unpublished and options.weights_dir is None:

@@ -61,8 +61,8 @@ def recipe_for(suite: Suite, *, finetune: bool = False, steps: int | None = None
 
 
 def _train_set(suite: Suite, data_root: str | None):
-    size = int(suite.training["train_size"]) if "train_size" in suite.training else (None if not suite.synthetic
-                                                                                     else 512)
+    # synthetic scenes: train_size of them (default 512); a real data set: its whole train split
+    size = int(suite.training.get("train_size", 512)) if suite.synthetic else None
     return suite.data("train", size=size, data_root=data_root)
 
 

@@ -43,17 +43,11 @@ def local_checkpoint_dir(suite: Suite, member: Member) -> Path:
 def is_built(suite: Suite, member: Member, *, weights_dir: str | Path | None = None) -> bool:
     """Whether ``member``'s weights are on this machine (in ``weights_dir``, the local zoo, or the
     Hugging Face cache at the pinned revision), so loading it neither trains nor downloads."""
-    if weights_dir is not None and Path(weights_dir).is_dir() and _in_weights_dir(Path(weights_dir), suite, member):
-        return True
-    if (local_checkpoint_dir(suite, member) / CONFIG_FILE).exists():
-        return True
-    if suite.tiny or not member.published:
-        return False
     try:
-        _download(suite, member, cache_dir=None, local_files_only=True)
+        directory, _ = resolve_weights(suite, member, weights_dir=weights_dir, local_files_only=True)
     except UserError:
         return False
-    return True
+    return directory is not None
 
 
 def hub_offline() -> bool:
