@@ -11,10 +11,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from benchmark import __version__
 from benchmark.errors import UserError
+from benchmark.version import __version__
 
 console = Console()
 err_console = Console(stderr=True)
@@ -309,14 +310,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                          results=args.results, weights_dir=args.weights_dir, data_root=args.data_root,
                          executor=args.executor, ray_address=args.address, gpus_per_cell=args.gpus_per_cell,
                          cell_timeout=_timeout(args.cell_timeout), defenses=_csv(args.defenses),
-                         eot_samples=args.eot)
+                         eot_samples=args.eot, model_dir=args.model, model_name=args.name)
     summary = run(options, console=err_console)
     done = dict(summary.done)
     ran = ", ".join(f"{n} {s}" for s, n in sorted(done.items())) or "nothing left to run"
     console.print(f"{summary.total} cells: {summary.skipped} already in {args.results}; {ran} "
                   f"({summary.seconds:.0f} s)")
     for name, why in summary.missing_models.items():
-        err_console.print(f"[yellow]skipped {name}[/]: {why}", highlight=False)
+        err_console.print(f"[yellow]skipped {escape(name)}[/]: {escape(why)}", highlight=False)
     if summary.bad:
         err_console.print(f"[red]{summary.bad} cell(s) failed or were invalid[/]; their reasons are in the store "
                           f"(`mtlbench results show {args.results} --status failed,invalid`)")
@@ -336,6 +337,31 @@ def cmd_defenses_list(args: argparse.Namespace) -> int:
         table.add_row(cls.name, cls.kind, f"{cls.argument_help} ({cls.default_argument})" if cls.argument_help else "",
                       "yes" if randomised else "no", "yes" if differentiable else "no",
                       how if cls.kind == "inference" else "(new weights)", cls.__module__)
+    console.print(table)
+    return 0
+
+
+def cmd_defend(args: argparse.Namespace) -> int:
+    from benchmark.zoo.checkpoint import read_config
+    from benchmark.zoo.defend import defend_suite
+
+    overrides = {"steps": args.steps, "attack_steps": args.attack_steps, "tau": args.tau, "eps": args.eps,
+                 "checkpoint_every": args.checkpoint_every, "seed": args.seed}
+    done = defend_suite(args.suite, args.defense, _csv(args.models), device=_device(args.device),
+                        data_root=args.data_root, weights_dir=args.weights_dir, rebuild=args.rebuild,
+                        restart=args.restart, console=err_console, **overrides)
+    table = Table(title=f"{args.defense}: defended checkpoints and their clean metrics")
+    table.add_column("model")
+    table.add_column("trained", justify="right")
+    rows = [(name, read_config(d)) for name, d in done.items()]
+    metric_cols = [(t, k) for t, ms in (rows[0][1].clean_metrics.items() if rows else []) for k in list(ms)[:1]]
+    for t, k in metric_cols:
+        table.add_column(f"{t} {k}", justify="right")
+    table.add_column("directory", overflow="fold")
+    for name, info in rows:
+        table.add_row(escape(name), f"{info.training.get('seconds', float('nan')):.0f} s",
+                      *(f"{info.clean_metrics.get(t, {}).get(k, float('nan')):.3f}" for t, k in metric_cols),
+                      escape(str(done[name])))
     console.print(table)
     return 0
 
@@ -508,12 +534,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
                    help="wall-time limit of one cell, after which it is stored as failed and the run goes on "
                         "(default: the profile's cell_timeout, 1800 s unless it says otherwise; 0: no limit)")
-    p.add_argument("--defenses", help="comma-separated targets per model: 'none' (undefended) and inference-time "
-                                      "defenses, e.g. 'none,bitdepth:4,resize:0.15' (default: the profile's)")
+    p.add_argument("--defenses", help="comma-separated targets per model: 'none' (undefended), inference-time "
+                                      "defenses and trained ones, e.g. 'none,bitdepth:4,fat:pgd:gb-mta' (default: "
+                                      "the profile's); a trained defense needs `mtlbench defend` first")
     p.add_argument("--eot", type=int, default=None, metavar="N",
                    help="EOT draws per model call when attacking a randomised defense (default: the profile's "
                         "eot_samples, 4 unless it says otherwise)")
+    p.add_argument("--model", metavar="DIR", help="an external model: a Hub-format checkpoint directory "
+                                                  "(model.safetensors + config.json), run instead of the members")
+    p.add_argument("--name", help="the external model's name in results (default: the directory's name)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("defend", help="adversarially train suite members with a training defense (FAT)",
+                       description="Train suite members with a training defense, e.g. fat:pgd:gb-mta (FAT with "
+                                   "GB-MTA-PGD), into new checkpoints in the same Hub format. A killed run started "
+                                   "again resumes from its last checkpoint. The recipe is the suite's [fat] table; "
+                                   "the options below override it.")
+    p.add_argument("suite", help="suite name or manifest path")
+    p.add_argument("--defense", default="fat:pgd:gb-mta", help="training defense (default: fat:pgd:gb-mta)")
+    p.add_argument("--models", help="comma-separated member names (default: all)")
+    p.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
+    p.add_argument("--attack-steps", type=int, help="K: the attack's steps (default: the recipe's)")
+    p.add_argument("--tau", type=int, help="FAT's tau: calls after a sample is fooled (default: the recipe's)")
+    p.add_argument("--eps", type=float, help="eps in 0-255 units (default: the recipe's, 8)")
+    p.add_argument("--seed", type=int, help="training seed (default: the recipe's)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between resume checkpoints (default: the recipe's)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--data-root", help="directory of the real data set (full suites)")
+    p.add_argument("--weights-dir", help="local checkpoint directories DIR/<model>/ (Hub format)")
+    p.add_argument("--rebuild", action="store_true", help="train again even if a defended checkpoint exists")
+    p.add_argument("--restart", action="store_true", help="ignore a resume checkpoint and train from the start")
+    p.set_defaults(func=cmd_defend)
 
     defenses = sub.add_parser("defenses", help="registered defenses")
     dsub2 = defenses.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -554,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted; finished results are kept")

@@ -2,9 +2,11 @@
 
 1. builds the tiny suite (``tiny-nyuv2-resnet34``: 25 branched models on synthetic scenes) the
    first time, under ``$MTLBENCH_HOME``;
-2. runs its ``quick`` profile (FGSM and PGD with every multi-task objective and each single task,
-   two eps) into a results database, resuming if one is already there;
-3. renders the static leaderboard site and returns the path of its ``index.html``.
+2. trains the profile's training defenses (FAT with GB-MTA-PGD on the AS model) the first time;
+3. runs its ``quick`` profile (FGSM and PGD with every multi-task objective and each single task,
+   two eps, on every model, and on the AS model with FAT and with bit-depth reduction) into a
+   results database, resuming if one is already there;
+4. renders the static leaderboard site and returns the path of its ``index.html``.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from pathlib import Path
 from rich.console import Console
 
 from benchmark.data import save_preview
+from benchmark.defenses import parse_defense
 from benchmark.runner import RunOptions, run
 from benchmark.suites import load_suite
 from benchmark.zoo.build import build_suite
+from benchmark.zoo.defend import defend_suite
 
 __all__ = ["run_demo"]
 
@@ -32,6 +36,12 @@ def run_demo(out_dir: str | Path = "site", *, suite: str = "tiny-nyuv2-resnet34"
     console.print(f"[bold]mtlbench demo[/]: {spec.name} ({len(spec.members)} models), profile {profile!r}")
     build_suite(spec, device=device, console=console)
     built = time.perf_counter()
+    chosen = spec.profile(profile)
+    defended = list(chosen.defended_models or [m.name for m in spec.members])
+    for defense in filter(None, map(parse_defense, chosen.defenses)):
+        if defense.kind == "training":
+            defend_suite(spec, defense.spec, defended, device=device, console=console)
+    trained = time.perf_counter()
     summary = run(RunOptions(suite=suite, profile=profile, device=device, results=str(results)), console=console)
     ran = time.perf_counter()
     out = Path(out_dir)
@@ -39,6 +49,7 @@ def run_demo(out_dir: str | Path = "site", *, suite: str = "tiny-nyuv2-resnet34"
     index = render_leaderboard(results, out)
     scenes = spec.data(size=4)
     save_preview(scenes, out / "plots" / "scenes.png", rows=4, title=f"{spec.data_source}: RGB and ground truth")
-    console.print(f"zoo {built - start:.0f} s, {summary.total - summary.skipped} cells {ran - built:.0f} s, "
-                  f"site {time.perf_counter() - ran:.0f} s; results in {results}")
+    console.print(f"zoo {built - start:.0f} s, defenses {trained - built:.0f} s, {summary.total - summary.skipped} "
+                  f"cells {ran - trained:.0f} s, site {time.perf_counter() - ran:.0f} s; results in {results}",
+                  markup=False, highlight=False)
     return index

@@ -8,7 +8,7 @@ import torch
 
 from benchmark.tasks import Task
 
-__all__ = ["evaluate", "to_device"]
+__all__ = ["check_outputs", "evaluate", "to_device"]
 
 Batch = dict[str, torch.Tensor]
 
@@ -35,3 +35,32 @@ def evaluate(model: torch.nn.Module, tasks: list[Task], batches: Iterable[Batch]
         for t in tasks:
             metrics[t.name].update(outputs[t.name], batch)
     return {name: m.compute() for name, m in metrics.items()}
+
+
+def check_outputs(model: torch.nn.Module, tasks: list[Task], images: torch.Tensor, *, what: str = "the model") -> None:
+    """Refuse a model whose outputs do not fit ``tasks``: it must map [0, 1] images (B, 3, H, W)
+    to ``{task: (B, channels, H, W)}``. The message names the task and the shape expected."""
+    from benchmark.errors import UserError
+
+    expected = {t.name: (images.shape[0], t.channels, *images.shape[2:]) for t in tasks}
+    wanted = ", ".join(f"{name}: {tuple(shape)}" for name, shape in expected.items())
+    try:
+        with torch.no_grad():
+            outputs = model(images)
+    except Exception as exc:  # any failure of a user's model is reported, not raised
+        raise UserError(f"{what} failed on a batch of shape {tuple(images.shape)} ({type(exc).__name__}: {exc}); "
+                        f"it must map [0, 1] images to {{task: output}} with {wanted}") from None
+    if not isinstance(outputs, dict):
+        raise UserError(f"{what} returned a {type(outputs).__name__}, not a dict {{task: output}}; expected {wanted}")
+    for name, shape in expected.items():
+        if name not in outputs:
+            raise UserError(f"{what} has no output for the task {name!r} (it returned "
+                            f"{', '.join(map(str, outputs)) or 'nothing'}); expected {wanted}")
+        out = outputs[name]
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise UserError(f"{what}'s output for the task {name!r} has shape {got}; expected {shape} "
+                            f"(batch, {name} channels, height, width)")
+        if not out.is_floating_point() or not torch.isfinite(out).all():
+            raise UserError(f"{what}'s output for the task {name!r} must be finite floating-point values "
+                            f"(got dtype {out.dtype}{'' if not out.is_floating_point() else ' with NaN or inf'})")

@@ -35,7 +35,7 @@ _REVISION = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: a Hugging Face Hub repo id, ``owner/name``
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+VALID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class SuiteError(UserError):
@@ -87,8 +87,9 @@ class Profile:
     batch_size: int = 8
     description: str = ""
     cell_timeout: float = 1800.0  # seconds one cell may take before it is stored as failed (0: no limit)
-    defenses: tuple[str, ...] = ("none",)  # targets per member: undefended and inference-time defenses
+    defenses: tuple[str, ...] = ("none",)  # targets per member: undefended, inference-time and FAT defenses
     eot_samples: int = 4  # EOT draws per model call when attacking a randomised defense
+    defended_models: tuple[str, ...] | None = None  # members that get the defended targets (None: all)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class Suite:
     members: tuple[Member, ...]
     profiles: dict[str, Profile]
     training: dict[str, Any] = field(default_factory=dict)
+    fat: dict[str, Any] = field(default_factory=dict)  # the FAT recipe (``[fat]``; see benchmark.defenses.fat)
     mirror_of: str | None = None
     selection: str = ""
     path: Path | None = None
@@ -164,8 +166,8 @@ _SUITE_KEYS = {"name", "description", "dataset", "data", "split", "backbone", "w
 _MEMBER_KEYS = {"name", "index", "layout", "backbone", "width", "input_size", "repo_id", "revision", "sha256",
                 "head_hidden", "head_rates"}
 _PROFILE_KEYS = {"eps", "attacks", "steps", "eval_size", "seeds", "batch_size", "description", "cell_timeout",
-                 "defenses", "eot_samples"}
-_TOP_KEYS = {"suite", "models", "profiles", "training"}
+                 "defenses", "eot_samples", "defended_models"}
+_TOP_KEYS = {"suite", "models", "profiles", "training", "fat"}
 _MEMBER_OVERRIDES = {"backbone": str, "width": (int, float), "input_size": int, "head_hidden": int}
 _DATASETS = {"nyuv2": 3, "taskonomy": 5}
 
@@ -241,7 +243,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     c.keys(raw, _TOP_KEYS, "")
     head = c.keys(raw.get("suite"), _SUITE_KEYS, "suite")
     name = c.typed(head, "name", str, "suite")
-    if not _NAME.fullmatch(name):
+    if not VALID_NAME.fullmatch(name):
         raise c.fail("suite.name", f"{name!r} is not a valid name (letters, digits, '.', '_', '-')")
     dataset = c.typed(head, "dataset", str, "suite")
     if dataset not in _DATASETS:
@@ -280,10 +282,23 @@ def load_suite(name_or_path: str | Path) -> Suite:
     training = raw.get("training", {})
     c.keys(training, {"steps", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "seed", "train_size",
                       "warm_start", "finetune_steps", "finetune_lr"}, "training")
+    fat = raw.get("fat", {})
+    from benchmark.defenses.fat import FATRecipe
+
+    c.keys(fat, {f for f in FATRecipe.__dataclass_fields__ if not f.startswith("_")}, "fat")
+    try:
+        FATRecipe(**fat)
+    except UserError as exc:
+        raise c.fail("fat", str(exc).removeprefix("FAT recipe: ")) from None
+    names = {m.name for m in members}
+    for profile in profiles.values():
+        for m in profile.defended_models or ():
+            if m not in names:
+                raise c.fail(f"profiles.{profile.name}.defended_models", f"no model {m!r} in the suite")
     return Suite(name=name, description=c.typed(head, "description", str, "suite", ""), dataset=dataset,
                  data_source=data,
                  split=c.typed(head, "split", str, "suite", "test"), backbone=defaults["backbone"],
-                 members=members, profiles=profiles, training=dict(training), mirror_of=mirror,
+                 members=members, profiles=profiles, training=dict(training), fat=dict(fat), mirror_of=mirror,
                  selection=c.typed(head, "selection", str, "suite", ""), path=path)
 
 
@@ -316,7 +331,7 @@ def _members(c: _Checker, models: Any, defaults: dict, dataset: str, org: str | 
         index = None if extreme else layout_index(layout)  # the paper names the extremes IND and AS
         canonical = ("AS" if layout.is_all_shared else "IND") if extreme else str(layout)
         name = c.typed(entry, "name", str, where, canonical if index is None else f"layout-{index}")
-        if not _NAME.fullmatch(name):
+        if not VALID_NAME.fullmatch(name):
             raise c.fail(f"{where}.name", f"{name!r} is not a valid name")
         if name in seen:
             raise c.fail(f"{where}.name", f"duplicate model name {name!r}")
@@ -385,6 +400,9 @@ def _profiles(c: _Checker, profiles: Any) -> dict[str, Profile]:
                 canonical_defense(d)
             except UserError as exc:
                 raise c.fail(f"{where}.defenses", str(exc)) from None
+        defended = c.typed(table, "defended_models", list, where, None)
+        if defended is not None and not all(isinstance(m, str) for m in defended):
+            raise c.fail(f"{where}.defended_models", f"expected a list of model names, got {defended!r}")
         eot = c.typed(table, "eot_samples", int, where, 4)
         if not 1 <= eot <= 1000:
             raise c.fail(f"{where}.eot_samples", f"expected an integer in [1, 1000], got {eot!r}")
@@ -392,5 +410,6 @@ def _profiles(c: _Checker, profiles: Any) -> dict[str, Profile]:
                              steps=dict(steps), eval_size=eval_size, seeds=tuple(seeds),
                              batch_size=c.typed(table, "batch_size", int, where, 8),
                              description=c.typed(table, "description", str, where, ""),
-                             cell_timeout=float(timeout), defenses=tuple(defenses), eot_samples=eot)
+                             cell_timeout=float(timeout), defenses=tuple(defenses), eot_samples=eot,
+                             defended_models=None if defended is None else tuple(defended))
     return out

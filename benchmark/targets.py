@@ -23,7 +23,7 @@ import torch
 from benchmark.errors import UserError
 from benchmark.suites import Member, Suite, load_suite
 
-__all__ = ["LoadedTarget", "Target", "suite_ref"]
+__all__ = ["LoadedTarget", "Target", "freeze", "suite_ref"]
 
 
 def suite_ref(name_or_path: str | Path) -> str:
@@ -38,6 +38,14 @@ def suite_ref(name_or_path: str | Path) -> str:
 @functools.lru_cache(maxsize=32)
 def _suite(ref: str) -> Suite:
     return load_suite(ref)
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode, parameter gradients off: how every target is attacked."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 @dataclass
@@ -60,8 +68,12 @@ class Target:
     suite: str  # suite name or absolute manifest path (see :func:`suite_ref`)
     member: str
     weights_dir: str | None = None
-    defense: str | None = None  # canonical inference-time defense (``bitdepth:4``), None: undefended
+    defense: str | None = None  # canonical defense (``bitdepth:4``, ``fat:pgd:gb-mta``), None: undefended
     eot: int = 1  # EOT samples per model call while attacking a randomised defense
+    #: an external model (not a suite member; ``member`` is then its name): ``dir:<absolute path>``
+    #: of a Hub-format checkpoint directory, or ``module:<class>`` for an ``nn.Module`` given in
+    #: this process (:func:`benchmark.evaluate`), which cannot be rebuilt elsewhere
+    external: str | None = None
 
     @classmethod
     def of(cls, suite: str | Path, member: str, *, weights_dir: str | Path | None = None,
@@ -69,15 +81,56 @@ class Target:
         from benchmark.defenses import parse_defense
 
         d = parse_defense(defense)
-        if d is not None and d.kind != "inference":
-            raise UserError(f"defense {d.spec!r} is a training defense: its checkpoints come from "
-                            f"`mtlbench defend`, not from wrapping the model")
         spec = None if d is None else d.spec
-        eot = int(eot) if d is not None and d.randomised else 1
+        eot = int(eot) if d is not None and getattr(d, "randomised", False) else 1
         if eot < 1:
             raise UserError(f"EOT samples must be >= 1, got {eot}")
         return cls(suite_ref(suite), member, None if weights_dir is None else str(Path(weights_dir).resolve()),
                    spec, eot)
+
+    @classmethod
+    def external_model(cls, suite: str | Path, source: str | Path | torch.nn.Module, *, name: str | None = None,
+                       defense: str | None = None, eot: int = 1) -> Target:
+        """A model that is not a suite member, scored on the suite's data and tasks: a Hub-format
+        checkpoint directory, or an ``nn.Module`` of this process."""
+        from benchmark.defenses import parse_defense
+        from benchmark.suites import VALID_NAME
+
+        if isinstance(source, torch.nn.Module):
+            external, default = f"module:{type(source).__module__}.{type(source).__qualname__}", type(source).__name__
+        else:
+            directory = Path(source)
+            if not directory.is_dir():
+                raise UserError(f"--model {directory}: not a directory (a Hub-format checkpoint directory holds "
+                                "model.safetensors, config.json and README.md)")
+            from benchmark.zoo.checkpoint import read_config
+
+            read_config(directory)  # refuses a directory that is not a checkpoint, naming the file
+            external, default = f"dir:{directory.resolve()}", directory.resolve().name
+        name = name or default
+        if not VALID_NAME.fullmatch(name):
+            raise UserError(f"model name {name!r} is not valid (letters, digits, '.', '_', '-')")
+        suite_obj = load_suite(suite) if not isinstance(suite, Suite) else suite
+        if any(m.name == name for m in suite_obj.members):
+            raise UserError(f"{name!r} is the name of a member of {suite_obj.name}; give the external model "
+                            "another name (name=... / --name)")
+        d = parse_defense(defense)
+        if d is not None and d.kind == "training":
+            raise UserError(f"{d.spec} trains suite members (`mtlbench defend`); an external model can be run "
+                            "behind an inference-time defense only")
+        eot = int(eot) if d is not None and getattr(d, "randomised", False) else 1
+        ref = str(suite_obj.path.resolve()) if suite_obj.path is not None else suite_obj.name
+        return cls(ref, name, None, None if d is None else d.spec, eot, external)
+
+    @property
+    def in_memory(self) -> bool:
+        """An ``nn.Module`` given in this process: it is loaded by the caller, never rebuilt."""
+        return bool(self.external and self.external.startswith("module:"))
+
+    @property
+    def input_size(self) -> int:
+        """The resolution the target is scored at: its member's, or the suite's for an external model."""
+        return self.suite_spec.members[0].input_size if self.external else self.member_spec.input_size
 
     @property
     def name(self) -> str:
@@ -92,8 +145,22 @@ class Target:
     def member_spec(self) -> Member:
         return self.suite_spec.member(self.member)
 
+    @property
+    def trained_defense(self) -> bool:
+        """Whether the defense produced new weights (FAT), rather than wrapping the member."""
+        from benchmark.defenses import create_defense
+
+        return self.defense is not None and create_defense(self.defense).kind == "training"
+
     def is_built(self) -> bool:
         """Whether the weights are on this machine (loading neither trains nor downloads)."""
+        if self.external:
+            return True
+        if self.trained_defense:
+            from benchmark.zoo.defend import find_defended
+
+            found = find_defended(self.suite_spec, self.member_spec, self.defense, weights_dir=self.weights_dir)
+            return found is not None
         from benchmark.zoo.hub import is_built
 
         return is_built(self.suite_spec, self.member_spec, weights_dir=self.weights_dir)
@@ -104,21 +171,64 @@ class Target:
         from benchmark.attacks.validate import model_fingerprint
         from benchmark.zoo.build import load_model
 
-        model, info = load_model(self.suite_spec, self.member_spec, weights_dir=self.weights_dir, device=device,
-                                 console=console)
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+        if self.in_memory:
+            raise UserError(f"{self.name} is an nn.Module of the process that created it: evaluate it there "
+                            "(benchmark.evaluate, local executor), or save it as a checkpoint directory")
+        if self.external:
+            return self._load_external(device)
+        if self.trained_defense:
+            model, info = self._load_defended(device, console)
+        else:
+            model, info = load_model(self.suite_spec, self.member_spec, weights_dir=self.weights_dir, device=device,
+                                     console=console)
+        freeze(model)
         member = self.member_spec
         revision = member.revision if info.origin == "hub" else f"local-sha256:{model_fingerprint(model)[:16]}"
-        if self.defense is not None:
-            from benchmark.defenses import DefendedModel, create_defense
+        return LoadedTarget(model=self.wrap(model), revision=revision, origin=info.origin, info=info)
 
-            model = DefendedModel(model, create_defense(self.defense), eot_samples=self.eot).eval()
-        return LoadedTarget(model=model, revision=revision, origin=info.origin, info=info)
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` behind the target's inference-time defense (unchanged without one)."""
+        if self.defense is None or self.trained_defense:
+            return model
+        from benchmark.defenses import DefendedModel, create_defense
+
+        return DefendedModel(model, create_defense(self.defense), eot_samples=self.eot).eval()
+
+    def _load_external(self, device) -> LoadedTarget:
+        from benchmark.attacks.validate import model_fingerprint
+        from benchmark.zoo.checkpoint import load_checkpoint
+
+        directory = Path(self.external.removeprefix("dir:"))
+        model, info = load_checkpoint(directory, device=device)
+        freeze(model)
+        return LoadedTarget(model=self.wrap(model), revision=f"local-sha256:{model_fingerprint(model)[:16]}",
+                            origin="external", info=info)
+
+    def _load_defended(self, device, console=None):
+        from benchmark.zoo.build import expected_config
+        from benchmark.zoo.checkpoint import load_checkpoint
+        from benchmark.zoo.defend import check_defended, find_defended
+        from benchmark.zoo.hub import MissingWeightsError
+
+        suite, member = self.suite_spec, self.member_spec
+        directory = find_defended(suite, member, self.defense, weights_dir=self.weights_dir)
+        if directory is None and suite.tiny:  # tiny mirrors are trained on first use, as their members are built
+            from benchmark.zoo.defend import defend_suite
+
+            directory = defend_suite(suite, self.defense, [member.name], device=str(device), console=console,
+                                     weights_dir=self.weights_dir)[member.name]
+        if directory is None:
+            raise MissingWeightsError(f"{suite.name}/{self.name} is not trained yet: run `mtlbench defend {suite.name} "
+                                      f"--defense {self.defense} --models {member.name}`")
+        check_defended(directory, suite, member, self.defense, weights_dir=self.weights_dir)
+        model, info = load_checkpoint(directory, expect=expected_config(member), device=device)
+        info.origin = "defended"
+        return model, info
 
     def describe(self) -> dict[str, Any]:
         """What the store and the leaderboard show about the target (no weights needed)."""
+        if self.external:
+            return self._describe_external()
         from benchmark.models.branched import count_backbone_parameters
         from benchmark.models.layouts import Layout
 
@@ -137,12 +247,32 @@ class Target:
             "kind": "suite member", "member": member.name, **self._defense_info(),
         }
 
+    def _describe_external(self) -> dict[str, Any]:
+        suite = self.suite_spec
+        out: dict[str, Any] = {"kind": "external", "member": self.member, "tasks": [t.name for t in suite.tasks],
+                               "dataset": suite.dataset, "data": suite.data_source, "input_size": self.input_size,
+                               "source": self.external.removeprefix("dir:").removeprefix("module:"),
+                               "loaded_from": "checkpoint directory" if self.external.startswith("dir:")
+                               else "nn.Module (benchmark.evaluate)"}
+        if self.external.startswith("dir:"):
+            from benchmark.models.layouts import Layout
+            from benchmark.zoo.checkpoint import read_config
+
+            info = read_config(self.external.removeprefix("dir:"))
+            layout = Layout.parse(info.model.layout, num_tasks=len(info.model.tasks))
+            out.update(layout=info.model.layout, backbone=info.model.backbone, width=info.model.width,
+                       shared_blocks=layout.shared_blocks, layout_sets=layout.to_json())
+        return {**out, **self._defense_info()}
+
     def _defense_info(self) -> dict[str, Any]:
         if self.defense is None:
             return {"defense": None}
         from benchmark.defenses import create_defense
 
         d = create_defense(self.defense)
+        if d.kind == "training":
+            return {"defense": d.spec, "defense_kind": "training", "randomised": False, "differentiable": True,
+                    "eot": 1, "gradient": "exact", "trained_with": d.attack.name, **self._defended_record()}
         gradient = []
         if d.randomised:
             gradient.append(f"EOT over {self.eot} draws")
@@ -150,3 +280,14 @@ class Target:
             gradient.append("BPDA (straight-through)")
         return {"defense": d.spec, "defense_kind": d.kind, "randomised": d.randomised,
                 "differentiable": d.differentiable, "eot": self.eot, "gradient": "; ".join(gradient) or "exact"}
+
+    def _defended_record(self) -> dict[str, Any]:
+        """The recipe and parent hash of a trained defense, from its checkpoint's config."""
+        from benchmark.zoo.checkpoint import read_config
+        from benchmark.zoo.defend import find_defended
+
+        directory = find_defended(self.suite_spec, self.member_spec, self.defense, weights_dir=self.weights_dir)
+        if directory is None:
+            return {}
+        record = read_config(directory).defense
+        return {"recipe": record.get("recipe", {}), "parent_sha256": record.get("parent_sha256")}

@@ -21,9 +21,9 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from benchmark import __version__
 from benchmark.runner.store import CellResult, ResultsStore
 from benchmark.scoring import bootstrap_ci, transferability
+from benchmark.version import __version__
 
 __all__ = ["DEFAULT_EPS", "build_board", "choose_eps", "eps_key"]
 
@@ -183,9 +183,11 @@ def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dic
         grouped[c.suite].append(c)
     for suite, suite_cells in sorted(grouped.items()):
         info = {m: model_info.get((suite, m), {}) for m in {c.model for c in suite_cells}}
-        # attacks are ranked on the suite's own (undefended) models; defended targets have their page
-        models = _model_order([m for m in info if not info[m].get("defense")], info)
-        defended = sorted(m for m in info if info[m].get("defense"))
+        # attacks are ranked on the suite's own (undefended) models; defended targets have their page,
+        # external models (brought by users) their table, neither is ranked
+        external = sorted(m for m in info if info[m].get("kind") == "external")
+        models = _model_order([m for m in info if not info[m].get("defense") and m not in external], info)
+        defended = sorted(m for m in info if info[m].get("defense") and m not in external)
         attacks = sorted({c.attack for c in suite_cells})
         eps_list = sorted({c.eps for c in suite_cells})
         tasks = next((list(c.task_arp) for c in suite_cells if c.task_arp), [])
@@ -196,7 +198,7 @@ def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dic
             by_key[(c.model, c.attack, c.eps)].append(c)
         per_eps: dict[str, Any] = {}
         for eps in eps_list:
-            entries = {(m, a): _entry(by_key[(m, a, eps)]) for m in models + defended for a in attacks
+            entries = {(m, a): _entry(by_key[(m, a, eps)]) for m in models + defended + external for a in attacks
                        if by_key.get((m, a, eps))}
             ranked, unranked = _rankings(entries, models, attacks)
             per_eps[eps_key(eps)] = {
@@ -204,14 +206,16 @@ def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dic
                 "table": {m: {a: entries[(m, a)] for a in attacks if (m, a) in entries} for m in models},
                 "transfer": _transfer(entries, models, attacks, targets, info),
                 "defenses": _defenses(entries, defended, attacks, info) if defended else None,
+                "external": {m: {a: entries[(m, a)] for a in attacks if (m, a) in entries} for m in external},
             }
         clean = {m: info[m].get("clean") or next((c.clean for c in suite_cells if c.model == m and c.clean), {})
                  for m in models}
         suites[suite] = {
             "name": suite, "models": models, "attacks": attacks, "eps": eps_list, "tasks": tasks,
             "default_eps": choose_eps(eps_list, default_eps) if eps_list else None,
-            "model_info": {m: {k: v for k, v in info[m].items() if k not in ("clean",)} for m in models + defended},
-            "defended": defended,
+            "model_info": {m: {k: v for k, v in info[m].items() if k not in ("clean",)}
+                           for m in models + defended + external},
+            "defended": defended, "external": external,
             "clean": clean, "by_eps": per_eps,
             "statuses": dict(sorted(_count(suite_cells).items())),
         }

@@ -68,6 +68,15 @@ train_size = 64
 warm_start = "AS"
 finetune_steps = 5
 
+[fat]
+steps = 12
+batch_size = 8
+lr = 0.001
+attack_steps = 2
+tau = 2
+checkpoint_every = 4
+train_size = 64
+
 [profiles.quick]
 eps = [4, 8]
 attacks = ["fgsm:total", "pgd:gb-mta"]

@@ -32,8 +32,10 @@ def test_grid_expansion():
     suite = load_suite("tiny-nyuv2-resnet34")
     profile = suite.profile("quick")
     cells = expand_grid(suite, profile)
-    # 25 models x (fgsm:gb-mta, pgd:total, pgd:signtotal, pgd:gb-mta, 3 x pgd:single-*) x 2 eps x 1 seed
-    assert len(cells) == 25 * 7 * 2
+    # (25 models + AS with FAT and with bit-depth reduction) x (fgsm:gb-mta, pgd:total, pgd:signtotal,
+    # pgd:gb-mta, 3 x pgd:single-*) x 2 eps x 1 seed
+    assert len(cells) == (25 + 2) * 7 * 2
+    assert {c.target.name for c in cells if c.target.defense} == {"AS+fat:pgd:gb-mta", "AS+bitdepth:4"}
     pgd = next(c for c in cells if c.attack.name == "pgd:gb-mta")
     assert dict(pgd.attack.options) == {"steps": 5} and pgd.images == 8
     assert dict(next(c for c in cells if c.attack.name == "fgsm:gb-mta").attack.options) == {}
@@ -42,9 +44,14 @@ def test_grid_expansion():
                                                                                       "depth_zbuffer")
     # determinism is checked once per (model, attack, seed): in the cells of the first eps
     assert {c.eps for c in cells if c.check_determinism} == {4.0}
-    cells = expand_grid(suite, profile, attacks=["apgd:single-*"], eps=[2, 16], models=["AS"], seeds=[0, 1])
+    cells = expand_grid(suite, profile, attacks=["apgd:single-*"], eps=[2, 16], models=["AS"], seeds=[0, 1],
+                        defenses=["none"])
     assert {c.attack.name for c in cells} == {"apgd:single-segment", "apgd:single-normal", "apgd:single-depth"}
     assert len(cells) == 3 * 2 * 2
+    # the profile's defenses apply to its defended models only; explicit defenses to every model asked for
+    assert len(expand_grid(suite, profile, attacks=["pgd:total"], eps=[8], models=["IND"])) == 1
+    explicit = expand_grid(suite, profile, attacks=["pgd:total"], eps=[8], models=["IND"], defenses=["median:3"])
+    assert [c.target.name for c in explicit] == ["IND+median:3"]
     with pytest.raises(UserError, match="matches nothing"):
         expand_grid(suite, profile, attacks=["pgd:single-keypoint"])
     with pytest.raises(UserError, match="outside"):

@@ -300,3 +300,25 @@ def test_model_card_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(own)
     exec(compile(snippet, "README.md", "exec"), {})
     assert "'normal': (2, 3, 32, 32)" in capsys.readouterr().out
+
+
+def test_the_same_weights_give_the_same_file_in_every_process(tmp_path):
+    """The weights file's sha256 identifies the weights: it must not depend on the process that
+    wrote it (safetensors writes a metadata map in a per-process random order)."""
+    import subprocess
+    import sys
+
+    script = textwrap.dedent("""
+        import sys, torch
+        from benchmark.models import BranchedModel
+        from benchmark.zoo.checkpoint import CheckpointInfo, save_checkpoint
+        torch.manual_seed(0)
+        model = BranchedModel("AS", {"a": 2, "b": 1}, width=0.0625)
+        save_checkpoint(model, CheckpointInfo(model=model.config, dataset="x"), sys.argv[1])
+    """)
+    digests = set()
+    for i in range(4):
+        out = tmp_path / f"ckpt{i}"
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True, timeout=120)
+        digests.add(file_sha256(out / "model.safetensors"))
+    assert len(digests) == 1

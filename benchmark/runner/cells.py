@@ -11,11 +11,11 @@ import fnmatch
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmark import __version__
 from benchmark.attacks import list_attacks, run_attack
 from benchmark.attacks.sandbox import CellTimeout, time_limit
 from benchmark.attacks.spec import AttackSpec
@@ -26,6 +26,7 @@ from benchmark.runner.store import CellResult, cell_key
 from benchmark.scoring import arp, task_arp
 from benchmark.suites import Profile, Suite
 from benchmark.targets import Target
+from benchmark.version import __version__
 
 __all__ = ["Cell", "PeakMemory", "evaluate_cell", "expand_grid"]
 
@@ -69,6 +70,7 @@ class Cell:
             "code_version": __version__,
             # an undefended cell keeps the key it had before defenses existed
             **({"defense": self.target.defense, "eot": self.target.eot} if self.target.defense else {}),
+            **({"external": self.target.external.partition(":")[0]} if self.target.external else {}),
         }
 
     def new_result(self, ctx: CellContext, status: str = "valid", reason: str = "") -> CellResult:
@@ -86,8 +88,10 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
                 eps: list[float] | None = None, models: list[str] | None = None,
                 seeds: list[int] | None = None, weights_dir: str | None = None,
                 data_root: str | None = None, cell_timeout: float | None = None,
-                defenses: list[str] | None = None, eot_samples: int | None = None) -> list[Cell]:
-    """suite x models x attacks (patterns expanded for the suite's tasks) x eps x seeds.
+                defenses: list[str] | None = None, eot_samples: int | None = None,
+                external: str | Path | torch.nn.Module | None = None, external_name: str | None = None) -> list[Cell]:
+    """suite x models x attacks (patterns expanded for the suite's tasks) x eps x seeds; with
+    ``external`` (a checkpoint directory or an ``nn.Module``), that model instead of the members.
 
     The attack's determinism is checked in the cells of the first eps (per model, attack and
     seed): it is a property of the attack and the model, and checking it once halves the cost of
@@ -112,8 +116,15 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
     ref = str(suite.path.resolve()) if suite.path is not None else suite.name
     defense_list = list(dict.fromkeys(defenses if defenses is not None else profile.defenses))
     eot = profile.eot_samples if eot_samples is None else eot_samples
-    targets = list(dict.fromkeys(Target.of(ref, m.name, weights_dir=weights_dir, defense=d, eot=eot)
-                                 for m in members for d in defense_list))
+    # a profile's defenses apply to its defended_models (all members when it names none)
+    defended = set(profile.defended_models or [m.name for m in members]) if defenses is None else None
+    if external is not None:
+        every = (Target.external_model(suite, external, name=external_name, defense=d, eot=eot) for d in defense_list)
+        defended = None
+    else:
+        every = (Target.of(ref, m.name, weights_dir=weights_dir, defense=d, eot=eot)
+                 for m in members for d in defense_list)
+    targets = list(dict.fromkeys(t for t in every if t.defense is None or defended is None or t.member in defended))
     timeout = profile.cell_timeout if cell_timeout is None else cell_timeout
     return [Cell(t, a, e, s, profile.name, profile.eval_size, profile.batch_size, check_determinism=(i == 0),
                  data_root=data_root, timeout_s=timeout or None)

@@ -9,14 +9,15 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark import __version__
-from benchmark.attacks.validate import WeightSnapshot
+from benchmark.attacks.validate import WeightSnapshot, model_fingerprint
 from benchmark.data import make_loader
 from benchmark.defenses.inference import deployed
-from benchmark.evaluation import evaluate, to_device
+from benchmark.errors import UserError
+from benchmark.evaluation import check_outputs, evaluate, to_device
 from benchmark.runner.store import ResultsStore, cell_key
-from benchmark.targets import Target
+from benchmark.targets import Target, freeze
 from benchmark.tasks import Task
+from benchmark.version import __version__
 
 __all__ = ["CellContext", "device_name", "prepare_context"]
 
@@ -43,24 +44,39 @@ class CellContext:
         """Reload the model when an attack changed its structure, so that the run's restore of
         its weights (:func:`~benchmark.attacks.validate.run_attack`) could not put it back."""
         if self.snapshot is not None and self.snapshot.needs_reload:
+            if self.target.in_memory:
+                raise UserError(f"an attack changed the structure of the model {self.target.name!r} (an nn.Module "
+                                "of this process, which cannot be reloaded); its cell is invalid, and the rest "
+                                "cannot be trusted: evaluate it again without that attack")
             self.model = self.target.load(self.device).model
             self.snapshot = WeightSnapshot(self.model)
 
 
 def prepare_context(target: Target, images: int | None, batch_size: int, data_root: str | None, *,
                     device: torch.device, store: ResultsStore | None = None, console=None,
-                    git_commit: str = "", clean: dict | None = None) -> CellContext:
-    """Load ``target`` on ``device``, its suite's evaluation batches and its clean metrics (from
-    ``clean`` when given, else read from / written to the store's cache when a store is given,
-    else computed)."""
+                    git_commit: str = "", clean: dict | None = None,
+                    module: torch.nn.Module | None = None) -> CellContext:
+    """Load ``target`` on ``device`` (an in-memory target's ``module`` is given), its suite's
+    evaluation batches and its clean metrics (from ``clean`` when given, else read from / written
+    to the store's cache when a store is given, else computed). An external model's outputs are
+    checked against the suite's tasks first."""
     suite = target.suite_spec
-    loaded = target.load(device, console=console)
-    model, revision = loaded.model, loaded.revision
+    if target.in_memory:
+        if module is None:
+            raise ValueError(f"{target.name}: an in-memory target needs its module")
+        model = target.wrap(freeze(module.to(device)))
+        revision = f"local-sha256:{model_fingerprint(module)[:16]}"
+    else:
+        loaded = target.load(device, console=console)
+        model, revision = loaded.model, loaded.revision
     tasks = suite.tasks
-    dataset = suite.data(size=images, data_root=data_root, resolution=target.member_spec.input_size)
+    input_size = target.input_size
+    dataset = suite.data(size=images, data_root=data_root, resolution=input_size)
     batches = [to_device(b, device) for b in make_loader(dataset, batch_size)]
     count = sum(b["image"].shape[0] for b in batches)
-    input_size = target.member_spec.input_size
+    if target.external:
+        with deployed(model, 0):
+            check_outputs(model, tasks, batches[0]["image"], what=f"the model {target.name!r}")
     clean_key = cell_key({"suite": suite.name, "model": target.name, "model_revision": revision,
                           "data": suite.data_source, "split": suite.split, "images": count, "input_size": input_size,
                           "code_version": __version__, "device": device.type})

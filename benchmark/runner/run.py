@@ -9,16 +9,19 @@ from dataclasses import dataclass, field
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
 
 from benchmark.attacks.sandbox import watch_user_interrupts
 from benchmark.attacks.validate import NONDETERMINISTIC
+from benchmark.errors import UserError
+from benchmark.progress import progress
 from benchmark.provenance import git_commit
 from benchmark.runner.cells import Cell, expand_grid
 from benchmark.runner.context import CellContext, prepare_context
 from benchmark.runner.executors import Executor, LocalExecutor, RayExecutor
 from benchmark.runner.store import CellResult, ResultsStore, cell_key
 from benchmark.suites import load_suite
+from benchmark.targets import Target
 from benchmark.zoo.hub import MissingWeightsError
 
 __all__ = ["RunOptions", "RunSummary", "make_executor", "run"]
@@ -42,6 +45,8 @@ class RunOptions:
     cell_timeout: float | None = None  # seconds (None: the profile's; 0: no limit)
     defenses: list[str] | None = None  # "none" and inference-time defenses (None: the profile's)
     eot_samples: int | None = None  # EOT draws per call on randomised defenses (None: the profile's)
+    model_dir: str | None = None  # an external Hub-format checkpoint directory, run instead of the members
+    model_name: str | None = None  # its name in results (default: the directory's name)
 
 
 @dataclass
@@ -50,6 +55,7 @@ class RunSummary:
     skipped: int = 0  # already in the store
     done: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # status -> count
     missing_models: dict[str, str] = field(default_factory=dict)
+    keys: list[str] = field(default_factory=list)  # store keys of the grid's cells (run now or before)
     seconds: float = 0.0
 
     @property
@@ -96,20 +102,49 @@ def _spread_nondeterminism(group: list[Cell], ctx: CellContext, store: ResultsSt
     return changed
 
 
+def _build_missing(suite, targets: list, options: RunOptions, console: Console) -> None:
+    """Train what a tiny suite builds on first use (its members, then their trained defenses)
+    before the run's progress display starts, one build per suite and defense."""
+    if not suite.tiny:
+        return
+    from benchmark.zoo.build import build_suite
+    from benchmark.zoo.defend import defend_suite
+
+    missing = [t for t in targets if not t.is_built()]
+    members = list(dict.fromkeys(t.member for t in missing if not t.trained_defense))
+    parents = [t.member for t in missing if t.trained_defense and not Target.of(t.suite, t.member).is_built()]
+    members += [m for m in dict.fromkeys(parents) if m not in members]
+    if members:
+        build_suite(suite, members, device=options.device, data_root=options.data_root, console=console)
+    for defense in dict.fromkeys(t.defense for t in missing if t.trained_defense):
+        defend_suite(suite, defense, [t.member for t in missing if t.defense == defense], device=options.device,
+                     data_root=options.data_root, weights_dir=options.weights_dir, console=console)
+
+
 def make_executor(options: RunOptions) -> Executor:
     if options.executor == "ray":
         return RayExecutor(device=options.device, address=options.ray_address, gpus_per_cell=options.gpus_per_cell)
     return LocalExecutor()
 
 
-def run(options: RunOptions, *, console: Console | None = None) -> RunSummary:
+def run(options: RunOptions, *, console: Console | None = None, module: torch.nn.Module | None = None) -> RunSummary:
+    """Evaluate the grid ``options`` describe into the results store. ``module``: an ``nn.Module``
+    evaluated instead of the suite's members (:func:`benchmark.evaluate`; local executor only)."""
     console = console or Console(stderr=True)
     suite = load_suite(options.suite)
     profile = suite.profile(options.profile)
+    if module is not None and options.model_dir is not None:
+        raise UserError("give an nn.Module or a model directory, not both")
+    if options.models and (module is not None or options.model_dir is not None):
+        raise UserError("--models picks suite members; with --model DIR the external model is run instead")
+    if module is not None and options.executor != "local":
+        raise UserError("an nn.Module of this process runs with the local executor; save it as a checkpoint "
+                        "directory (`mtlbench run --model DIR`) to run it on Ray")
+    external = module if module is not None else options.model_dir
     cells = expand_grid(suite, profile, attacks=options.attacks, eps=options.eps, models=options.models,
                         seeds=options.seeds, weights_dir=options.weights_dir, data_root=options.data_root,
                         cell_timeout=options.cell_timeout, defenses=options.defenses,
-                        eot_samples=options.eot_samples)
+                        eot_samples=options.eot_samples, external=external, external_name=options.model_name)
     device = torch.device(options.device)
     summary = RunSummary(total=len(cells))
     start = time.perf_counter()
@@ -119,22 +154,23 @@ def run(options: RunOptions, *, console: Console | None = None) -> RunSummary:
     groups: dict[tuple, list[Cell]] = defaultdict(list)
     for cell in cells:
         groups[cell.data_key].append(cell)
+    _build_missing(suite, [g[0].target for g in groups.values()], options, console)
     with ResultsStore(options.results) as store, watch_user_interrupts():
         executor = make_executor(options)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("ETA"), TimeRemainingColumn(), console=console) as bar:
+        with progress(console) as bar:
             overall = bar.add_task(f"{suite.name} [{profile.name}]", total=len(cells))
             for group in groups.values():
                 target = group[0].target
                 try:
                     ctx = prepare_context(*group[0].data_key, device=device, store=store, console=console,
-                                          git_commit=commit)
+                                          git_commit=commit, module=module)
                 except MissingWeightsError as exc:
-                    if target.member not in unpublished and options.weights_dir is None:
+                    if target.member not in unpublished and options.weights_dir is None and not target.trained_defense:
                         raise
                     summary.missing_models[target.name] = str(exc)
                     bar.update(overall, advance=len(group))
                     continue
+                summary.keys += [cell_key(cell.key_config(ctx)) for cell in group]
                 todo = _todo(group, store, ctx)
                 summary.skipped += len(group) - len(todo)
                 bar.update(overall, advance=len(group) - len(todo))
@@ -155,7 +191,7 @@ def run(options: RunOptions, *, console: Console | None = None) -> RunSummary:
                 statuses = {s: n for s, n in statuses.items() if n}
                 mean = f"mean ARP {sum(arps) / len(arps):6.2f}" if arps else "no valid cell"
                 bad = ", ".join(f"{n} {s}" for s, n in statuses.items() if s != "valid")
-                bar.console.print(f"{target.name:>12}: {len(todo)} cells in {time.perf_counter() - t0:5.1f} s, "
+                bar.console.print(f"{escape(target.name):>12}: {len(todo)} cells in {time.perf_counter() - t0:5.1f} s, "
                                   f"{mean}" + (f", [red]{bad}[/]" if bad else ""))
     summary.seconds = time.perf_counter() - start
     return summary

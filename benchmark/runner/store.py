@@ -199,12 +199,14 @@ class ResultsStore:
         return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in self.conn.execute("SELECT * FROM clean")]
 
     # ------------------------------------------------------------------ export
-    def to_pandas(self):
-        """One row per cell; per-task ARP and metrics flattened into columns."""
+    def to_pandas(self, keys: list[str] | None = None):
+        """One row per cell (only those with ``keys``, in that order, when given); per-task ARP and
+        metrics flattened into columns."""
         import pandas as pd
 
         rows = []
-        for c in self.cells():
+        cells = self.cells() if keys is None else [c for c in map(self.get, keys) if c is not None]
+        for c in cells:
             row = {k: v for k, v in asdict(c).items() if k not in _JSON_COLUMNS}
             row.update({f"arp_{t}": v for t, v in c.task_arp.items()})
             for kind, metrics in (("clean", c.clean), ("adv", c.adversarial)):

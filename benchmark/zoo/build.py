@@ -15,18 +15,18 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from benchmark.data import make_loader
 from benchmark.errors import UserError
 from benchmark.evaluation import evaluate
 from benchmark.models.branched import BranchedModel
+from benchmark.progress import progress
 from benchmark.suites import Member, Suite, load_suite
 from benchmark.zoo.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from benchmark.zoo.hub import is_built, local_checkpoint_dir, resolve_weights
 from benchmark.zoo.train import TrainRecipe, train_model
 
-__all__ = ["build_member", "build_suite", "clean_test_set", "load_model", "member_model", "recipe_for"]
+__all__ = ["build_member", "build_suite", "clean_test_set", "load_model", "member_model", "recipe_for", "training_set"]
 
 _RECIPE_KEYS = set(TrainRecipe.__dataclass_fields__)
 
@@ -40,7 +40,7 @@ def member_model(suite: Suite, member: Member) -> BranchedModel:
                        output_stride=member.output_stride)
 
 
-def _expected(member: Member) -> dict:
+def expected_config(member: Member) -> dict:
     exp = {"layout": member.layout, "backbone": member.backbone, "width": member.width,
            "head_rates": list(member.head_rates)}
     for key in ("head_hidden", "output_stride"):
@@ -60,9 +60,10 @@ def recipe_for(suite: Suite, *, finetune: bool = False, steps: int | None = None
     return recipe
 
 
-def _train_set(suite: Suite, data_root: str | None):
-    # synthetic scenes: train_size of them (default 512); a real data set: its whole train split
-    size = int(suite.training.get("train_size", 512)) if suite.synthetic else None
+def training_set(suite: Suite, data_root: str | None = None, *, size: int | None = None):
+    """The images members are trained on: ``size`` synthetic scenes (default: the recipe's
+    ``train_size``, 512 unless it says otherwise), or a real data set's whole train split."""
+    size = (size or int(suite.training.get("train_size", 512))) if suite.synthetic else None
     return suite.data("train", size=size, data_root=data_root)
 
 
@@ -83,7 +84,7 @@ def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | Non
         model.warm_start_from(init_from)
     recipe = recipe_for(suite, finetune=init_from is not None, steps=steps)
     recipe.seed = int(suite.training.get("seed", 0)) + zlib.crc32(member.name.encode()) % 1000
-    train_set = train_set if train_set is not None else _train_set(suite, data_root)
+    train_set = train_set if train_set is not None else training_set(suite, data_root)
     stats = train_model(model, tasks, train_set, recipe, device=device, progress=progress)
     test_set = test_set if test_set is not None else clean_test_set(suite, data_root=data_root)
     metrics = evaluate(model, tasks, make_loader(test_set, 32), device=device)
@@ -112,13 +113,11 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     warm = suite.training.get("warm_start")
     root = suite.member(warm) if warm else None
     start = time.perf_counter()
-    train_set = _train_set(suite, data_root)
+    train_set = training_set(suite, data_root)
     test_set = clean_test_set(suite, data_root=data_root)
     if hasattr(train_set, "materialize"):
         train_set.materialize()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), console=console,
-                  transient=False) as bar:
+    with progress(console, loss=True, eta=False) as bar:
         overall = bar.add_task(f"build {suite.name}", total=len(todo), loss=float("nan"))
         init = None
         others = [m for m in todo if m is not root]
@@ -162,6 +161,6 @@ def load_model(suite: Suite | str, member: Member | str, *, weights_dir: str | P
         directory = build_suite(suite, [member.name], console=console)[member.name]
     # the pinned hash identifies the published weights; a local directory is the user's own model
     model, info = load_checkpoint(directory, sha256=member.sha256 if source == "hub" else "",
-                                  expect=_expected(member), device=device)
+                                  expect=expected_config(member), device=device)
     info.origin = source
     return model, info

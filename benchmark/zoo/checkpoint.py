@@ -21,10 +21,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from benchmark import __version__
 from benchmark.errors import UserError
 from benchmark.models.branched import BranchedModel, ModelConfig
 from benchmark.models.layouts import Layout, LayoutError
+from benchmark.version import __version__
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "CheckpointError", "CheckpointInfo", "file_sha256", "load_checkpoint",
            "read_config", "save_checkpoint"]
@@ -53,6 +53,9 @@ class CheckpointInfo:
     mtlbench_version: str = __version__
     created: str = ""
     source: str = "mtlbench"
+    #: a training defense's record: its spec, the attack it trained with, the recipe and the
+    #: parent weights' sha256 (empty for an undefended model)
+    defense: dict[str, Any] = field(default_factory=dict)
     origin: str = ""  # where this copy was loaded from: hub, local or weights-dir (not stored)
 
     def to_dict(self) -> dict:
@@ -61,6 +64,7 @@ class CheckpointInfo:
             "member": self.member, "input_size": self.input_size, "training": self.training,
             "clean_metrics": self.clean_metrics, "mtlbench_version": self.mtlbench_version,
             "created": self.created, "source": self.source,
+            **({"defense": self.defense} if self.defense else {}),
         }
 
 
@@ -81,7 +85,9 @@ def save_checkpoint(model: BranchedModel, info: CheckpointInfo, directory: str |
     info.created = info.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "mtlbench": __version__})
+    # one metadata key: safetensors writes the metadata map in a per-process random order, so two
+    # keys would give the same weights a different file hash in every process
+    save_file(state, str(tmp), metadata={"format": "pt"})
     digest = file_sha256(tmp)
     (out / (CARD_FILE + ".tmp")).write_text(model_card(info, model, digest))
     (out / (CONFIG_FILE + ".tmp")).write_text(json.dumps(info.to_dict(), indent=1, sort_keys=True))
@@ -104,7 +110,7 @@ def read_config(directory: str | Path) -> CheckpointInfo:
                               member=raw.get("member", ""), training=raw.get("training", {}),
                               clean_metrics=raw.get("clean_metrics", {}), input_size=raw.get("input_size"),
                               mtlbench_version=raw.get("mtlbench_version", "?"), created=raw.get("created", ""),
-                              source=raw.get("source", ""))
+                              source=raw.get("source", ""), defense=raw.get("defense") or {})
     except (json.JSONDecodeError, KeyError, TypeError, LayoutError) as exc:
         raise CheckpointError(f"{path}: not a valid mtlbench config ({type(exc).__name__}: {exc})") from None
 
@@ -160,6 +166,11 @@ def model_card(info: CheckpointInfo, model: BranchedModel, sha256: str) -> str:
     metrics = "\n".join(f"| {task} | " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()) + " |"
                         for task, m in info.clean_metrics.items()) or "| (not measured) | |"
     recipe = ", ".join(f"{k}={v}" for k, v in info.training.items()) or "(none recorded)"
+    defense = ""
+    if info.defense:
+        d = info.defense
+        defense = (f"| defense | `{d.get('spec')}`: trained with the attack `{d.get('attack')}` from the parent "
+                   f"weights sha256 `{d.get('parent_sha256')}` |\n")
     return f"""---
 library_name: mtlbench
 license: mit
@@ -187,7 +198,7 @@ multi-task models.
 | weights sha256 | `{sha256}` |
 | mtlbench | {info.mtlbench_version} |
 | training | {recipe} |
-
+{defense}
 ## Clean metrics
 
 | task | metrics |
@@ -204,7 +215,7 @@ def _usage(info: CheckpointInfo) -> str:
     """The card's code snippet: it runs as written once mtlbench is installed (``pip install
     mtlbench``), from the suite's name for a member of a standard suite, else from this folder."""
     size = info.input_size or 64
-    if info.suite and info.member and _is_standard_suite(info.suite):
+    if info.suite and info.member and _is_standard_suite(info.suite) and not info.defense:
         load = (f'from benchmark.zoo import load_model\n\n'
                 f'model, info = load_model("{info.suite}", "{info.member}")  # eval mode; downloaded or built once\n')
     else:

@@ -1,0 +1,112 @@
+"""Progress for long commands: a live bar on a terminal, plain lines elsewhere.
+
+Under CI, ``nohup`` or ``tox -e demo > log`` a live bar prints nothing until it ends, so a build
+or a run looks hung. :func:`progress` returns rich's bar when the console is a terminal and
+otherwise a :class:`PlainProgress` with the same methods (``add_task``, ``update``,
+``remove_task``, ``console``), which prints one line per finished task and, while a task runs, a
+line every ``every_s`` seconds with its count, the elapsed time and an estimate of what is left.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+__all__ = ["PlainProgress", "progress"]
+
+
+def _clock(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+@dataclass
+class _Task:
+    description: str
+    total: float | None
+    fields: dict[str, Any]
+    completed: float = 0.0
+    start: float = field(default_factory=time.perf_counter)
+    last_print: float = field(default_factory=time.perf_counter)
+    finished: bool = False
+
+
+class PlainProgress:
+    """Plain progress lines for a console that is not a terminal (``loss`` is shown when a task
+    has that field)."""
+
+    def __init__(self, console: Console, *, every_s: float = 10.0) -> None:
+        self.console = console
+        self.every_s = every_s
+        self._tasks: dict[int, _Task] = {}
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
+        task_id = len(self._tasks)
+        self._tasks[task_id] = _Task(description.strip(), total, dict(fields))
+        return task_id
+
+    def remove_task(self, task_id: int) -> None:
+        self._tasks.pop(task_id, None)
+
+    def update(self, task_id: int, *, completed: float | None = None, advance: float | None = None,
+               **fields: Any) -> None:
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        if completed is not None:
+            task.completed = completed
+        if advance is not None:
+            task.completed += advance
+        task.fields.update(fields)
+        now = time.perf_counter()
+        done = task.total is not None and task.completed >= task.total
+        if done and not task.finished:
+            task.finished = True
+            self._line(task, now, finished=True)
+        elif not done and now - task.last_print >= self.every_s:
+            self._line(task, now, finished=False)
+
+    def _line(self, task: _Task, now: float, *, finished: bool) -> None:
+        task.last_print = now
+        elapsed = now - task.start
+        count = f"{task.completed:g}" + (f"/{task.total:g}" if task.total is not None else "")
+        parts = [f"{task.description}: {count}", f"elapsed {_clock(elapsed)}"]
+        if not finished and task.total and task.completed > 0:
+            parts.append(f"ETA {_clock(elapsed / task.completed * (task.total - task.completed))}")
+        loss = task.fields.get("loss")
+        if isinstance(loss, float) and loss == loss:
+            parts.append(f"loss {loss:.3f}")
+        if finished:
+            parts.append("done")
+        self.console.print(escape(", ".join(parts)), highlight=False, soft_wrap=True)
+
+
+def progress(console: Console, *, loss: bool = False, eta: bool = True, every_s: float = 10.0):
+    """A progress display for ``console``: rich's live bar on a terminal, else plain lines."""
+    if not console.is_terminal:
+        return PlainProgress(console, every_s=every_s)
+    columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn()]
+    if loss:
+        columns.append(TextColumn("loss {task.fields[loss]:.3f}"))
+    columns.append(TimeElapsedColumn())
+    if eta:
+        columns += [TextColumn("ETA"), TimeRemainingColumn()]
+    return Progress(*columns, console=console, transient=False)

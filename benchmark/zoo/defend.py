@@ -1,0 +1,164 @@
+"""``mtlbench defend``: a training defense turns suite members into new checkpoints.
+
+A defended member is saved in the same Hub format as its parent, under
+``$MTLBENCH_HOME/zoo/<suite>/defended/<defense>/<member>/`` (``--weights-dir DIR`` is searched
+first as ``DIR/defended/<defense>/<member>/``); its ``config.json`` and model card record the
+defense, the attack it trained with, the recipe and the parent weights' sha256. Training writes a
+resume file next to the checkpoint as it goes, so a killed run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from benchmark.data import make_loader
+from benchmark.defenses import create_defense
+from benchmark.defenses.fat import RESUME_FILE, FATRecipe, fat_recipe, train_fat
+from benchmark.errors import UserError
+from benchmark.evaluation import evaluate
+from benchmark.progress import progress
+from benchmark.suites import Member, Suite, load_suite
+from benchmark.zoo.build import clean_test_set, load_model, training_set
+from benchmark.zoo.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    CheckpointInfo,
+    file_sha256,
+    read_config,
+    save_checkpoint,
+)
+from benchmark.zoo.hub import mtlbench_home, resolve_weights
+
+__all__ = ["check_defended", "defend_member", "defend_suite", "defended_dir", "find_defended", "parent_sha256"]
+
+
+def _slug(spec: str) -> str:
+    return spec.replace(":", "_")
+
+
+def defended_dir(suite: Suite, member: Member, spec: str) -> Path:
+    """Where ``mtlbench defend`` writes ``member`` trained with the defense ``spec``."""
+    return mtlbench_home() / "zoo" / suite.name / "defended" / _slug(spec) / member.name
+
+
+def find_defended(suite: Suite, member: Member, spec: str, *, weights_dir: str | Path | None = None) -> Path | None:
+    """The finished checkpoint of ``member`` under the training defense ``spec``, or None."""
+    candidates = [Path(weights_dir) / "defended" / _slug(spec) / member.name] if weights_dir else []
+    candidates.append(defended_dir(suite, member, spec))
+    for c in candidates:
+        if (c / CONFIG_FILE).exists():
+            return c
+    return None
+
+
+def parent_sha256(suite: Suite, member: Member, *, weights_dir: str | Path | None = None) -> str | None:
+    """The sha256 of ``member``'s weights file on this machine (None when it is not there)."""
+    try:
+        directory, source = resolve_weights(suite, member, weights_dir=weights_dir, local_files_only=True)
+    except UserError:
+        return None
+    if directory is None:
+        return None
+    return member.sha256 if source == "hub" and member.sha256 else file_sha256(directory / WEIGHTS_FILE)
+
+
+def check_defended(directory: Path, suite: Suite, member: Member, spec: str, *,
+                   weights_dir: str | Path | None = None) -> None:
+    """Refuse a defended checkpoint of another defense, or one trained from other parent weights
+    than the member's current ones (a rebuilt member makes its defended checkpoints stale)."""
+    info = read_config(directory)
+    if info.defense.get("spec") != spec:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: defense.spec is {info.defense.get('spec')!r}, expected "
+                              f"{spec!r}")
+    parent = parent_sha256(suite, member, weights_dir=weights_dir)
+    if parent is not None and info.defense.get("parent_sha256") != parent:
+        raise CheckpointError(
+            f"{directory}: trained from parent weights sha256 {str(info.defense.get('parent_sha256'))[:12]}..., but "
+            f"{suite.name}/{member.name} is now {parent[:12]}...; train it again with "
+            f"`mtlbench defend {suite.name} --defense {spec} --models {member.name} --rebuild`")
+
+
+def defend_member(suite: Suite, member: Member, spec: str, recipe: FATRecipe, *, device: str = "cpu",
+                  data_root: str | None = None, weights_dir: str | None = None, out_dir: str | Path | None = None,
+                  restart: bool = False, console: Console | None = None, bar=None) -> Path:
+    """Train ``member`` with the training defense ``spec`` (resuming a killed run) and save it."""
+    defense = create_defense(spec)
+    if defense.kind != "training":
+        raise UserError(f"{defense.spec!r} is an inference-time defense: it wraps a model at evaluation time "
+                        f"(`mtlbench run --defenses {defense.spec}`); `mtlbench defend` trains training defenses "
+                        "such as fat:pgd:gb-mta")
+    attack_spec = defense.attack.with_budget({defense.attack.optimizer: recipe.attack_steps})
+    attack = attack_spec.create()
+    out = Path(out_dir) if out_dir is not None else defended_dir(suite, member, defense.spec)
+    model, _ = load_model(suite, member, weights_dir=weights_dir, device=device, console=console)
+    parent = parent_sha256(suite, member, weights_dir=weights_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resume = out / RESUME_FILE
+    if restart and resume.exists():
+        resume.unlink()
+    meta = {"defense": defense.spec, "recipe": recipe.to_dict(), "parent_sha256": parent}
+    train_set = training_set(suite, data_root, size=recipe.train_size)
+    if hasattr(train_set, "materialize"):
+        train_set.materialize()
+    label = f"  {member.name} {defense.spec}"
+    task = bar.add_task(label, total=recipe.steps, loss=float("nan")) if bar is not None else None
+    stats = train_fat(model, suite.tasks, train_set, attack, recipe, device=torch.device(device), resume=resume,
+                      meta=meta, progress=None if bar is None else
+                      (lambda s, lo: bar.update(task, completed=s, loss=lo)))
+    test_set = clean_test_set(suite, data_root=data_root)
+    metrics = evaluate(model, suite.tasks, make_loader(test_set, 32), device=device)
+    info = CheckpointInfo(
+        model=model.config, dataset=suite.data_source, suite=suite.name, member=member.name,
+        input_size=member.input_size, clean_metrics=metrics,
+        training={**recipe.to_dict(), "train_size": len(train_set), "seconds": round(stats["seconds"], 1),
+                  "resumed_at_step": stats["resumed_at"], "final_loss": stats["final_loss"], "device": str(device)},
+        defense={"spec": defense.spec, "kind": "training", "attack": defense.attack.name,
+                 "attack_options": dict(attack_spec.options),
+                 "parent_sha256": parent, "recipe": recipe.to_dict()})
+    save_checkpoint(model.cpu(), info, out)
+    resume.unlink(missing_ok=True)
+    if bar is not None:
+        bar.remove_task(task)
+    return out
+
+
+def defend_suite(suite: Suite | str, spec: str, members: list[str] | None = None, *, device: str = "cpu",
+                 data_root: str | None = None, weights_dir: str | None = None, rebuild: bool = False,
+                 restart: bool = False, console: Console | None = None, **overrides) -> dict[str, Path]:
+    """Defend the members of a suite (all by default) with ``spec``; members already defended are
+    kept unless ``rebuild``. ``overrides`` change the suite's recipe (``steps=``, ``attack_steps=``...)."""
+    suite = load_suite(suite) if isinstance(suite, str) else suite
+    console = console or Console(stderr=True)
+    defense = create_defense(spec)
+    recipe = fat_recipe(suite, **overrides)
+    wanted = [suite.member(m) for m in members] if members else list(suite.members)
+    done: dict[str, Path] = {}
+    todo = []
+    for m in wanted:
+        found = None if rebuild else find_defended(suite, m, defense.spec, weights_dir=weights_dir)
+        if found is not None:
+            done[m.name] = found
+        else:
+            todo.append(m)
+    if not todo:
+        return done
+    start = time.perf_counter()
+    with progress(console, loss=True) as bar:
+        overall = bar.add_task(f"defend {suite.name} with {defense.spec}", total=len(todo))
+        for m in todo:
+            if rebuild:
+                (defended_dir(suite, m, defense.spec) / CONFIG_FILE).unlink(missing_ok=True)
+            done[m.name] = defend_member(suite, m, defense.spec, recipe, device=device, data_root=data_root,
+                                         weights_dir=weights_dir, restart=restart or rebuild, console=console,
+                                         bar=bar)
+            bar.update(overall, advance=1)
+    seconds = time.perf_counter() - start
+    console.print(f"defended {len(todo)} model(s) of {suite.name} with {defense.spec} in {seconds:.0f} s "
+                  f"({seconds / len(todo):.0f} s per model) under {defended_dir(suite, todo[0], defense.spec).parent}",
+                  highlight=False, markup=False)
+    return done
