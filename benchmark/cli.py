@@ -10,17 +10,41 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from benchmark.errors import UserError
+from benchmark.progress import make_console
 from benchmark.version import __version__
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 Handler = Callable[[argparse.Namespace], int]
+
+#: `layouts list` enumerates every layout to index them: 5 tasks over 5 blocks have 7,556, 6 tasks 120,196
+MAX_ENUMERATED_LAYOUTS = 200_000
+
+
+THREADS_HELP = ("torch threads per process (default: 1 for the tiny suites, whose models are too small for more "
+                "to pay off; else the cores this process may use)")
+
+
+def _bounded(kind: type, low: float, high: float | None = None):
+    """An argparse type: ``kind`` (int or float) in [low, high], the range named in the message."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if value != value or value < low or (high is not None and value > high):
+            span = f"[{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: expected {span}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
 
 
 def _tasks_for(dataset: str) -> dict[str, int]:
@@ -42,8 +66,12 @@ def _parse_layout(text: str, num_tasks: int):
 
 # ---------------------------------------------------------------------- layouts
 def cmd_layouts_list(args: argparse.Namespace) -> int:
-    from benchmark.models.layouts import enumerate_layouts
+    from benchmark.models.layouts import count_layouts, enumerate_layouts
 
+    total = count_layouts(args.tasks, args.blocks)
+    if total > MAX_ENUMERATED_LAYOUTS:
+        raise UserError(f"{args.tasks} tasks over {args.blocks} blocks have {total:,} layouts; listing enumerates "
+                        f"them all, which is refused above {MAX_ENUMERATED_LAYOUTS:,} (fewer tasks or blocks)")
     layouts = enumerate_layouts(args.tasks, args.blocks)
     table = Table(title=f"TreeMTL layouts: {args.tasks} tasks, {args.blocks} blocks ({len(layouts)} in all)")
     table.add_column("index", justify="right")
@@ -137,11 +165,11 @@ def cmd_suites_show(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite)
     num_tasks = len(suite.tasks)
-    console.print(f"[bold]{suite.name}[/]: {suite.description}")
+    console.print(Text.assemble((suite.name, "bold"), f": {suite.description}"))
     console.print(f"data {suite.data_source}, split {suite.split}, manifest {suite.path}"
                   + (f", mirror of {suite.mirror_of}" if suite.tiny else ""))
     if suite.selection:
-        console.print(f"[italic]selection:[/] {suite.selection.strip()}")
+        console.print(Text.assemble(("selection:", "italic"), f" {suite.selection.strip()}"))
     table = Table(title=f"{len(suite.members)} models")
     for col in ("model", "index", "layout", "backbone", "params (M)", "input", "weights"):
         table.add_column(col, overflow="fold")
@@ -176,8 +204,8 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
     if not suite.tiny and args.data_root is None:
         raise UserError(f"{suite.name} is a full suite trained on real data: use `mtlbench zoo train {suite.name} "
                         "--data-root DIR` (or `zoo import` for the paper authors' checkpoints)")
-    built = build_suite(suite, members, device=_device(args.device), data_root=args.data_root, console=console,
-                        rebuild=args.rebuild)
+    built = build_suite(suite, members, device=_device(args.device), data_root=args.data_root, console=err_console,
+                        rebuild=args.rebuild, threads=args.threads)
     _print_clean(suite, built)
     return 0
 
@@ -223,8 +251,8 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
             console.print(f"wrote {out[name]}")
         _print_clean(suite, out)
         return 0
-    built = build_suite(suite, names, device=_device(args.device), data_root=args.data_root, console=console,
-                        rebuild=args.rebuild)
+    built = build_suite(suite, names, device=_device(args.device), data_root=args.data_root, console=err_console,
+                        rebuild=args.rebuild, threads=args.threads)
     _print_clean(suite, built)
     return 0
 
@@ -310,17 +338,21 @@ def cmd_run(args: argparse.Namespace) -> int:
                          results=args.results, weights_dir=args.weights_dir, data_root=args.data_root,
                          executor=args.executor, ray_address=args.address, gpus_per_cell=args.gpus_per_cell,
                          cell_timeout=_timeout(args.cell_timeout), defenses=_csv(args.defenses),
-                         eot_samples=args.eot, model_dir=args.model, model_name=args.name)
+                         eot_samples=args.eot, model_dir=args.model, model_name=args.name, threads=args.threads)
     summary = run(options, console=err_console)
     done = dict(summary.done)
     ran = ", ".join(f"{n} {s}" for s, n in sorted(done.items())) or "nothing left to run"
     console.print(f"{summary.total} cells: {summary.skipped} already in {args.results}; {ran} "
                   f"({summary.seconds:.0f} s)")
+    if summary.elsewhere:
+        err_console.print(f"{summary.elsewhere} cell(s) were being computed by another run on {args.results} and "
+                          "were left to it; run again when it has finished to have them all")
     for name, why in summary.missing_models.items():
-        err_console.print(f"[yellow]skipped {escape(name)}[/]: {escape(why)}", highlight=False)
+        err_console.print(Text.assemble((f"skipped {name}", "yellow"), f": {why}"))
     if summary.bad:
-        err_console.print(f"[red]{summary.bad} cell(s) failed or were invalid[/]; their reasons are in the store "
-                          f"(`mtlbench results show {args.results} --status failed,invalid`)")
+        err_console.print(Text.assemble((f"{summary.bad} cell(s) failed or were invalid", "red"),
+                                        "; their reasons are in the store "
+                                        f"(`mtlbench results show {args.results} --status failed,invalid`)"))
     return min(summary.bad, 99)
 
 
@@ -349,7 +381,7 @@ def cmd_defend(args: argparse.Namespace) -> int:
                  "checkpoint_every": args.checkpoint_every, "seed": args.seed}
     done = defend_suite(args.suite, args.defense, _csv(args.models), device=_device(args.device),
                         data_root=args.data_root, weights_dir=args.weights_dir, rebuild=args.rebuild,
-                        restart=args.restart, console=err_console, **overrides)
+                        restart=args.restart, console=err_console, threads=args.threads, **overrides)
     table = Table(title=f"{args.defense}: defended checkpoints and their clean metrics")
     table.add_column("model")
     table.add_column("trained", justify="right")
@@ -359,9 +391,9 @@ def cmd_defend(args: argparse.Namespace) -> int:
         table.add_column(f"{t} {k}", justify="right")
     table.add_column("directory", overflow="fold")
     for name, info in rows:
-        table.add_row(escape(name), f"{info.training.get('seconds', float('nan')):.0f} s",
+        table.add_row(name, f"{info.training.get('seconds', float('nan')):.0f} s",
                       *(f"{info.clean_metrics.get(t, {}).get(k, float('nan')):.3f}" for t, k in metric_cols),
-                      escape(str(done[name])))
+                      str(done[name]))
     console.print(table)
     return 0
 
@@ -405,7 +437,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from leaderboard import render_leaderboard
 
     index = render_leaderboard(args.results, args.out, default_eps=args.eps)
-    console.print(f"leaderboard: [bold]{index.resolve()}[/]")
+    console.print(Text.assemble("leaderboard: ", (str(index.resolve()), "bold")))
     return 0
 
 
@@ -414,8 +446,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from benchmark.demo import run_demo
 
     index = run_demo(args.out, suite=args.suite, profile=args.profile, results=args.results,
-                     device=_device(args.device), console=err_console)
-    console.print(f"leaderboard: [bold]{index.resolve()}[/]")
+                     device=_device(args.device), console=err_console, threads=args.threads)
+    console.print(Text.assemble("leaderboard: ", (str(index.resolve()), "bold")))
     return 0
 
 
@@ -440,10 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
     layouts = sub.add_parser("layouts", help="the TreeMTL design space of branched layouts")
     lsub = layouts.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = lsub.add_parser("list", help="list layouts with their paper index")
-    p.add_argument("--tasks", type=int, default=3, help="number of tasks (default 3)")
-    p.add_argument("--blocks", type=int, default=5, help="number of branch blocks (default 5)")
-    p.add_argument("--offset", type=int, default=0)
-    p.add_argument("--limit", type=int, default=60)
+    p.add_argument("--tasks", type=_bounded(int, 1, 64), default=3, help="number of tasks (default 3)")
+    p.add_argument("--blocks", type=_bounded(int, 1, 64), default=5, help="number of branch blocks (default 5)")
+    p.add_argument("--offset", type=_bounded(int, 0), default=0)
+    p.add_argument("--limit", type=_bounded(int, 1), default=60)
     p.set_defaults(func=cmd_layouts_list)
 
     models = sub.add_parser("models", help="branched multi-task models")
@@ -452,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("layout", help="paper index, IND, AS or a layout such as '[[{0,1,2}],...]'")
     p.add_argument("--dataset", default="nyuv2")
     p.add_argument("--backbone", default="resnet34")
-    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--width", type=_bounded(float, 0.01, 8.0), default=1.0)
     p.set_defaults(func=cmd_model_info)
 
     attacks = sub.add_parser("attacks", help="registered attacks (optimizer x objective)")
@@ -468,9 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic-nyuv2, synthetic-taskonomy, nyuv2 or taskonomy (the last two need --data-root)")
     p.add_argument("--split", default="test")
     p.add_argument("--data-root", default=None, help="directory of a real data set")
-    p.add_argument("--rows", type=int, default=4)
-    p.add_argument("--resolution", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", type=_bounded(int, 1, 64), default=4)
+    p.add_argument("--resolution", type=_bounded(int, 8, 1024), default=None)
+    p.add_argument("--seed", type=_bounded(int, 0, 2**63 - 1), default=0)
     p.add_argument("--out", default="preview.png")
     p.set_defaults(func=cmd_data_preview)
 
@@ -493,8 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-root", help="directory of the real data set")
         p.add_argument("--device", default="auto")
         p.add_argument("--rebuild", action="store_true", help="train again even if a checkpoint exists")
+        p.add_argument("--threads", type=_bounded(int, 1, 256), help=THREADS_HELP)
         if action == "train":
-            p.add_argument("--steps", type=int, help="override the recipe's training steps")
+            p.add_argument("--steps", type=_bounded(int, 1, 10_000_000), help="override the recipe's training steps")
             p.add_argument("--out", help="write checkpoints to OUT/<model> instead of the cache")
         p.set_defaults(func=func)
     p = zsub.add_parser("import", help="convert the paper authors' checkpoints (<layout_idx>/<tasks>.model)")
@@ -529,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="directory of the real data set (full suites)")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
     p.add_argument("--address", help="Ray cluster address (default: start a local one)")
-    p.add_argument("--gpus-per-cell", type=float, default=1.0, help="GPUs per Ray task (a fraction shares one)")
+    p.add_argument("--gpus-per-cell", type=_bounded(float, 0.01, 64), default=1.0,
+                   help="GPUs per Ray task (a fraction shares one)")
     p.add_argument("--plugins", help="comma-separated modules or .py files that register attacks")
     p.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
                    help="wall-time limit of one cell, after which it is stored as failed and the run goes on "
@@ -537,12 +571,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defenses", help="comma-separated targets per model: 'none' (undefended), inference-time "
                                       "defenses and trained ones, e.g. 'none,bitdepth:4,fat:pgd:gb-mta' (default: "
                                       "the profile's); a trained defense needs `mtlbench defend` first")
-    p.add_argument("--eot", type=int, default=None, metavar="N",
+    p.add_argument("--eot", type=_bounded(int, 1, 1000), default=None, metavar="N",
                    help="EOT draws per model call when attacking a randomised defense (default: the profile's "
                         "eot_samples, 4 unless it says otherwise)")
     p.add_argument("--model", metavar="DIR", help="an external model: a Hub-format checkpoint directory "
                                                   "(model.safetensors + config.json), run instead of the members")
     p.add_argument("--name", help="the external model's name in results (default: the directory's name)")
+    p.add_argument("--threads", type=_bounded(int, 1, 256), help=THREADS_HELP)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("defend", help="adversarially train suite members with a training defense (FAT)",
@@ -564,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-dir", help="local checkpoint directories DIR/<model>/ (Hub format)")
     p.add_argument("--rebuild", action="store_true", help="train again even if a defended checkpoint exists")
     p.add_argument("--restart", action="store_true", help="ignore a resume checkpoint and train from the start")
+    p.add_argument("--threads", type=_bounded(int, 1, 256), help=THREADS_HELP)
     p.set_defaults(func=cmd_defend)
 
     defenses = sub.add_parser("defenses", help="registered defenses")
@@ -580,13 +616,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = rsub.add_parser("show", help="print cells")
     p.add_argument("results")
     p.add_argument("--status", help="comma-separated statuses (valid, invalid, failed)")
-    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--limit", type=_bounded(int, 1), default=200)
     p.set_defaults(func=cmd_results_show)
 
     p = sub.add_parser("leaderboard", help="render the static HTML leaderboard from a results database")
     p.add_argument("--results", default="results.db")
     p.add_argument("--out", default="site", help="output directory (default: site)")
-    p.add_argument("--eps", type=float, default=8.0, help="eps shown first (default 8, else the closest run)")
+    p.add_argument("--eps", type=_bounded(float, 0, 255), default=8.0,
+                   help="eps shown first (default 8, else the closest run)")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("demo", help="build the tiny suite, run its quick profile, render the leaderboard site")
@@ -595,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick")
     p.add_argument("--results", default="results.db", help="results database (default: results.db)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=_bounded(int, 1, 256), help=THREADS_HELP)
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -605,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        err_console.print(Text.assemble(("error:", "bold red"), f" {exc}"))
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted; finished results are kept")

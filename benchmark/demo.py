@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from benchmark.data import save_preview
 from benchmark.defenses import parse_defense
+from benchmark.progress import make_console
 from benchmark.runner import RunOptions, run
 from benchmark.suites import load_suite
 from benchmark.zoo.build import build_suite
@@ -27,22 +29,25 @@ __all__ = ["run_demo"]
 
 
 def run_demo(out_dir: str | Path = "site", *, suite: str = "tiny-nyuv2-resnet34", profile: str = "quick",
-             results: str | Path = "results.db", device: str = "cpu", console: Console | None = None) -> Path:
+             results: str | Path = "results.db", device: str = "cpu", console: Console | None = None,
+             threads: int | None = None) -> Path:
     from leaderboard import render_leaderboard
 
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     spec = load_suite(suite)
     start = time.perf_counter()
-    console.print(f"[bold]mtlbench demo[/]: {spec.name} ({len(spec.members)} models), profile {profile!r}")
-    build_suite(spec, device=device, console=console)
+    console.print(Text.assemble(("mtlbench demo", "bold"), f": {spec.name} ({len(spec.members)} models), "
+                                                           f"profile {profile!r}"))
+    build_suite(spec, device=device, console=console, threads=threads)
     built = time.perf_counter()
     chosen = spec.profile(profile)
     defended = list(chosen.defended_models or [m.name for m in spec.members])
     for defense in filter(None, map(parse_defense, chosen.defenses)):
         if defense.kind == "training":
-            defend_suite(spec, defense.spec, defended, device=device, console=console)
+            defend_suite(spec, defense.spec, defended, device=device, console=console, threads=threads)
     trained = time.perf_counter()
-    summary = run(RunOptions(suite=suite, profile=profile, device=device, results=str(results)), console=console)
+    summary = run(RunOptions(suite=suite, profile=profile, device=device, results=str(results), threads=threads),
+                  console=console)
     ran = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,5 +56,5 @@ def run_demo(out_dir: str | Path = "site", *, suite: str = "tiny-nyuv2-resnet34"
     save_preview(scenes, out / "plots" / "scenes.png", rows=4, title=f"{spec.data_source}: RGB and ground truth")
     console.print(f"zoo {built - start:.0f} s, defenses {trained - built:.0f} s, {summary.total - summary.skipped} "
                   f"cells {ran - trained:.0f} s, site {time.perf_counter() - ran:.0f} s; results in {results}",
-                  markup=False, highlight=False)
+                  )
     return index

@@ -1,4 +1,5 @@
-"""Progress for long commands: a live bar on a terminal, plain lines elsewhere.
+"""What long commands print: the console, and progress (a live bar on a terminal, plain lines
+elsewhere).
 
 Under CI, ``nohup`` or ``tox -e demo > log`` a live bar prints nothing until it ends, so a build
 or a run looks hung. :func:`progress` returns rich's bar when the console is a terminal and
@@ -14,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,7 +24,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["PlainProgress", "progress"]
+__all__ = ["PlainProgress", "make_console", "progress"]
+
+
+def make_console(*, stderr: bool = False, **options: Any) -> Console:
+    """The console every command prints on. Markup is off: names, paths and messages a user
+    wrote are printed literally (``[/x]`` or ``[bold red]x`` in a model name is text, never a
+    style or a MarkupError); our own styling is passed as :class:`rich.text.Text` spans."""
+    return Console(stderr=stderr, markup=False, highlight=False, **options)
 
 
 def _clock(seconds: float) -> str:
@@ -96,7 +103,7 @@ class PlainProgress:
             parts.append(f"loss {loss:.3f}")
         if finished:
             parts.append("done")
-        self.console.print(escape(", ".join(parts)), highlight=False, soft_wrap=True)
+        self.console.print(", ".join(parts), markup=False, highlight=False, soft_wrap=True)
 
 
 def progress(console: Console, *, loss: bool = False, eta: bool = True, every_s: float = 10.0):

@@ -29,6 +29,9 @@ __all__ = ["Member", "Profile", "Suite", "SuiteError", "list_suites", "load_suit
 
 #: the longest cell time limit a profile or --cell-timeout may set (a week), in seconds
 MAX_CELL_TIMEOUT = 7 * 86400
+#: the most images a profile may evaluate or a recipe may train on (a synthetic split of that many
+#: 64x64 scenes with their ground truth is about 0.6 GB in memory)
+MAX_EVAL_SIZE = 50_000
 #: images of a synthetic split when nothing else says how many
 SYNTHETIC_SPLIT_SIZE = 256
 _REVISION = re.compile(r"[0-9a-f]{40}")
@@ -188,7 +191,9 @@ class _Checker:
                             f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return table
 
-    def typed(self, table: dict, key: str, types, where: str, default: Any = ...) -> Any:
+    def typed(self, table: dict, key: str, types, where: str, default: Any = ..., *,
+              low: float | None = None, high: float | None = None) -> Any:
+        """``table[key]`` checked to be of ``types`` (and, for a number, in [low, high])."""
         if key not in table:
             if default is ...:
                 raise self.fail(f"{where}.{key}", "missing")
@@ -198,6 +203,10 @@ class _Checker:
             raise self.fail(f"{where}.{key}", f"expected {_type_names(types)}, got {value!r}")
         if not isinstance(value, types):
             raise self.fail(f"{where}.{key}", f"expected {_type_names(types)}, got {value!r}")
+        if isinstance(value, int | float) and ((low is not None and not value >= low)
+                                               or (high is not None and not value <= high)):
+            raise self.fail(f"{where}.{key}", f"expected {_type_names(types)} in [{low:g}, "
+                                              f"{'any' if high is None else format(high, 'g')}], got {value!r}")
         return value
 
 
@@ -214,19 +223,28 @@ def _read(path: Path) -> dict:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise SuiteError(f"suite manifest {path} does not exist") from None
+    except IsADirectoryError:
+        raise SuiteError(f"suite manifest {path} is a directory; give a suite name or a .toml file") from None
+    except (PermissionError, UnicodeDecodeError) as exc:
+        raise SuiteError(f"suite manifest {path} cannot be read ({type(exc).__name__}: {exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{path}: not valid TOML: {exc}") from None
 
 
 def _resolve(name_or_path: str | Path) -> Path:
+    """A standard suite's name (even where a folder of that name is in the working directory),
+    or the path of a manifest file."""
     p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
-        return p
     candidate = suites_dir() / f"{name_or_path}.toml"
-    if not candidate.exists():
-        raise SuiteError(f"unknown suite {str(name_or_path)!r}; known: {', '.join(list_suites())} "
-                         "(or give the path of a .toml manifest)")
-    return candidate
+    if VALID_NAME.fullmatch(str(name_or_path)) and candidate.is_file():
+        return candidate
+    if p.suffix == ".toml" or p.is_file():
+        return p
+    if p.is_dir():
+        raise SuiteError(f"{str(name_or_path)!r} is a directory, not a suite; known suites: "
+                         f"{', '.join(list_suites())} (or give the path of a .toml manifest)")
+    raise SuiteError(f"unknown suite {str(name_or_path)!r}; known: {', '.join(list_suites())} "
+                     "(or give the path of a .toml manifest)")
 
 
 def list_suites() -> list[str]:
@@ -249,15 +267,18 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if dataset not in _DATASETS:
         raise c.fail("suite.dataset", f"unknown dataset {dataset!r}; use {' or '.join(_DATASETS)}")
     mirror = c.typed(head, "mirror", str, "suite", None)
+    if mirror is not None and not VALID_NAME.fullmatch(mirror):
+        raise c.fail("suite.mirror", f"{mirror!r} is not a suite name (letters, digits, '.', '_', '-'; the "
+                                     "mirrored manifest is looked up beside this one or among the standard suites)")
     data = c.typed(head, "data", str, "suite", f"synthetic-{dataset}" if mirror else dataset)
     if data not in (dataset, f"synthetic-{dataset}"):
         raise c.fail("suite.data", f"{data!r} does not fit dataset {dataset!r} (use {dataset!r} or "
                                    f"'synthetic-{dataset}')")
     defaults = {
         "backbone": c.typed(head, "backbone", str, "suite", "resnet34"),
-        "width": float(c.typed(head, "width", (int, float), "suite", 1.0)),
-        "input_size": c.typed(head, "input_size", int, "suite", 321 if dataset == "nyuv2" else 224),
-        "head_hidden": c.typed(head, "head_hidden", int, "suite", None),
+        "width": float(c.typed(head, "width", (int, float), "suite", 1.0, low=0.01, high=8)),
+        "input_size": c.typed(head, "input_size", int, "suite", 321 if dataset == "nyuv2" else 224, low=8, high=2048),
+        "head_hidden": c.typed(head, "head_hidden", int, "suite", None, low=1, high=4096),
         "head_rates": tuple(c.typed(head, "head_rates", list, "suite", [6, 12, 18, 24])),
         "output_stride": c.typed(head, "output_stride", int, "suite", None),
     }
@@ -279,9 +300,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     else:
         members = _members(c, raw.get("models"), defaults, dataset, head.get("hub_org"), name)
     profiles = _profiles(c, raw.get("profiles"))
-    training = raw.get("training", {})
-    c.keys(training, {"steps", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "seed", "train_size",
-                      "warm_start", "finetune_steps", "finetune_lr"}, "training")
+    training = _training(c, raw.get("training", {}), {m.name for m in members})
     fat = raw.get("fat", {})
     from benchmark.defenses.fat import FATRecipe
 
@@ -300,6 +319,24 @@ def load_suite(name_or_path: str | Path) -> Suite:
                  split=c.typed(head, "split", str, "suite", "test"), backbone=defaults["backbone"],
                  members=members, profiles=profiles, training=dict(training), fat=dict(fat), mirror_of=mirror,
                  selection=c.typed(head, "selection", str, "suite", ""), path=path)
+
+
+def _training(c: _Checker, table: Any, members: set[str]) -> dict[str, Any]:
+    """The ``[training]`` recipe, every number in its range (a member trains on it)."""
+    c.keys(table, {"steps", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "seed", "train_size",
+                   "warm_start", "finetune_steps", "finetune_lr"}, "training")
+    for key, types, low, high in (("steps", int, 1, 10_000_000), ("batch_size", int, 1, 65_536),
+                                  ("lr", (int, float), 1e-12, 10), ("weight_decay", (int, float), 0, 10),
+                                  ("seed", int, 0, 2**62), ("train_size", int, 1, MAX_EVAL_SIZE),
+                                  ("finetune_steps", int, 0, 10_000_000), ("finetune_lr", (int, float), 1e-12, 10)):
+        c.typed(table, key, types, "training", None, low=low, high=high)
+    for key, allowed in (("optimizer", ("adam", "sgd")), ("schedule", ("cosine", "constant"))):
+        if c.typed(table, key, str, "training", allowed[0]) not in allowed:
+            raise c.fail(f"training.{key}", f"expected one of {', '.join(allowed)}, got {table[key]!r}")
+    warm = c.typed(table, "warm_start", str, "training", None)
+    if warm is not None and warm not in members:
+        raise c.fail("training.warm_start", f"no model {warm!r} in the suite")
+    return dict(table)
 
 
 def _members(c: _Checker, models: Any, defaults: dict, dataset: str, org: str | None, suite: str) -> tuple[Member, ...]:
@@ -382,9 +419,7 @@ def _profiles(c: _Checker, profiles: Any) -> dict[str, Profile]:
         for key, value in steps.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise c.fail(f"{where}.steps.{key}", f"expected a positive integer, got {value!r}")
-        eval_size = c.typed(table, "eval_size", int, where, None)
-        if eval_size is not None and eval_size < 1:
-            raise c.fail(f"{where}.eval_size", "must be >= 1 (leave it out for the whole split)")
+        eval_size = c.typed(table, "eval_size", int, where, None, low=1, high=MAX_EVAL_SIZE)
         seeds = c.typed(table, "seeds", list, where, [0])
         if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
             raise c.fail(f"{where}.seeds", f"expected a list of integers, got {seeds!r}")
@@ -408,7 +443,7 @@ def _profiles(c: _Checker, profiles: Any) -> dict[str, Profile]:
             raise c.fail(f"{where}.eot_samples", f"expected an integer in [1, 1000], got {eot!r}")
         out[pname] = Profile(name=pname, eps=tuple(float(e) for e in eps), attacks=tuple(attacks),
                              steps=dict(steps), eval_size=eval_size, seeds=tuple(seeds),
-                             batch_size=c.typed(table, "batch_size", int, where, 8),
+                             batch_size=c.typed(table, "batch_size", int, where, 8, low=1, high=4096),
                              description=c.typed(table, "description", str, where, ""),
                              cell_timeout=float(timeout), defenses=tuple(defenses), eot_samples=eot,
                              defended_models=None if defended is None else tuple(defended))

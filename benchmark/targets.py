@@ -221,7 +221,7 @@ class Target:
             raise MissingWeightsError(f"{suite.name}/{self.name} is not trained yet: run `mtlbench defend {suite.name} "
                                       f"--defense {self.defense} --models {member.name}`")
         check_defended(directory, suite, member, self.defense, weights_dir=self.weights_dir)
-        model, info = load_checkpoint(directory, expect=expected_config(member), device=device)
+        model, info = load_checkpoint(directory, expect=expected_config(member, suite), device=device)
         info.origin = "defended"
         return model, info
 

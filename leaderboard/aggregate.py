@@ -15,8 +15,10 @@ Everything the pages show is computed here, once; templates only format it.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -167,6 +169,35 @@ def _defenses(entries: dict, defended: list[str], attacks: list[str], info: dict
     return {"rows": rows, "attacks": attacks}
 
 
+def _signature(c: CellResult) -> tuple:
+    """What makes two cells of one attack the same experiment besides model, eps and seed."""
+    return (c.profile, json.dumps(c.config.get("options", {}), sort_keys=True), c.config.get("images"))
+
+
+def _label_configurations(cells: list[CellResult]) -> list[CellResult]:
+    """Cells whose attack ran under several configurations (profile, options, images) are kept
+    apart: each configuration's attack is labelled ``attack [profile]`` (with its options and
+    images when the profile alone does not tell them apart), so that only the same experiment
+    is ever averaged; an attack with one configuration keeps its name."""
+    configs: dict[str, set[tuple]] = defaultdict(set)
+    for c in cells:
+        configs[c.attack].add(_signature(c))
+    labels: dict[tuple[str, tuple], str] = {}
+    for attack, sigs in configs.items():
+        if len(sigs) == 1:
+            labels[(attack, next(iter(sigs)))] = attack
+            continue
+        profiles = [sig[0] for sig in sigs]
+        for sig in sigs:
+            profile, options, images = sig
+            if profiles.count(profile) == 1:
+                labels[(attack, sig)] = f"{attack} [{profile}]"
+            else:
+                opts = ", ".join(f"{k}={v}" for k, v in json.loads(options).items())
+                labels[(attack, sig)] = f"{attack} [{profile}; {opts or 'defaults'}; {images or 'all'} images]"
+    return [replace(c, attack=labels[(c.attack, _signature(c))]) for c in cells]
+
+
 def _model_order(models: list[str], info: dict) -> list[str]:
     """Most parameters first (the paper's table order), then by name."""
     return sorted(models, key=lambda m: (-(info.get(m, {}).get("backbone_params") or 0), m))
@@ -182,6 +213,7 @@ def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dic
     for c in cells:
         grouped[c.suite].append(c)
     for suite, suite_cells in sorted(grouped.items()):
+        suite_cells = _label_configurations(suite_cells)
         info = {m: model_info.get((suite, m), {}) for m in {c.model for c in suite_cells}}
         # attacks are ranked on the suite's own (undefended) models; defended targets have their page,
         # external models (brought by users) their table, neither is ranked
@@ -245,5 +277,5 @@ def _provenance(cells: list[CellResult], path: Path) -> dict[str, Any]:
         "results from": min((c.created for c in cells), default="") + " to " + max((c.created for c in cells),
                                                                                   default=""),
         "rendered": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "results database": str(path),
+        "results database": Path(path).name,  # a published page names the file, not where it lives
     }

@@ -29,6 +29,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
+from benchmark.errors import UserError
 from benchmark.runner.store import ResultsStore
 from leaderboard import plots
 from leaderboard.aggregate import DEFAULT_EPS, build_board, eps_key
@@ -85,7 +86,12 @@ def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps:
 
 def render_board(board: dict[str, Any], out_dir: str | Path, *, plots_enabled: bool = True) -> Path:
     out = Path(out_dir)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"leaderboard output {out} is a file; give a folder (created if missing)")
+    try:
+        (out / "plots").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"leaderboard output {out}: cannot create it ({exc.strerror})") from None
     shutil.copytree(STATIC, out / "static", dirs_exist_ok=True)
     board = _finite(board)
     (out / "leaderboard.json").write_text(json.dumps(board, sort_keys=True, allow_nan=False, separators=(",", ":")))

@@ -42,12 +42,11 @@ def tiny_nyu():
 @pytest.fixture
 def wide_console(monkeypatch):
     """The CLI's rich console at a fixed wide width, so table cells are not wrapped in captures."""
-    from rich.console import Console
-
     from benchmark import cli
+    from benchmark.progress import make_console
 
-    monkeypatch.setattr(cli, "console", Console(width=300))
-    monkeypatch.setattr(cli, "err_console", Console(width=300, stderr=True))
+    monkeypatch.setattr(cli, "console", make_console(width=300))
+    monkeypatch.setattr(cli, "err_console", make_console(width=300, stderr=True))
 
 
 MINI_SUITE = """

@@ -43,3 +43,14 @@ class DiesOnceAttack(Attack):
             marker.write_text("died")
             os._exit(1)
         return images.clone()
+
+
+@register_attack("test-hog")
+class MemoryHogAttack(Attack):
+    """A sign step that first fills 200 MB of scratch memory: the memory column must see it."""
+
+    def perturb(self, model, images, targets, *, tasks, eps, generator):
+        scratch = torch.ones(50 * 1024 * 1024)  # 200 MB, touched
+        assert scratch.sum() > 0
+        del scratch
+        return clip_to_ball(images + eps, images, eps)

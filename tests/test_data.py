@@ -225,7 +225,7 @@ def test_missing_or_malformed_real_data_is_named(tmp_path):
         NYUv2(tmp_path)[0]
     tk = tmp_path / "tk"
     tk.mkdir()
-    (tk / "taskonomy.json").write_text(json.dumps({"test_small": []}))
+    (tk / "taskonomy.json").write_text(json.dumps({"test_small": [["a.png"] * 6]}))
     with pytest.raises(UserError, match=r"no semseg_prior_factor\.npy"):
         Taskonomy(tk)
 

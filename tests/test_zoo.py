@@ -10,6 +10,7 @@ from fakehub import FakeHub
 from safetensors.torch import load_file
 
 from benchmark.cli import main
+from benchmark.models import BranchedModel
 from benchmark.suites import load_suite
 from benchmark.zoo.build import build_suite, load_model, member_model
 from benchmark.zoo.checkpoint import CheckpointError, CheckpointInfo, file_sha256, load_checkpoint, save_checkpoint
@@ -322,3 +323,27 @@ def test_the_same_weights_give_the_same_file_in_every_process(tmp_path):
         subprocess.run([sys.executable, "-c", script, str(out)], check=True, timeout=120)
         digests.add(file_sha256(out / "model.safetensors"))
     assert len(digests) == 1
+
+
+def test_a_saved_model_loads_with_its_tasks_in_order(tmp_path):
+    """The layout names tasks by id: the config must keep their order (format 1 wrote a sorted
+    table, and an asymmetric layout came back with branches feeding the wrong heads)."""
+    torch.manual_seed(0)
+    tasks = {"segment_semantic": 5, "normal": 3, "depth_zbuffer": 1}
+    layout = "[[{0,1},{2}], [{0,1},{2}], [{0},{1},{2}], [{0},{1},{2}], [{0},{1},{2}]]"
+    model = BranchedModel(layout, tasks, backbone="resnet34", width=0.0625).eval()
+    x = torch.rand(2, 3, 32, 32)
+    save_checkpoint(model, CheckpointInfo(model=model.config, dataset="synthetic-nyuv2"), tmp_path / "m")
+    loaded, info = load_checkpoint(tmp_path / "m")
+    assert list(info.model.tasks) == list(tasks)
+    with torch.no_grad():
+        for name, out in model(x).items():
+            assert torch.equal(loaded(x)[name], out)
+    # a format-1 config (tasks as a sorted table) is read in the data set's task order
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["format"], cfg["model"]["tasks"] = 1, dict(sorted(tasks.items()))
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg, sort_keys=True))
+    loaded, info = load_checkpoint(tmp_path / "m")
+    assert list(info.model.tasks) == list(tasks)
+    with torch.no_grad():
+        assert torch.equal(loaded(x)["depth_zbuffer"], model(x)["depth_zbuffer"])

@@ -51,8 +51,10 @@ class AttackRun:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over every parameter and buffer of the model."""
+    """sha256 over every parameter and buffer of the model (and, for a branched model, the order
+    of its tasks, which decides which branch feeds which head)."""
     h = hashlib.sha256()
+    h.update(repr(getattr(model, "task_names", "")).encode())
     for name, tensor in model.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

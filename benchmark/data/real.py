@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from benchmark.errors import UserError
+from benchmark.tasks import IGNORE_INDEX
 
 __all__ = ["NYUv2", "Taskonomy"]
 
@@ -58,9 +60,17 @@ def _read_index(root: Path, name: str, split: str, fields: int, dataset: str) ->
         known = ", ".join(sorted(info)) if isinstance(info, dict) else "none"
         raise UserError(f"{index} has no split {split!r} (splits: {known})")
     rows = info[split]
+    if not isinstance(rows, list) or not rows:
+        raise UserError(f"{index}: split {split!r} must be a non-empty list of entries, got "
+                        f"{'an empty list' if rows == [] else type(rows).__name__}")
     for i, row in enumerate(rows):
         if not (isinstance(row, list) and len(row) == fields and all(isinstance(x, str) for x in row)):
             raise UserError(f"{index} split {split!r} entry {i} must list {fields} file paths, got {row!r}")
+        for path in row:
+            p = Path(path)
+            if p.is_absolute() or ".." in p.parts:
+                raise UserError(f"{index} split {split!r} entry {i}: {path!r} is not a path inside the data "
+                                f"directory (absolute paths and '..' are refused)")
     return rows
 
 
@@ -70,10 +80,25 @@ def _load_png(path: Path, dataset: str) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{dataset}: missing file {path}")
     try:
-        with Image.open(path) as im:
-            return np.array(im)
+        with warnings.catch_warnings():
+            # an image over PIL's pixel limit is refused before it is decoded, not only warned about
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return np.array(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UserError(f"{dataset}: {path} is too large to be an image of this data set ({exc})") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise UserError(f"{dataset}: cannot read image {path}: {exc}") from None
+
+
+def _check_labels(seg: np.ndarray, path: Path, classes: int, dataset: str, allowed: tuple[int, ...] = ()) -> None:
+    if seg.ndim != 2:
+        raise UserError(f"{dataset}: segmentation {path} must be a one-channel image, got shape {seg.shape}")
+    values = np.unique(seg)
+    bad = [int(v) for v in values if not (0 <= v < classes or int(v) in allowed)]
+    if bad:
+        raise UserError(f"{dataset}: segmentation {path} has label(s) {bad[:5]} outside the {classes} classes "
+                        f"(0-{classes - 1}{', ' + ', '.join(map(str, allowed)) + ' = ignored' if allowed else ''})")
 
 
 def _load_npy(path: Path, dataset: str) -> np.ndarray:
@@ -115,10 +140,16 @@ class NYUv2(Dataset):
         if img.ndim != 3 or img.shape[2] < 3:
             raise UserError(f"NYUv2: {img_p} is not an RGB image (shape {img.shape})")
         seg = _load_png(seg_p, "NYUv2")
+        _check_labels(seg, seg_p, 40, "NYUv2", (IGNORE_INDEX,))
         normal = _load_png(normal_p, "NYUv2")
         depth = _load_npy(depth_p, "NYUv2").astype(np.float32)
-        if depth.ndim == 3:
+        if depth.ndim == 3 and depth.shape[2] == 1:
             depth = depth[..., 0]
+        if depth.ndim != 2:
+            raise UserError(f"NYUv2: depth {depth_p} must be an (H, W) or (H, W, 1) array, got shape {depth.shape}")
+        if not np.isfinite(depth).all():
+            raise UserError(f"NYUv2: depth {depth_p} holds NaN or inf values ({int((~np.isfinite(depth)).sum())} "
+                            "pixels); mark missing depth with 0")
         if not (img.shape[:2] == seg.shape[:2] == normal.shape[:2] == depth.shape[:2]):
             raise UserError(f"NYUv2 sample {i}: image, seg, normal and depth sizes differ "
                             f"({img.shape[:2]}, {seg.shape[:2]}, {normal.shape[:2]}, {depth.shape[:2]})")
@@ -159,6 +190,7 @@ class Taskonomy(Dataset):
         img, seg, normal, depth, keypoint, edge = (_load_png(p, "Taskonomy") for p in paths)
         base = (256, 256)
         image = _resize(_resize(_chw(img[..., :3]).float(), base, "nearest") / 255.0, self.crop, "bilinear")
+        _check_labels(seg, paths[1], 18, "Taskonomy")  # 0 and 1 both mean class 0 (the paper's reading)
         seg = seg.astype(np.int64)
         seg = np.where(seg == 0, 1, seg) - 1
         normal_t = _rescale(normal[..., :3].astype(np.float32) / 255.0, 0.0, 1.0)

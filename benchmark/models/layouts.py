@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from benchmark.errors import UserError
 __all__ = [
     "Layout",
     "LayoutError",
+    "count_layouts",
     "enumerate_layouts",
     "layout_from_index",
     "layout_index",
@@ -264,6 +266,30 @@ def _enumerate_states(num_tasks: int, num_blocks: int) -> tuple[tuple[tuple[froz
 
     recurse(root, 0, 0)
     return tuple(tuple(tuple(b) for b in s) for s in ordered)
+
+
+@functools.lru_cache(maxsize=256)
+def count_layouts(num_tasks: int, num_blocks: int = 5) -> int:
+    """How many layouts :func:`enumerate_layouts` gives, computed without enumerating them.
+
+    A layout is a chain of set partitions of the tasks, each block's refining the previous one's.
+    With g(b, n) the number of such chains over b blocks that start from one set of n tasks,
+    g(1, n) = 1 and g(b, n) = sum over the partitions of the n tasks of the product of
+    g(b - 1, |part|) (the exponential formula); a layout is a chain under a virtual all-shared
+    block, so there are g(B + 1, T) of them (51 for 3 tasks over 5 blocks)."""
+    if num_tasks < 1 or num_blocks < 1:
+        raise LayoutError(f"need at least one task and one block, got {num_tasks} tasks, {num_blocks} blocks")
+
+    @functools.cache
+    def chains(blocks: int, n: int) -> int:
+        if blocks == 1 or n <= 1:
+            return 1
+        total = [1] + [0] * n  # total[m]: partitions of m tasks weighted by chains(blocks - 1, part sizes)
+        for m in range(1, n + 1):
+            total[m] = sum(math.comb(m - 1, k - 1) * chains(blocks - 1, k) * total[m - k] for k in range(1, m + 1))
+        return total[n]
+
+    return chains(num_blocks + 1, num_tasks)
 
 
 def enumerate_layouts(num_tasks: int, num_blocks: int = 5) -> list[Layout]:

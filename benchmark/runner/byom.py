@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 
 from benchmark.errors import UserError
+from benchmark.progress import make_console
 from benchmark.runner.run import RunOptions, run
 from benchmark.runner.store import ResultsStore
 
@@ -45,6 +46,6 @@ def evaluate(model: torch.nn.Module | str | Path, suite: str = "tiny-nyuv2-resne
         options = RunOptions(suite=suite, profile=profile, attacks=attacks, eps=eps, seeds=seeds, device=device,
                              results=str(db), data_root=data_root, defenses=defenses, model_dir=model_dir,
                              model_name=name)
-        summary = run(options, console=console or Console(stderr=True, quiet=True), module=module)
+        summary = run(options, console=console or make_console(stderr=True, quiet=True), module=module)
         with ResultsStore(db, readonly=True) as store:
             return store.to_pandas(keys=summary.keys)

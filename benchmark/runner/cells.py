@@ -107,12 +107,16 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
             spec = AttackSpec.parse(name, tasks=tasks).with_budget(profile.steps)
             if spec not in specs:
                 specs.append(spec)
-    eps_list = [float(e) for e in (eps if eps is not None else profile.eps)]
+    # a request that names an eps, seed or model twice asks for it once
+    eps_list = list(dict.fromkeys(float(e) for e in (eps if eps is not None else profile.eps)))
     for e in eps_list:
         if not 0 < e <= 255:
             raise UserError(f"eps {e:g} is outside (0, 255] (0-255 pixel units: 8 means 8/255)")
-    members = [suite.member(m) for m in models] if models else list(suite.members)
-    seed_list = list(seeds if seeds is not None else profile.seeds)
+    members = list(dict.fromkeys(suite.member(m) for m in models)) if models else list(suite.members)
+    seed_list = list(dict.fromkeys(int(s) for s in (seeds if seeds is not None else profile.seeds)))
+    for s in seed_list:
+        if not 0 <= s < 2**63:
+            raise UserError(f"seed {s} is outside [0, 2^63) (seeds are stored as 64-bit integers)")
     ref = str(suite.path.resolve()) if suite.path is not None else suite.name
     defense_list = list(dict.fromkeys(defenses if defenses is not None else profile.defenses))
     eot = profile.eot_samples if eot_samples is None else eot_samples
@@ -132,19 +136,23 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
 
 
 class PeakMemory:
-    """Peak memory during a block.
+    """The memory an attack adds over the model's resting footprint, measured the same way for
+    every cell so that the column ranks attacks (a 20-pass attack against a 2-pass one):
 
-    * CUDA: ``torch.cuda.max_memory_allocated`` after a reset (kind ``cuda-max-allocated``).
-    * CPU on Linux: the process's peak resident set size (``VmHWM`` of ``/proc/self/status``),
-      reset at the start of the block through ``/proc/self/clear_refs`` (kind ``cpu-peak-rss``:
-      the whole process, model and data included, not only the attack's tensors).
-    * Elsewhere: ``ru_maxrss``, the peak over the process's lifetime (kind ``cpu-maxrss-lifetime``).
+    * CUDA: ``max_memory_allocated`` during the block minus ``memory_allocated`` at its start
+      (kind ``cuda-allocated-added``);
+    * CPU on Linux: the process's peak resident set size during the block (``VmHWM``, reset
+      through ``/proc/self/clear_refs``) minus its resident size at the start, after the C
+      allocator has returned freed memory to the system (``malloc_trim``), so that what an
+      earlier cell freed does not count as resting footprint (kind ``cpu-rss-added``);
+    * elsewhere: not measured (``None``), rather than a lifetime peak that cannot tell attacks apart.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.peak: int | None = None
+        self.peak: int | None = None  # bytes added over the resting footprint
         self.kind = ""
+        self._base = 0
 
     @staticmethod
     def _reset_hwm() -> bool:
@@ -156,35 +164,46 @@ class PeakMemory:
             return False
 
     @staticmethod
-    def _hwm() -> int:
+    def _status(field: str) -> int:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
-        raise OSError("no VmHWM in /proc/self/status")
+        raise OSError(f"no {field} in /proc/self/status")
+
+    @staticmethod
+    def _trim() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            self.kind = "cuda-max-allocated"
-        elif self._reset_hwm():
-            self.kind = "cpu-peak-rss"
-        else:
-            self.kind = "cpu-maxrss-lifetime"
+            self._base = torch.cuda.memory_allocated(self.device)
+            self.kind = "cuda-allocated-added"
+        elif sys.platform.startswith("linux"):
+            self._trim()
+            try:
+                self._base = self._status("VmRSS")
+                self.kind = "cpu-rss-added" if self._reset_hwm() else ""
+            except OSError:
+                self.kind = ""
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
+        if self.kind == "cuda-allocated-added":
             torch.cuda.synchronize(self.device)
-            self.peak = int(torch.cuda.max_memory_allocated(self.device))
-        elif self.kind == "cpu-peak-rss":
-            self.peak = self._hwm()
-        else:
-            import resource
-
-            scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-            self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+            self.peak = max(0, int(torch.cuda.max_memory_allocated(self.device)) - self._base)
+        elif self.kind == "cpu-rss-added":
+            try:
+                self.peak = max(0, self._status("VmHWM") - self._base)
+            except OSError:
+                self.peak, self.kind = None, ""
 
 
 def _batch_seed(seed: int, index: int) -> int:

@@ -42,13 +42,26 @@ class LocalExecutor(Executor):
 
 
 @functools.lru_cache(maxsize=1)
-def _worker_context(data_key: tuple, device: str) -> CellContext:
+def _worker_context(data_key: tuple, device: str, env: tuple) -> CellContext:
     return prepare_context(*data_key, device=torch.device(device), clean={})
 
 
-def _ray_cell(cell: Cell, device: str, clean: dict, git_commit: str, threads: int) -> CellResult:
+def _driver_env() -> dict[str, str]:
+    """What a worker must see as the driver does: where the zoo lives, the Hub settings, plugins."""
+    from benchmark.zoo.hub import mtlbench_home
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(("MTLBENCH_", "HF_"))}
+    env["MTLBENCH_HOME"] = str(mtlbench_home().resolve())
+    return env
+
+
+def _ray_cell(cell: Cell, device: str, clean: dict, git_commit: str, threads: int,
+              env: dict[str, str]) -> CellResult:
+    # a worker of a cluster started elsewhere has its own environment: the driver's settings win,
+    # so that it loads the same weights (a different copy would be stored under another revision)
+    os.environ.update(env)
     torch.set_num_threads(threads)
-    ctx = _worker_context(cell.data_key, device)
+    ctx = _worker_context(cell.data_key, device, tuple(sorted(env.items())))
     # the driver's clean metrics, so every executor scores against the same numbers
     ctx.clean, ctx.git_commit = clean, git_commit
     return evaluate_cell(cell, ctx)
@@ -56,7 +69,7 @@ def _ray_cell(cell: Cell, device: str, clean: dict, git_commit: str, threads: in
 
 class RayExecutor(Executor):
     def __init__(self, *, device: str = "cpu", address: str | None = None, gpus_per_cell: float = 1.0,
-                 max_retries: int = 3) -> None:
+                 max_retries: int = 3, threads: int = 1) -> None:
         try:
             import ray
         except ImportError:
@@ -69,13 +82,15 @@ class RayExecutor(Executor):
         self.device = "cuda" if str(device).startswith("cuda") else "cpu"
         self.gpus_per_cell = gpus_per_cell
         self.max_retries = max_retries
+        self.threads = threads  # per task: each holds the CPUs it asked Ray for, never every core
 
     def run(self, cells: list[Cell], ctx: CellContext) -> Iterator[CellResult]:
         ray = self.ray
         remote = ray.remote(_ray_cell).options(
-            num_cpus=1, num_gpus=self.gpus_per_cell if self.device == "cuda" else 0, max_retries=self.max_retries,
-            retry_exceptions=False)
-        pending = {remote.remote(cell, self.device, ctx.clean, ctx.git_commit, torch.get_num_threads()): cell
+            num_cpus=self.threads, num_gpus=self.gpus_per_cell if self.device == "cuda" else 0,
+            max_retries=self.max_retries, retry_exceptions=False)
+        env = _driver_env()
+        pending = {remote.remote(cell, self.device, ctx.clean, ctx.git_commit, self.threads, env): cell
                    for cell in cells}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

@@ -3,25 +3,27 @@ rest with an executor, and write each finished cell at once."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from benchmark.attacks.sandbox import watch_user_interrupts
 from benchmark.attacks.validate import NONDETERMINISTIC
 from benchmark.errors import UserError
-from benchmark.progress import progress
+from benchmark.progress import make_console, progress
 from benchmark.provenance import git_commit
 from benchmark.runner.cells import Cell, expand_grid
 from benchmark.runner.context import CellContext, prepare_context
 from benchmark.runner.executors import Executor, LocalExecutor, RayExecutor
-from benchmark.runner.store import CellResult, ResultsStore, cell_key
+from benchmark.runner.store import CellResult, Owner, ResultsStore, cell_key
 from benchmark.suites import load_suite
 from benchmark.targets import Target
+from benchmark.threads import set_threads
 from benchmark.zoo.hub import MissingWeightsError
 
 __all__ = ["RunOptions", "RunSummary", "make_executor", "run"]
@@ -47,6 +49,7 @@ class RunOptions:
     eot_samples: int | None = None  # EOT draws per call on randomised defenses (None: the profile's)
     model_dir: str | None = None  # an external Hub-format checkpoint directory, run instead of the members
     model_name: str | None = None  # its name in results (default: the directory's name)
+    threads: int | None = None  # torch threads per process (None: benchmark.threads decides)
 
 
 @dataclass
@@ -56,6 +59,7 @@ class RunSummary:
     done: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # status -> count
     missing_models: dict[str, str] = field(default_factory=dict)
     keys: list[str] = field(default_factory=list)  # store keys of the grid's cells (run now or before)
+    elsewhere: int = 0  # cells another live run on the same store had claimed (left to it)
     seconds: float = 0.0
 
     @property
@@ -102,6 +106,16 @@ def _spread_nondeterminism(group: list[Cell], ctx: CellContext, store: ResultsSt
     return changed
 
 
+@contextlib.contextmanager
+def _released(store: ResultsStore, owner: Owner):
+    """The run's claims are released when it ends, however it ends (a killed run's are stale)."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            store.release(owner)
+
+
 def _build_missing(suite, targets: list, options: RunOptions, console: Console) -> None:
     """Train what a tiny suite builds on first use (its members, then their trained defenses)
     before the run's progress display starts, one build per suite and defense."""
@@ -115,22 +129,25 @@ def _build_missing(suite, targets: list, options: RunOptions, console: Console) 
     parents = [t.member for t in missing if t.trained_defense and not Target.of(t.suite, t.member).is_built()]
     members += [m for m in dict.fromkeys(parents) if m not in members]
     if members:
-        build_suite(suite, members, device=options.device, data_root=options.data_root, console=console)
+        build_suite(suite, members, device=options.device, data_root=options.data_root, console=console,
+                    threads=options.threads)
     for defense in dict.fromkeys(t.defense for t in missing if t.trained_defense):
         defend_suite(suite, defense, [t.member for t in missing if t.defense == defense], device=options.device,
-                     data_root=options.data_root, weights_dir=options.weights_dir, console=console)
+                     data_root=options.data_root, weights_dir=options.weights_dir, console=console,
+                     threads=options.threads)
 
 
 def make_executor(options: RunOptions) -> Executor:
     if options.executor == "ray":
-        return RayExecutor(device=options.device, address=options.ray_address, gpus_per_cell=options.gpus_per_cell)
+        return RayExecutor(device=options.device, address=options.ray_address, gpus_per_cell=options.gpus_per_cell,
+                           threads=options.threads or 1)  # one CPU (and thread) per Ray task by default
     return LocalExecutor()
 
 
 def run(options: RunOptions, *, console: Console | None = None, module: torch.nn.Module | None = None) -> RunSummary:
     """Evaluate the grid ``options`` describe into the results store. ``module``: an ``nn.Module``
     evaluated instead of the suite's members (:func:`benchmark.evaluate`; local executor only)."""
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     suite = load_suite(options.suite)
     profile = suite.profile(options.profile)
     if module is not None and options.model_dir is not None:
@@ -140,6 +157,7 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
     if module is not None and options.executor != "local":
         raise UserError("an nn.Module of this process runs with the local executor; save it as a checkpoint "
                         "directory (`mtlbench run --model DIR`) to run it on Ray")
+    set_threads(options.threads, small_model=suite.tiny)
     external = module if module is not None else options.model_dir
     cells = expand_grid(suite, profile, attacks=options.attacks, eps=options.eps, models=options.models,
                         seeds=options.seeds, weights_dir=options.weights_dir, data_root=options.data_root,
@@ -155,7 +173,10 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
     for cell in cells:
         groups[cell.data_key].append(cell)
     _build_missing(suite, [g[0].target for g in groups.values()], options, console)
-    with ResultsStore(options.results) as store, watch_user_interrupts():
+    owner = Owner.this_process()
+    # a claim whose run sent no heartbeat for longer than a cell may take is abandoned
+    stale_after = (options.cell_timeout if options.cell_timeout is not None else profile.cell_timeout) or 86400.0
+    with ResultsStore(options.results) as store, watch_user_interrupts(), _released(store, owner):
         executor = make_executor(options)
         with progress(console) as bar:
             overall = bar.add_task(f"{suite.name} [{profile.name}]", total=len(cells))
@@ -174,12 +195,19 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
                 todo = _todo(group, store, ctx)
                 summary.skipped += len(group) - len(todo)
                 bar.update(overall, advance=len(group) - len(todo))
+                if todo:  # cells another run is computing are left to it
+                    keyed = {cell_key(cell.key_config(ctx)): cell for cell in todo}
+                    claimed = set(store.claim(list(keyed), owner, stale_after_s=stale_after + 120.0))
+                    summary.elsewhere += len(keyed) - len(claimed)
+                    bar.update(overall, advance=len(keyed) - len(claimed))
+                    todo = [cell for key, cell in keyed.items() if key in claimed]
                 if not todo:
                     _spread_nondeterminism(group, ctx, store, summary)
                     continue
                 t0, arps, statuses, ran = time.perf_counter(), [], defaultdict(int), set()
                 for result in executor.run(todo, ctx):
                     store.put(result)
+                    store.heartbeat(owner)
                     ran.add(result.key)
                     summary.done[result.status] += 1
                     statuses[result.status] += 1
@@ -191,7 +219,9 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
                 statuses = {s: n for s, n in statuses.items() if n}
                 mean = f"mean ARP {sum(arps) / len(arps):6.2f}" if arps else "no valid cell"
                 bad = ", ".join(f"{n} {s}" for s, n in statuses.items() if s != "valid")
-                bar.console.print(f"{escape(target.name):>12}: {len(todo)} cells in {time.perf_counter() - t0:5.1f} s, "
-                                  f"{mean}" + (f", [red]{bad}[/]" if bad else ""))
+                line = Text(f"{target.name:>12}: {len(todo)} cells in {time.perf_counter() - t0:5.1f} s, {mean}")
+                if bad:
+                    line.append(f", {bad}", style="red")
+                bar.console.print(line)
     summary.seconds = time.perf_counter() - start
     return summary

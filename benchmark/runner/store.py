@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 from benchmark.errors import UserError
 
-__all__ = ["CellResult", "ResultsStore", "cell_key"]
+__all__ = ["CellResult", "Owner", "ResultsStore", "cell_key", "storage_error"]
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -39,6 +41,9 @@ CREATE TABLE IF NOT EXISTS models (
     suite TEXT NOT NULL, model TEXT NOT NULL, model_revision TEXT NOT NULL, info TEXT NOT NULL,
     PRIMARY KEY (suite, model, model_revision)
 );
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY, owner TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL, heartbeat REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS clean (
     key TEXT PRIMARY KEY, suite TEXT NOT NULL, model TEXT NOT NULL, model_revision TEXT NOT NULL,
     split TEXT NOT NULL, images INTEGER NOT NULL, metrics TEXT NOT NULL, device TEXT, created TEXT NOT NULL
@@ -51,6 +56,64 @@ def cell_key(config: dict[str, Any]) -> str:
     """Stable key of a cell: sha256 of its canonical JSON configuration (which includes the code
     and weights versions)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def storage_error(path: Path, exc: sqlite3.OperationalError) -> str:
+    """What an SQLite operational error means for the user's results database."""
+    text = str(exc).lower()
+    if "readonly" in text or "read-only" in text:
+        return (f"results database {path} is read-only (file or folder permissions, or a read-only file system): "
+                "cannot write results; give a writable --results path")
+    if "disk is full" in text or "database or disk is full" in text:
+        return f"results database {path}: the disk is full; free space and run again (finished cells resume)"
+    if "unable to open" in text:
+        return f"results database {path} cannot be opened (its folder is missing or not writable)"
+    if "locked" in text or "busy" in text:
+        return f"results database {path} is locked by another process for more than 30 s; try again"
+    return f"results database {path}: {exc}"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who claims cells: one run of one process on one host."""
+
+    id: str
+    host: str
+    pid: int
+
+    @classmethod
+    def this_process(cls) -> Owner:
+        import os
+        import socket
+        import uuid
+
+        return cls(f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}", socket.gethostname(), os.getpid())
+
+    def is_live(self, claim: sqlite3.Row, now: float, stale_after_s: float) -> bool:
+        """Whether another owner's claim still holds: its heartbeat is recent and, on this host,
+        its process is alive (a run killed with -9 leaves claims that are stale at once)."""
+        if now - claim["heartbeat"] > stale_after_s:
+            return False
+        if claim["host"] == self.host and claim["pid"] == self.pid:
+            return False  # an earlier run of this process, which is over
+        if claim["host"] == self.host:
+            import os
+
+            try:
+                os.kill(claim["pid"], 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+        return True
+
+
+def _json_object(text: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 @dataclass
@@ -96,9 +159,26 @@ class CellResult:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> CellResult:
+        """The cell of a stored row. A row that cannot be what it claims (a JSON column that does
+        not parse, a non-finite ARP in a valid cell) is read as an invalid cell with the reason,
+        so one damaged row never hides the others."""
         data = dict(row)
+        damaged = []
         for col in _JSON_COLUMNS:
-            data[col] = json.loads(data[col]) if data[col] is not None else {}
+            try:
+                data[col] = json.loads(data[col]) if data[col] is not None else {}
+            except (TypeError, ValueError):
+                data[col], damaged = {}, [*damaged, f"column {col} is not valid JSON"]
+            if not isinstance(data[col], dict):
+                data[col], damaged = {}, [*damaged, f"column {col} is not a JSON object"]
+        arp = data.get("arp")
+        if data.get("status") == "valid" and (not isinstance(arp, int | float) or not math.isfinite(arp)
+                                              or not all(isinstance(v, int | float) and math.isfinite(v)
+                                                         for v in data["task_arp"].values())):
+            damaged.append(f"ARP is not a finite number ({arp!r})")
+        if damaged:
+            data.update(status="invalid", arp=None, task_arp={},
+                        reason=f"damaged row in the results database: {'; '.join(damaged)}")
         return cls(**data)
 
 
@@ -107,20 +187,33 @@ class ResultsStore:
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise UserError(f"results database {self.path} is a directory; give a file name such as results.db")
         if readonly and not self.path.exists():
             raise UserError(f"results database {self.path} does not exist; run `mtlbench run` first")
         if not readonly:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"results database {self.path}: cannot create its folder ({exc.strerror})") from None
         uri = f"file:{self.path}?mode=ro" if readonly else str(self.path)
         try:
             self.conn = sqlite3.connect(uri, uri=readonly, timeout=30.0, isolation_level=None)
             self.conn.row_factory = sqlite3.Row
+            tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "meta" not in tables:
+                # never add our tables to (or switch the journal of) someone else's database
+                raise UserError(f"{self.path} is an SQLite database of something else (tables: "
+                                f"{', '.join(sorted(tables)[:5])}); mtlbench does not write into it: give the name of "
+                                "a new file or of an mtlbench results database")
             if not readonly:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
                 self.conn.executescript(_SCHEMA)
                 self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             version = self.conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
+        except sqlite3.OperationalError as exc:
+            raise UserError(storage_error(self.path, exc)) from None
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path} is not an mtlbench results database ({exc})") from None
         if version is None or int(version[0]) != SCHEMA_VERSION:
@@ -154,13 +247,60 @@ class ResultsStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        self.conn.execute("BEGIN IMMEDIATE")
+        """One atomic write; a failure of the storage (read-only, full disk, locked) is a message,
+        and every row committed before it is kept."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise UserError(storage_error(self.path, exc)) from None
         try:
             yield
+        except sqlite3.OperationalError as exc:
+            self._rollback()
+            raise UserError(storage_error(self.path, exc) + "; the results stored before are kept") from None
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             raise
-        self.conn.execute("COMMIT")
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            self._rollback()
+            raise UserError(storage_error(self.path, exc) + "; the results stored before are kept") from None
+
+    def _rollback(self) -> None:
+        # SQLite has rolled back already after some errors (a full disk): nothing is left to undo
+        with contextlib.suppress(sqlite3.OperationalError):
+            self.conn.execute("ROLLBACK")
+
+    # ------------------------------------------------------------------ claims
+    def claim(self, keys: list[str], owner: Owner, *, stale_after_s: float) -> list[str]:
+        """Claim the cells ``keys`` for ``owner`` (a run), atomically: a key is claimed when no other
+        live run holds it and it is not done. Another run's claim is live while its process is
+        alive (same host) and its heartbeat is younger than ``stale_after_s``. Returns the keys
+        claimed, so that two runs on one store (or two machines on shared storage) split the work."""
+        now = time.time()
+        got = []
+        with self._transaction():
+            done = {r[0] for r in self.conn.execute("SELECT key FROM cells")}
+            held = {r["key"]: r for r in self.conn.execute("SELECT * FROM claims")}
+            for key in keys:
+                if key in done:
+                    continue
+                other = held.get(key)
+                if other is not None and other["owner"] != owner.id and owner.is_live(other, now, stale_after_s):
+                    continue
+                self.conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)",
+                                  (key, owner.id, owner.host, owner.pid, now))
+                got.append(key)
+        return got
+
+    def heartbeat(self, owner: Owner) -> None:
+        with self._transaction():
+            self.conn.execute("UPDATE claims SET heartbeat = ? WHERE owner = ?", (time.time(), owner.id))
+
+    def release(self, owner: Owner) -> None:
+        with self._transaction():
+            self.conn.execute("DELETE FROM claims WHERE owner = ?", (owner.id,))
 
     def cells(self, **where: Any) -> list[CellResult]:
         unknown = set(where) - set(CellResult.__dataclass_fields__)
@@ -192,11 +332,12 @@ class ResultsStore:
                               (suite, model, model_revision, json.dumps(info, sort_keys=True)))
 
     def models(self) -> list[dict[str, Any]]:
-        return [{"suite": r[0], "model": r[1], "model_revision": r[2], **json.loads(r[3])}
+        """What was stored about each model (a damaged JSON column reads as nothing known)."""
+        return [{"suite": r[0], "model": r[1], "model_revision": r[2], **_json_object(r[3])}
                 for r in self.conn.execute("SELECT * FROM models ORDER BY suite, model")]
 
     def clean_rows(self) -> list[dict[str, Any]]:
-        return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in self.conn.execute("SELECT * FROM clean")]
+        return [{**dict(r), "metrics": _json_object(r["metrics"])} for r in self.conn.execute("SELECT * FROM clean")]
 
     # ------------------------------------------------------------------ export
     def to_pandas(self, keys: list[str] | None = None):
@@ -218,6 +359,10 @@ class ResultsStore:
     def export(self, path: str | Path) -> Path:
         """Write the cells to ``.csv`` or ``.json`` (by the file's suffix)."""
         out = Path(path)
+        if out.is_dir():
+            raise UserError(f"export to {out}: it is a directory; give a file name ending in .csv or .json")
+        if not out.parent.is_dir():
+            raise UserError(f"export to {out}: the folder {out.parent} does not exist")
         if out.suffix == ".csv":
             self.to_pandas().to_csv(out, index=False)
         elif out.suffix == ".json":

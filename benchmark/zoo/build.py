@@ -20,8 +20,9 @@ from benchmark.data import make_loader
 from benchmark.errors import UserError
 from benchmark.evaluation import evaluate
 from benchmark.models.branched import BranchedModel
-from benchmark.progress import progress
+from benchmark.progress import make_console, progress
 from benchmark.suites import Member, Suite, load_suite
+from benchmark.threads import set_threads
 from benchmark.zoo.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from benchmark.zoo.hub import is_built, local_checkpoint_dir, resolve_weights
 from benchmark.zoo.train import TrainRecipe, train_model
@@ -40,9 +41,13 @@ def member_model(suite: Suite, member: Member) -> BranchedModel:
                        output_stride=member.output_stride)
 
 
-def expected_config(member: Member) -> dict:
+def expected_config(member: Member, suite: Suite | None = None) -> dict:
+    """The ModelConfig fields a member's checkpoint must have (its tasks and their channels too,
+    given the suite)."""
     exp = {"layout": member.layout, "backbone": member.backbone, "width": member.width,
            "head_rates": list(member.head_rates)}
+    if suite is not None:
+        exp["tasks"] = {t.name: t.channels for t in suite.tasks}
     for key in ("head_hidden", "output_stride"):
         if getattr(member, key) is not None:
             exp[key] = getattr(member, key)
@@ -100,16 +105,19 @@ def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | Non
 
 
 def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, device: str = "cpu",
-                data_root: str | None = None, console: Console | None = None, rebuild: bool = False) -> dict[str, Path]:
+                data_root: str | None = None, console: Console | None = None, rebuild: bool = False,
+                threads: int | None = None) -> dict[str, Path]:
     """Build the members of a suite that have no local checkpoint yet (all by default). The
-    warm-start member (AS) is built first when any other member needs it."""
+    warm-start member (AS) is built first when any other member needs it. ``threads``: torch
+    threads (default: :func:`benchmark.threads.choose_threads`)."""
     suite = load_suite(suite) if isinstance(suite, str) else suite
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     wanted = [suite.member(m) for m in members] if members is not None else list(suite.members)
     todo = [m for m in wanted if rebuild or not is_built(suite, m)]
     done = {m.name: local_checkpoint_dir(suite, m) for m in wanted if m not in todo}
     if not todo:
         return done
+    set_threads(threads, small_model=suite.tiny)
     warm = suite.training.get("warm_start")
     root = suite.member(warm) if warm else None
     start = time.perf_counter()
@@ -159,8 +167,9 @@ def load_model(suite: Suite | str, member: Member | str, *, weights_dir: str | P
         if not build:
             raise UserError(f"{suite.name}/{member.name} is not built yet; run `mtlbench zoo build {suite.name}`")
         directory = build_suite(suite, [member.name], console=console)[member.name]
-    # the pinned hash identifies the published weights; a local directory is the user's own model
-    model, info = load_checkpoint(directory, sha256=member.sha256 if source == "hub" else "",
-                                  expect=expected_config(member), device=device)
+    # the pinned hash identifies the published weights: a copy in the local zoo must be them too
+    # (it would otherwise silently stand in for them); --weights-dir is the user's own model
+    model, info = load_checkpoint(directory, sha256=member.sha256 if source in ("hub", "local") else "",
+                                  expect=expected_config(member, suite), device=device)
     info.origin = source
     return model, info

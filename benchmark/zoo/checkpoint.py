@@ -32,7 +32,10 @@ __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "CheckpointError", "CheckpointInfo", "
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
-FORMAT_VERSION = 1
+#: 2: ``model.tasks`` is a list of ``[name, channels]`` pairs. Format 1 wrote a table, which the
+#: sorted JSON put in alphabetical order, losing the task ids the layout refers to (read back in
+#: the data set's task order, the order every mtlbench model is built in).
+FORMAT_VERSION = 2
 
 
 class CheckpointError(UserError):
@@ -60,7 +63,10 @@ class CheckpointInfo:
 
     def to_dict(self) -> dict:
         return {
-            "format": FORMAT_VERSION, "model": self.model.to_dict(), "dataset": self.dataset, "suite": self.suite,
+            "format": FORMAT_VERSION,
+            # the tasks' order is their ids in the layout: a list keeps it (the JSON is written sorted)
+            "model": {**self.model.to_dict(), "tasks": [[name, ch] for name, ch in self.model.tasks.items()]},
+            "dataset": self.dataset, "suite": self.suite,
             "member": self.member, "input_size": self.input_size, "training": self.training,
             "clean_metrics": self.clean_metrics, "mtlbench_version": self.mtlbench_version,
             "created": self.created, "source": self.source,
@@ -104,7 +110,8 @@ def read_config(directory: str | Path) -> CheckpointInfo:
                               f"{CONFIG_FILE} and {CARD_FILE}")
     try:
         raw = json.loads(path.read_text())
-        model = ModelConfig(**raw["model"])
+        model = ModelConfig(**{**raw["model"], "tasks": _task_order(raw)})
+        _check_model_config(model, path)
         Layout.parse(model.layout, num_tasks=len(model.tasks))
         return CheckpointInfo(model=model, dataset=raw["dataset"], suite=raw.get("suite", ""),
                               member=raw.get("member", ""), training=raw.get("training", {}),
@@ -113,6 +120,54 @@ def read_config(directory: str | Path) -> CheckpointInfo:
                               source=raw.get("source", ""), defense=raw.get("defense") or {})
     except (json.JSONDecodeError, KeyError, TypeError, LayoutError) as exc:
         raise CheckpointError(f"{path}: not a valid mtlbench config ({type(exc).__name__}: {exc})") from None
+
+
+def _task_order(raw: dict) -> Any:
+    """The config's tasks in their id order: format 2 lists them; format 1's table was sorted by
+    name when written, so it is put back in the data set's order when its names are that data
+    set's tasks (how every model was built)."""
+    tasks = raw["model"].get("tasks")
+    if isinstance(tasks, list):
+        if not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in tasks):
+            return tasks  # refused by _check_model_config with the field named
+        return {name: ch for name, ch in tasks}
+    if isinstance(tasks, dict) and raw.get("format", 1) < 2:
+        from benchmark.tasks import get_tasks, list_datasets
+
+        dataset = str(raw.get("dataset", "")).removeprefix("synthetic-")
+        if dataset in list_datasets():
+            order = [t.name for t in get_tasks(dataset)]
+            if sorted(order) == sorted(tasks):
+                return {name: tasks[name] for name in order}
+    return tasks
+
+
+def _check_model_config(cfg: ModelConfig, path: Path) -> None:
+    """Refuse a config whose fields have the wrong type or range (a width written as a string, a
+    task with 0 channels), naming the field, before any model is built from it."""
+    def bad(key: str, want: str, value: Any) -> CheckpointError:
+        return CheckpointError(f"{path}: model.{key} must be {want}, got {value!r}")
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    if not isinstance(cfg.layout, str):
+        raise bad("layout", "a layout string", cfg.layout)
+    if not isinstance(cfg.tasks, dict) or not cfg.tasks or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096
+            for k, v in cfg.tasks.items()):
+        raise bad("tasks", "a table of task names to channel counts (1-4096)", cfg.tasks)
+    if not isinstance(cfg.backbone, str):
+        raise bad("backbone", "a backbone name", cfg.backbone)
+    if not number(cfg.width) or not 0.01 <= cfg.width <= 8:
+        raise bad("width", "a number in [0.01, 8]", cfg.width)
+    for key in ("output_stride", "head_hidden"):
+        value = getattr(cfg, key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 4096):
+            raise bad(key, "an integer in [1, 4096] or null", value)
+    if not isinstance(cfg.head_rates, list | tuple) or not cfg.head_rates or not all(
+            isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= 1024 for r in cfg.head_rates):
+        raise bad("head_rates", "a list of dilation rates (integers in [1, 1024])", cfg.head_rates)
 
 
 def load_checkpoint(directory: str | Path, *, sha256: str = "", expect: dict[str, Any] | None = None,
@@ -137,6 +192,8 @@ def load_checkpoint(directory: str | Path, *, sha256: str = "", expect: dict[str
         if key == "layout":
             num_tasks = len(info.model.tasks)
             same = Layout.parse(str(have), num_tasks=num_tasks) == Layout.parse(str(wanted), num_tasks=num_tasks)
+        elif isinstance(wanted, dict):  # tasks: names, channels and their order (the outputs' order)
+            same = isinstance(have, dict) and list(have.items()) == list(wanted.items())
         elif isinstance(wanted, float):
             same = abs(float(have) - wanted) < 1e-9
         else:
@@ -149,7 +206,22 @@ def load_checkpoint(directory: str | Path, *, sha256: str = "", expect: dict[str
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({exc})") from None
-    model = BranchedModel.from_config(info.model)
+    try:
+        model = BranchedModel.from_config(info.model)
+    except (ValueError, KeyError, LayoutError) as exc:
+        raise CheckpointError(f"{d / CONFIG_FILE}: cannot build the model it describes ({exc})") from None
+    expected = model.state_dict()
+    for name, tensor in state.items():
+        want = expected.get(name)
+        if want is None:
+            continue
+        if tuple(tensor.shape) != tuple(want.shape):
+            raise CheckpointError(f"{weights}: tensor {name} has shape {tuple(tensor.shape)}, but the config's model "
+                                  f"needs {tuple(want.shape)}; the weights and config.json do not belong together")
+        if tensor.dtype != want.dtype:
+            # integer weights would be cast silently (and wrongly) by load_state_dict
+            raise CheckpointError(f"{weights}: tensor {name} is {tensor.dtype}, the model's is {want.dtype}; "
+                                  "weights are stored in the model's own dtypes")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{weights}: the weights do not fit the config ({len(missing)} missing, e.g. "

@@ -20,8 +20,9 @@ from benchmark.defenses import create_defense
 from benchmark.defenses.fat import RESUME_FILE, FATRecipe, fat_recipe, train_fat
 from benchmark.errors import UserError
 from benchmark.evaluation import evaluate
-from benchmark.progress import progress
+from benchmark.progress import make_console, progress
 from benchmark.suites import Member, Suite, load_suite
+from benchmark.threads import set_threads
 from benchmark.zoo.build import clean_test_set, load_model, training_set
 from benchmark.zoo.checkpoint import (
     CONFIG_FILE,
@@ -129,11 +130,12 @@ def defend_member(suite: Suite, member: Member, spec: str, recipe: FATRecipe, *,
 
 def defend_suite(suite: Suite | str, spec: str, members: list[str] | None = None, *, device: str = "cpu",
                  data_root: str | None = None, weights_dir: str | None = None, rebuild: bool = False,
-                 restart: bool = False, console: Console | None = None, **overrides) -> dict[str, Path]:
+                 restart: bool = False, console: Console | None = None, threads: int | None = None,
+                 **overrides) -> dict[str, Path]:
     """Defend the members of a suite (all by default) with ``spec``; members already defended are
     kept unless ``rebuild``. ``overrides`` change the suite's recipe (``steps=``, ``attack_steps=``...)."""
     suite = load_suite(suite) if isinstance(suite, str) else suite
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     defense = create_defense(spec)
     recipe = fat_recipe(suite, **overrides)
     wanted = [suite.member(m) for m in members] if members else list(suite.members)
@@ -147,6 +149,7 @@ def defend_suite(suite: Suite | str, spec: str, members: list[str] | None = None
             todo.append(m)
     if not todo:
         return done
+    set_threads(threads, small_model=suite.tiny)
     start = time.perf_counter()
     with progress(console, loss=True) as bar:
         overall = bar.add_task(f"defend {suite.name} with {defense.spec}", total=len(todo))

@@ -1,0 +1,59 @@
+"""How many threads torch uses in a process of mtlbench.
+
+torch's default is one intra-op thread per core. On a machine that is busy with anything else
+(another run, a build, a CI neighbour) those threads wait for each other: on 2 cores, one
+forward+backward of the tiny AS model took 36 ms with 2 threads alone, 31 ms with 1 thread alone,
+113 ms with 2 threads beside one busy process and 31 ms with 1 thread beside it. The tiny suites'
+models are too small for a second thread to pay off even alone, so their default is one thread;
+full-size models share out the cores this process may use (its CPU affinity and cgroup quota)
+between the workers that run beside each other. ``--threads N`` overrides both.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from benchmark.errors import UserError
+
+__all__ = ["MAX_THREADS", "choose_threads", "set_threads", "usable_cores"]
+
+MAX_THREADS = 256
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, bounded by a cgroup (v2) CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.floor(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def choose_threads(requested: int | None = None, *, small_model: bool, workers: int = 1) -> int:
+    """Threads for one process: ``requested``, else 1 for small models (the tiny suites), else
+    this process's usable cores shared among ``workers`` processes."""
+    if requested is not None:
+        if not 1 <= int(requested) <= MAX_THREADS:
+            raise UserError(f"--threads {requested}: expected an integer in [1, {MAX_THREADS}]")
+        return int(requested)
+    if small_model:
+        return 1
+    return max(1, usable_cores() // max(1, workers))
+
+
+def set_threads(requested: int | None = None, *, small_model: bool, workers: int = 1) -> int:
+    """Choose (:func:`choose_threads`) and apply the thread count; returns it."""
+    threads = choose_threads(requested, small_model=small_model, workers=workers)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
