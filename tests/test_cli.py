@@ -58,7 +58,7 @@ def test_python_dash_m():
     assert out.returncode == 0 and out.stdout.startswith("mtlbench ")
 
 
-def test_attacks_list(capsys):
+def test_attacks_list(capsys, wide_console):
     from benchmark.attacks import list_attacks
     from benchmark.attacks.registry import ATTACKS
 
