@@ -338,7 +338,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                          results=args.results, weights_dir=args.weights_dir, data_root=args.data_root,
                          executor=args.executor, ray_address=args.address, gpus_per_cell=args.gpus_per_cell,
                          cell_timeout=_timeout(args.cell_timeout), defenses=_csv(args.defenses),
-                         eot_samples=args.eot, model_dir=args.model, model_name=args.name, threads=args.threads)
+                         eot_samples=args.eot, model_dir=args.model, model_name=args.name, threads=args.threads,
+                         workers=args.workers)
     summary = run(options, console=err_console)
     done = dict(summary.done)
     ran = ", ".join(f"{n} {s}" for s, n in sorted(done.items())) or "nothing left to run"
@@ -578,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(model.safetensors + config.json), run instead of the members")
     p.add_argument("--name", help="the external model's name in results (default: the directory's name)")
     p.add_argument("--threads", type=_bounded(int, 1, 256), help=THREADS_HELP)
+    p.add_argument("--workers", type=_bounded(int, 1, 256),
+                   help="local worker processes of the local executor (default: one per usable core for the tiny "
+                        "suites on the CPU, each with one thread; else 1)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("defend", help="adversarially train suite members with a training defense (FAT)",

@@ -19,7 +19,7 @@ import torch
 
 from benchmark.errors import UserError
 
-__all__ = ["MAX_THREADS", "choose_threads", "set_threads", "usable_cores"]
+__all__ = ["MAX_THREADS", "choose_threads", "choose_workers", "set_threads", "usable_cores"]
 
 MAX_THREADS = 256
 
@@ -49,6 +49,24 @@ def choose_threads(requested: int | None = None, *, small_model: bool, workers: 
     if small_model:
         return 1
     return max(1, usable_cores() // max(1, workers))
+
+
+def choose_workers(requested: int | None = None, *, small_model: bool, device: str = "cpu") -> int:
+    """Local worker processes for a run: ``requested`` (or ``$MTLBENCH_WORKERS``), else one per
+    usable core for small models on the CPU (faster than one process with every core's thread:
+    see :mod:`benchmark.runner.executors`), else 1."""
+    if requested is None and os.environ.get("MTLBENCH_WORKERS", "").strip():
+        try:
+            requested = int(os.environ["MTLBENCH_WORKERS"])
+        except ValueError:
+            raise UserError(f"MTLBENCH_WORKERS={os.environ['MTLBENCH_WORKERS']!r}: expected an integer") from None
+    if requested is not None:
+        if not 1 <= int(requested) <= MAX_THREADS:
+            raise UserError(f"--workers {requested}: expected an integer in [1, {MAX_THREADS}]")
+        return int(requested)
+    if str(device).startswith("cuda") or not small_model:
+        return 1
+    return usable_cores()
 
 
 def set_threads(requested: int | None = None, *, small_model: bool, workers: int = 1) -> int:

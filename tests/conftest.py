@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -6,6 +7,10 @@ import torch
 from manifests import AS_AND_LAYOUT_9
 
 DATA = Path(__file__).parent / "data"
+
+# runs in tests stay in their own process (spawning worker processes for a few cells would cost
+# more than the cells); tests/test_runner.py checks the worker processes themselves
+os.environ.setdefault("MTLBENCH_WORKERS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -224,6 +224,27 @@ def test_ray_executor_gives_identical_results_and_retries_lost_workers(mini, ray
     assert summary.done["valid"] == 1
 
 
+def test_worker_processes_give_identical_results_and_replace_a_dead_worker(mini, tmp_path, monkeypatch):
+    one, two = tmp_path / "one.db", tmp_path / "two.db"
+    common = {"suite": str(mini), "attacks": ["fgsm:total", "pgd:gb-mta"], "eps": [4, 8]}
+    run(RunOptions(results=str(one), workers=1, **common))
+    summary = run(RunOptions(results=str(two), workers=2, **common))
+    assert summary.done == {"valid": 8}
+    with ResultsStore(one, readonly=True) as a, ResultsStore(two, readonly=True) as b:
+        ca, cb = {c.key: c for c in a.cells()}, {c.key: c for c in b.cells()}
+    assert ca.keys() == cb.keys()
+    for key in ca:
+        assert (ca[key].adversarial, ca[key].arp, ca[key].forward_passes) == (
+            cb[key].adversarial, cb[key].arp, cb[key].forward_passes)
+    # a worker that dies in the middle of a cell is replaced and its cells are retried
+    monkeypatch.setenv("MTLBENCH_TEST_MARKER", str(tmp_path / "marker"))
+    monkeypatch.setenv("MTLBENCH_PLUGINS", PLUGIN)
+    summary = run(RunOptions(results=str(two), workers=2, suite=str(mini), attacks=["test-dies-once", "fgsm:total"],
+                             eps=[8], models=["AS"], seeds=[0, 1]))
+    assert (tmp_path / "marker").read_text() == "died"
+    assert summary.done == {"valid": 4}
+
+
 def test_a_real_data_suite_needs_its_data_root(mini_suite, tmp_path, capsys, monkeypatch, wide_console):
     manifest, home = mini_suite
     monkeypatch.setenv("MTLBENCH_HOME", str(home))

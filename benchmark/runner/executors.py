@@ -5,6 +5,10 @@ and the data is in the cell itself.
 
 * :class:`LocalExecutor` (default): in this process, one target at a time, its evaluation batches
   kept on the device.
+* :class:`ProcessExecutor` (default on a CPU with several usable cores, ``--workers N``): the
+  cells of a target spread over N spawned processes of this machine, one torch thread each (on 2
+  cores, 30 PGD cells of the tiny AS took 21.9 s in 2 processes of 1 thread, 31.0 s in 1 process
+  of 2 threads, 37.9 s in 1 of 1). A worker that dies is replaced and its cells are retried once.
 * :class:`RayExecutor` (``--executor ray``): each cell is a Ray task with ``gpus_per_cell`` GPUs
   (a fraction shares one GPU) on a cluster (``--address``, or a local one). A worker keeps the
   last target it loaded; a worker that dies is replaced and its cells are retried.
@@ -24,7 +28,7 @@ from benchmark.runner.cells import Cell, evaluate_cell
 from benchmark.runner.context import CellContext, prepare_context
 from benchmark.runner.store import CellResult
 
-__all__ = ["Executor", "LocalExecutor", "RayExecutor"]
+__all__ = ["Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor"]
 
 
 class Executor(ABC):
@@ -33,6 +37,9 @@ class Executor(ABC):
     @abstractmethod
     def run(self, cells: list[Cell], ctx: CellContext) -> Iterator[CellResult]:
         """Evaluate ``cells`` (all of ``ctx``'s target)."""
+
+    def close(self) -> None:  # noqa: B027 - most executors hold nothing to release
+        """Release the executor's workers (the run is over)."""
 
 
 class LocalExecutor(Executor):
@@ -65,6 +72,79 @@ def _ray_cell(cell: Cell, device: str, clean: dict, git_commit: str, threads: in
     # the driver's clean metrics, so every executor scores against the same numbers
     ctx.clean, ctx.git_commit = clean, git_commit
     return evaluate_cell(cell, ctx)
+
+
+def _init_pool_worker(threads: int, env: dict[str, str]) -> None:
+    os.environ.update(env)
+    torch.set_num_threads(threads)
+
+
+def _pool_cell(cell: Cell, device: str, clean: dict, git_commit: str, env: tuple) -> CellResult:
+    from benchmark.attacks.sandbox import watch_user_interrupts
+
+    ctx = _worker_context(cell.data_key, device, env)
+    ctx.clean, ctx.git_commit = clean, git_commit
+    with watch_user_interrupts():  # an attack's KeyboardInterrupt is its cell's failure, not a Ctrl-C
+        return evaluate_cell(cell, ctx)
+
+
+class ProcessExecutor(Executor):
+    """Cells in ``workers`` spawned processes of this machine, ``threads`` torch threads each."""
+
+    def __init__(self, workers: int, *, device: str = "cpu", threads: int = 1, max_retries: int = 1) -> None:
+        self.workers, self.device, self.threads, self.max_retries = workers, device, threads, max_retries
+        self._pool = None
+        self._env = _driver_env()
+
+    def _new_pool(self):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.close()
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_init_pool_worker, initargs=(self.threads, self._env))
+        return self._pool
+
+    def run(self, cells: list[Cell], ctx: CellContext) -> Iterator[CellResult]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        if len(cells) < 2:  # not worth a process: the same code path in this one
+            yield from LocalExecutor().run(cells, ctx)
+            return
+        pool = self._pool or self._new_pool()
+        env = tuple(sorted(self._env.items()))
+        tries: dict[Cell, int] = {}
+
+        def submit(cell: Cell):
+            tries[cell] = tries.get(cell, 0) + 1
+            return pool.submit(_pool_cell, cell, self.device, ctx.clean, ctx.git_commit, env)
+
+        pending = {submit(cell): cell for cell in cells}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            broken = []
+            for future in done:
+                cell = pending.pop(future)
+                try:
+                    yield future.result()
+                except BrokenProcessPool:
+                    broken.append(cell)
+            if broken:  # a worker died: every cell in flight is lost with the pool; retry them in a new one
+                broken += list(pending.values())
+                pending.clear()
+                pool = self._new_pool()
+                for cell in broken:
+                    if tries[cell] > self.max_retries:
+                        yield cell.new_result(ctx, "failed", f"the worker process running it died "
+                                                             f"{tries[cell]} times (killed, out of memory, or a crash)")
+                    else:
+                        pending[submit(cell)] = cell
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 class RayExecutor(Executor):

@@ -19,11 +19,11 @@ from benchmark.progress import make_console, progress
 from benchmark.provenance import git_commit
 from benchmark.runner.cells import Cell, expand_grid
 from benchmark.runner.context import CellContext, prepare_context
-from benchmark.runner.executors import Executor, LocalExecutor, RayExecutor
+from benchmark.runner.executors import Executor, LocalExecutor, ProcessExecutor, RayExecutor
 from benchmark.runner.store import CellResult, Owner, ResultsStore, cell_key
 from benchmark.suites import load_suite
 from benchmark.targets import Target
-from benchmark.threads import set_threads
+from benchmark.threads import choose_threads, choose_workers, set_threads
 from benchmark.zoo.hub import MissingWeightsError
 
 __all__ = ["RunOptions", "RunSummary", "make_executor", "run"]
@@ -50,6 +50,7 @@ class RunOptions:
     model_dir: str | None = None  # an external Hub-format checkpoint directory, run instead of the members
     model_name: str | None = None  # its name in results (default: the directory's name)
     threads: int | None = None  # torch threads per process (None: benchmark.threads decides)
+    workers: int | None = None  # local worker processes (None: one per usable core for tiny suites on CPU)
 
 
 @dataclass
@@ -137,10 +138,14 @@ def _build_missing(suite, targets: list, options: RunOptions, console: Console) 
                      threads=options.threads)
 
 
-def make_executor(options: RunOptions) -> Executor:
+def make_executor(options: RunOptions, *, small_model: bool = False, in_memory: bool = False) -> Executor:
     if options.executor == "ray":
         return RayExecutor(device=options.device, address=options.ray_address, gpus_per_cell=options.gpus_per_cell,
                            threads=options.threads or 1)  # one CPU (and thread) per Ray task by default
+    workers = choose_workers(options.workers, small_model=small_model, device=options.device)
+    if workers > 1 and not in_memory:
+        return ProcessExecutor(workers, device=options.device,
+                               threads=choose_threads(options.threads, small_model=small_model, workers=workers))
     return LocalExecutor()
 
 
@@ -176,8 +181,10 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
     owner = Owner.this_process()
     # a claim whose run sent no heartbeat for longer than a cell may take is abandoned
     stale_after = (options.cell_timeout if options.cell_timeout is not None else profile.cell_timeout) or 86400.0
-    with ResultsStore(options.results) as store, watch_user_interrupts(), _released(store, owner):
-        executor = make_executor(options)
+    with ResultsStore(options.results) as store, watch_user_interrupts(), _released(store, owner), \
+            contextlib.ExitStack() as stack:
+        executor = make_executor(options, small_model=suite.tiny, in_memory=module is not None)
+        stack.callback(executor.close)
         with progress(console) as bar:
             overall = bar.add_task(f"{suite.name} [{profile.name}]", total=len(cells))
             for group in groups.values():
