@@ -30,6 +30,12 @@ THREADS_HELP = ("torch threads per process (default: 1 for the tiny suites, whos
                 "to pay off; else the cores this process may use)")
 
 
+def _add_compute_options(p: argparse.ArgumentParser) -> None:
+    """--device and --threads, as every command that trains or attacks takes them."""
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=_bounded(int, 1, 256), help=THREADS_HELP)
+
+
 def _bounded(kind: type, low: float, high: float | None = None):
     """An argparse type: ``kind`` (int or float) in [low, high], the range named in the message."""
     def parse(text: str):
@@ -524,9 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("suite")
         p.add_argument("--model", help="comma-separated member names (default: all)")
         p.add_argument("--data-root", help="directory of the real data set")
-        p.add_argument("--device", default="auto")
+        _add_compute_options(p)
         p.add_argument("--rebuild", action="store_true", help="train again even if a checkpoint exists")
-        p.add_argument("--threads", type=_bounded(int, 1, 256), help=THREADS_HELP)
         if action == "train":
             p.add_argument("--steps", type=_bounded(int, 1, 10_000_000), help="override the recipe's training steps")
             p.add_argument("--out", help="write checkpoints to OUT/<model> instead of the cache")
@@ -598,12 +603,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=float, help="eps in 0-255 units (default: the recipe's, 8)")
     p.add_argument("--seed", type=int, help="training seed (default: the recipe's)")
     p.add_argument("--checkpoint-every", type=int, help="steps between resume checkpoints (default: the recipe's)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_compute_options(p)
     p.add_argument("--data-root", help="directory of the real data set (full suites)")
     p.add_argument("--weights-dir", help="local checkpoint directories DIR/<model>/ (Hub format)")
     p.add_argument("--rebuild", action="store_true", help="train again even if a defended checkpoint exists")
     p.add_argument("--restart", action="store_true", help="ignore a resume checkpoint and train from the start")
-    p.add_argument("--threads", type=_bounded(int, 1, 256), help=THREADS_HELP)
     p.set_defaults(func=cmd_defend)
 
     defenses = sub.add_parser("defenses", help="registered defenses")
@@ -635,8 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="tiny-nyuv2-resnet34")
     p.add_argument("--profile", default="quick")
     p.add_argument("--results", default="results.db", help="results database (default: results.db)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=_bounded(int, 1, 256), help=THREADS_HELP)
+    _add_compute_options(p)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -93,6 +93,7 @@ class Profile:
     defenses: tuple[str, ...] = ("none",)  # targets per member: undefended, inference-time and FAT defenses
     eot_samples: int = 4  # EOT draws per model call when attacking a randomised defense
     defended_models: tuple[str, ...] | None = None  # members that get the defended targets (None: all)
+    models: tuple[str, ...] | None = None  # the members the profile evaluates (None: all)
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ _SUITE_KEYS = {"name", "description", "dataset", "data", "split", "backbone", "w
 _MEMBER_KEYS = {"name", "index", "layout", "backbone", "width", "input_size", "repo_id", "revision", "sha256",
                 "head_hidden", "head_rates"}
 _PROFILE_KEYS = {"eps", "attacks", "steps", "eval_size", "seeds", "batch_size", "description", "cell_timeout",
-                 "defenses", "eot_samples", "defended_models"}
+                 "defenses", "eot_samples", "defended_models", "models"}
 _TOP_KEYS = {"suite", "models", "profiles", "training", "fat"}
 _MEMBER_OVERRIDES = {"backbone": str, "width": (int, float), "input_size": int, "head_hidden": int}
 _DATASETS = {"nyuv2": 3, "taskonomy": 5}
@@ -311,9 +312,10 @@ def load_suite(name_or_path: str | Path) -> Suite:
         raise c.fail("fat", str(exc).removeprefix("FAT recipe: ")) from None
     names = {m.name for m in members}
     for profile in profiles.values():
-        for m in profile.defended_models or ():
-            if m not in names:
-                raise c.fail(f"profiles.{profile.name}.defended_models", f"no model {m!r} in the suite")
+        for key in ("defended_models", "models"):
+            for m in getattr(profile, key) or ():
+                if m not in names:
+                    raise c.fail(f"profiles.{profile.name}.{key}", f"no model {m!r} in the suite")
     return Suite(name=name, description=c.typed(head, "description", str, "suite", ""), dataset=dataset,
                  data_source=data,
                  split=c.typed(head, "split", str, "suite", "test"), backbone=defaults["backbone"],
@@ -438,6 +440,9 @@ def _profiles(c: _Checker, profiles: Any) -> dict[str, Profile]:
         defended = c.typed(table, "defended_models", list, where, None)
         if defended is not None and not all(isinstance(m, str) for m in defended):
             raise c.fail(f"{where}.defended_models", f"expected a list of model names, got {defended!r}")
+        chosen = c.typed(table, "models", list, where, None)
+        if chosen is not None and (not chosen or not all(isinstance(m, str) for m in chosen)):
+            raise c.fail(f"{where}.models", f"expected a non-empty list of model names, got {chosen!r}")
         eot = c.typed(table, "eot_samples", int, where, 4)
         if not 1 <= eot <= 1000:
             raise c.fail(f"{where}.eot_samples", f"expected an integer in [1, 1000], got {eot!r}")
@@ -446,5 +451,6 @@ def _profiles(c: _Checker, profiles: Any) -> dict[str, Profile]:
                              batch_size=c.typed(table, "batch_size", int, where, 8, low=1, high=4096),
                              description=c.typed(table, "description", str, where, ""),
                              cell_timeout=float(timeout), defenses=tuple(defenses), eot_samples=eot,
-                             defended_models=None if defended is None else tuple(defended))
+                             defended_models=None if defended is None else tuple(defended),
+                             models=None if chosen is None else tuple(chosen))
     return out

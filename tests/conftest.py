@@ -91,6 +91,14 @@ batch_size = 2
 """ + AS_AND_LAYOUT_9
 
 
+@pytest.fixture
+def mini(mini_suite, monkeypatch):
+    """The mini suite's manifest, with MTLBENCH_HOME set to the home its models are built in."""
+    manifest, home = mini_suite
+    monkeypatch.setenv("MTLBENCH_HOME", str(home))
+    return manifest
+
+
 @pytest.fixture(scope="session")
 def mini_suite(tmp_path_factory):
     """A 2-model synthetic suite (AS and layout 9 at 32x32), built once; returns (manifest path,

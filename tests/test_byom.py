@@ -30,13 +30,6 @@ class TwoLayerNet(nn.Module):
         return {t: head(h) for t, head in self.heads.items()}
 
 
-@pytest.fixture
-def mini(mini_suite, monkeypatch):
-    manifest, home = mini_suite
-    monkeypatch.setenv("MTLBENCH_HOME", str(home))
-    return manifest
-
-
 @pytest.fixture(scope="module")
 def net(mini_suite):
     from benchmark.zoo.train import TrainRecipe, train_model

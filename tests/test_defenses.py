@@ -14,13 +14,6 @@ from benchmark.runner import ResultsStore, RunOptions, run
 from leaderboard import render_leaderboard
 
 
-@pytest.fixture
-def mini(mini_suite, monkeypatch):
-    manifest, home = mini_suite
-    monkeypatch.setenv("MTLBENCH_HOME", str(home))
-    return manifest
-
-
 def test_bpda_gives_a_gradient_where_the_plain_one_is_zero(tiny_nyu):
     model, tasks, batch = tiny_nyu
     defense = create_defense("bitdepth:4")

@@ -30,13 +30,6 @@ TESTS = Path(__file__).parent
 PLUGIN = str(TESTS / "plugin_bad_attacks.py")
 
 
-@pytest.fixture
-def mini(mini_suite, monkeypatch):
-    manifest, home = mini_suite
-    monkeypatch.setenv("MTLBENCH_HOME", str(home))
-    return manifest
-
-
 # ---------------------------------------------------------------- 2. honest aggregation
 def test_the_leaderboard_never_averages_two_experiments(tmp_path):
     db = tmp_path / "r.db"

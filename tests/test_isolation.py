@@ -17,11 +17,9 @@ BENIGN = ["fgsm:total", "pgd:gb-mta"]
 
 
 @pytest.fixture
-def mini(mini_suite, monkeypatch):
-    manifest, home = mini_suite
-    monkeypatch.setenv("MTLBENCH_HOME", str(home))
+def mini(mini, monkeypatch):
     monkeypatch.setenv("MTLBENCH_PLUGINS", PLUGIN)
-    return manifest
+    return mini
 
 
 def _cells(db):
@@ -76,11 +74,13 @@ def test_nondeterminism_found_at_the_first_eps_invalidates_every_eps(mini, tmp_p
     assert all(c.status == "invalid" for c in _cells(db).values() if c.attack == "hostile-random")
 
 
-def test_hanging_and_exiting_attacks_fail_their_cells_and_the_run_goes_on(mini, tmp_path, capsys, wide_console):
+@pytest.mark.parametrize("workers", ["1", "2"])  # in this process, and in worker processes
+def test_hanging_and_exiting_attacks_fail_their_cells_and_the_run_goes_on(mini, tmp_path, capsys, wide_console,
+                                                                         workers):
     db = tmp_path / "r.db"
     code = main(["run", "--suite", str(mini), "--results", str(db), "--attacks",
                  "hostile-sleep,hostile-busy,hostile-exit,hostile-keyboard,fgsm:total", "--eps", "8",
-                 "--models", "AS", "--cell-timeout", "6", "--device", "cpu"])
+                 "--models", "AS", "--cell-timeout", "6", "--device", "cpu", "--workers", workers])
     by = {c.attack: c for c in _cells(db).values()}
     assert by["fgsm:total"].status == "valid", by["fgsm:total"].reason
     assert code == 4  # four bad cells; the exit status is their count, not the attack's sys.exit(7)

@@ -28,3 +28,18 @@ def test_readme_add_an_attack_example_runs_and_is_valid(tiny_nyu):
         assert not torch.equal(run.adversarial, batch["image"])
     finally:
         ATTACKS.pop("my-attack", None)
+
+
+def test_readme_bring_your_own_model_example_runs(mini_suite, tmp_path, monkeypatch, capsys):
+    """The "Bring your own model" snippet, on the test suite instead of the demo's (same code)."""
+    manifest, home = mini_suite
+    monkeypatch.setenv("MTLBENCH_HOME", str(home))
+    (block,) = [b for b in _python_blocks() if "benchmark.evaluate(" in b]
+    code = (block.replace('"tiny-nyuv2-resnet34"', repr(str(manifest))).replace('"IND"', '"layout-9"')
+            .replace('"results.db"', repr(str(tmp_path / "results.db"))))
+    scope: dict = {}
+    exec(compile(code, str(README), "exec"), scope)
+    frame = scope["frame"]
+    assert list(frame["attack"]) == ["pgd:gb-mta", "fgsm:total"] and set(frame["status"]) == {"valid"}
+    assert set(frame["model"]) == {"my-model"} and "pgd:gb-mta" in capsys.readouterr().out
+    assert (tmp_path / "results.db").exists()

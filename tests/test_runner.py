@@ -21,13 +21,6 @@ TESTS = Path(__file__).parent
 PLUGIN = str(TESTS / "plugin_bad_attacks.py")
 
 
-@pytest.fixture
-def mini(mini_suite, monkeypatch):
-    manifest, home = mini_suite
-    monkeypatch.setenv("MTLBENCH_HOME", str(home))
-    return manifest
-
-
 def test_grid_expansion():
     suite = load_suite("tiny-nyuv2-resnet34")
     profile = suite.profile("quick")
@@ -52,6 +45,9 @@ def test_grid_expansion():
     assert len(expand_grid(suite, profile, attacks=["pgd:total"], eps=[8], models=["IND"])) == 1
     explicit = expand_grid(suite, profile, attacks=["pgd:total"], eps=[8], models=["IND"], defenses=["median:3"])
     assert [c.target.name for c in explicit] == ["IND+median:3"]
+    # the table3 profile names its models: AS without and with FAT trained by each of five attacks
+    table3 = expand_grid(suite, suite.profile("table3"))
+    assert len(table3) == 6 * 5 and {c.target.member for c in table3} == {"AS"}
     with pytest.raises(UserError, match="matches nothing"):
         expand_grid(suite, profile, attacks=["pgd:single-keypoint"])
     with pytest.raises(UserError, match="outside"):

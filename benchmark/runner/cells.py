@@ -112,6 +112,7 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
     for e in eps_list:
         if not 0 < e <= 255:
             raise UserError(f"eps {e:g} is outside (0, 255] (0-255 pixel units: 8 means 8/255)")
+    models = models or profile.models
     members = list(dict.fromkeys(suite.member(m) for m in models)) if models else list(suite.members)
     seed_list = list(dict.fromkeys(int(s) for s in (seeds if seeds is not None else profile.seeds)))
     for s in seed_list:

@@ -8,6 +8,8 @@ Each finished member is saved at once, so an interrupted build resumes where it 
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 import zlib
 from collections.abc import Callable, Iterable
@@ -22,7 +24,7 @@ from benchmark.evaluation import evaluate
 from benchmark.models.branched import BranchedModel
 from benchmark.progress import make_console, progress
 from benchmark.suites import Member, Suite, load_suite
-from benchmark.threads import set_threads
+from benchmark.threads import choose_threads, choose_workers, set_threads
 from benchmark.zoo.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from benchmark.zoo.hub import is_built, local_checkpoint_dir, resolve_weights
 from benchmark.zoo.train import TrainRecipe, train_model
@@ -104,12 +106,35 @@ def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | Non
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _worker_sets(suite_ref: str, data_root: str | None):
+    suite = load_suite(suite_ref)
+    train_set = training_set(suite, data_root)
+    if hasattr(train_set, "materialize"):
+        train_set.materialize()
+    return train_set, clean_test_set(suite, data_root=data_root)
+
+
+def _build_in_worker(suite_ref: str, member: str, init_dir: str | None, device: str, data_root: str | None,
+                     threads: int, home: str) -> tuple[str, str]:
+    """One member, built in a worker process exactly as in the driver (same seed, same data)."""
+    os.environ["MTLBENCH_HOME"] = home
+    torch.set_num_threads(threads)
+    suite = load_suite(suite_ref)
+    train_set, test_set = _worker_sets(suite_ref, data_root)
+    init = load_checkpoint(init_dir)[0] if init_dir is not None else None
+    return member, str(build_member(suite, suite.member(member), init_from=init, device=device, data_root=data_root,
+                                    train_set=train_set, test_set=test_set))
+
+
 def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, device: str = "cpu",
                 data_root: str | None = None, console: Console | None = None, rebuild: bool = False,
-                threads: int | None = None) -> dict[str, Path]:
+                threads: int | None = None, workers: int | None = None) -> dict[str, Path]:
     """Build the members of a suite that have no local checkpoint yet (all by default). The
-    warm-start member (AS) is built first when any other member needs it. ``threads``: torch
-    threads (default: :func:`benchmark.threads.choose_threads`)."""
+    warm-start member (AS) is built first when any other member needs it; the others are built
+    in ``workers`` processes (default: one per usable core for the tiny suites on the CPU, each
+    with one thread). ``threads``: torch threads per process (default:
+    :func:`benchmark.threads.choose_threads`)."""
     suite = load_suite(suite) if isinstance(suite, str) else suite
     console = console or make_console(stderr=True)
     wanted = [suite.member(m) for m in members] if members is not None else list(suite.members)
@@ -140,9 +165,14 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
                     bar.update(overall, advance=1)
             if others:
                 init, _ = load_checkpoint(root_dir)
-        for member in todo:
-            if member is root:
-                continue
+        rest = [m for m in todo if m is not root]
+        n_workers = min(choose_workers(workers, small_model=suite.tiny, device=device), len(rest))
+        if n_workers > 1:
+            done.update(_build_in_workers(suite, rest, root_dir if init is not None else None, device, data_root,
+                                          choose_threads(threads, small_model=suite.tiny, workers=n_workers),
+                                          n_workers, bar, overall))
+            rest = []
+        for member in rest:
             steps = recipe_for(suite, finetune=init is not None).steps
             task = bar.add_task(f"  {member.name}", total=steps, loss=float("nan"))
             done[member.name] = build_member(
@@ -153,6 +183,37 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     console.print(f"built {len(todo)} model(s) of {suite.name} in {time.perf_counter() - start:.0f} s "
                   f"under {local_checkpoint_dir(suite, todo[0]).parent}")
     return done
+
+
+def _build_in_workers(suite: Suite, members: list[Member], init_dir: Path | None, device: str,
+                      data_root: str | None, threads: int, workers: int, bar, overall) -> dict[str, Path]:
+    """Build ``members`` in ``workers`` spawned processes; each finished member is saved by its
+    worker at once (an interrupted build resumes with the members left)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from benchmark.zoo.hub import mtlbench_home
+
+    ref = str(suite.path.resolve()) if suite.path is not None else suite.name
+    home = str(mtlbench_home().resolve())
+    out: dict[str, Path] = {}
+    task = bar.add_task(f"  {len(members)} members in {workers} processes of {threads} thread(s)",
+                        total=len(members), loss=float("nan"))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_build_in_worker, ref, m.name, None if init_dir is None else str(init_dir), device,
+                               data_root, threads, home) for m in members]
+        try:
+            for future in as_completed(futures):
+                name, path = future.result()
+                out[name] = Path(path)
+                bar.update(task, advance=1)
+                bar.update(overall, advance=1)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    bar.remove_task(task)
+    return out
 
 
 def load_model(suite: Suite | str, member: Member | str, *, weights_dir: str | Path | None = None,
