@@ -1,4 +1,4 @@
-"""How many threads torch uses in a process of mtlbench.
+"""How many threads torch uses in a process of mtlbench, and how many worker processes run.
 
 torch's default is one intra-op thread per core. On a machine that is busy with anything else
 (another run, a build, a CI neighbour) those threads wait for each other: on 2 cores, one
@@ -19,7 +19,8 @@ import torch
 
 from benchmark.errors import UserError
 
-__all__ = ["MAX_THREADS", "choose_threads", "choose_workers", "set_threads", "usable_cores"]
+__all__ = ["MAX_THREADS", "choose_threads", "choose_workers", "die_with_parent", "set_threads", "stop_pool",
+           "usable_cores"]
 
 MAX_THREADS = 256
 
@@ -75,3 +76,33 @@ def set_threads(requested: int | None = None, *, small_model: bool, workers: int
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
+
+
+def stop_pool(pool) -> None:
+    """Stop a process pool now: queued work is cancelled and the workers are ended, not waited
+    for (after Ctrl-C, a worker may be in the middle of a long cell; its result is not kept)."""
+    processes = list(getattr(pool, "_processes", {}).values())  # no public API lists them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+
+
+def die_with_parent() -> None:
+    """In a worker process: end it when the process that started it ends, even by ``kill -9``
+    (Linux ``PR_SET_PDEATHSIG``), so that an interrupted run leaves no orphaned workers."""
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent was already gone before the call
+        os._exit(1)

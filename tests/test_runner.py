@@ -241,6 +241,33 @@ def test_worker_processes_give_identical_results_and_replace_a_dead_worker(mini,
     assert summary.done == {"valid": 4}
 
 
+def test_killing_a_run_leaves_no_worker_processes(mini, tmp_path):
+    db = tmp_path / "r.db"
+    env = {**os.environ, "MTLBENCH_PLUGINS": PLUGIN, "MTLBENCH_TEST_SLEEP": "0.5", "MTLBENCH_WORKERS": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark", "run", "--suite", str(mini), "--results", str(db),
+                             "--attacks", "test-slow", "--eps", "1,2,3,4,5,6,7,8", "--device", "cpu"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, workers = time.time() + 120, []
+        while time.time() < deadline and len(workers) < 2:
+            time.sleep(0.2)
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+            workers = [int(p) for p in children.read_text().split()] if children.exists() else []
+            workers = [p for p in workers if "multiprocessing" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert len(workers) >= 2, "the run did not start its worker processes"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
+        time.sleep(0.2)
+    alive = [p for p in workers if Path(f"/proc/{p}").exists()
+             and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]]
+    assert not alive, f"orphaned workers: {alive}"
+
+
 def test_a_real_data_suite_needs_its_data_root(mini_suite, tmp_path, capsys, monkeypatch, wide_console):
     manifest, home = mini_suite
     monkeypatch.setenv("MTLBENCH_HOME", str(home))

@@ -27,6 +27,7 @@ from benchmark.errors import UserError
 from benchmark.runner.cells import Cell, evaluate_cell
 from benchmark.runner.context import CellContext, prepare_context
 from benchmark.runner.store import CellResult
+from benchmark.threads import die_with_parent, stop_pool
 
 __all__ = ["Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor"]
 
@@ -75,6 +76,7 @@ def _ray_cell(cell: Cell, device: str, clean: dict, git_commit: str, threads: in
 
 
 def _init_pool_worker(threads: int, env: dict[str, str]) -> None:
+    die_with_parent()
     os.environ.update(env)
     torch.set_num_threads(threads)
 
@@ -143,7 +145,7 @@ class ProcessExecutor(Executor):
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            stop_pool(self._pool)
             self._pool = None
 
 

@@ -24,7 +24,7 @@ from benchmark.evaluation import evaluate
 from benchmark.models.branched import BranchedModel
 from benchmark.progress import make_console, progress
 from benchmark.suites import Member, Suite, load_suite
-from benchmark.threads import choose_threads, choose_workers, set_threads
+from benchmark.threads import choose_threads, choose_workers, die_with_parent, set_threads, stop_pool
 from benchmark.zoo.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from benchmark.zoo.hub import is_built, local_checkpoint_dir, resolve_weights
 from benchmark.zoo.train import TrainRecipe, train_model
@@ -199,19 +199,19 @@ def _build_in_workers(suite: Suite, members: list[Member], init_dir: Path | None
     out: dict[str, Path] = {}
     task = bar.add_task(f"  {len(members)} members in {workers} processes of {threads} thread(s)",
                         total=len(members), loss=float("nan"))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=die_with_parent)
+    try:
         futures = [pool.submit(_build_in_worker, ref, m.name, None if init_dir is None else str(init_dir), device,
                                data_root, threads, home) for m in members]
-        try:
-            for future in as_completed(futures):
-                name, path = future.result()
-                out[name] = Path(path)
-                bar.update(task, advance=1)
-                bar.update(overall, advance=1)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+        for future in as_completed(futures):
+            name, path = future.result()
+            out[name] = Path(path)
+            bar.update(task, advance=1)
+            bar.update(overall, advance=1)
+    finally:
+        # members finished so far are saved; an interrupted build stops now and resumes with the rest
+        stop_pool(pool)
     bar.remove_task(task)
     return out
 
