@@ -30,6 +30,10 @@ THREADS_HELP = ("torch threads per process (default: 1 for the tiny suites, whos
                 "to pay off; else the cores this process may use)")
 
 
+WORKERS_HELP = ("local worker processes (default: one per usable core for the tiny suites on the CPU, each with "
+                "one thread; else 1)")
+
+
 def _add_compute_options(p: argparse.ArgumentParser) -> None:
     """--device and --threads, as every command that trains or attacks takes them."""
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -211,7 +215,7 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
         raise UserError(f"{suite.name} is a full suite trained on real data: use `mtlbench zoo train {suite.name} "
                         "--data-root DIR` (or `zoo import` for the paper authors' checkpoints)")
     built = build_suite(suite, members, device=_device(args.device), data_root=args.data_root, console=err_console,
-                        rebuild=args.rebuild, threads=args.threads)
+                        rebuild=args.rebuild, threads=args.threads, workers=args.workers)
     _print_clean(suite, built)
     return 0
 
@@ -258,7 +262,7 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
         _print_clean(suite, out)
         return 0
     built = build_suite(suite, names, device=_device(args.device), data_root=args.data_root, console=err_console,
-                        rebuild=args.rebuild, threads=args.threads)
+                        rebuild=args.rebuild, threads=args.threads, workers=args.workers)
     _print_clean(suite, built)
     return 0
 
@@ -531,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", help="comma-separated member names (default: all)")
         p.add_argument("--data-root", help="directory of the real data set")
         _add_compute_options(p)
+        p.add_argument("--workers", type=_bounded(int, 1, 256), help=WORKERS_HELP)
         p.add_argument("--rebuild", action="store_true", help="train again even if a checkpoint exists")
         if action == "train":
             p.add_argument("--steps", type=_bounded(int, 1, 10_000_000), help="override the recipe's training steps")
@@ -584,9 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(model.safetensors + config.json), run instead of the members")
     p.add_argument("--name", help="the external model's name in results (default: the directory's name)")
     p.add_argument("--threads", type=_bounded(int, 1, 256), help=THREADS_HELP)
-    p.add_argument("--workers", type=_bounded(int, 1, 256),
-                   help="local worker processes of the local executor (default: one per usable core for the tiny "
-                        "suites on the CPU, each with one thread; else 1)")
+    p.add_argument("--workers", type=_bounded(int, 1, 256), help=WORKERS_HELP)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("defend", help="adversarially train suite members with a training defense (FAT)",

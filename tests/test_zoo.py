@@ -347,3 +347,19 @@ def test_a_saved_model_loads_with_its_tasks_in_order(tmp_path):
     assert list(info.model.tasks) == list(tasks)
     with torch.no_grad():
         assert torch.equal(loaded(x)["depth_zbuffer"], model(x)["depth_zbuffer"])
+
+
+def test_a_build_in_worker_processes_gives_the_same_checkpoints(tmp_path, monkeypatch):
+    from conftest import MINI_SUITE
+
+    manifest = tmp_path / "three.toml"
+    manifest.write_text(MINI_SUITE.replace('name = "mini-run"', 'name = "three-run"')
+                        + '\n[[models]]\nname = "IND"\nlayout = "IND"\n')
+    digests = []
+    for workers in ("1", "2"):
+        home = tmp_path / f"home{workers}"
+        monkeypatch.setenv("MTLBENCH_HOME", str(home))
+        assert main(["zoo", "build", str(manifest), "--workers", workers, "--device", "cpu"]) == 0
+        digests.append({m: file_sha256(home / "zoo" / "three-run" / m / "model.safetensors")
+                        for m in ("AS", "layout-9", "IND")})
+    assert digests[0] == digests[1]
