@@ -8,6 +8,8 @@ from manifests import AS_AND_LAYOUT_9
 
 DATA = Path(__file__).parent / "data"
 
+pytest_plugins = ["pytester"]
+
 # runs in tests stay in their own process (spawning worker processes for a few cells would cost
 # more than the cells); tests/test_runner.py checks the worker processes themselves
 os.environ.setdefault("MTLBENCH_WORKERS", "1")
