@@ -101,6 +101,13 @@ def test_run_model_dir(mini, tmp_path, capsys, wide_console):
     theirs = tmp_path / "their-model"
     shutil.copytree(os.path.join(os.environ["MTLBENCH_HOME"], "zoo", "mini-run", "layout-9"), theirs)
     db = tmp_path / "r.db"
+    # the profile names a FAT defense for its members: an external model is run undefended
+    profiled = mini.parent / "profiled.toml"
+    profiled.write_text(mini.read_text().replace("batch_size = 2\n", 'batch_size = 2\ndefenses = ["none", '
+                                                 '"fat:pgd:total"]\ndefended_models = ["AS"]\n'))
+    assert 'defended_models = ["AS"]' in profiled.read_text()
+    assert main(["run", "--suite", str(profiled), "--model", str(theirs), "--attacks", "fgsm:total", "--eps", "8",
+                 "--results", str(tmp_path / "p.db")]) == 0
     assert main(["run", "--suite", str(mini), "--model", str(theirs), "--attacks", "fgsm:total", "--eps", "8",
                  "--results", str(db)]) == 0
     with ResultsStore(db, readonly=True) as store:

@@ -124,7 +124,9 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
     # a profile's defenses apply to its defended_models (all members when it names none)
     defended = set(profile.defended_models or [m.name for m in members]) if defenses is None else None
     if external is not None:
-        every = (Target.external_model(suite, external, name=external_name, defense=d, eot=eot) for d in defense_list)
+        # a profile's defenses are for its own members; an external model gets those asked for
+        asked = defense_list if defenses is not None else ["none"]
+        every = (Target.external_model(suite, external, name=external_name, defense=d, eot=eot) for d in asked)
         defended = None
     else:
         every = (Target.of(ref, m.name, weights_dir=weights_dir, defense=d, eot=eot)
