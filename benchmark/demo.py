@@ -18,12 +18,11 @@ from rich.console import Console
 from rich.text import Text
 
 from benchmark.data import save_preview
-from benchmark.defenses import parse_defense
 from benchmark.progress import make_console
 from benchmark.runner import RunOptions, run
+from benchmark.runner.run import build_targets
 from benchmark.suites import load_suite
 from benchmark.zoo.build import build_suite
-from benchmark.zoo.defend import defend_suite
 
 __all__ = ["run_demo"]
 
@@ -40,14 +39,10 @@ def run_demo(out_dir: str | Path = "site", *, suite: str = "tiny-nyuv2-resnet34"
                                                            f"profile {profile!r}"))
     build_suite(spec, device=device, console=console, threads=threads)
     built = time.perf_counter()
-    chosen = spec.profile(profile)
-    defended = list(chosen.defended_models or [m.name for m in spec.members])
-    for defense in filter(None, map(parse_defense, chosen.defenses)):
-        if defense.kind == "training":
-            defend_suite(spec, defense.spec, defended, device=device, console=console, threads=threads)
+    options = RunOptions(suite=suite, profile=profile, device=device, results=str(results), threads=threads)
+    build_targets(options, console=console)  # the profile's trained defenses (FAT on AS)
     trained = time.perf_counter()
-    summary = run(RunOptions(suite=suite, profile=profile, device=device, results=str(results), threads=threads),
-                  console=console)
+    summary = run(options, console=console)
     ran = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,8 @@ import torch
 
 from benchmark.errors import UserError
 
-__all__ = ["MAX_THREADS", "choose_threads", "choose_workers", "die_with_parent", "set_threads", "stop_pool",
-           "usable_cores"]
+__all__ = ["MAX_THREADS", "choose_threads", "choose_workers", "die_with_parent", "init_worker", "set_threads",
+           "stop_pool", "usable_cores", "worker_env"]
 
 MAX_THREADS = 256
 
@@ -106,3 +106,21 @@ def die_with_parent() -> None:
         pass
     if os.getppid() == 1:  # the parent was already gone before the call
         os._exit(1)
+
+
+def worker_env() -> dict[str, str]:
+    """What a worker process must see as this one does: where the zoo lives, the Hub settings,
+    the plugins (``MTLBENCH_*`` and ``HF_*``, with ``MTLBENCH_HOME`` made absolute)."""
+    from benchmark.zoo.hub import mtlbench_home
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(("MTLBENCH_", "HF_"))}
+    env["MTLBENCH_HOME"] = str(mtlbench_home().resolve())
+    return env
+
+
+def init_worker(threads: int, env: dict[str, str]) -> None:
+    """The start of a local worker process: it ends with its parent, sees the parent's settings
+    (:func:`worker_env`) and uses ``threads`` torch threads."""
+    die_with_parent()
+    os.environ.update(env)
+    torch.set_num_threads(threads)

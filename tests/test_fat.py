@@ -16,8 +16,9 @@ import torch
 from safetensors import safe_open
 
 from benchmark.attacks import create_attack
+from benchmark.attacks.objectives import output_losses
 from benchmark.cli import main
-from benchmark.defenses.fat import RESUME_FILE, FATRecipe, _loss_ratio, _per_task_losses, fat_examples
+from benchmark.defenses.fat import RESUME_FILE, FATRecipe, _loss_ratio, fat_examples
 from benchmark.runner import ResultsStore, RunOptions, run
 from benchmark.suites import load_suite
 from benchmark.zoo.checkpoint import CONFIG_FILE, WEIGHTS_FILE, file_sha256, read_config
@@ -87,7 +88,7 @@ def test_early_stop_keeps_the_point_where_a_sample_stopped(tiny_nyu):
     end = four(model, batch["image"], batch, tasks=tasks, eps=8 / 255, generator=gen)
     got = fat_examples(four, model, batch, tasks, FATRecipe(attack_steps=4, tau=1, fooled_ratio=1.0), gen)
     with torch.no_grad():
-        clean = _per_task_losses(tasks, model(batch["image"]), batch)
+        clean = output_losses(model(batch["image"]), batch, tasks)
         still = _loss_ratio(tasks, model(after_one), batch, clean) >= 1.0
     assert still.any()
     assert torch.equal(got[still], after_one[still])

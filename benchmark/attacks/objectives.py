@@ -51,7 +51,12 @@ _LOG_FLOOR = 1e-12
 def per_task_losses(model: torch.nn.Module, x: torch.Tensor, targets: dict[str, torch.Tensor],
                     tasks: list[Task]) -> torch.Tensor:
     """(B, T) per-sample losses of every task, with the graph to ``x``."""
-    outputs = model(x)
+    return output_losses(model(x), targets, tasks)
+
+
+def output_losses(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+                  tasks: list[Task]) -> torch.Tensor:
+    """(B, T) per-sample losses of every task of the model outputs ``outputs``."""
     return torch.stack([t.loss(outputs[t.name], targets) for t in tasks], 1)
 
 

@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from benchmark.attacks.objectives import output_losses
 from benchmark.data.datasets import make_loader
 from benchmark.defenses.registry import Defense, register_defense
 from benchmark.errors import UserError
@@ -147,12 +148,8 @@ class _EarlyStop(nn.Module):
         return out
 
 
-def _per_task_losses(tasks: list[Task], outputs: dict, batch: dict) -> torch.Tensor:
-    return torch.stack([t.loss(outputs[t.name], batch) for t in tasks], dim=1)  # (B, T)
-
-
 def _loss_ratio(tasks, outputs, batch, clean_loss) -> torch.Tensor:
-    return (_per_task_losses(tasks, outputs, batch) / clean_loss.clamp_min(1e-8)).mean(dim=1)
+    return (output_losses(outputs, batch, tasks) / clean_loss.clamp_min(1e-8)).mean(dim=1)
 
 
 def fat_examples(attack, model: nn.Module, batch: dict, tasks: list[Task], recipe: FATRecipe,
@@ -164,7 +161,7 @@ def fat_examples(attack, model: nn.Module, batch: dict, tasks: list[Task], recip
         x_adv = attack(model, images, batch, tasks=tasks, eps=eps, generator=generator)
     else:
         with torch.no_grad():
-            clean = _per_task_losses(tasks, model(images), batch)
+            clean = output_losses(model(images), batch, tasks)
         watch = _EarlyStop(model, tasks, batch, clean, recipe)
         x_adv = attack(watch, images, batch, tasks=tasks, eps=eps, generator=generator)
         if watch.points is not None:

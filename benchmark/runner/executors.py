@@ -27,7 +27,7 @@ from benchmark.errors import UserError
 from benchmark.runner.cells import Cell, evaluate_cell
 from benchmark.runner.context import CellContext, prepare_context
 from benchmark.runner.store import CellResult
-from benchmark.threads import die_with_parent, stop_pool
+from benchmark.threads import init_worker, stop_pool, worker_env
 
 __all__ = ["Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor"]
 
@@ -54,13 +54,12 @@ def _worker_context(data_key: tuple, device: str, env: tuple) -> CellContext:
     return prepare_context(*data_key, device=torch.device(device), clean={})
 
 
-def _driver_env() -> dict[str, str]:
-    """What a worker must see as the driver does: where the zoo lives, the Hub settings, plugins."""
-    from benchmark.zoo.hub import mtlbench_home
-
-    env = {k: v for k, v in os.environ.items() if k.startswith(("MTLBENCH_", "HF_"))}
-    env["MTLBENCH_HOME"] = str(mtlbench_home().resolve())
-    return env
+def _worker_cell(cell: Cell, device: str, clean: dict, git_commit: str, env: dict[str, str]) -> CellResult:
+    """A cell in a worker, on the worker's context of its target (kept while the target is the same)."""
+    ctx = _worker_context(cell.data_key, device, tuple(sorted(env.items())))
+    # the driver's clean metrics, so every executor scores against the same numbers
+    ctx.clean, ctx.git_commit = clean, git_commit
+    return evaluate_cell(cell, ctx)
 
 
 def _ray_cell(cell: Cell, device: str, clean: dict, git_commit: str, threads: int,
@@ -69,25 +68,14 @@ def _ray_cell(cell: Cell, device: str, clean: dict, git_commit: str, threads: in
     # so that it loads the same weights (a different copy would be stored under another revision)
     os.environ.update(env)
     torch.set_num_threads(threads)
-    ctx = _worker_context(cell.data_key, device, tuple(sorted(env.items())))
-    # the driver's clean metrics, so every executor scores against the same numbers
-    ctx.clean, ctx.git_commit = clean, git_commit
-    return evaluate_cell(cell, ctx)
+    return _worker_cell(cell, device, clean, git_commit, env)
 
 
-def _init_pool_worker(threads: int, env: dict[str, str]) -> None:
-    die_with_parent()
-    os.environ.update(env)
-    torch.set_num_threads(threads)
-
-
-def _pool_cell(cell: Cell, device: str, clean: dict, git_commit: str, env: tuple) -> CellResult:
+def _pool_cell(cell: Cell, device: str, clean: dict, git_commit: str, env: dict[str, str]) -> CellResult:
     from benchmark.attacks.sandbox import watch_user_interrupts
 
-    ctx = _worker_context(cell.data_key, device, env)
-    ctx.clean, ctx.git_commit = clean, git_commit
     with watch_user_interrupts():  # an attack's KeyboardInterrupt is its cell's failure, not a Ctrl-C
-        return evaluate_cell(cell, ctx)
+        return _worker_cell(cell, device, clean, git_commit, env)
 
 
 class ProcessExecutor(Executor):
@@ -96,7 +84,7 @@ class ProcessExecutor(Executor):
     def __init__(self, workers: int, *, device: str = "cpu", threads: int = 1, max_retries: int = 1) -> None:
         self.workers, self.device, self.threads, self.max_retries = workers, device, threads, max_retries
         self._pool = None
-        self._env = _driver_env()
+        self._env = worker_env()
 
     def _new_pool(self):
         import multiprocessing
@@ -104,7 +92,7 @@ class ProcessExecutor(Executor):
 
         self.close()
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_init_pool_worker, initargs=(self.threads, self._env))
+                                         initializer=init_worker, initargs=(self.threads, self._env))
         return self._pool
 
     def run(self, cells: list[Cell], ctx: CellContext) -> Iterator[CellResult]:
@@ -115,7 +103,7 @@ class ProcessExecutor(Executor):
             yield from LocalExecutor().run(cells, ctx)
             return
         pool = self._pool or self._new_pool()
-        env = tuple(sorted(self._env.items()))
+        env = self._env
         tries: dict[Cell, int] = {}
 
         def submit(cell: Cell):
@@ -171,7 +159,7 @@ class RayExecutor(Executor):
         remote = ray.remote(_ray_cell).options(
             num_cpus=self.threads, num_gpus=self.gpus_per_cell if self.device == "cuda" else 0,
             max_retries=self.max_retries, retry_exceptions=False)
-        env = _driver_env()
+        env = worker_env()
         pending = {remote.remote(cell, self.device, ctx.clean, ctx.git_commit, self.threads, env): cell
                    for cell in cells}
         while pending:

@@ -26,7 +26,7 @@ from benchmark.targets import Target
 from benchmark.threads import choose_threads, choose_workers, set_threads
 from benchmark.zoo.hub import MissingWeightsError
 
-__all__ = ["RunOptions", "RunSummary", "make_executor", "run"]
+__all__ = ["RunOptions", "RunSummary", "build_targets", "make_executor", "run"]
 
 
 @dataclass
@@ -117,6 +117,23 @@ def _released(store: ResultsStore, owner: Owner):
             store.release(owner)
 
 
+def _grid(options: RunOptions, suite, profile, module: torch.nn.Module | None = None) -> list[Cell]:
+    external = module if module is not None else options.model_dir
+    return expand_grid(suite, profile, attacks=options.attacks, eps=options.eps, models=options.models,
+                       seeds=options.seeds, weights_dir=options.weights_dir, data_root=options.data_root,
+                       cell_timeout=options.cell_timeout, defenses=options.defenses,
+                       eot_samples=options.eot_samples, external=external, external_name=options.model_name)
+
+
+def build_targets(options: RunOptions, *, console: Console | None = None) -> None:
+    """Train, before the run, what the run ``options`` describe needs and a tiny suite builds on
+    first use: its members, then their trained defenses."""
+    suite = load_suite(options.suite)
+    set_threads(options.threads, small_model=suite.tiny)
+    cells = _grid(options, suite, suite.profile(options.profile))
+    _build_missing(suite, list(dict.fromkeys(c.target for c in cells)), options, console or make_console(stderr=True))
+
+
 def _build_missing(suite, targets: list, options: RunOptions, console: Console) -> None:
     """Train what a tiny suite builds on first use (its members, then their trained defenses)
     before the run's progress display starts, one build per suite and defense."""
@@ -163,11 +180,7 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
         raise UserError("an nn.Module of this process runs with the local executor; save it as a checkpoint "
                         "directory (`mtlbench run --model DIR`) to run it on Ray")
     set_threads(options.threads, small_model=suite.tiny)
-    external = module if module is not None else options.model_dir
-    cells = expand_grid(suite, profile, attacks=options.attacks, eps=options.eps, models=options.models,
-                        seeds=options.seeds, weights_dir=options.weights_dir, data_root=options.data_root,
-                        cell_timeout=options.cell_timeout, defenses=options.defenses,
-                        eot_samples=options.eot_samples, external=external, external_name=options.model_name)
+    cells = _grid(options, suite, profile, module)
     device = torch.device(options.device)
     summary = RunSummary(total=len(cells))
     start = time.perf_counter()

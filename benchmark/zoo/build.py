@@ -9,7 +9,6 @@ Each finished member is saved at once, so an interrupted build resumes where it 
 from __future__ import annotations
 
 import functools
-import os
 import time
 import zlib
 from collections.abc import Callable, Iterable
@@ -24,7 +23,7 @@ from benchmark.evaluation import evaluate
 from benchmark.models.branched import BranchedModel
 from benchmark.progress import make_console, progress
 from benchmark.suites import Member, Suite, load_suite
-from benchmark.threads import choose_threads, choose_workers, die_with_parent, set_threads, stop_pool
+from benchmark.threads import choose_threads, choose_workers, init_worker, set_threads, stop_pool, worker_env
 from benchmark.zoo.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from benchmark.zoo.hub import is_built, local_checkpoint_dir, resolve_weights
 from benchmark.zoo.train import TrainRecipe, train_model
@@ -115,11 +114,9 @@ def _worker_sets(suite_ref: str, data_root: str | None):
     return train_set, clean_test_set(suite, data_root=data_root)
 
 
-def _build_in_worker(suite_ref: str, member: str, init_dir: str | None, device: str, data_root: str | None,
-                     threads: int, home: str) -> tuple[str, str]:
+def _build_in_worker(suite_ref: str, member: str, init_dir: str | None, device: str,
+                     data_root: str | None) -> tuple[str, str]:
     """One member, built in a worker process exactly as in the driver (same seed, same data)."""
-    os.environ["MTLBENCH_HOME"] = home
-    torch.set_num_threads(threads)
     suite = load_suite(suite_ref)
     train_set, test_set = _worker_sets(suite_ref, data_root)
     init = load_checkpoint(init_dir)[0] if init_dir is not None else None
@@ -192,18 +189,15 @@ def _build_in_workers(suite: Suite, members: list[Member], init_dir: Path | None
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from benchmark.zoo.hub import mtlbench_home
-
     ref = str(suite.path.resolve()) if suite.path is not None else suite.name
-    home = str(mtlbench_home().resolve())
     out: dict[str, Path] = {}
     task = bar.add_task(f"  {len(members)} members in {workers} processes of {threads} thread(s)",
                         total=len(members), loss=float("nan"))
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=die_with_parent)
+                               initializer=init_worker, initargs=(threads, worker_env()))
     try:
         futures = [pool.submit(_build_in_worker, ref, m.name, None if init_dir is None else str(init_dir), device,
-                               data_root, threads, home) for m in members]
+                               data_root) for m in members]
         for future in as_completed(futures):
             name, path = future.result()
             out[name] = Path(path)
