@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from rich.table import Table
 from rich.text import Text
@@ -337,12 +338,9 @@ def _csv(text: str | None, kind=str) -> list | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import os
-
     from benchmark.runner import RunOptions, run
 
-    if args.plugins:
-        os.environ["MTLBENCH_PLUGINS"] = ",".join(filter(None, [os.environ.get("MTLBENCH_PLUGINS"), args.plugins]))
+    _load_plugins(args.plugins)
     options = RunOptions(suite=args.suite, profile=args.profile, attacks=_csv(args.attacks), eps=_csv(args.eps, float),
                          models=_csv(args.models), seeds=_csv(args.seeds, int), device=_device(args.device),
                          results=args.results, weights_dir=args.weights_dir, data_root=args.data_root,
@@ -443,11 +441,103 @@ def cmd_results_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- submit / verify
+def cmd_submit(args: argparse.Namespace) -> int:
+    from benchmark.runner.bundle import submit
+
+    _load_plugins(args.plugins)
+    out = args.out or "bundle-" + "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in args.attack)
+    result = submit(_csv(args.attack), suite=args.suite, profile=args.profile, out=out, models=_csv(args.models),
+                    eps=_csv(args.eps, float), seeds=_csv(args.seeds, int), device=_device(args.device),
+                    threads=args.threads, workers=args.workers, data_root=args.data_root, as_zip=args.zip,
+                    console=err_console)
+    if result.bundle is None:
+        err_console.print(Text.assemble(("submission failed", "bold red"), f": {len(result.failures)} problem(s), "
+                                        f"no bundle written; report: {result.report}"))
+        for line in result.failures[:20]:
+            err_console.print(Text(f"  {line}"))
+        return 1
+    console.print(Text.assemble(f"bundle of {result.cells} cells written in {result.seconds:.0f} s: ",
+                                (str(result.bundle), "bold"), f"\nverify it with `mtlbench verify {result.bundle}`"))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from benchmark.runner.bundle import verify_bundle
+
+    verdict = verify_bundle(args.bundle, device=_device(args.device), data_root=args.data_root,
+                            arp_tolerance=args.tolerance, metric_tolerance=args.metric_tolerance, console=err_console)
+    names = ", ".join(verdict.manifest["attack"]["names"])
+    if verdict.verified:
+        console.print(Text.assemble(("verified", "bold green"), f": {args.bundle} ({names}): {verdict.checked} cells "
+                                    f"re-scored on {verdict.manifest['suite']['name']}; every metric within "
+                                    f"{args.metric_tolerance:g} relative, ARP within {args.tolerance:g} points"))
+        return 0
+    console.print(Text.assemble(("rejected", "bold red"), f": {args.bundle} ({names}): {len(verdict.reasons)} "
+                                f"problem(s); {verdict.checked} of {len(verdict.cells)} cells check out"))
+    for line in verdict.reasons[: 50 if not args.verbose else None]:
+        console.print(Text(f"  {line}"))
+    return 1
+
+
+# ---------------------------------------------------------------------- check
+def cmd_check(args: argparse.Namespace) -> int:
+    from benchmark.runner.check import CheckOptions, check
+
+    _load_plugins(args.plugins)
+    opts = CheckOptions(baseline=args.baseline, suite=args.suite, profile=args.profile, attacks=_csv(args.attacks),
+                        models=_csv(args.models), eps=_csv(args.eps, float), seeds=_csv(args.seeds, int),
+                        reference=args.reference, tolerance=args.tolerance, alpha=args.alpha,
+                        speed_tolerance=args.speed_tolerance, passes_tolerance=args.passes_tolerance,
+                        update=args.update, device=_device(args.device), threads=args.threads, workers=args.workers)
+    report = check(opts, console=err_console)
+    fmt = _fmt
+    table = Table(title=f"mtlbench check: {report.new['suite']} [{report.new['profile']}], "
+                        f"{len(report.new['models'])} model(s) x eps {', '.join(f'{e:g}' for e in report.new['eps'])} "
+                        f"x seed(s) {', '.join(map(str, report.new['seeds']))}, {report.new['images']} images; "
+                        f"reference {report.new['reference']}")
+    for col in ("attack", "before", "after", "delta", "95% CI", "p", "passes/img", "time ratio", "verdict"):
+        table.add_column(col, justify="left" if col in ("attack", "verdict") else "right")
+    for a in report.attacks:
+        verdict = Text("ok", style="green") if a.ok else Text("FAIL: " + "; ".join(a.failures), style="red")
+        table.add_row(a.attack, fmt(a.before), fmt(a.after), fmt(a.delta, "+.2f"),
+                      f"[{fmt(a.low, '+.2f')}, {fmt(a.high, '+.2f')}]", fmt(a.p, ".4f"),
+                      f"{fmt(a.passes_before, 'g')} -> {fmt(a.passes_after, 'g')}",
+                      f"{fmt(a.ratio_before)} -> {fmt(a.ratio_after)}", verdict)
+        if args.verbose:
+            for m in a.per_model:
+                table.add_row(f"  {m['model']}", fmt(m["before"]), fmt(m["after"]), fmt(m["delta"], "+.2f"),
+                              f"[{fmt(m['low'], '+.2f')}, {fmt(m['high'], '+.2f')}]", fmt(m["p"], ".4f"), "", "", "")
+    console.print(table)
+    console.print(f"delta and CI: paired bootstrap over (model, image) of the per-image score (ARP points); fails when "
+                  f"an attack's ARP dropped by more than {args.tolerance:g} with p < {args.alpha:g}; "
+                  f"{report.seconds:.0f} s")
+    if report.written is not None:
+        console.print(Text.assemble("baseline written: ", (str(report.written), "bold")))
+        return 0
+    return 0 if report.ok else 1
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None or value != value else format(value, spec)
+
+
+def _load_plugins(plugins: str | None) -> None:
+    import os
+
+    if plugins:
+        os.environ["MTLBENCH_PLUGINS"] = ",".join(filter(None, [os.environ.get("MTLBENCH_PLUGINS"), plugins]))
+
+
 # ---------------------------------------------------------------------- leaderboard
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from leaderboard import render_leaderboard
 
-    index = render_leaderboard(args.results, args.out, default_eps=args.eps)
+    if args.bundles is None and not Path(args.results).exists():
+        raise UserError(f"results database {args.results} does not exist; run `mtlbench run` first (or pass "
+                        "--bundles DIR)")
+    index = render_leaderboard(args.results, args.out, default_eps=args.eps, bundles=args.bundles,
+                               device=_device(args.device), console=err_console)
     console.print(Text.assemble("leaderboard: ", (str(index.resolve()), "bold")))
     return 0
 
@@ -630,11 +720,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_bounded(int, 1), default=200)
     p.set_defaults(func=cmd_results_show)
 
+    p = sub.add_parser("submit", help="run an attack through the validator and a suite's protocol into a result bundle",
+                       description="Validate an attack on every output, check its determinism, run it under a suite "
+                                   "profile on the suite's members and write a result bundle (manifest, cells, "
+                                   "adversarial images) that anyone can re-score with `mtlbench verify`. Exit 1 with "
+                                   "a report of what failed, and no bundle, when a cell is invalid or failed.")
+    p.add_argument("attack", help="comma-separated attacks or patterns, e.g. 'cospgd:gb-mta' or 'cospgd:*'")
+    p.add_argument("--suite", default="tiny-nyuv2-resnet34")
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--out", help="bundle directory (default: bundle-<attack>)")
+    p.add_argument("--zip", action="store_true", help="write OUT.zip instead of a directory")
+    p.add_argument("--models", help="comma-separated members (default: the profile's)")
+    p.add_argument("--eps", help="comma-separated eps (default: the profile's)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the profile's)")
+    p.add_argument("--data-root", help="directory of the real data set (full suites)")
+    p.add_argument("--plugins", help="comma-separated modules or .py files that register attacks")
+    _add_compute_options(p)
+    p.add_argument("--workers", type=_bounded(int, 1, 256), help=WORKERS_HELP)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("verify", help="re-score a result bundle's adversarial images against the pinned weights",
+                       description="Re-score a bundle: weights revision, image ids, [0, 1], eps-ball, every metric "
+                                   "and ARP against what it claims. Exit 0 when verified, 1 when rejected (each "
+                                   "reason names the model, attack, eps, seed, image and number), 2 on a usage error.")
+    p.add_argument("bundle", help="bundle directory or .zip")
+    p.add_argument("--tolerance", type=_bounded(float, 0), default=0.01, help="ARP points (default 0.01)")
+    p.add_argument("--metric-tolerance", type=_bounded(float, 0), default=1e-4,
+                   help="relative tolerance of each metric (default 1e-4)")
+    p.add_argument("--data-root", help="directory of the real data set (full suites)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("-v", "--verbose", action="store_true", help="every reason, not the first 50")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("check", help="CI gate: fail when an attack got weaker (paired test) or slower than a baseline",
+                       description="Run the attacks of a baseline again on the same images, models, eps and seeds "
+                                   "and compare with a paired bootstrap over (model, image). Exit status 1 when an "
+                                   "attack got weaker by more than --tolerance ARP points with p < --alpha, needs "
+                                   "more passes per image, got slower relative to the reference attack by more than "
+                                   "--speed-tolerance, or gives invalid outputs; 0 otherwise; 2 on a usage error.")
+    p.add_argument("--baseline", required=True, help="baseline JSON (written by --update)")
+    p.add_argument("--suite", help="suite (default: the baseline's; tiny-nyuv2-resnet34 for a new baseline)")
+    p.add_argument("--profile", help="profile for steps and images (default: the baseline's; quick)")
+    p.add_argument("--attacks", help="comma-separated attacks (default: the baseline's)")
+    p.add_argument("--models", help="comma-separated members (default: the baseline's; the profile's for a new one)")
+    p.add_argument("--eps", help="comma-separated eps (default: the baseline's; the profile's for a new one)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the baseline's)")
+    p.add_argument("--reference", help="attack whose time per image is the unit of speed (default: pgd:total)")
+    p.add_argument("--tolerance", type=_bounded(float, 0), default=1.0,
+                   help="ARP points an attack may lose (default 1)")
+    p.add_argument("--alpha", type=_bounded(float, 1e-9, 1), default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--speed-tolerance", type=_bounded(float, 0), default=0.5,
+                   help="share the time ratio to the reference may grow (default 0.5: +50%%)")
+    p.add_argument("--passes-tolerance", type=_bounded(float, 0), default=0.0,
+                   help="share the counted passes per image may grow (default 0)")
+    p.add_argument("--update", action="store_true", help="write this run as the new baseline")
+    p.add_argument("--plugins", help="comma-separated modules or .py files that register attacks")
+    p.add_argument("-v", "--verbose", action="store_true", help="a row per model too")
+    _add_compute_options(p)
+    p.add_argument("--workers", type=_bounded(int, 1, 256), help=WORKERS_HELP)
+    p.set_defaults(func=cmd_check)
+
     p = sub.add_parser("leaderboard", help="render the static HTML leaderboard from a results database")
     p.add_argument("--results", default="results.db")
     p.add_argument("--out", default="site", help="output directory (default: site)")
     p.add_argument("--eps", type=_bounded(float, 0, 255), default=8.0,
                    help="eps shown first (default 8, else the closest run)")
+    p.add_argument("--bundles", metavar="DIR", help="a folder of result bundles: each is re-scored; verified ones "
+                                                    "join the ranking, rejected ones are listed as self-reported")
+    p.add_argument("--device", default="auto", help="device that re-scores the bundles: auto, cpu or cuda")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("demo", help="build the tiny suite, run its quick profile, render the leaderboard site")

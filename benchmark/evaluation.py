@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from benchmark.tasks import Task
+from benchmark.tasks import Task, TaskMetric
 
-__all__ = ["check_outputs", "evaluate", "to_device"]
+__all__ = ["check_outputs", "evaluate", "per_image_metrics", "to_device"]
 
 Batch = dict[str, torch.Tensor]
 
@@ -35,6 +35,22 @@ def evaluate(model: torch.nn.Module, tasks: list[Task], batches: Iterable[Batch]
         for t in tasks:
             metrics[t.name].update(outputs[t.name], batch)
     return {name: m.compute() for name, m in metrics.items()}
+
+
+@torch.no_grad()
+def per_image_metrics(tasks: list[Task], outputs: dict[str, torch.Tensor], batch: Batch) -> list[dict[str, TaskMetric]]:
+    """Each task's streaming metric over each image of ``batch`` alone, one ``{task: metric}``
+    per image: merged, they are the batch's metrics; one taken out of the merge leaves the others'."""
+    size = batch["image"].shape[0]
+    out = []
+    for i in range(size):
+        one = {k: v[i: i + 1] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == size else v
+               for k, v in batch.items()}
+        metrics = {t.name: t.new_metric() for t in tasks}
+        for t in tasks:
+            metrics[t.name].update(outputs[t.name][i: i + 1], one)
+        out.append(metrics)
+    return out
 
 
 def check_outputs(model: torch.nn.Module, tasks: list[Task], images: torch.Tensor, *, what: str = "the model") -> None:

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from benchmark.tasks import Task
+from benchmark.tasks import Task, TaskMetric
 
-__all__ = ["arp", "bootstrap_ci", "metric_drop", "task_arp", "transferability"]
+__all__ = ["arp", "bootstrap_ci", "image_scores", "metric_drop", "paired_bootstrap", "task_arp", "transferability"]
 
 Metrics = Mapping[str, Mapping[str, float]]  # task -> metric -> value
 
@@ -53,6 +53,65 @@ def task_arp(clean: Metrics, adv: Metrics, tasks: Directions) -> dict[str, float
 def arp(clean: Metrics, adv: Metrics, tasks: Directions) -> float:
     """ARP over all tasks (paper Eq. 10), in percent."""
     return float(np.mean(list(task_arp(clean, adv, tasks).values())))
+
+
+def image_scores(clean: Metrics, images: Sequence[Mapping[str, TaskMetric]], tasks: Sequence[Task]) -> list[float]:
+    """The per-image multi-task score of a cell: each image's jackknife pseudo-value of the
+    cell's ARP, ``N * ARP - (N - 1) * ARP(all images but this one)``, from the images' streaming
+    metrics ``images`` (one ``{task: metric}`` per image) against the split's clean metrics.
+
+    A pseudo-value is in ARP points and the scores average to the cell's ARP (exactly for a
+    metric that is a mean over images, up to the jackknife's bias correction for pooled ones
+    such as mIoU or a median), so two runs on the same images compare image by image in the
+    units of the leaderboard. NaN where leaving an image out leaves a metric undefined."""
+    n = len(images)
+    total = {t.name: t.new_metric() for t in tasks}
+    for one in images:
+        for name, metric in one.items():
+            total[name].merge(metric)
+    full = arp(clean, {name: m.compute() for name, m in total.items()}, tasks)
+    if n == 1:
+        return [full]
+    scores = []
+    for one in images:
+        rest = {name: total[name].copy().merge(metric, sign=-1).compute() for name, metric in one.items()}
+        try:
+            loo = arp(clean, rest, tasks)
+        except ValueError:
+            loo = float("nan")
+        scores.append(n * full - (n - 1) * loo)
+    return scores
+
+
+def paired_bootstrap(before: Sequence[Sequence[float]], after: Sequence[Sequence[float]], *,
+                     confidence: float = 0.95, n_resamples: int = 10000,
+                     seed: int = 0) -> tuple[float, float, float, float]:
+    """Paired bootstrap of the mean difference ``after - before`` over matched units (images),
+    stratified by group (a model, eps and seed: each group's images are resampled within it, and
+    every group weighs by its number of images). Returns ``(delta, low, high, p)`` with the
+    percentile interval and ``p`` the one-sided bootstrap p-value of "after is lower than before":
+    the share of resampled means, shifted to the null of no change (centred at 0), that are at or
+    below the observed difference. Units with a non-finite value in either run are left out."""
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for b, a in zip(before, after, strict=True):
+        d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+        d = d[np.isfinite(d)]
+        if d.size:
+            diffs.append(d)
+    if not diffs:
+        return (float("nan"),) * 4
+    total = sum(d.size for d in diffs)
+    delta = float(sum(d.sum() for d in diffs) / total)
+    sums = np.zeros(n_resamples)
+    for d in diffs:
+        idx = rng.integers(0, d.size, size=(n_resamples, d.size))
+        sums += d[idx].sum(axis=1)
+    means = sums / total
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    p = float((np.count_nonzero(means - delta <= delta) + 1) / (n_resamples + 1))
+    return delta, float(low), float(high), p
 
 
 def transferability(per_task_arp: Mapping[str, float], target: str) -> float:

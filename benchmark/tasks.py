@@ -17,6 +17,7 @@ over batches, so a full test split never sits in memory.
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -59,13 +60,20 @@ class TaskMetric(ABC):
     def _state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
 
-    def merge(self, other: TaskMetric) -> TaskMetric:
-        """Add another metric's statistics into this one (same task, e.g. another worker)."""
+    def merge(self, other: TaskMetric, *, sign: int = 1) -> TaskMetric:
+        """Add another metric's statistics into this one (same task, e.g. another worker); with
+        ``sign=-1`` take them out (the statistics of all images but ``other``'s)."""
         if type(other) is not type(self):
             raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
         for name, value in other._state().items():
-            setattr(self, name, getattr(self, name) + value.to(getattr(self, name).device))
+            setattr(self, name, getattr(self, name) + sign * value.to(getattr(self, name).device))
         return self
+
+    def copy(self) -> TaskMetric:
+        out = copy.copy(self)
+        for name, value in self._state().items():
+            setattr(out, name, value.clone())
+        return out
 
 
 class SegmentationMetric(TaskMetric):

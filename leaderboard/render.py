@@ -77,11 +77,55 @@ def _env() -> Environment:
 
 
 def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps: float = DEFAULT_EPS,
-                       plots_enabled: bool = True) -> Path:
-    """Render the site for ``results`` (a results database) into ``out_dir``; returns index.html."""
-    with ResultsStore(results, readonly=True) as store:
-        board = build_board(store, default_eps=default_eps)
+                       plots_enabled: bool = True, bundles: str | Path | None = None, device: str = "cpu",
+                       console=None) -> Path:
+    """Render the site for ``results`` (a results database) into ``out_dir``; returns index.html.
+    ``bundles``: a folder of result bundles, each re-scored here (:func:`~benchmark.runner.bundle.verify_bundle`):
+    the cells of a verified one join the ranking, a rejected one is listed as self-reported."""
+    if bundles is None:
+        with ResultsStore(results, readonly=True) as store:
+            board = build_board(store, default_eps=default_eps)
+        return render_board(board, out_dir, plots_enabled=plots_enabled)
+    import tempfile
+
+    from benchmark.runner.bundle import find_bundles, verify_bundle
+
+    verdicts = [verify_bundle(p, device=device, console=console) for p in find_bundles(bundles)]
+    with tempfile.TemporaryDirectory(prefix="mtlbench-board-") as tmp:
+        merged = Path(tmp) / Path(results).name
+        with ResultsStore(merged) as store:
+            if Path(results).exists():
+                with ResultsStore(results, readonly=True) as source:
+                    for cell in source.cells():
+                        store.put(cell)
+                    for row in source.models():
+                        store.put_model(row.pop("suite"), row.pop("model"), row.pop("model_revision"), row)
+            for v in verdicts:
+                if not v.verified:
+                    continue
+                for model, m in v.models.items():
+                    store.put_model(v.manifest["suite"]["name"], model, m["revision"], m["info"])
+                for cell in v.cells:
+                    store.put(cell)
+            board = build_board(store, default_eps=default_eps)
+    board["bundles"] = [_bundle_row(v) for v in verdicts]
+    for suite in board["suites"].values():
+        mine = [v for v in verdicts if v.verified and v.manifest["suite"]["name"] == suite["name"]]
+        suite["verified_attacks"] = {a: v.name for v in mine for a in v.manifest["attack"]["names"]}
     return render_board(board, out_dir, plots_enabled=plots_enabled)
+
+
+def _bundle_row(v) -> dict[str, Any]:
+    """What the index page says about a bundle (a self-reported one with the numbers it claims)."""
+    claimed: dict[str, list[float]] = {}
+    for c in v.cells:
+        if c.arp is not None:
+            claimed.setdefault(f"{c.attack} @ eps {c.eps:g}", []).append(c.arp)
+    return {"name": v.name, "suite": v.manifest.get("suite", {}).get("name"),
+            "attacks": v.manifest.get("attack", {}).get("names", []), "verified": v.verified,
+            "cells": len(v.cells), "checked": v.checked, "reason": "" if v.verified else (v.reasons or ["no cell"])[0],
+            "problems": len(v.reasons), "device": v.manifest.get("device"), "created": v.manifest.get("created"),
+            "claimed": {k: sum(x) / len(x) for k, x in sorted(claimed.items())}}
 
 
 def render_board(board: dict[str, Any], out_dir: str | Path, *, plots_enabled: bool = True) -> Path:

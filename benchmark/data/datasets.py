@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from benchmark.data.synthetic import render_scenes, sample_scene
 from benchmark.errors import UserError
 
-__all__ = ["SPLITS", "SyntheticScenes", "list_datasets", "load_dataset", "make_loader"]
+__all__ = ["SPLITS", "SyntheticScenes", "image_ids", "list_datasets", "load_dataset", "make_loader"]
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 _CHUNK_PIXELS = 64 * 64 * 64  # scenes rendered together: 64 at 64x64, 2 at 321x321
@@ -108,6 +108,21 @@ def _add_noise(images: torch.Tensor, seed: int, split: int, indices: list[int], 
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, split, i, 1]).generate_state(1)[0]))
         noisy[j] += sigma * torch.randn(images.shape[1:], generator=gen)
     return noisy.clamp_(0, 1)
+
+
+def image_ids(dataset: Dataset) -> list[str]:
+    """The identity of each image of ``dataset``, in order: a synthetic scene's data set, split,
+    seed and index, a real image's path in the data set's index (what a result bundle records, so
+    that a verifier scores the same images)."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        inner = image_ids(dataset.dataset)
+        return [inner[i] for i in dataset.indices]
+    if isinstance(dataset, SyntheticScenes):
+        return [f"{dataset.name}/{dataset.split}/seed{dataset.seed}/{i}" for i in range(len(dataset))]
+    rows = getattr(dataset, "rows", None)
+    if rows is not None:
+        return [str(row[0]) for row in rows]
+    return [str(i) for i in range(len(dataset))]
 
 
 def list_datasets() -> list[str]:

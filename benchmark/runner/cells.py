@@ -21,9 +21,10 @@ from benchmark.attacks.sandbox import CellTimeout, time_limit
 from benchmark.attacks.spec import AttackSpec
 from benchmark.defenses.inference import deployed
 from benchmark.errors import UserError
+from benchmark.evaluation import per_image_metrics
 from benchmark.runner.context import CellContext, device_name
 from benchmark.runner.store import CellResult, cell_key
-from benchmark.scoring import arp, task_arp
+from benchmark.scoring import arp, image_scores, task_arp
 from benchmark.suites import Profile, Suite
 from benchmark.targets import Target
 from benchmark.version import __version__
@@ -47,6 +48,7 @@ class Cell:
     check_determinism: bool = True  # repeat the attack on the first batch and compare
     data_root: str | None = None
     timeout_s: float | None = None  # wall-time limit of the cell (not part of its identity)
+    keep_images: bool = False  # hand the adversarial images back with the result (a submission's bundle)
 
     @property
     def model(self) -> str:
@@ -242,6 +244,8 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
         result.status, result.reason = "failed", f"cannot create the attack: {exc}"
         return
     metrics = {t.name: t.new_metric() for t in ctx.tasks}
+    images: list[dict] = []  # each image's own metrics ({task: metric})
+    kept: list[torch.Tensor] = []
     max_delta = 0.0
     for i, batch in enumerate(ctx.batches):
         run = run_attack(attack, ctx.model, batch["image"], batch, tasks=ctx.tasks, eps=cell.eps,
@@ -259,12 +263,24 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
             outputs = ctx.model(run.adversarial)
         for t in ctx.tasks:
             metrics[t.name].update(outputs[t.name], batch)
+        images += per_image_metrics(ctx.tasks, outputs, batch)
+        if cell.keep_images:
+            kept.append(run.adversarial.detach().float().cpu())
         result.images += batch["image"].shape[0]
         result.batches += 1
     result.adversarial = {name: m.compute() for name, m in metrics.items()}
     result.max_perturbation = max_delta
+    if cell.keep_images:
+        result.adversarial_images = torch.cat(kept)  # not stored in the database: the bundle's
     try:
         result.task_arp = task_arp(ctx.clean, result.adversarial, ctx.tasks)
         result.arp = arp(ctx.clean, result.adversarial, ctx.tasks)
     except ValueError as exc:  # a clean metric of 0: ARP is undefined
         result.status, result.reason = "invalid", f"ARP undefined: {exc}"
+        return
+    own = [{name: m.compute() for name, m in one.items()} for one in images]
+    result.per_image = {
+        "ids": list(ctx.image_ids or map(str, range(result.images)))[: result.images],
+        "score": image_scores(ctx.clean, images, ctx.tasks),
+        "metrics": {t.name: {m: [o[t.name][m] for o in own] for m in own[0][t.name]} for t in ctx.tasks},
+    }

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmark.attacks.validate import WeightSnapshot, model_fingerprint
-from benchmark.data import make_loader
+from benchmark.data import image_ids, make_loader
 from benchmark.defenses.inference import deployed
 from benchmark.errors import UserError
 from benchmark.evaluation import check_outputs, evaluate, to_device
@@ -39,6 +39,7 @@ class CellContext:
     device: torch.device
     git_commit: str = ""
     snapshot: WeightSnapshot | None = None  # of the model's weights, to check attacks leave them alone
+    image_ids: list[str] | None = None  # of the evaluation images, in batch order
 
     def ensure_pristine(self) -> None:
         """Reload the model when an attack changed its structure, so that the run's restore of
@@ -74,6 +75,7 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
     dataset = suite.data(size=images, data_root=data_root, resolution=input_size)
     batches = [to_device(b, device) for b in make_loader(dataset, batch_size)]
     count = sum(b["image"].shape[0] for b in batches)
+    ids = image_ids(dataset)[:count]
     if target.external:
         with deployed(model, 0):
             check_outputs(model, tasks, batches[0]["image"], what=f"the model {target.name!r}")
@@ -94,7 +96,7 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
     return CellContext(target=target, model=model, tasks=tasks, batches=batches, clean=clean,
                        snapshot=WeightSnapshot(model), model_revision=revision, suite=suite.name,
                        data=suite.data_source, split=suite.split, input_size=input_size, device=device,
-                       git_commit=git_commit)
+                       git_commit=git_commit, image_ids=ids)
 
 
 def device_name(device: torch.device) -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 from rich.console import Console
@@ -51,6 +52,7 @@ class RunOptions:
     model_name: str | None = None  # its name in results (default: the directory's name)
     threads: int | None = None  # torch threads per process (None: benchmark.threads decides)
     workers: int | None = None  # local worker processes (None: one per usable core for tiny suites on CPU)
+    keep_images: bool = False  # results carry their adversarial images (``adversarial_images``; a submission)
 
 
 @dataclass
@@ -166,9 +168,11 @@ def make_executor(options: RunOptions, *, small_model: bool = False, in_memory: 
     return LocalExecutor()
 
 
-def run(options: RunOptions, *, console: Console | None = None, module: torch.nn.Module | None = None) -> RunSummary:
+def run(options: RunOptions, *, console: Console | None = None, module: torch.nn.Module | None = None,
+        on_result: Callable[[CellResult], None] | None = None) -> RunSummary:
     """Evaluate the grid ``options`` describe into the results store. ``module``: an ``nn.Module``
-    evaluated instead of the suite's members (:func:`benchmark.evaluate`; local executor only)."""
+    evaluated instead of the suite's members (:func:`benchmark.evaluate`; local executor only).
+    ``on_result`` is called with each cell evaluated by this run, once it is stored."""
     console = console or make_console(stderr=True)
     suite = load_suite(options.suite)
     profile = suite.profile(options.profile)
@@ -181,6 +185,8 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
                         "directory (`mtlbench run --model DIR`) to run it on Ray")
     set_threads(options.threads, small_model=suite.tiny)
     cells = _grid(options, suite, profile, module)
+    if options.keep_images:
+        cells = [replace(cell, keep_images=True) for cell in cells]
     device = torch.device(options.device)
     summary = RunSummary(total=len(cells))
     start = time.perf_counter()
@@ -228,6 +234,8 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
                 for result in executor.run(todo, ctx):
                     store.put(result)
                     store.heartbeat(owner)
+                    if on_result is not None:
+                        on_result(result)
                     ran.add(result.key)
                     summary.done[result.status] += 1
                     statuses[result.status] += 1

@@ -23,7 +23,9 @@ from benchmark.errors import UserError
 
 __all__ = ["CellResult", "Owner", "ResultsStore", "cell_key", "storage_error"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# version 2 -> 3 added the per-image results of a cell (``per_image``); older versions are refused
+_MIGRATIONS = {2: ("ALTER TABLE cells ADD COLUMN per_image TEXT",)}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cells (
@@ -34,7 +36,7 @@ CREATE TABLE IF NOT EXISTS cells (
     images INTEGER, batches INTEGER, wall_s REAL, attack_s REAL, time_per_image_s REAL,
     forward_passes INTEGER, backward_passes INTEGER, peak_memory_bytes INTEGER, peak_memory_kind TEXT,
     max_perturbation REAL, device TEXT, torch_version TEXT, mtlbench_version TEXT, git_commit TEXT,
-    model_revision TEXT, config TEXT NOT NULL, created TEXT NOT NULL
+    model_revision TEXT, config TEXT NOT NULL, created TEXT NOT NULL, per_image TEXT
 );
 CREATE INDEX IF NOT EXISTS cells_by_suite ON cells (suite, eps, attack);
 CREATE TABLE IF NOT EXISTS models (
@@ -49,7 +51,7 @@ CREATE TABLE IF NOT EXISTS clean (
     split TEXT NOT NULL, images INTEGER NOT NULL, metrics TEXT NOT NULL, device TEXT, created TEXT NOT NULL
 );
 """
-_JSON_COLUMNS = ("task_arp", "clean", "adversarial", "config")
+_JSON_COLUMNS = ("task_arp", "clean", "adversarial", "config", "per_image")
 
 
 def cell_key(config: dict[str, Any]) -> str:
@@ -150,6 +152,8 @@ class CellResult:
     model_revision: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    # per image, in batch order: {"ids": [...], "score": [...], "metrics": {task: {metric: [...]}}}
+    per_image: dict[str, Any] = field(default_factory=dict)
 
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)
@@ -166,7 +170,7 @@ class CellResult:
         damaged = []
         for col in _JSON_COLUMNS:
             try:
-                data[col] = json.loads(data[col]) if data[col] is not None else {}
+                data[col] = json.loads(data[col]) if data.get(col) is not None else {}
             except (TypeError, ValueError):
                 data[col], damaged = {}, [*damaged, f"column {col} is not valid JSON"]
             if not isinstance(data[col], dict):
@@ -206,19 +210,42 @@ class ResultsStore:
                 raise UserError(f"{self.path} is an SQLite database of something else (tables: "
                                 f"{', '.join(sorted(tables)[:5])}); mtlbench does not write into it: give the name of "
                                 "a new file or of an mtlbench results database")
+            version = None
+            if "meta" in tables:
+                row = self.conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
+                version = int(row[0]) if row is not None and str(row[0]).isdigit() else -1
+            self._check_version(version)
             if not readonly:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
+                self._migrate(version)
                 self.conn.executescript(_SCHEMA)
                 self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            version = self.conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
         except sqlite3.OperationalError as exc:
             raise UserError(storage_error(self.path, exc)) from None
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path} is not an mtlbench results database ({exc})") from None
-        if version is None or int(version[0]) != SCHEMA_VERSION:
-            raise UserError(f"{self.path}: results schema version {version and version[0]}, this mtlbench "
-                            f"reads version {SCHEMA_VERSION}")
+
+    def _check_version(self, version: int | None) -> None:
+        """A database of another schema is migrated when a migration exists, never misread."""
+        if version is None or version == SCHEMA_VERSION or version in _MIGRATIONS:
+            return
+        if version > SCHEMA_VERSION:
+            raise UserError(f"{self.path}: results schema version {version} was written by a newer mtlbench "
+                            f"(this one reads version {SCHEMA_VERSION}); upgrade mtlbench to read it")
+        raise UserError(f"{self.path}: results schema version {version} is too old to migrate (this mtlbench "
+                        f"reads version {SCHEMA_VERSION} and migrates {', '.join(map(str, sorted(_MIGRATIONS)))}); "
+                        "run the cells again into a new --results file")
+
+    def _migrate(self, version: int | None) -> None:
+        """Bring an older database to this schema in one transaction (its cells are kept; cells of
+        an older schema have no per-image results)."""
+        while version is not None and version != SCHEMA_VERSION:
+            with self._transaction():
+                for statement in _MIGRATIONS[version]:
+                    self.conn.execute(statement)
+                version += 1
+                self.conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(version),))
 
     def close(self) -> None:
         self.conn.close()
