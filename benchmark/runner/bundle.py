@@ -284,10 +284,11 @@ def _close(claimed: float | None, actual: float, tol: float, relative: bool = Fa
     return abs(claimed - actual) <= bound + 1e-12
 
 
-def verify_bundle(path: str | Path, *, device: str = "cpu", data_root: str | None = None,
+def verify_bundle(path: str | Path, *, suite: str | None = None, device: str = "cpu", data_root: str | None = None,
                   arp_tolerance: float = ARP_TOLERANCE, metric_tolerance: float = METRIC_TOLERANCE,
                   console=None) -> BundleVerdict:
-    """Re-score the bundle at ``path``; see the module docstring."""
+    """Re-score the bundle at ``path`` on its suite (by name, or ``suite``: a manifest's path for a
+    suite that is not a standard one); see the module docstring."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -301,9 +302,11 @@ def verify_bundle(path: str | Path, *, device: str = "cpu", data_root: str | Non
     with open_bundle(path) as root:
         manifest, claimed = _claimed_cells(root)
         suite_name = manifest.get("suite", {}).get("name")
-        suite = load_suite(suite_name) if isinstance(suite_name, str) else None
-        if suite is None:
+        if not isinstance(suite_name, str):
             raise UserError(f"bundle {path}: the manifest names no suite")
+        suite = load_suite(suite or suite_name)  # a suite outside the standard ones: its manifest's path
+        if suite.name != suite_name:
+            raise UserError(f"bundle {path} is of the suite {suite_name}, not {suite.name}")
         verdict = BundleVerdict(Path(path), manifest, [c for c, _ in claimed])
         members = manifest["suite"].get("members", {})
         ids = manifest.get("data", {}).get("image_ids")
@@ -320,7 +323,7 @@ def verify_bundle(path: str | Path, *, device: str = "cpu", data_root: str | Non
                 continue
             if cell.model not in contexts:
                 try:
-                    target = Target.of(suite.name, cell.model)
+                    target = Target.of(suite.path or suite.name, cell.model)
                     contexts[cell.model] = prepare_context(target, cell.config.get("images"),
                                                            int(cell.config.get("batch_size") or 8), data_root,
                                                            device=dev, console=console)

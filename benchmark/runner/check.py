@@ -130,13 +130,14 @@ def _summarise(cells: list[CellResult], reference: list[CellResult]) -> dict[str
         images = sum(c.images for c in cs)
         return sum(c.attack_s for c in cs) / images if images else float("nan")
 
-    images = sum(c.images for c in cells)
+    batches = sum(c.batches for c in cells)
     ref_time = per_image_time(reference)
     valid = [c for c in cells if c.status == "valid"]
     return {
         "options": cells[0].config.get("options", {}) if cells else {},
         "arp": sum(c.arp for c in valid) / len(valid) if valid and len(valid) == len(cells) else None,
-        "passes_per_image": (sum(c.forward_passes + c.backward_passes for c in cells) / images) if images else None,
+        # a model call on a batch is one pass of each of its images (as the leaderboard counts them)
+        "passes_per_image": (sum(c.forward_passes + c.backward_passes for c in cells) / batches) if batches else None,
         "time_per_image_s": per_image_time(cells),
         "time_ratio": per_image_time(cells) / ref_time if ref_time and math.isfinite(ref_time) else None,
         "cells": [{"model": c.model, "eps": c.eps, "seed": c.seed, "status": c.status, "reason": c.reason,
@@ -232,10 +233,11 @@ def check(opts: CheckOptions, *, console=None) -> CheckReport:
     if base is None and not opts.update:
         raise UserError(f"baseline {path} does not exist; write it first with `mtlbench check --baseline {path} "
                         "--update --attacks ATTACK [--models ...] [--eps ...]`")
-    if base is not None and opts.suite and load_suite(opts.suite).name != base["suite"]:
+    if base is not None and opts.suite and load_suite(opts.suite).name != load_suite(base["suite"]).name:
         raise UserError(f"baseline {path} is for the suite {base['suite']}, not {opts.suite}; pass --update to "
                         "replace it")
-    suite = base["suite"] if base else (opts.suite or "tiny-nyuv2-resnet34")
+    # a suite as the user names it (a standard suite's name, or a manifest's path)
+    suite = opts.suite or (base["suite"] if base else "tiny-nyuv2-resnet34")
     profile = opts.profile or (base["profile"] if base else "quick")
     attacks = opts.attacks or (list(base["attacks"]) if base else None)
     if not attacks:
@@ -254,7 +256,7 @@ def check(opts: CheckOptions, *, console=None) -> CheckReport:
     ref_cells = by_attack.get(reference, [])
     any_cell = next(iter(by_attack.values()))[0]
     every = [c for cells in by_attack.values() for c in cells]
-    new = {"format": BASELINE_FORMAT, "version": BASELINE_VERSION, "suite": any_cell.suite, "profile": profile,
+    new = {"format": BASELINE_FORMAT, "version": BASELINE_VERSION, "suite": suite, "profile": profile,
            "models": list(dict.fromkeys(c.model for c in every)),
            "eps": sorted({c.eps for c in every}), "seeds": sorted({c.seed for c in every}),
            "images": any_cell.images, "reference": reference, "device": any_cell.device,

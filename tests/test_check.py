@@ -1,0 +1,97 @@
+"""`mtlbench check`: the CI gate on attack strength (paired test) and speed (ratios)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.runner.check import CheckOptions, check, load_baseline
+
+PROBE = str(Path(__file__).parent / "plugin_probe.py")
+
+
+@pytest.fixture
+def probe(mini, monkeypatch):
+    monkeypatch.setenv("MTLBENCH_PLUGINS", PROBE)
+    for var in ("PROBE_STEP_SCALE", "PROBE_EXTRA_STEPS", "PROBE_SLEEP_S"):
+        monkeypatch.delenv(var, raising=False)
+    return mini
+
+
+@pytest.fixture
+def baseline(probe, tmp_path):
+    path = tmp_path / "baseline.json"
+    report = check(CheckOptions(baseline=str(path), suite=str(probe), attacks=["probe:gb-mta"], update=True))
+    assert report.written == path
+    return path
+
+
+def test_the_baseline_holds_per_image_scores_passes_and_the_time_ratio(baseline):
+    data = load_baseline(baseline)
+    entry = data["attacks"]["probe:gb-mta"]
+    assert data["reference"] == "pgd:total" and data["models"] == ["AS", "layout-9"] and data["eps"] == [4.0, 8.0]
+    assert len(entry["cells"]) == 4 and all(len(c["score"]) == len(c["ids"]) == 4 for c in entry["cells"])
+    assert entry["passes_per_image"] == 8  # 4 steps: 4 forward + 4 backward passes per image, counted
+    assert entry["time_ratio"] > 0
+
+
+def test_the_unchanged_attack_passes_with_other_seeds_and_a_weakened_one_fails(baseline, monkeypatch, capsys):
+    p_values = []
+    for seed in (1, 2, 3):
+        report = check(CheckOptions(baseline=str(baseline), seeds=[seed], speed_tolerance=10.0))
+        (a,) = report.attacks
+        assert a.ok, a.failures
+        p_values.append(a.p)
+    monkeypatch.setenv("PROBE_STEP_SCALE", "0.1")  # the step size scaled down: a weaker attack
+    report = check(CheckOptions(baseline=str(baseline), speed_tolerance=10.0))
+    (weak,) = report.attacks
+    assert not weak.ok and weak.failures[0].startswith("weaker")
+    assert weak.after < weak.before - 1 and weak.p < 0.05 and weak.high < 0
+    print(f"unchanged, seeds 1-3: p = {p_values}; weakened: delta {weak.delta:.2f}, p = {weak.p:.4f}")
+
+
+def test_exit_status_table_and_update(baseline, monkeypatch, capsys, wide_console):
+    assert main(["check", "--baseline", str(baseline), "--speed-tolerance", "10", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "probe:gb-mta" in out and "layout-9" in out and "ok" in out
+    monkeypatch.setenv("PROBE_STEP_SCALE", "0.1")
+    assert main(["check", "--baseline", str(baseline), "--speed-tolerance", "10"]) == 1
+    assert "FAIL: weaker" in capsys.readouterr().out
+    before = load_baseline(baseline)["attacks"]["probe:gb-mta"]["arp"]
+    assert main(["check", "--baseline", str(baseline), "--update"]) == 0
+    assert load_baseline(baseline)["attacks"]["probe:gb-mta"]["arp"] < before - 1  # the weaker one is the new baseline
+
+
+def test_more_passes_or_a_slower_attack_fail_the_speed_gate(baseline, monkeypatch):
+    monkeypatch.setenv("PROBE_EXTRA_STEPS", "2")
+    (a,) = check(CheckOptions(baseline=str(baseline), speed_tolerance=10.0)).attacks
+    assert any(f.startswith("more passes: 8 -> 12") for f in a.failures), a.failures
+    monkeypatch.delenv("PROBE_EXTRA_STEPS")
+    monkeypatch.setenv("PROBE_SLEEP_S", "0.3")
+    (a,) = check(CheckOptions(baseline=str(baseline))).attacks
+    assert [f for f in a.failures if f.startswith("slower")], a.failures
+    assert not [f for f in a.failures if f.startswith(("weaker", "more passes"))]
+
+
+def test_invalid_outputs_fail_with_the_validators_reason(baseline, monkeypatch):
+    monkeypatch.setenv("PROBE_STEP_SCALE", "nan")
+    (a,) = check(CheckOptions(baseline=str(baseline), speed_tolerance=10.0)).attacks
+    assert not a.ok and "output on AS" in a.failures[0] and ("NaN" in a.failures[0] or "finite" in a.failures[0])
+
+
+@pytest.mark.parametrize("content, words", [
+    ("not json", "is not valid JSON"),
+    (json.dumps({"format": "something"}), "is not an mtlbench baseline"),
+    (json.dumps({"format": "mtlbench-baseline", "version": 1, "suite": "s"}), "'profile' is missing"),
+])
+def test_a_bad_baseline_is_a_message(tmp_path, capsys, wide_console, content, words):
+    path = tmp_path / "b.json"
+    path.write_text(content)
+    assert main(["check", "--baseline", str(path)]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_a_missing_baseline_says_how_to_write_one(tmp_path, capsys, wide_console):
+    assert main(["check", "--baseline", str(tmp_path / "none.json")]) == 2
+    assert "--update --attacks" in capsys.readouterr().err
