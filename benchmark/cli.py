@@ -465,7 +465,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from benchmark.runner.bundle import verify_bundle
 
-    verdict = verify_bundle(args.bundle, device=_device(args.device), data_root=args.data_root,
+    verdict = verify_bundle(args.bundle, suite=args.suite, device=_device(args.device), data_root=args.data_root,
                             arp_tolerance=args.tolerance, metric_tolerance=args.metric_tolerance, console=err_console)
     names = ", ".join(verdict.manifest["attack"]["names"])
     if verdict.verified:
@@ -744,6 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and ARP against what it claims. Exit 0 when verified, 1 when rejected (each "
                                    "reason names the model, attack, eps, seed, image and number), 2 on a usage error.")
     p.add_argument("bundle", help="bundle directory or .zip")
+    p.add_argument("--suite", help="the suite's manifest path, for a bundle of a suite that is not a standard one "
+                                   "(default: the suite the bundle names)")
     p.add_argument("--tolerance", type=_bounded(float, 0), default=0.01, help="ARP points (default 0.01)")
     p.add_argument("--metric-tolerance", type=_bounded(float, 0), default=1e-4,
                    help="relative tolerance of each metric (default 1e-4)")

@@ -116,7 +116,7 @@ def submit(attacks: list[str], *, suite: str = "tiny-nyuv2-resnet34", profile: s
 
     from benchmark.provenance import git_commit
     from benchmark.runner.run import RunOptions, run
-    from benchmark.suites import load_suite
+    from benchmark.suites import list_suites, load_suite
 
     start = time.perf_counter()
     target = Path(out)
@@ -166,7 +166,8 @@ def submit(attacks: list[str], *, suite: str = "tiny-nyuv2-resnet34", profile: s
                        "options": {n: next(c.config.get("options", {}) for c in cells if c.attack == n) for n in names},
                        "sources": attack_sources(names)},
             "mtlbench": {"version": first.mtlbench_version, "commit": git_commit()},
-            "suite": {"name": suite_obj.name,
+            "suite": {"name": suite_obj.name, **({} if suite_obj.name in list_suites() or suite_obj.path is None
+                                                 else {"ref": str(suite_obj.path.resolve())}),
                       "manifest_sha256": _sha256(suite_obj.path) if suite_obj.path is not None else "",
                       "members": {m.name: {"repo_id": m.repo_id, "revision": m.revision, "sha256": m.sha256,
                                            "scored_revision": scored[m.name]}
@@ -295,7 +296,7 @@ def verify_bundle(path: str | Path, *, suite: str | None = None, device: str = "
     from benchmark.defenses.inference import deployed
     from benchmark.runner.context import prepare_context
     from benchmark.scoring import arp, task_arp
-    from benchmark.suites import load_suite
+    from benchmark.suites import list_suites, load_suite
     from benchmark.targets import Target
     from benchmark.zoo.hub import MissingWeightsError
 
@@ -304,7 +305,10 @@ def verify_bundle(path: str | Path, *, suite: str | None = None, device: str = "
         suite_name = manifest.get("suite", {}).get("name")
         if not isinstance(suite_name, str):
             raise UserError(f"bundle {path}: the manifest names no suite")
-        suite = load_suite(suite or suite_name)  # a suite outside the standard ones: its manifest's path
+        ref = manifest["suite"].get("ref")  # the manifest's path, for a suite that is not a standard one
+        if suite is None and suite_name not in list_suites() and isinstance(ref, str) and Path(ref).is_file():
+            suite = ref
+        suite = load_suite(suite or suite_name)
         if suite.name != suite_name:
             raise UserError(f"bundle {path} is of the suite {suite_name}, not {suite.name}")
         verdict = BundleVerdict(Path(path), manifest, [c for c, _ in claimed])
