@@ -94,6 +94,10 @@ class Profile:
     eot_samples: int = 4  # EOT draws per model call when attacking a randomised defense
     defended_models: tuple[str, ...] | None = None  # members that get the defended targets (None: all)
     models: tuple[str, ...] | None = None  # the members the profile evaluates (None: all)
+    #: extra step budgets per optimizer (``{"pgd": (1, 2, 10)}``) for the ARP-at-equal-compute curves,
+    #: run on ``budget_models`` (None: every member) besides the ``steps`` of the protocol
+    budgets: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    budget_models: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,7 @@ _SUITE_KEYS = {"name", "description", "dataset", "data", "split", "backbone", "w
 _MEMBER_KEYS = {"name", "index", "layout", "backbone", "width", "input_size", "repo_id", "revision", "sha256",
                 "head_hidden", "head_rates"}
 _PROFILE_KEYS = {"eps", "attacks", "steps", "eval_size", "seeds", "batch_size", "description", "cell_timeout",
-                 "defenses", "eot_samples", "defended_models", "models"}
+                 "defenses", "eot_samples", "defended_models", "models", "budgets", "budget_models"}
 _TOP_KEYS = {"suite", "models", "profiles", "training", "fat"}
 _MEMBER_OVERRIDES = {"backbone": str, "width": (int, float), "input_size": int, "head_hidden": int}
 _DATASETS = {"nyuv2": 3, "taskonomy": 5}
@@ -446,11 +450,21 @@ def _profiles(c: _Checker, profiles: Any) -> dict[str, Profile]:
         eot = c.typed(table, "eot_samples", int, where, 4)
         if not 1 <= eot <= 1000:
             raise c.fail(f"{where}.eot_samples", f"expected an integer in [1, 1000], got {eot!r}")
+        budgets = c.typed(table, "budgets", dict, where, {})
+        for key, values in budgets.items():
+            if (not isinstance(values, list) or not values
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 100_000 for v in values)):
+                raise c.fail(f"{where}.budgets.{key}", f"expected a list of step counts in [1, 100000], got {values!r}")
+        budget_models = c.typed(table, "budget_models", list, where, None)
+        if budget_models is not None and not all(isinstance(m, str) for m in budget_models):
+            raise c.fail(f"{where}.budget_models", f"expected a list of model names, got {budget_models!r}")
         out[pname] = Profile(name=pname, eps=tuple(float(e) for e in eps), attacks=tuple(attacks),
                              steps=dict(steps), eval_size=eval_size, seeds=tuple(seeds),
                              batch_size=c.typed(table, "batch_size", int, where, 8, low=1, high=4096),
                              description=c.typed(table, "description", str, where, ""),
                              cell_timeout=float(timeout), defenses=tuple(defenses), eot_samples=eot,
                              defended_models=None if defended is None else tuple(defended),
-                             models=None if chosen is None else tuple(chosen))
+                             models=None if chosen is None else tuple(chosen),
+                             budgets={k: tuple(dict.fromkeys(v)) for k, v in budgets.items()},
+                             budget_models=None if budget_models is None else tuple(budget_models))
     return out

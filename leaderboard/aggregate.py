@@ -10,6 +10,10 @@ Everything the pages show is computed here, once; templates only format it.
   attacks with an invalid or failed entry are listed apart, never ranked.
 * Transferability (paper Eq. 11) of each SINGLE-X attack: mean over the other tasks Y of
   ARP-Y / ARP-X, per model, and averaged by sharing level (leading blocks shared by all tasks).
+* ARP at equal compute: where a profile ran several step budgets, each attack's mean ARP (over
+  the models that have every budget point of every attack) against its counted forward+backward
+  passes per image, and the ranking at a chosen budget (each attack at its largest point within
+  it). Cells of the extra budgets enter only these curves, never the tables of the protocol.
 """
 
 from __future__ import annotations
@@ -170,8 +174,63 @@ def _defenses(entries: dict, defended: list[str], attacks: list[str], info: dict
 
 
 def _signature(c: CellResult) -> tuple:
-    """What makes two cells of one attack the same experiment besides model, eps and seed."""
-    return (c.profile, json.dumps(c.config.get("options", {}), sort_keys=True), c.config.get("images"))
+    """What makes two cells of one attack the same experiment besides model, eps, seed and (for
+    a budget curve) the step budget."""
+    options = dict(c.config.get("options", {}))
+    budget = c.config.get("budget")
+    if isinstance(budget, dict) and budget.get("extra") is not None:
+        options.pop(budget.get("option"), None)
+    return (c.profile, json.dumps(options, sort_keys=True), c.config.get("images"))
+
+
+def _is_curve_point(c: CellResult) -> bool:
+    budget = c.config.get("budget")
+    return isinstance(budget, dict) and bool(budget.get("extra"))
+
+
+def _passes(c: CellResult) -> float | None:
+    """Counted forward+backward passes per image: a model call on a batch is one pass of each image."""
+    return (c.forward_passes + c.backward_passes) / c.batches if c.batches else None
+
+
+def _budget_block(cells: list[CellResult], models: list[str], eps: float) -> dict[str, Any] | None:
+    """The ARP-at-equal-compute curves and rankings of one eps (None without extra budgets)."""
+    here = [c for c in cells if c.eps == eps and c.model in models]
+    if not any(_is_curve_point(c) for c in here):
+        return None
+    points: dict[tuple[str, Any], dict[str, list[CellResult]]] = defaultdict(lambda: defaultdict(list))
+    for c in here:
+        budget = c.config.get("budget") or {}
+        points[(c.attack, budget.get("value"))][c.model].append(c)
+    # the models on which every point is valid: each curve averages the same models
+    common = [m for m in models if all(cs.get(m) and all(x.status == "valid" for x in cs[m])
+                                       for cs in points.values())]
+    if not common:
+        return {"models": [], "series": {}, "levels": [], "rankings": {}}
+    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for (attack, budget), by_model in points.items():
+        per_model = [mean(x.arp for x in by_model[m]) for m in common]
+        passes = [p for m in common for p in map(_passes, by_model[m]) if p is not None]
+        m_arp, low, high = bootstrap_ci(per_model, confidence=0.95, seed=0)
+        series[attack].append({"budget": budget, "passes_per_image": mean(passes) if passes else None,
+                               "mean_arp": m_arp, "ci_low": low, "ci_high": high})
+    for attack in series:
+        series[attack].sort(key=lambda p: (p["passes_per_image"] or 0.0))
+    levels = sorted({p["passes_per_image"] for pts in series.values() for p in pts
+                     if p["passes_per_image"] is not None})
+    rankings = {}
+    for level in levels:
+        rows = []
+        for attack, pts in series.items():
+            within = [p for p in pts if p["passes_per_image"] is not None and p["passes_per_image"] <= level + 1e-9]
+            if within:
+                rows.append({"attack": attack, **within[-1]})
+        rows.sort(key=lambda r: (-r["mean_arp"], r["attack"]))
+        for i, r in enumerate(rows, start=1):
+            r["rank"] = i
+        rankings[f"{level:g}"] = rows
+    return {"models": common, "series": dict(sorted(series.items())), "levels": [f"{v:g}" for v in levels],
+            "rankings": rankings}
 
 
 def _label_configurations(cells: list[CellResult]) -> list[CellResult]:
@@ -227,7 +286,8 @@ def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dic
         targets = {c.attack: c.config["task"] for c in suite_cells if c.config.get("task") in tasks}
         by_key: dict[tuple[str, str, float], list[CellResult]] = defaultdict(list)
         for c in suite_cells:
-            by_key[(c.model, c.attack, c.eps)].append(c)
+            if not _is_curve_point(c):  # a budget curve's extra points are not the protocol's cells
+                by_key[(c.model, c.attack, c.eps)].append(c)
         per_eps: dict[str, Any] = {}
         for eps in eps_list:
             entries = {(m, a): _entry(by_key[(m, a, eps)]) for m in models + defended + external for a in attacks
@@ -239,6 +299,7 @@ def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dic
                 "transfer": _transfer(entries, models, attacks, targets, info),
                 "defenses": _defenses(entries, defended, attacks, info) if defended else None,
                 "external": {m: {a: entries[(m, a)] for a in attacks if (m, a) in entries} for m in external},
+                "budget": _budget_block(suite_cells, models, eps),
             }
         clean = {m: info[m].get("clean") or next((c.clean for c in suite_cells if c.model == m and c.clean), {})
                  for m in models}

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-__all__ = ["arp_curves", "defense_tradeoff", "layout_tree_svg", "ranking_chart", "transfer_heatmap"]
+__all__ = ["arp_curves", "budget_curves", "defense_tradeoff", "layout_tree_svg", "ranking_chart", "transfer_heatmap"]
 
 #: our style, applied per figure (never to the global rcParams of the process)
 STYLE = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False, "figure.constrained_layout.use": True,
@@ -64,6 +64,30 @@ def arp_curves(series: dict[str, list[tuple[float, float]]], title: str, path: P
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False, ncol=2, loc="upper left")
     return _save(fig, path)
+
+
+@_styled
+def budget_curves(series: dict[str, list[dict]], title: str, path: Path) -> dict[str, list[tuple[float, float]]]:
+    """Mean ARP against counted forward+backward passes per image, one line per attack (a single
+    marker for an attack without a step budget). Returns the (passes, ARP) points drawn, as read
+    back from the figure's lines."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    drawn = {}
+    for name, points in series.items():
+        pts = [(p["passes_per_image"], p["mean_arp"]) for p in points if p["passes_per_image"] is not None]
+        if not pts:
+            continue
+        xs, ys = zip(*sorted(pts), strict=True)
+        (line,) = ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.4, label=name)
+        drawn[name] = list(zip(map(float, line.get_xdata()), map(float, line.get_ydata()), strict=True))
+    ax.set_xscale("log")
+    ax.set_xlabel("forward + backward passes per image (counted, log scale)")
+    ax.set_ylabel("mean ARP over models (%)")
+    ax.set_title(title, loc="left")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, frameon=False, ncol=2, loc="upper left")
+    _save(fig, path)
+    return drawn
 
 
 @_styled

@@ -185,6 +185,11 @@ def _suite_plots(suite: dict[str, Any], out: Path) -> tuple[dict[str, Any], list
             jobs.append(("arp_curves", series, f"{model}: ARP vs eps (the {len(top)} strongest attacks)",
                          out / "plots" / figs["curves"][model]))
     for key, b in suite["by_eps"].items():
+        if b.get("budget") and b["budget"]["series"]:
+            figs.setdefault("budget", {})[key] = f"budget-{sid}-{slug(key)}.svg"
+            jobs.append(("budget_curves", b["budget"]["series"],
+                         f"{suite['name']}, eps={key}: ARP at equal compute ({len(b['budget']['models'])} models)",
+                         out / "plots" / figs["budget"][key]))
         if b.get("defenses"):
             figs["defenses"][key] = f"defenses-{sid}-{slug(key)}.svg"
             jobs.append(("defense_tradeoff", b["defenses"]["rows"], f"{suite['name']}, eps={key}",

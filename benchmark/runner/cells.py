@@ -49,6 +49,7 @@ class Cell:
     data_root: str | None = None
     timeout_s: float | None = None  # wall-time limit of the cell (not part of its identity)
     keep_images: bool = False  # hand the adversarial images back with the result (a submission's bundle)
+    budget_point: bool = False  # an extra step budget of a budget curve, not the profile's protocol
 
     @property
     def model(self) -> str:
@@ -78,8 +79,14 @@ class Cell:
     def new_result(self, ctx: CellContext, status: str = "valid", reason: str = "") -> CellResult:
         """An empty result of this cell on ``ctx``'s target, with its key and provenance."""
         config = self.key_config(ctx)
+        key = cell_key(config)
+        option = getattr(self.attack.attack_class, "budget_option", None)
+        if option is not None and option in dict(self.attack.options):
+            # not part of the key: which option is the step budget, and whether this cell is a curve's point
+            config["budget"] = {"option": option, "value": dict(self.attack.options)[option],
+                                "extra": self.budget_point}
         return CellResult(
-            key=cell_key(config), suite=ctx.suite, model=self.model, attack=self.attack.name, eps=self.eps,
+            key=key, suite=ctx.suite, model=self.model, attack=self.attack.name, eps=self.eps,
             seed=self.seed, profile=self.profile, status=status, reason=reason, clean=ctx.clean,
             device=device_name(ctx.device), torch_version=torch.__version__, mtlbench_version=__version__,
             git_commit=ctx.git_commit, model_revision=ctx.model_revision, config=config,
@@ -135,9 +142,22 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
                  for m in members for d in defense_list)
     targets = list(dict.fromkeys(t for t in every if t.defense is None or defended is None or t.member in defended))
     timeout = profile.cell_timeout if cell_timeout is None else cell_timeout
-    return [Cell(t, a, e, s, profile.name, profile.eval_size, profile.batch_size, check_determinism=(i == 0),
-                 data_root=data_root, timeout_s=timeout or None)
-            for t in targets for a in specs for s in seed_list for i, e in enumerate(eps_list)]
+    cells = [Cell(t, a, e, s, profile.name, profile.eval_size, profile.batch_size, check_determinism=(i == 0),
+                  data_root=data_root, timeout_s=timeout or None)
+             for t in targets for a in specs for s in seed_list for i, e in enumerate(eps_list)]
+    # the budget curves' extra points: other step budgets on the undefended (budget) members
+    curve_models = set(profile.budget_models or [m.name for m in members])
+    for spec in specs:
+        option = getattr(spec.attack_class, "budget_option", None)
+        extra = [b for b in profile.budgets.get(spec.optimizer, ()) if option and b != dict(spec.options).get(option)]
+        for t in targets:
+            if t.defense is not None or t.external or t.member not in curve_models:
+                continue
+            cells += [Cell(t, spec.with_options(**{option: b}), e, s, profile.name, profile.eval_size,
+                           profile.batch_size, check_determinism=(i == 0), data_root=data_root,
+                           timeout_s=timeout or None, budget_point=True)
+                      for b in extra for s in seed_list for i, e in enumerate(eps_list)]
+    return cells
 
 
 class PeakMemory:
