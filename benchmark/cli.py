@@ -496,22 +496,29 @@ def cmd_check(args: argparse.Namespace) -> int:
                         f"{len(report.new['models'])} model(s) x eps {', '.join(f'{e:g}' for e in report.new['eps'])} "
                         f"x seed(s) {', '.join(map(str, report.new['seeds']))}, {report.new['images']} images; "
                         f"reference {report.new['reference']}")
-    for col in ("attack", "before", "after", "delta", "95% CI", "p", "passes/img", "time ratio", "verdict"):
+    for col in ("attack", "ARP before", "after", "change", "paired per-image change [95% CI]", "p", "passes/img",
+                "time ratio", "verdict"):
         table.add_column(col, justify="left" if col in ("attack", "verdict") else "right")
+
+    def change(before: float | None, after: float | None) -> str:
+        return fmt(None if before is None or after is None else after - before, "+.2f")
+
     for a in report.attacks:
         verdict = Text("ok", style="green") if a.ok else Text("FAIL: " + "; ".join(a.failures), style="red")
-        table.add_row(a.attack, fmt(a.before), fmt(a.after), fmt(a.delta, "+.2f"),
-                      f"[{fmt(a.low, '+.2f')}, {fmt(a.high, '+.2f')}]", fmt(a.p, ".4f"),
+        table.add_row(a.attack, fmt(a.before), fmt(a.after), change(a.before, a.after),
+                      f"{fmt(a.delta, '+.2f')} [{fmt(a.low, '+.2f')}, {fmt(a.high, '+.2f')}]", fmt(a.p, ".4f"),
                       f"{fmt(a.passes_before, 'g')} -> {fmt(a.passes_after, 'g')}",
                       f"{fmt(a.ratio_before)} -> {fmt(a.ratio_after)}", verdict)
         if args.verbose:
             for m in a.per_model:
-                table.add_row(f"  {m['model']}", fmt(m["before"]), fmt(m["after"]), fmt(m["delta"], "+.2f"),
-                              f"[{fmt(m['low'], '+.2f')}, {fmt(m['high'], '+.2f')}]", fmt(m["p"], ".4f"), "", "", "")
+                table.add_row(f"  {m['model']}", fmt(m["before"]), fmt(m["after"]), change(m["before"], m["after"]),
+                              f"{fmt(m['delta'], '+.2f')} [{fmt(m['low'], '+.2f')}, {fmt(m['high'], '+.2f')}]",
+                              fmt(m["p"], ".4f"), "", "", "")
     console.print(table)
-    console.print(f"delta and CI: paired bootstrap over (model, image) of the per-image score (ARP points); fails when "
-                  f"an attack's ARP dropped by more than {args.tolerance:g} with p < {args.alpha:g}; "
-                  f"{report.seconds:.0f} s")
+    console.print(f"change: of the mean cell ARP; paired change and p: bootstrap over (model, image) of the images' "
+                  f"scores (jackknife pseudo-values of the cell ARP), one-sided; an attack fails when its ARP dropped "
+                  f"by more than {args.tolerance:g} with p < {args.alpha:g}; time ratio: median over cells of its "
+                  f"time over {report.new['reference']}'s; {report.seconds:.0f} s")
     if report.written is not None:
         console.print(Text.assemble("baseline written: ", (str(report.written), "bold")))
         return 0

@@ -123,3 +123,17 @@ def mini_suite(tmp_path_factory):
         else:
             os.environ["MTLBENCH_HOME"] = old
     return manifest, home
+
+
+@pytest.fixture(scope="session")
+def example_package(tmp_path_factory):
+    """examples/my_attack installed (built as a wheel, with its entry point) into a folder that a
+    subprocess puts on its PYTHONPATH: the test's own environment is left as it was."""
+    import subprocess
+    import sys
+
+    target = tmp_path_factory.mktemp("example-site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(target), str(Path(__file__).parents[1] / "examples" / "my_attack")],
+                   check=True, capture_output=True, timeout=600)
+    return target

@@ -1,6 +1,9 @@
 """The README's code examples run as written."""
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -8,11 +11,62 @@ import torch
 from benchmark.attacks import create_attack, run_attack
 from benchmark.attacks.registry import ATTACKS
 
-README = Path(__file__).parents[1] / "README.md"
+ROOT = Path(__file__).parents[1]
+README = ROOT / "README.md"
 
 
 def _python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def _bash_block(marker: str) -> list[str]:
+    """The commands of the README's bash block that contains ``marker``, without comments."""
+    (block,) = [b for b in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S) if marker in b]
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+
+
+def _shell(command: str, cwd, env) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def _as_test_commands(lines: list[str], manifest: Path, site: Path) -> list[str]:
+    """The README's commands on the test-sized suite: `mtlbench` is this interpreter's, the suite
+    the test suite, `pip install -e PKG` a wheel install into ``site`` (on PYTHONPATH), so that the
+    test environment is not changed."""
+    out = []
+    for line in lines:
+        line = line.replace("mtlbench ", f"{sys.executable} -m benchmark ", 1)
+        if line.startswith("pip install -e "):
+            package = line.removeprefix("pip install -e ").strip()
+            line = (f"{sys.executable} -m pip install -q --no-deps --no-build-isolation --target {site} "
+                    f"{Path(ROOT) / package}")
+        for command in (" submit ", " verify ", " --update "):
+            if command in line:
+                line += f" --suite {manifest}"
+        out.append(line.replace("AS,IND,layout-9", "AS,layout-9"))
+    return out
+
+
+def test_readme_submit_an_attack_and_gate_your_ci_run_as_written(mini_suite, tmp_path):
+    manifest, home = mini_suite
+    site = tmp_path / "site-packages"
+    env = {**os.environ, "MTLBENCH_HOME": str(home), "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]),
+           "COLUMNS": "250"}
+    env.pop("MTLBENCH_PLUGINS", None)
+    # the demo's results.db, on the test suite
+    _shell(f"{sys.executable} -m benchmark run --suite {manifest} --results results.db", tmp_path, env)
+    submit = _bash_block("mtlbench submit ")
+    assert submit[0] == "pip install -e examples/my_attack"
+    outputs = [_shell(c, tmp_path, env).stdout for c in _as_test_commands(submit, manifest, site)]
+    assert "cospgd:gb-mta" in outputs[1] and "verified" in outputs[3]
+    html = (tmp_path / "site" / "index.html").read_text()
+    row = html[html.index('data-attack="cospgd:gb-mta"'):]
+    assert "verified bundle" in row[: row.index("</tr>")]
+    gate = _bash_block("mtlbench check ")
+    outputs = [_shell(c, tmp_path, env).stdout for c in _as_test_commands(gate, manifest, site)]
+    assert (tmp_path / "baseline.json").is_file() and "cospgd:gb-mta" in outputs[1] and "ok" in outputs[1]
 
 
 def test_readme_add_an_attack_example_runs_and_is_valid(tiny_nyu):

@@ -15,18 +15,7 @@ from benchmark.cli import main
 from benchmark.runner.bundle import submit, verify_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "my_attack"
 PROBE = str(Path(__file__).parent / "plugin_probe.py")
-
-
-@pytest.fixture(scope="module")
-def example_site(tmp_path_factory):
-    """examples/my_attack installed (built as a wheel, with its entry point) into a folder that a
-    subprocess puts on its path: the test's environment itself is left as it was."""
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(EXAMPLE)], check=True, capture_output=True, timeout=600)
-    return target
 
 
 def _cli(args, env, cwd):
@@ -34,8 +23,8 @@ def _cli(args, env, cwd):
                           text=True, timeout=600)
 
 
-def test_the_example_package_is_found_submitted_verified_and_ranked(example_site, mini, tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(example_site), str(ROOT)]), "COLUMNS": "250"}
+def test_the_example_package_is_found_submitted_verified_and_ranked(example_package, mini, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(example_package), str(ROOT)]), "COLUMNS": "250"}
     env.pop("MTLBENCH_PLUGINS", None)
     listed = _cli(["attacks", "list", "cospgd:*"], env, tmp_path)
     assert listed.returncode == 0, listed.stderr

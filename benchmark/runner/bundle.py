@@ -123,8 +123,10 @@ def submit(attacks: list[str], *, suite: str = "tiny-nyuv2-resnet34", profile: s
     final = target.with_suffix(".zip") if as_zip else target
     if final.exists():
         raise UserError(f"{final} exists; give a new --out (a bundle is never overwritten)")
-    if not target.parent.is_dir():
-        raise UserError(f"--out {target}: the folder {target.parent} does not exist")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {target}: cannot create the folder {target.parent} ({exc.strerror})") from None
     suite_obj = load_suite(suite)
     prof = suite_obj.profile(profile)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

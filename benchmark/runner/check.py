@@ -67,7 +67,7 @@ class AttackCheck:
     attack: str
     before: float | None = None  # mean cell ARP of the baseline
     after: float | None = None
-    delta: float | None = None  # paired mean per-image score difference (ARP points)
+    delta: float | None = None  # paired mean per-image score difference (ARP points), with its CI
     low: float | None = None
     high: float | None = None
     p: float | None = None
@@ -125,21 +125,26 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
 
 
 def _summarise(cells: list[CellResult], reference: list[CellResult]) -> dict[str, Any]:
-    """One attack's entry of a baseline, from its cells of one run (and the reference's)."""
-    def per_image_time(cs: list[CellResult]) -> float:
-        images = sum(c.images for c in cs)
-        return sum(c.attack_s for c in cs) / images if images else float("nan")
+    """One attack's entry of a baseline, from its cells of one run (and the reference's).
 
+    The time ratio is the median over (model, eps, seed) of the attack's time over the reference
+    attack's time on the same cell: the median, because the first cells a worker runs also pay
+    for its warm-up, whichever attack they are."""
+    import statistics
+
+    images = sum(c.images for c in cells)
     batches = sum(c.batches for c in cells)
-    ref_time = per_image_time(reference)
+    ref = {(c.model, c.eps, c.seed): c for c in reference}
+    ratios = [c.attack_s / ref[k].attack_s for c in cells
+              if (k := (c.model, c.eps, c.seed)) in ref and ref[k].attack_s > 0 and c.attack_s > 0]
     valid = [c for c in cells if c.status == "valid"]
     return {
         "options": cells[0].config.get("options", {}) if cells else {},
         "arp": sum(c.arp for c in valid) / len(valid) if valid and len(valid) == len(cells) else None,
         # a model call on a batch is one pass of each of its images (as the leaderboard counts them)
         "passes_per_image": (sum(c.forward_passes + c.backward_passes for c in cells) / batches) if batches else None,
-        "time_per_image_s": per_image_time(cells),
-        "time_ratio": per_image_time(cells) / ref_time if ref_time and math.isfinite(ref_time) else None,
+        "time_per_image_s": sum(c.attack_s for c in cells) / images if images else None,
+        "time_ratio": statistics.median(ratios) if ratios else None,
         "cells": [{"model": c.model, "eps": c.eps, "seed": c.seed, "status": c.status, "reason": c.reason,
                    "arp": c.arp, "ids": c.per_image.get("ids", []), "score": c.per_image.get("score", [])}
                   for c in cells],
