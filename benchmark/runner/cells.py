@@ -101,6 +101,7 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
                 external: str | Path | torch.nn.Module | None = None, external_name: str | None = None) -> list[Cell]:
     """suite x models x attacks (patterns expanded for the suite's tasks) x eps x seeds; with
     ``external`` (a checkpoint directory or an ``nn.Module``), that model instead of the members.
+    With the profile's attacks, also the profile's extra step budgets on its budget models.
 
     The attack's determinism is checked in the cells of the first eps (per model, attack and
     seed): it is a property of the attack and the model, and checking it once halves the cost of
@@ -145,8 +146,9 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
     cells = [Cell(t, a, e, s, profile.name, profile.eval_size, profile.batch_size, check_determinism=(i == 0),
                   data_root=data_root, timeout_s=timeout or None)
              for t in targets for a in specs for s in seed_list for i, e in enumerate(eps_list)]
-    # the budget curves' extra points: other step budgets on the undefended (budget) members
-    curve_models = set(profile.budget_models or [m.name for m in members])
+    # the budget curves' extra points: other step budgets on the undefended (budget) members, when
+    # the profile's attacks run (a request naming its attacks, `check` or `submit`, gets those only)
+    curve_models = set(profile.budget_models or [m.name for m in members]) if attacks is None else set()
     for spec in specs:
         option = getattr(spec.attack_class, "budget_option", None)
         extra = [b for b in profile.budgets.get(spec.optimizer, ()) if option and b != dict(spec.options).get(option)]
