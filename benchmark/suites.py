@@ -98,6 +98,9 @@ class Profile:
     #: run on ``budget_models`` (None: every member) besides the ``steps`` of the protocol
     budgets: dict[str, tuple[int, ...]] = field(default_factory=dict)
     budget_models: tuple[str, ...] | None = None
+    #: each optimizer's preset and options (``{"apgd": {"preset": "paper", "random_start": False}}``),
+    #: applied to every attack of that optimizer and stored in its cells' configuration
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class Suite:
     mirror_of: str | None = None
     selection: str = ""
     path: Path | None = None
+    metrics: str = "ours"  # metric mode: "ours" (pooled) or "paper" (the authors' code; benchmark.paper_metrics)
 
     @property
     def tiny(self) -> bool:
@@ -130,7 +134,7 @@ class Suite:
         """The suite's tasks (:class:`~benchmark.tasks.Task`), in the models' output order."""
         from benchmark.tasks import get_tasks
 
-        return get_tasks(self.dataset)
+        return get_tasks(self.dataset, metrics=self.metrics)
 
     def data(self, split: str | None = None, *, size: int | None = None, data_root: str | None = None,
              resolution: int | None = None, seed: int = 0):
@@ -170,11 +174,11 @@ class Suite:
 
 # ---------------------------------------------------------------------- loading
 _SUITE_KEYS = {"name", "description", "dataset", "data", "split", "backbone", "width", "input_size",
-               "head_hidden", "head_rates", "output_stride", "mirror", "selection", "hub_org"}
+               "head_hidden", "head_rates", "output_stride", "mirror", "selection", "hub_org", "metrics"}
 _MEMBER_KEYS = {"name", "index", "layout", "backbone", "width", "input_size", "repo_id", "revision", "sha256",
                 "head_hidden", "head_rates"}
 _PROFILE_KEYS = {"eps", "attacks", "steps", "eval_size", "seeds", "batch_size", "description", "cell_timeout",
-                 "defenses", "eot_samples", "defended_models", "models", "budgets", "budget_models"}
+                 "defenses", "eot_samples", "defended_models", "models", "budgets", "budget_models", "options"}
 _TOP_KEYS = {"suite", "models", "profiles", "training", "fat"}
 _MEMBER_OVERRIDES = {"backbone": str, "width": (int, float), "input_size": int, "head_hidden": int}
 _DATASETS = {"nyuv2": 3, "taskonomy": 5}
@@ -272,6 +276,10 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if dataset not in _DATASETS:
         raise c.fail("suite.dataset", f"unknown dataset {dataset!r}; use {' or '.join(_DATASETS)}")
     mirror = c.typed(head, "mirror", str, "suite", None)
+    metrics = c.typed(head, "metrics", str, "suite", "ours")
+    if metrics not in ("ours", "paper"):
+        raise c.fail("suite.metrics", f"expected 'ours' (pooled metrics) or 'paper' (the authors' code), "
+                                      f"got {metrics!r}")
     if mirror is not None and not VALID_NAME.fullmatch(mirror):
         raise c.fail("suite.mirror", f"{mirror!r} is not a suite name (letters, digits, '.', '_', '-'; the "
                                      "mirrored manifest is looked up beside this one or among the standard suites)")
@@ -324,7 +332,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
                  data_source=data,
                  split=c.typed(head, "split", str, "suite", "test"), backbone=defaults["backbone"],
                  members=members, profiles=profiles, training=dict(training), fat=dict(fat), mirror_of=mirror,
-                 selection=c.typed(head, "selection", str, "suite", ""), path=path)
+                 selection=c.typed(head, "selection", str, "suite", ""), path=path, metrics=metrics)
 
 
 def _training(c: _Checker, table: Any, members: set[str]) -> dict[str, Any]:
@@ -403,7 +411,7 @@ def _members(c: _Checker, models: Any, defaults: dict, dataset: str, org: str | 
 
 
 def _profiles(c: _Checker, profiles: Any) -> dict[str, Profile]:
-    from benchmark.attacks import list_attacks
+    from benchmark.attacks import create_attack, list_attacks
     from benchmark.defenses import canonical_defense
 
     if not isinstance(profiles, dict) or not profiles:
@@ -455,6 +463,18 @@ def _profiles(c: _Checker, profiles: Any) -> dict[str, Profile]:
             if (not isinstance(values, list) or not values
                     or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 100_000 for v in values)):
                 raise c.fail(f"{where}.budgets.{key}", f"expected a list of step counts in [1, 100000], got {values!r}")
+        options = c.typed(table, "options", dict, where, {})
+        for key, values in options.items():
+            scalars = isinstance(values, dict) and all(isinstance(v, str | int | float | bool) for v in values.values())
+            if not scalars:
+                raise c.fail(f"{where}.options.{key}", "expected a table of option = value (string, number or "
+                                                        f"boolean), got {values!r}")
+            try:  # the attack exists and takes these options
+                create_attack(next(a for a in known if a == key or a.startswith(f"{key}:")), **values)
+            except StopIteration:
+                raise c.fail(f"{where}.options.{key}", f"{key!r} is not a registered attack") from None
+            except UserError as exc:
+                raise c.fail(f"{where}.options.{key}", str(exc)) from None
         budget_models = c.typed(table, "budget_models", list, where, None)
         if budget_models is not None and not all(isinstance(m, str) for m in budget_models):
             raise c.fail(f"{where}.budget_models", f"expected a list of model names, got {budget_models!r}")
@@ -466,5 +486,6 @@ def _profiles(c: _Checker, profiles: Any) -> dict[str, Profile]:
                              defended_models=None if defended is None else tuple(defended),
                              models=None if chosen is None else tuple(chosen),
                              budgets={k: tuple(dict.fromkeys(v)) for k, v in budgets.items()},
-                             budget_models=None if budget_models is None else tuple(budget_models))
+                             budget_models=None if budget_models is None else tuple(budget_models),
+                             options={k: dict(v) for k, v in options.items()})
     return out

@@ -294,6 +294,7 @@ class Task:
     class_weights: torch.Tensor | None = None
     label: str = ""
     _metric_factory: Callable[[Task], TaskMetric] | None = field(default=None, repr=False)
+    metric_mode: str = "ours"  # "paper": the authors' definitions (benchmark.paper_metrics)
 
     # ---------------------------------------------------------------- loss
     def loss(self, pred: torch.Tensor, targets: dict[str, torch.Tensor], reduction: str = "none") -> torch.Tensor:
@@ -343,6 +344,10 @@ class Task:
     def new_metric(self) -> TaskMetric:
         if self._metric_factory is None:
             raise ValueError(f"task {self.name!r} of {self.dataset!r} has no metric")
+        if self.metric_mode == "paper":
+            from benchmark.paper_metrics import paper_metric
+
+            return paper_metric(self)
         return self._metric_factory(self)
 
     def higher_is_better(self, metric: str) -> bool:
@@ -385,11 +390,17 @@ def list_datasets() -> list[str]:
     return sorted(DATASET_TASKS)
 
 
-def get_tasks(dataset: str, **options) -> list[Task]:
-    """The tasks of ``dataset`` in task-id order (the layout's task ids index this list)."""
+def get_tasks(dataset: str, *, metrics: str = "ours", **options) -> list[Task]:
+    """The tasks of ``dataset`` in task-id order (the layout's task ids index this list), scored
+    with our metrics or (``metrics="paper"``) the authors' definitions."""
     if dataset not in DATASET_TASKS:
         raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(list_datasets())}")
-    return DATASET_TASKS[dataset](**options)
+    if metrics not in ("ours", "paper"):
+        raise ValueError(f"unknown metric mode {metrics!r}; use 'ours' or 'paper'")
+    tasks = DATASET_TASKS[dataset](**options)
+    for t in tasks:
+        t.metric_mode = metrics
+    return tasks
 
 
 def all_tasks() -> list[Task]:

@@ -146,7 +146,10 @@ def test_nyuv2_reader_round_trip(tmp_path):
     img, seg, normal, depth = truth[1]
     assert torch.allclose(sample["image"], torch.from_numpy(img).permute(2, 0, 1).float() / 255)
     assert torch.equal(sample["segment_semantic"], torch.from_numpy(seg).long())
-    assert torch.equal(sample["normal"], torch.from_numpy(normal).permute(2, 0, 1).float())
+    # the authors' loader reads the normal PNG with OpenCV: channels B, G, R (the PNG's reversed)
+    bgr_as_opencv_reads_it = np.ascontiguousarray(normal[..., ::-1])
+    assert torch.equal(sample["normal"], torch.from_numpy(bgr_as_opencv_reads_it).permute(2, 0, 1).float())
+    assert sample["normal"][0, 0, 0] == normal[0, 0, 2]  # channel 0 is the PNG's blue
     assert torch.equal(sample["depth_zbuffer"][0], torch.from_numpy(depth))
     # the paper's losses accept the reader's targets as they are
     resized = NYUv2(tmp_path, "test", crop=(24, 24))[0]

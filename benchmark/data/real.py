@@ -9,7 +9,10 @@ NYUv2 (``root``)::
     <depth>   .npy float array of depth in metres (0 = missing)
 
 Evaluation resizes every test image to the crop (default 321x321; labels nearest-neighbour).
-Normals stay in the 0-255 PNG scale as in the paper's code, whose loss normalises both vectors.
+Normals stay in the 0-255 PNG scale as in the paper's code, whose loss normalises both vectors,
+and in its channel order: the paper's loader reads the PNG with OpenCV, which gives the channels
+as B, G, R, so the authors' models predict normals in that order; the target here is the same
+(channel 0 is the PNG's blue channel).
 
 Tiny-Taskonomy (``root``)::
 
@@ -156,7 +159,8 @@ class NYUv2(Dataset):
         return {
             "image": _resize(_chw(img[..., :3]).float() / 255.0, self.crop, "bilinear").clamp(0, 1),
             "segment_semantic": _resize(_chw(seg), self.crop, "nearest")[0].long(),
-            "normal": _resize(_chw(normal[..., :3]).float(), self.crop, "nearest"),
+            # B, G, R: the channel order of the paper's OpenCV loader (its models' normal outputs)
+            "normal": _resize(_chw(normal[..., 2::-1]).float(), self.crop, "nearest"),
             "depth_zbuffer": _resize(_chw(depth), self.crop, "nearest"),
         }
 

@@ -74,6 +74,8 @@ class Cell:
             # an undefended cell keeps the key it had before defenses existed
             **({"defense": self.target.defense, "eot": self.target.eot} if self.target.defense else {}),
             **({"external": self.target.external.partition(":")[0]} if self.target.external else {}),
+            # a suite scored with the authors' metric definitions (cells of our default keep their keys)
+            **({"metrics": ctx.tasks[0].metric_mode} if ctx.tasks and ctx.tasks[0].metric_mode != "ours" else {}),
         }
 
     def new_result(self, ctx: CellContext, status: str = "valid", reason: str = "") -> CellResult:
@@ -114,7 +116,10 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
             raise UserError(f"attack {pattern!r} matches nothing for the tasks of {suite.name}; "
                             "see `mtlbench attacks list`")
         for name in matched:
-            spec = AttackSpec.parse(name, tasks=tasks).with_budget(profile.steps)
+            spec = AttackSpec.parse(name, tasks=tasks)
+            preset = profile.options.get(spec.optimizer, {})
+            spec = spec.with_options(**{k: v for k, v in preset.items() if k not in dict(spec.options)})
+            spec = spec.with_budget(profile.steps)
             if spec not in specs:
                 specs.append(spec)
     # a request that names an eps, seed or model twice asks for it once

@@ -81,7 +81,8 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
             check_outputs(model, tasks, batches[0]["image"], what=f"the model {target.name!r}")
     clean_key = cell_key({"suite": suite.name, "model": target.name, "model_revision": revision,
                           "data": suite.data_source, "split": suite.split, "images": count, "input_size": input_size,
-                          "code_version": __version__, "device": device.type})
+                          "code_version": __version__, "device": device.type,
+                          **({"metrics": suite.metrics} if suite.metrics != "ours" else {})})
     if clean is None and store is not None:
         clean = store.get_clean(clean_key)
     if clean is None:
