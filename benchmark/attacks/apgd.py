@@ -15,10 +15,26 @@ and SIGNTOTAL. With restarts, each sample keeps its best point over all runs.
 Convention kept from the reference: the oscillation check compares the last k scores with their
 predecessors in a zero-initialised history, so the very first check compares the first score with
 the (still zero) end of the history.
+
+``preset="paper"`` is the APGD of the GB-MTA authors' code instead, which differs from the reference:
+it starts from the clean image with step eps/steps (the first step without momentum, the clean
+image kept if it scores higher); each later step takes z = x + eta sign(grad) projected on the
+ball but **not** clipped to [0, 1], then x' = x + 0.75 (z - x) + 0.25 (x - x_prev), projected and
+clipped; a point at least as good as the best replaces it (``>=``); checkpoints are
+ceil(p n) for p = 0, 0.22 and p_j+1 = p_j + max(p_j - p_j-1 - 0.03, 0.06) below 1; at a checkpoint
+the step halves when the score rose in fewer than 75% of the steps since the last one, or when
+both the step and the score (the current one, not the best) are unchanged since the last one; the
+point never restarts from the best. Its score is the authors' too: the batch loss summed over the
+attacked tasks for SINGLE-X and TOTAL (with ``loss="batch"``; per sample otherwise), the batch
+mean of the relative increase sum_i (mean L_i - l_i) / l_i for GB-MTA (the clean loss l_i of the
+batch here; the authors' is the data set's), and the raw per-sample loss sum for SIGNTOTAL. Each
+step costs one forward and backward pass at the current point and one forward pass to score the
+new one, as in their code.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -44,14 +60,19 @@ class APGD(OptimizerAttack):
     budget_option = "steps"
 
     def __init__(self, objective: str = "gb-mta", *, steps: int = 20, restarts: int = 1, rho: float = 0.75,
-                 momentum: float = 0.75, preset: str = "reference", random_start: bool = True) -> None:
-        super().__init__(objective)
+                 momentum: float = 0.75, preset: str = "reference", random_start: bool | None = None,
+                 loss: str = "image") -> None:
+        super().__init__(objective, loss=loss)
         if preset not in ("reference", "paper"):
             raise UserError(f"unknown APGD preset {preset!r}; use 'reference' (step 2 eps) or 'paper' (eps/steps)")
         if int(steps) < 1 or int(restarts) < 1:
             raise UserError(f"APGD needs steps >= 1 and restarts >= 1, got {steps} and {restarts}")
         self.steps, self.restarts, self.rho, self.momentum = int(steps), int(restarts), float(rho), float(momentum)
-        self.preset, self.random_start = preset, bool(random_start)
+        if preset == "paper" and random_start:
+            raise UserError("APGD's paper preset starts from the clean image (as the authors' code); "
+                            "random_start=True needs preset='reference'")
+        self.preset = preset
+        self.random_start = (preset == "reference") if random_start is None else bool(random_start)
         self.trace: APGDTrace | None = None
 
     def initial_step(self, eps: float) -> float:
@@ -63,7 +84,10 @@ class APGD(OptimizerAttack):
             clean = objective.losses(model, images, targets)
         best_x, best_score = None, None
         for _ in range(self.restarts):
-            x, score = self._run(model, images, targets, objective, clean, eps, generator)
+            if self.preset == "paper":
+                x, score = self._run_paper(model, images, targets, objective, clean, eps)
+            else:
+                x, score = self._run(model, images, targets, objective, clean, eps, generator)
             if best_x is None:
                 best_x, best_score = x, score
             else:
@@ -132,3 +156,76 @@ class APGD(OptimizerAttack):
         trace.step_sizes = [s.cpu() for s in trace.step_sizes]
         self.trace = trace
         return x_best, score_best
+
+    # ------------------------------------------------------------------ the authors' APGD
+    @staticmethod
+    def paper_checkpoints(n: int) -> list[int]:
+        """The authors' checkpoints: ceil(p n) for p = 0, 0.22, then p_j+1 = p_j + max(p_j - p_j-1 -
+        0.03, 0.06) while below 1, without repeats."""
+        p = [0.0, 0.22]
+        while (nxt := p[-1] + max(p[-1] - p[-2] - 0.03, 0.06)) < 1.0:
+            p.append(nxt)
+        return list(dict.fromkeys(math.ceil(v * n) for v in p))
+
+    def _paper_score(self, model, x, targets, objective, clean) -> torch.Tensor:
+        """The authors' score of ``x`` (B,), from one forward pass."""
+        with torch.no_grad():
+            outputs = model(x)
+            tasks = objective.tasks
+            if objective.name in ("total",) or objective.name.startswith("single-"):
+                chosen = [objective.index] if objective.name.startswith("single-") else range(len(tasks))
+                if objective.batch_loss:
+                    value = sum(tasks[i].loss(outputs[tasks[i].name], targets, "mean") for i in chosen)
+                    return value.expand(x.shape[0]).clone()
+                return sum(tasks[i].loss(outputs[tasks[i].name], targets) for i in chosen)
+            losses = torch.stack([t.loss(outputs[t.name], targets) for t in tasks], 1)
+            if objective.name == "gb-mta":
+                base = clean.mean(0)
+                return ((losses.mean(0) - base) / base.clamp_min(1e-12)).sum().expand(x.shape[0]).clone()
+            return losses.sum(1)  # SIGNTOTAL (and other objectives): the raw loss sum per sample
+
+    def _run_paper(self, model, x0, targets, objective, clean, eps):
+        n, b = self.steps, x0.shape[0]
+        view = (-1,) + (1,) * (x0.dim() - 1)
+        checkpoints = self.paper_checkpoints(n)
+        position = {w: j for j, w in enumerate(checkpoints)}
+        eta = torch.zeros(n + 1, b, device=x0.device, dtype=x0.dtype)
+        eta[0] = eps / n
+        f = torch.zeros(n + 1, b, device=x0.device, dtype=torch.float64)
+        trace = APGDTrace()
+        prev = cur = x0.detach().clone()
+        best, f_best = None, None
+        for k in range(n):
+            grad, _ = objective.direction(model, self._start(cur), targets)
+            with torch.no_grad():
+                if k == 0:
+                    new = clip_to_ball(x0 + eta[0].reshape(view) * grad.sign(), x0, eps)
+                    f[0] = self._paper_score(model, x0, targets, objective, clean).double()
+                    f[1] = self._paper_score(model, new, targets, objective, clean).double()
+                    take = f[1] > f[0]  # on a tie the clean image (the first maximum) stays
+                    best = torch.where(take.reshape(view), new, x0)
+                    f_best = torch.maximum(f[0], f[1])
+                    eta[1] = eta[0]
+                    prev, cur = x0, new
+                else:
+                    z = torch.minimum(torch.maximum(cur + eta[k].reshape(view) * grad.sign(), x0 - eps), x0 + eps)
+                    new = cur + self.momentum * (z - cur) + (1 - self.momentum) * (cur - prev)
+                    new = clip_to_ball(new, x0, eps)
+                    f[k + 1] = self._paper_score(model, new, targets, objective, clean).double()
+                    take = f[k + 1] >= f_best
+                    best = torch.where(take.reshape(view), new, best)
+                    f_best = torch.maximum(f[k + 1], f_best)
+                    if k in position and position[k] > 0:
+                        w0, w1 = checkpoints[position[k] - 1], checkpoints[position[k]]
+                        rises = (f[w0 + 1: w1 + 1] > f[w0:w1]).sum(0)
+                        oscillating = rises < self.rho * (w1 - w0)
+                        stalled = (eta[w0] == eta[w1]) & (f[w0] == f[w1])
+                        eta[k + 1] = torch.where(oscillating | stalled, eta[k] / 2.0, eta[k])
+                        trace.checkpoints.append(k)
+                    else:
+                        eta[k + 1] = eta[k]
+                    prev, cur = cur, new
+                trace.scores.append(f[k + 1].float().cpu())
+                trace.step_sizes.append(eta[k].cpu())
+        self.trace = trace
+        return best, f_best.to(x0.dtype)

@@ -34,8 +34,8 @@ class AutoSAGA(OptimizerAttack):
     budget_option = "steps"
 
     def __init__(self, objective: str = "gb-mta", *, steps: int = 10, step_size: float | None = None,
-                 alpha_lr: float = 10.0, fitting: float = 50.0, gamma: float = 0.0) -> None:
-        super().__init__(objective)
+                 alpha_lr: float = 10.0, fitting: float = 50.0, gamma: float = 0.0, loss: str = "image") -> None:
+        super().__init__(objective, loss=loss)
         self.steps, self.step_size = check_steps(steps), step_size
         self.alpha_lr, self.fitting, self.gamma = float(alpha_lr), float(fitting), float(gamma)
 

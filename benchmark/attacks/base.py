@@ -112,15 +112,19 @@ class OptimizerAttack(Attack):
 
     optimizer: str = ""
 
-    def __init__(self, objective: str = "gb-mta") -> None:
+    def __init__(self, objective: str = "gb-mta", *, loss: str = "image") -> None:
+        if loss not in ("image", "batch"):
+            raise UserError(f"loss must be 'image' (each image's mean over its valid pixels) or 'batch' (the "
+                            f"authors' mean over the batch's valid pixels), got {loss!r}")
         self.objective_name = objective
+        self.loss = loss
         self._objective: Objective | None = None
         self._objective_tasks: tuple[str, ...] = ()
 
     def objective(self, tasks: list[Task]) -> Objective:
         key = tuple(t.name for t in tasks)
         if self._objective is None or key != self._objective_tasks:
-            self._objective = create_objective(self.objective_name, tasks)
+            self._objective = create_objective(self.objective_name, tasks, batch_loss=self.loss == "batch")
             self._objective_tasks = key
         return self._objective
 

@@ -10,6 +10,9 @@ __all__ = ["FGSM"]
 
 @register_attack("fgsm")
 class FGSM(OptimizerAttack):
+    def __init__(self, objective: str = "gb-mta", *, loss: str = "image") -> None:
+        super().__init__(objective, loss=loss)
+
     def perturb(self, model, images, targets, *, tasks, eps, generator):
         x = self._start(images)
         direction, _ = self.objective(tasks).direction(model, x, targets)

@@ -69,6 +69,9 @@ class Objective(ABC):
     """A multi-task attack objective over ``tasks`` (in the model's task order)."""
 
     name: str = ""
+    #: the authors' batch loss for TOTAL and SINGLE-X: each task's loss is the mean over every valid
+    #: pixel of the batch (set by an optimizer's ``loss="batch"``); per image otherwise
+    batch_loss: bool = False
 
     def __init__(self, tasks: list[Task]) -> None:
         self.tasks = list(tasks)
@@ -99,6 +102,13 @@ class Objective(ABC):
         (g,) = torch.autograd.grad(scalar, x, retain_graph=retain)
         return g
 
+    def _batch_losses(self, model, x, targets, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass: the sum over ``indices`` of the tasks' batch losses (with the graph
+        to ``x``) and the detached per-sample losses (B, T)."""
+        outputs = model(x)
+        total = sum(self.tasks[i].loss(outputs[self.tasks[i].name], targets, "mean") for i in indices)
+        return total, output_losses(outputs, targets, self.tasks).detach()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
@@ -116,6 +126,9 @@ class SingleTask(Objective):
         self.name = f"single-{TASK_SHORT_NAMES.get(task, task)}"
 
     def direction(self, model, x, targets):
+        if self.batch_loss:
+            total, losses = self._batch_losses(model, x, targets, [self.index])
+            return self._grad(total, x), losses
         losses = self.losses(model, x, targets)
         return self._grad(losses[:, self.index].sum(), x), losses.detach()
 
@@ -133,6 +146,9 @@ class Total(Objective):
     name = "total"
 
     def direction(self, model, x, targets):
+        if self.batch_loss:
+            total, losses = self._batch_losses(model, x, targets, list(range(len(self.tasks))))
+            return self._grad(total, x), losses
         losses = self.losses(model, x, targets)
         return self._grad(losses.sum(), x), losses.detach()
 
@@ -191,17 +207,21 @@ def find_task(short: str, tasks: list[Task]) -> Task | None:
     return next((t for t in tasks if short in (t.name, TASK_SHORT_NAMES.get(t.name), t.label.lower())), None)
 
 
-def create_objective(name: str, tasks: list[Task]) -> Objective:
+def create_objective(name: str, tasks: list[Task], *, batch_loss: bool = False) -> Objective:
     """``single-<task>`` (short or full task name), ``total``, ``signtotal``, ``gb-mta`` or a
-    registered name."""
+    registered name. ``batch_loss``: TOTAL and SINGLE-X follow the authors' batch loss (GB-MTA
+    and SIGNTOTAL use per-sample losses in their code as in ours)."""
     key = name.strip().lower()
     if key.startswith("single-"):
         short = key.removeprefix("single-")
         task = find_task(short, tasks)
-        return SingleTask(tasks, task.name if task is not None else short)
-    if key not in OBJECTIVES:
+        objective = SingleTask(tasks, task.name if task is not None else short)
+    elif key not in OBJECTIVES:
         raise UserError(f"unknown objective {name!r}; known: {', '.join(list_objectives(tasks))}")
-    return OBJECTIVES[key](tasks)
+    else:
+        objective = OBJECTIVES[key](tasks)
+    objective.batch_loss = bool(batch_loss)
+    return objective
 
 
 def list_objectives(tasks: list[Task], pattern: str = "*") -> list[str]:
