@@ -549,6 +549,45 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- report
+def cmd_report_reproduction(args: argparse.Namespace) -> int:
+    from benchmark.runner.store import ResultsStore
+    from leaderboard.aggregate import build_board
+    from leaderboard.reproduction import reproduction
+
+    with ResultsStore(args.results, readonly=True) as store:
+        board = build_board(store)
+        findings = reproduction(board, store.cells())
+    if not findings:
+        raise UserError(f"{args.results} holds no results; run `mtlbench run` first")
+    for suite, rep in findings.items():
+        table = Table(title=f"{suite}: the paper's findings ({rep['counts']['reproduced']} of {len(rep['findings'])} "
+                            "reproduced)")
+        for col in ("finding", "paper", "ours", "verdict"):
+            table.add_column(col)
+        for f in rep["findings"]:
+            ours = f["ours"] if isinstance(f["ours"], str) else _finding_numbers(f)
+            for other, d in (f.get("paired") or {}).items():
+                if d.get("pairs"):
+                    ours += (f"; GB-MTA - {other} {d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] "
+                             f"({d['pairs']} pairs)")
+            paper = f["paper"] if isinstance(f["paper"], str) else _finding_numbers(f, "paper")
+            verdict = Text(f["status"], style="green" if f["status"] == "reproduced" else "red")
+            table.add_row(f"{f['id']}: {f['claim']}", paper, ours, verdict)
+        console.print(table)
+    return 0
+
+
+def _finding_numbers(finding: dict, which: str = "ours") -> str:
+    """A finding's numbers by sharing level (transferability) or its FAT summary, as one line."""
+    if finding["id"] == "fat":
+        return (f"{finding['gb_mta_strongest']}; below the undefended model: {'yes' if finding['lower'] else 'no'}"
+                if which == "ours" else "Table 3")
+    values = finding[which]
+    text = ", ".join(f"{level}L {value:.2f}" for level, value in values.items())
+    return f"{finding.get('attack', '')} {text}".strip() if which == "ours" else text
+
+
 # ---------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from benchmark.demo import run_demo
@@ -798,6 +837,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "join the ranking, rejected ones are listed as self-reported")
     p.add_argument("--device", default="auto", help="device that re-scores the bundles: auto, cpu or cuda")
     p.set_defaults(func=cmd_leaderboard)
+
+    report = sub.add_parser("report", help="reports from a results database")
+    rsub2 = report.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = rsub2.add_parser("reproduction", help="the paper's findings beside ours, each reproduced or not")
+    p.add_argument("--results", default="results.db")
+    p.set_defaults(func=cmd_report_reproduction)
 
     p = sub.add_parser("demo", help="build the tiny suite, run its quick profile, render the leaderboard site")
     p.add_argument("--out", default="site", help="output directory of the site (default: site)")

@@ -27,10 +27,12 @@ by concatenation and taken out by multiset difference.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from benchmark.tasks import IGNORE_INDEX, Task, TaskMetric, _mask, _seg_target
+from benchmark.metric_base import IGNORE_INDEX, TaskMetric, _mask, _seg_target
 
 __all__ = ["METRIC_MODES", "paper_metric"]
 
@@ -170,7 +172,7 @@ class PaperErrorMetric(_BatchWeighted):
     """A Taskonomy error: the per-batch mean, batch-size weighted (segmentation: the class-weighted
     cross-entropy of the batch's valid pixels; depth, keypoint, edge: the L1 error of its valid ones)."""
 
-    def __init__(self, task: Task, metric_name: str) -> None:
+    def __init__(self, task: Any, metric_name: str) -> None:
         self.task, self.names = task, (metric_name,)
         super().__init__()
 
@@ -209,7 +211,7 @@ def _paper_depth_valid(target: torch.Tensor, targets: dict[str, torch.Tensor]) -
     return target > _DEPTH_MIN
 
 
-def paper_metric(task: Task) -> TaskMetric:
+def paper_metric(task: Any) -> TaskMetric:
     """The authors' metric of ``task`` (same metric names and directions as ours)."""
     if task.dataset == "nyuv2":
         if task.kind == "segmentation":

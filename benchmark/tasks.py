@@ -17,14 +17,15 @@ over batches, so a full test split never sits in memory.
 
 from __future__ import annotations
 
-import copy
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from benchmark.metric_base import _EPS, IGNORE_INDEX, TaskMetric, _mask, _seg_target
+from benchmark.paper_metrics import paper_metric
 
 __all__ = [
     "DATASET_TASKS",
@@ -37,45 +38,9 @@ __all__ = [
     "total_loss",
 ]
 
-IGNORE_INDEX = 255
-_EPS = 1e-8
 
 
 # ====================================================================== metrics
-class TaskMetric(ABC):
-    """Streaming metric: sufficient statistics in float64 tensors, mergeable across workers."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    @abstractmethod
-    def reset(self) -> None: ...
-
-    @abstractmethod
-    def update(self, pred: torch.Tensor, targets: dict[str, torch.Tensor]) -> None: ...
-
-    @abstractmethod
-    def compute(self) -> dict[str, float]: ...
-
-    def _state(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
-
-    def merge(self, other: TaskMetric, *, sign: int = 1) -> TaskMetric:
-        """Add another metric's statistics into this one (same task, e.g. another worker); with
-        ``sign=-1`` take them out (the statistics of all images but ``other``'s)."""
-        if type(other) is not type(self):
-            raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
-        for name, value in other._state().items():
-            setattr(self, name, getattr(self, name) + sign * value.to(getattr(self, name).device))
-        return self
-
-    def copy(self) -> TaskMetric:
-        out = copy.copy(self)
-        for name, value in self._state().items():
-            setattr(out, name, value.clone())
-        return out
-
-
 class SegmentationMetric(TaskMetric):
     """mIoU (mean over classes that occur in prediction or target) and pixel accuracy, from a
     streaming confusion matrix."""
@@ -240,19 +205,6 @@ class L1ErrorMetric(TaskMetric):
 
 
 # ====================================================================== helpers
-def _seg_target(targets: dict[str, torch.Tensor], name: str = "segment_semantic") -> torch.Tensor:
-    t = targets[name]
-    return t[:, 0] if t.dim() == 4 else t
-
-
-def _mask(targets: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """The optional shared valid mask as a bool (B, 1, H, W) tensor, or all-true."""
-    m = targets.get("mask")
-    if m is None:
-        return torch.ones(like.shape[0], 1, *like.shape[-2:], dtype=torch.bool, device=like.device)
-    return (m > 0) if m.dim() == 4 else (m > 0).unsqueeze(1)
-
-
 def _normal_cosine(pred: torch.Tensor, targets: dict[str, torch.Tensor], name: str = "normal"):
     """Per-pixel cosine (B, H, W) and the valid-pixel mask (B, H, W)."""
     target = targets[name].to(pred.dtype)
@@ -345,8 +297,6 @@ class Task:
         if self._metric_factory is None:
             raise ValueError(f"task {self.name!r} of {self.dataset!r} has no metric")
         if self.metric_mode == "paper":
-            from benchmark.paper_metrics import paper_metric
-
             return paper_metric(self)
         return self._metric_factory(self)
 

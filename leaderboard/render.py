@@ -33,6 +33,7 @@ from benchmark.errors import UserError
 from benchmark.runner.store import ResultsStore
 from leaderboard import plots
 from leaderboard.aggregate import DEFAULT_EPS, build_board, eps_key
+from leaderboard.reproduction import reproduction
 
 __all__ = ["render_leaderboard", "slug"]
 
@@ -85,6 +86,7 @@ def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps:
     if bundles is None:
         with ResultsStore(results, readonly=True) as store:
             board = build_board(store, default_eps=default_eps)
+            board["reproduction"] = reproduction(board, store.cells())
         return render_board(board, out_dir, plots_enabled=plots_enabled)
     import tempfile
 
@@ -108,6 +110,7 @@ def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps:
                 for cell in v.cells:
                     store.put(cell)
             board = build_board(store, default_eps=default_eps)
+            board["reproduction"] = reproduction(board, store.cells())
     board["bundles"] = [_bundle_row(v) for v in verdicts]
     for suite in board["suites"].values():
         mine = [v for v in verdicts if v.verified and v.manifest["suite"]["name"] == suite["name"]]
@@ -144,7 +147,8 @@ def render_board(board: dict[str, Any], out_dir: str | Path, *, plots_enabled: b
     figures: dict[str, Any] = {}
     jobs: list[tuple] = []
     for name, suite in board["suites"].items():
-        figures[name], suite_jobs = _suite_plots(suite, out) if plots_enabled else ({}, [])
+        rep = board.get("reproduction", {}).get(name)
+        figures[name], suite_jobs = _suite_plots(suite, out, rep) if plots_enabled else ({}, [])
         jobs += suite_jobs
     _draw_all(jobs)
     _write(out / "index.html", env.get_template("index.html.j2").render(**common, figures=figures, page="index"))
@@ -152,6 +156,10 @@ def render_board(board: dict[str, Any], out_dir: str | Path, *, plots_enabled: b
         ctx = {**common, "suite": suite, "figures": figures[name]}
         _write(out / f"suite-{slug(name)}.html", env.get_template("suite.html.j2").render(**ctx, page="suite"))
         _write(out / f"transfer-{slug(name)}.html", env.get_template("transfer.html.j2").render(**ctx, page="transfer"))
+        if board.get("reproduction", {}).get(name):
+            _write(out / f"reproduction-{slug(name)}.html",
+                   env.get_template("reproduction.html.j2").render(**ctx, reproduction=board["reproduction"],
+                                                                   page="reproduction"))
         if suite["defended"]:
             _write(out / f"defenses-{slug(name)}.html",
                    env.get_template("defenses.html.j2").render(**ctx, page="defenses"))
@@ -165,7 +173,8 @@ def render_board(board: dict[str, Any], out_dir: str | Path, *, plots_enabled: b
     return out / "index.html"
 
 
-def _suite_plots(suite: dict[str, Any], out: Path) -> tuple[dict[str, Any], list[tuple]]:
+def _suite_plots(suite: dict[str, Any], out: Path,
+                 board_reproduction: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[tuple]]:
     """File names of the suite's figures, and the jobs that draw them."""
     sid = slug(suite["name"])
     figs: dict[str, Any] = {"curves": {}, "heatmaps": {}, "defenses": {}}
@@ -184,6 +193,12 @@ def _suite_plots(suite: dict[str, Any], out: Path) -> tuple[dict[str, Any], list
             figs["curves"][model] = f"curves-{sid}-{slug(model)}.svg"
             jobs.append(("arp_curves", series, f"{model}: ARP vs eps (the {len(top)} strongest attacks)",
                          out / "plots" / figs["curves"][model]))
+    for f in (board_reproduction or {}).get("findings", []):
+        if f["id"].startswith("arp-vs-eps") and f.get("curves") and f["status"] != "not run":
+            figs.setdefault("reproduction", {})[f["id"]] = f"{f['id']}-{sid}.svg"
+            jobs.append(("arp_curves", {a: [tuple(p) for p in pts] for a, pts in f["curves"].items()},
+                         f"{suite['name']}: mean ARP over models vs eps (paper Figures 2/3)",
+                         out / "plots" / figs["reproduction"][f["id"]]))
     for key, b in suite["by_eps"].items():
         if b.get("budget") and b["budget"]["series"]:
             figs.setdefault("budget", {})[key] = f"budget-{sid}-{slug(key)}.svg"

@@ -76,7 +76,7 @@ def test_site_escapes_names_and_matches_its_json(board_db, tmp_path):
     index = render_leaderboard(board_db, tmp_path / "site")
     site = index.parent
     pages = [p.read_text() for p in site.glob("*.html")]
-    assert len(pages) == 1 + 2 + 3  # index, suite + transfer, one per model
+    assert len(pages) == 1 + 3 + 3  # index, suite + transfer + reproduction, one per model
     for html in pages:
         assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index.read_text()

@@ -42,6 +42,7 @@ def _condition_two(f, eta, j, w):
 
 def _authors_apgd(x_data, model, grad_fn, score_fn, eps, steps):
     """The authors' loop, transcribed (clip range [0, 1], eps on the [0, 1] scale)."""
+    model.eval()  # as theirs: "Change model to evaluation mode for the attack"
     w, index = _authors_checkpoints(steps)
     b = x_data.shape[0]
     eta = torch.zeros(steps + 1, b)
@@ -143,3 +144,79 @@ def test_the_paper_preset_starts_from_the_clean_image():
         create_attack("apgd:total", preset="paper", random_start=True)
     assert create_attack("apgd:total", preset="paper").random_start is False
     assert create_attack("apgd:total").random_start is True
+
+
+# ---------------------------------------------------------------- Auto-SAGE in the authors' units
+def _authors_autosage(x_clean, model255, tasks, criterion, eps, eps_step, steps, clip_min, clip_max,
+                      lr=1e1, fitting=50, decay=0, normalize=False):
+    """The authors' SelfAttentionGradientAttackProto, transcribed (their loop variable ``task`` in
+    the look-ahead loop included), on their mean-subtracted 0-255 inputs."""
+    model255.eval()
+    def native_gradient(task, x_adv):
+        x = x_adv.detach().clone().requires_grad_(True)
+        loss = criterion(task, model255(x, task))
+        loss.mean().backward()
+        g = x.grad.detach()
+        return g if not normalize else g / loss.detach()[:, None, None, None]
+
+    def sech_squared(u):
+        return 4 * torch.exp(2 * u) / ((torch.exp(2 * u) + 1) * (torch.exp(2 * u) + 1))
+
+    x_adv = x_clean.clone()
+    hi, lo = x_clean + eps, x_clean - eps
+    alpha = torch.ones(len(tasks), *x_clean.shape)
+    blend = torch.zeros_like(x_clean)
+    for _ in range(steps):
+        dcdx = torch.zeros(len(tasks), *x_clean.shape)
+        for m, task in enumerate(tasks):
+            dcdx[m] = native_gradient(task, x_adv)
+        cumulative = sum(alpha[m] * dcdx[m] for m in range(len(tasks)))
+        step_one = torch.max(lo, torch.min(hi, x_adv + eps_step * cumulative.sign()))
+        step_one = torch.clamp(step_one.permute(0, 2, 3, 1), clip_min, clip_max).permute(0, 3, 1, 2)
+        dfdx = torch.zeros_like(x_clean)
+        for _m in range(len(tasks)):
+            dfdx = dfdx - native_gradient(task, step_one)  # the authors' loop reuses the last `task`
+        inner = sech_squared(sum(alpha[m] * dcdx[m] for m in range(len(tasks))) * fitting)
+        dxdalpha = torch.stack([fitting * eps_step * dcdx[m] * inner for m in range(len(tasks))])
+        alpha = alpha - torch.stack([dfdx * dxdalpha[m] for m in range(len(tasks))]) * lr
+        blend = decay * blend + sum(alpha[m] * dcdx[m] for m in range(len(tasks)))
+        x_adv = torch.max(lo, torch.min(hi, x_adv + eps_step * blend.sign()))
+        x_adv = torch.clamp(x_adv.permute(0, 2, 3, 1), clip_min, clip_max).permute(0, 3, 1, 2)
+    return x_adv
+
+
+@pytest.mark.parametrize("objective", ["total", "gb-mta"])
+def test_paper_autosage_reproduces_the_authors_units(tiny_nyu, objective):
+    model, tasks, batch = tiny_nyu
+    images, eps, steps = batch["image"][:4], 8 / 255, 3
+    targets = {k: v[:4] for k, v in batch.items()}
+    mean = torch.tensor([104.00698793, 116.66876762, 122.67891434])
+    by_name = {t.name: t for t in tasks}
+
+    class Model255(torch.nn.Module):  # the model on the authors' inputs, one task's output
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x, task):
+            return self.inner((x + mean.view(1, 3, 1, 1)) / 255.0)[task]
+
+    model255 = Model255()
+
+    def criterion(task, out):
+        if objective == "total":  # the authors' batch loss (reduction mean)
+            return by_name[task].loss(out, targets, "mean")
+        return by_name[task].loss(out, targets)  # per sample (reduction none)
+
+    x255 = images * 255.0 - mean.view(1, 3, 1, 1)
+    theirs = _authors_autosage(x255, model255, [t.name for t in tasks], criterion, eps * 255, eps * 255 / steps,
+                               steps, -mean, 255 - mean, normalize=objective == "gb-mta")
+    theirs = (theirs + mean.view(1, 3, 1, 1)) / 255.0
+    attack = create_attack(f"autosaga:{objective}", steps=steps, preset="paper", loss="batch")
+    ours = attack(model, images, targets, tasks=tasks, eps=eps, generator=torch.Generator().manual_seed(0))
+    same = (ours - theirs).abs() < 1e-5
+    assert same.float().mean() > 0.999, f"{(~same).sum().item()} of {same.numel()} values differ"
+    if objective == "gb-mta":  # our units move the weights, and the result, where theirs barely do
+        reference = create_attack(f"autosaga:{objective}", steps=steps, loss="batch")
+        ref = reference(model, images, targets, tasks=tasks, eps=eps, generator=torch.Generator().manual_seed(0))
+        assert not torch.allclose(ref, ours)

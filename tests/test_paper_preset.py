@@ -13,10 +13,11 @@ def test_the_paper_profile_names_each_optimizers_preset(suite):
     s = load_suite(suite)
     cells = expand_grid(s, s.profile("paper"), models=[s.members[0].name], eps=[8])
     options = {c.attack.name: dict(c.attack.options) for c in cells}
-    assert options["apgd:gb-mta"] == {"preset": "paper", "random_start": False, "steps": 10}
-    assert options["pgd:total"] == {"preset": "paper", "steps": 10}
+    assert options["apgd:gb-mta"] == {"preset": "paper", "loss": "batch", "steps": 10}
+    assert options["pgd:total"] == {"preset": "paper", "loss": "batch", "steps": 10}
+    assert options["autosaga:total"] == {"preset": "paper", "loss": "batch", "steps": 10}
     assert options["autoattack"] == {"preset": "paper", "steps": 10}
-    assert options["fgsm:gb-mta"] == {}
+    assert options["fgsm:gb-mta"] == {"loss": "batch"}
     # the attack is created with them
     apgd = next(c for c in cells if c.attack.name == "apgd:gb-mta").attack.create()
     assert apgd.preset == "paper" and apgd.random_start is False and apgd.initial_step(8) == pytest.approx(0.8)

@@ -13,6 +13,13 @@ the task's loss for GB-MTA, signs for SIGNTOTAL, one term for SINGLE-X):
 Defaults follow the reference code: s = eps/steps, lr 10, kappa 50, gamma 0. The reference's
 look-ahead loop reuses the last task's gradient for every task; here it is the objective's ascent
 direction at x1 (all tasks), which is what the algorithm describes.
+
+``preset="paper"`` reproduces the GB-MTA authors' code instead: their inputs are mean-subtracted
+0-255 images and their gradients those of the batch-mean loss, so every gradient in the alpha
+update is 1/255 (and, for per-sample losses, 1/B) of ours and the step 255 times larger; through
+sech^2(kappa G) the weights then barely move and Auto-SAGE behaves almost like PGD. The look-ahead
+term is T times the last task's gradient, as their loop computes it. With ``loss="batch"`` TOTAL's
+and SINGLE-X's task gradients are those of the authors' batch loss.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import torch
 
 from benchmark.attacks.base import OptimizerAttack, check_steps, clip_to_ball
 from benchmark.attacks.registry import register_attack
+from benchmark.errors import UserError
 
 __all__ = ["AutoSAGA"]
 
@@ -34,8 +42,12 @@ class AutoSAGA(OptimizerAttack):
     budget_option = "steps"
 
     def __init__(self, objective: str = "gb-mta", *, steps: int = 10, step_size: float | None = None,
-                 alpha_lr: float = 10.0, fitting: float = 50.0, gamma: float = 0.0, loss: str = "image") -> None:
+                 alpha_lr: float = 10.0, fitting: float = 50.0, gamma: float = 0.0, loss: str = "image",
+                 preset: str = "reference") -> None:
         super().__init__(objective, loss=loss)
+        if preset not in ("reference", "paper"):
+            raise UserError(f"unknown Auto-SAGA preset {preset!r}; use 'reference' or 'paper' (the authors' units)")
+        self.preset = preset
         self.steps, self.step_size = check_steps(steps), step_size
         self.alpha_lr, self.fitting, self.gamma = float(alpha_lr), float(fitting), float(gamma)
 
@@ -45,14 +57,25 @@ class AutoSAGA(OptimizerAttack):
         x_adv = images.detach().clone()
         alpha = None
         blend = torch.zeros_like(images)
+        paper = self.preset == "paper"
+        # the authors' units: gradients w.r.t. 0-255 inputs (1/255), of the batch mean of per-sample
+        # losses (1/B; a batch loss is a mean already), and the step in 0-255 units (x 255)
+        batch_mean = objective.batch_loss and (objective.name == "total" or objective.name.startswith("single-"))
+        unit = 1.0 / 255.0 / (1 if batch_mean else images.shape[0])
         for _ in range(self.steps):
             grads, _ = objective.task_gradients(model, self._start(x_adv), targets)
             if alpha is None:
                 alpha = torch.ones_like(grads)
             g = (alpha * grads).sum(0)
             x1 = clip_to_ball(x_adv + s * g.sign(), images, eps)
-            ahead, _ = objective.direction(model, self._start(x1), targets)
-            alpha = alpha + self.alpha_lr * ahead * self.fitting * s * grads * _sech2(self.fitting * g)
+            if paper:
+                terms, _ = objective.task_gradients(model, self._start(x1), targets)
+                ahead = terms[-1] * terms.shape[0] * unit  # their loop: T x the last task's term
+                alpha = alpha + self.alpha_lr * ahead * self.fitting * (255.0 * s) * (unit * grads) * _sech2(
+                    self.fitting * unit * g)
+            else:
+                ahead, _ = objective.direction(model, self._start(x1), targets)
+                alpha = alpha + self.alpha_lr * ahead * self.fitting * s * grads * _sech2(self.fitting * g)
             blend = self.gamma * blend + (alpha * grads).sum(0)
             x_adv = clip_to_ball(x_adv + s * blend.sign(), images, eps)
         return x_adv.detach()

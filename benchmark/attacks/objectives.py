@@ -90,9 +90,18 @@ class Objective(ABC):
     def task_gradients(self, model, x, targets) -> tuple[torch.Tensor, torch.Tensor]:
         """The objective's per-task gradient terms (K, B, C, H, W) from one forward pass, for
         multi-model optimizers such as Auto-SAGA that weight each task as one model; and the
-        detached losses (B, T). By default the raw task gradients."""
+        detached losses (B, T). By default the raw task gradients (of the batch losses with
+        ``batch_loss``)."""
+        if self.batch_loss:
+            return self._batch_task_gradients(model, x, targets, list(range(len(self.tasks))))
         losses = self.losses(model, x, targets)
         return self._split_grads(losses, x), losses.detach()
+
+    def _batch_task_gradients(self, model, x, targets, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = model(x)
+        batch = [self.tasks[i].loss(outputs[self.tasks[i].name], targets, "mean") for i in indices]
+        grads = torch.stack([self._grad(v, x, retain=j < len(batch) - 1) for j, v in enumerate(batch)])
+        return grads, output_losses(outputs, targets, self.tasks).detach()
 
     def _split_grads(self, losses: torch.Tensor, x: torch.Tensor, indices: list[int] | None = None) -> torch.Tensor:
         idx = list(range(losses.shape[1])) if indices is None else indices
@@ -136,6 +145,8 @@ class SingleTask(Objective):
         return losses[:, self.index]
 
     def task_gradients(self, model, x, targets):
+        if self.batch_loss:
+            return self._batch_task_gradients(model, x, targets, [self.index])
         losses = self.losses(model, x, targets)
         return self._split_grads(losses, x, [self.index]), losses.detach()
 

@@ -1,0 +1,229 @@
+"""The reproduction page: each of the paper's findings, the paper's numbers (data:
+``leaderboard/data/paper_findings.toml``) beside ours from the results store, and a verdict that is
+computed, never written by hand: ``reproduced``, ``not reproduced`` or ``not run``.
+
+* **strongest**: per optimizer (PGD, APGD), the models on which GB-MTA gives the highest ARP of
+  that optimizer's attacks at eps 8, and the paired differences GB-MTA - TOTAL and GB-MTA -
+  SIGNTOTAL over (model, image) with their 95% bootstrap interval. Reproduced when GB-MTA is the
+  strongest on more than half of the models and GB-MTA - TOTAL is positive with its interval.
+* **ARP vs eps**: the mean ARP over models of every attack of an optimizer at each eps. Reproduced
+  when every curve rises with eps (Spearman correlation >= 0.9) and GB-MTA's mean over the grid
+  is the highest of its optimizer's multi-task attacks.
+* **transferability**: each SINGLE-X attack's mean transferability by sharing level (blocks shared
+  by all tasks). Reproduced when it is higher at the most-shared level than at the least-shared
+  one for every task, with a positive Spearman correlation with the level.
+* **FAT**: the defenses table at eps 8 (the AS model undefended and with FAT by each attack).
+  Reproduced when every FAT model has a lower ARP than the undefended one under every attack and
+  GB-MTA is the strongest attack on most FAT models.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+import tomllib
+
+from benchmark.runner.store import CellResult
+from benchmark.scoring import paired_bootstrap
+
+__all__ = ["PAPER_FINDINGS", "paper_findings", "reproduction"]
+
+PAPER_FINDINGS = Path(__file__).parent / "data" / "paper_findings.toml"
+REPRODUCED, NOT_REPRODUCED, NOT_RUN = "reproduced", "not reproduced", "not run"
+
+
+def paper_findings() -> dict[str, Any]:
+    return tomllib.loads(PAPER_FINDINGS.read_text())
+
+
+def _spearman(xs: list[float], ys: list[float]) -> float:
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        for rank, i in enumerate(order):
+            r[i] = float(rank)
+        return r
+
+    if len(xs) < 2:
+        return float("nan")
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = mean(rx), mean(ry)
+    num = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    den = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    return num / den if den else float("nan")
+
+
+def _variants(labels: list[str]) -> dict[str, dict[str, str]]:
+    """Attack labels grouped by configuration: the leaderboard labels an attack run under several
+    configurations ``attack [profile]``; {suffix: {attack: label}}, most attacks first."""
+    groups: dict[str, dict[str, str]] = defaultdict(dict)
+    for label in labels:
+        base, sep, rest = label.partition(" [")
+        groups[sep + rest][base] = label
+    return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
+
+
+def _closest(available: list[float], wanted: float) -> float | None:
+    return min(available, key=lambda e: (abs(e - wanted), e)) if available else None
+
+
+def _paired(cells: list[CellResult], better: str, other: str, models: list[str], eps: float) -> dict[str, Any]:
+    """Paired bootstrap over (model, image) of ``better`` - ``other`` at ``eps``: the cells of the
+    same model, seed and profile on the same images."""
+    by = {(c.model, c.seed, c.profile, c.attack): c for c in cells
+          if c.eps == eps and c.status == "valid" and c.per_image.get("score")}
+    before, after = [], []
+    for (model, seed, profile, attack), c in by.items():
+        if attack != better or model not in models:
+            continue
+        o = by.get((model, seed, profile, other))
+        if o is not None and o.per_image.get("ids") == c.per_image.get("ids"):
+            before.append(o.per_image["score"])
+            after.append(c.per_image["score"])
+    if not after:
+        return {"pairs": 0}
+    delta, low, high, p = paired_bootstrap(before, after)
+    return {"pairs": sum(len(a) for a in after), "delta": delta, "low": low, "high": high, "p_lower": p}
+
+
+def _strongest(suite: dict, cells: list[CellResult], paper: dict) -> list[dict[str, Any]]:
+    out = []
+    dataset = next((i.get("dataset") for i in suite["model_info"].values() if i.get("dataset")), "nyuv2")
+    theirs = paper.get(dataset, {})
+    eps = _closest(suite["eps"], paper["eps"])
+    for optimizer in paper["optimizers"]:
+        finding = {"id": f"strongest-{optimizer}", "claim": f"{paper['claim']} ({optimizer.upper()})",
+                   "reference": paper["reference"], "paper": f"{theirs.get('k', '?')} of {theirs.get('n', '?')} models",
+                   "eps": eps}
+        block = suite["by_eps"].get(f"{eps:g}") if eps is not None else None
+        group = next((g for g in _variants(suite["attacks"]).values() if f"{optimizer}:gb-mta" in g), {})
+        gb = group.get(f"{optimizer}:gb-mta", f"{optimizer}:gb-mta")
+        mine = [label for base, label in group.items() if base.startswith(f"{optimizer}:")]
+        if block is None or gb not in mine or len(mine) < 2:
+            out.append({**finding, "status": NOT_RUN, "ours": f"{gb} and another {optimizer} attack were not run"})
+            continue
+        wins, n = 0, 0
+        for model in suite["models"]:
+            row = block["table"].get(model, {})
+            values = {a: row[a]["arp"] for a in mine if a in row and row[a]["arp"] is not None}
+            if gb not in values or len(values) < 2:
+                continue
+            n += 1
+            wins += values[gb] >= max(values.values()) - 1e-9
+        paired = {other: _paired(cells, f"{optimizer}:gb-mta", f"{optimizer}:{other}", suite["models"], eps)
+                  for other in ("total", "signtotal") if f"{optimizer}:{other}" in group}
+        total = paired.get("total", {})
+        ok = n > 0 and wins * 2 > n and total.get("pairs") and total["low"] > 0
+        out.append({**finding, "status": REPRODUCED if ok else NOT_REPRODUCED, "ours": f"{wins} of {n} models",
+                    "wins": wins, "models": n, "paired": paired})
+    return out
+
+
+def _arp_vs_eps(suite: dict, paper: dict) -> list[dict[str, Any]]:
+    out = []
+    group = next(iter(_variants(suite["attacks"]).values()), {})
+    optimizers = sorted({a.split(":")[0] for a in group if ":" in a})
+    for optimizer in optimizers:
+        mine = [label for base, label in group.items() if base.startswith(f"{optimizer}:")]
+        curves: dict[str, list[tuple[float, float]]] = {}
+        for a in mine:
+            points = []
+            for key, block in suite["by_eps"].items():
+                ranked = {r["attack"]: r for r in block["ranking"]}
+                if a in ranked:
+                    points.append((float(key), ranked[a]["mean_arp"]))
+            if points:
+                curves[a] = sorted(points)
+        finding = {"id": f"arp-vs-eps-{optimizer}", "claim": paper["claim"], "reference": paper["reference"],
+                   "paper": "rising curves (figures)", "curves": curves}
+        if len({e for pts in curves.values() for e, _ in pts}) < 3:
+            out.append({**finding, "status": NOT_RUN, "ours": f"{optimizer}: fewer than 3 eps ranked"})
+            continue
+        rising = {a: _spearman([e for e, _ in pts], [v for _, v in pts]) for a, pts in curves.items()}
+        multi = {a: mean(v for _, v in pts) for a, pts in curves.items()
+                 if not a.split(" [")[0].split(":")[1].startswith("single-")}
+        gb = group.get(f"{optimizer}:gb-mta", "")
+        highest = bool(multi) and gb in multi and multi[gb] >= max(multi.values()) - 1e-9
+        ok = all(r >= 0.9 for r in rising.values()) and highest
+        worst = min(rising, key=rising.get)
+        out.append({**finding, "status": REPRODUCED if ok else NOT_REPRODUCED,
+                    "ours": f"lowest Spearman rho {rising[worst]:.2f} ({worst}); GB-MTA "
+                            f"{'highest' if highest else 'not the highest'} mean over the grid",
+                    "spearman": rising})
+    return out
+
+
+def _transferability(suite: dict, paper: dict) -> list[dict[str, Any]]:
+    levels = paper["levels"]
+    eps = _closest(suite["eps"], 8.0)
+    block = suite["by_eps"].get(f"{eps:g}") if eps is not None else None
+    out = []
+    transfer = block["transfer"] if block else {"by_level": {}, "targets": {}}
+    for objective in ("single-segment", "single-normal", "single-depth"):
+        theirs = dict(zip(levels, paper.get(objective, []), strict=False))
+        labels = {label.partition(" [")[0]: label for label in transfer["by_level"]}
+        attack = next((labels[a] for a in (f"{paper['optimizer']}:{objective}", f"pgd:{objective}") if a in labels),
+                      None)
+        finding = {"id": f"transferability-{objective}", "claim": paper["claim"], "reference": paper["reference"],
+                   "paper": theirs, "eps": eps}
+        if attack is None:
+            out.append({**finding, "status": NOT_RUN, "ours": f"no SINGLE-X attack on {objective[7:]} was run"})
+            continue
+        ours = {int(k): v for k, v in transfer["by_level"][attack].items() if int(k) >= 0}
+        if len(ours) < 2:
+            out.append({**finding, "status": NOT_RUN, "attack": attack, "ours": ours})
+            continue
+        low, high = ours[min(ours)], ours[max(ours)]
+        rho = _spearman(list(ours), list(ours.values()))
+        ok = high > low and rho > 0
+        out.append({**finding, "status": REPRODUCED if ok else NOT_REPRODUCED, "attack": attack, "ours": ours,
+                    "spearman": rho, "ratio": high / low if low else float("nan")})
+    return out
+
+
+def _fat(suite: dict, paper: dict) -> list[dict[str, Any]]:
+    eps = _closest(suite["eps"], paper["eps"])
+    block = suite["by_eps"].get(f"{eps:g}") if eps is not None else None
+    finding = {"id": "fat", "claim": paper["claim"], "reference": paper["reference"], "paper": paper["arp"],
+               "attacks": paper["attacks"], "eps": eps}
+    defenses = (block or {}).get("defenses") or {}
+    rows = {r["defense"]: r for r in defenses.get("rows", [])}
+    fat_rows = [d for d in rows if d.startswith("fat:")]
+    # the configuration (profile) that ran the most of the paper's attacks on the FAT models
+    group = max(_variants(defenses.get("attacks", [])).values(), default={},
+                key=lambda g: sum(1 for d in fat_rows for a in paper["attacks"]
+                                  if rows[d]["cells"].get(g.get(a, ""), {}).get("arp") is not None))
+    if "none" not in rows or not fat_rows or not group:
+        return [{**finding, "status": NOT_RUN, "ours": "no FAT model was attacked (mtlbench run --profile table3)"}]
+    ours = {d: {a: rows[d]["cells"].get(group.get(a, ""), {}).get("arp") for a in paper["attacks"]}
+            for d in ["none", *fat_rows]}
+    lower = all(ours[d][a] is not None and ours["none"][a] is not None and ours[d][a] < ours["none"][a]
+                for d in fat_rows for a in paper["attacks"])
+    gb_wins = sum(1 for d in fat_rows if all(v is not None for v in ours[d].values())
+                  and max(ours[d], key=ours[d].get) == "pgd:gb-mta")
+    paper_wins = sum(1 for d, values in paper["arp"].items() if d != "none"
+                     and values.index(max(values)) == paper["attacks"].index("pgd:gb-mta"))
+    ok = lower and gb_wins * 2 > len(fat_rows)
+    return [{**finding, "status": REPRODUCED if ok else NOT_REPRODUCED, "ours": ours, "lower": lower,
+             "gb_mta_strongest": f"{gb_wins} of {len(fat_rows)} FAT models (paper: {paper_wins} of "
+                                 f"{len(paper['arp']) - 1})"}]
+
+
+def reproduction(board: dict[str, Any], cells: list[CellResult]) -> dict[str, Any]:
+    """The findings of every suite of ``board`` (``build_board``'s output) from its ``cells``."""
+    paper = paper_findings()
+    by_suite: dict[str, list[CellResult]] = defaultdict(list)
+    for c in cells:
+        by_suite[c.suite].append(c)
+    out = {}
+    for name, suite in board["suites"].items():
+        findings = (_strongest(suite, by_suite[name], paper["strongest"]) + _arp_vs_eps(suite, paper["arp_vs_eps"])
+                    + _transferability(suite, paper["transferability"]) + _fat(suite, paper["fat"]))
+        out[name] = {"findings": findings,
+                     "counts": {s: sum(f["status"] == s for f in findings) for s in (REPRODUCED, NOT_REPRODUCED,
+                                                                                     NOT_RUN)}}
+    return out
