@@ -10,8 +10,9 @@ computed, never written by hand: ``reproduced``, ``not reproduced`` or ``not run
   when every curve rises with eps (Spearman correlation >= 0.9) and GB-MTA's mean over the grid
   is the highest of its optimizer's multi-task attacks.
 * **transferability**: each SINGLE-X attack's mean transferability by sharing level (blocks shared
-  by all tasks). Reproduced when it is higher at the most-shared level than at the least-shared
-  one for every task, with a positive Spearman correlation with the level.
+  by all tasks). Reproduced when it rises with the level: a Spearman correlation of at least 0.5
+  and, at the most-shared level, at least 1.2 times the least-shared level's (the paper: 1.5 to 23
+  times).
 * **FAT**: the defenses table at eps 8 (the AS model undefended and with FAT by each attack).
   Reproduced when every FAT model has a lower ARP than the undefended one under every attack and
   GB-MTA is the strongest attack on most FAT models.
@@ -179,7 +180,7 @@ def _transferability(suite: dict, paper: dict) -> list[dict[str, Any]]:
             continue
         low, high = ours[min(ours)], ours[max(ours)]
         rho = _spearman(list(ours), list(ours.values()))
-        ok = high > low and rho > 0
+        ok = rho >= 0.5 and low > 0 and high >= 1.2 * low
         out.append({**finding, "status": REPRODUCED if ok else NOT_REPRODUCED, "attack": attack, "ours": ours,
                     "spearman": rho, "ratio": high / low if low else float("nan")})
     return out
