@@ -47,7 +47,7 @@ def _entry(cells: list[CellResult]) -> dict[str, Any]:
         worst = next((c for c in bad if c.status == "failed"), bad[0])
         return {"status": worst.status, "reason": worst.reason, "arp": None, "task_arp": {}, "seeds": len(cells)}
     task_names = list(cells[0].task_arp)
-    per_image = [(c.forward_passes + c.backward_passes) / c.batches for c in cells if c.batches]
+    per_image = [p for p in map(_passes, cells) if p is not None]
     return {
         "status": "valid", "reason": "", "seeds": len(cells),
         "arp": mean(c.arp for c in cells),

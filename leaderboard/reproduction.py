@@ -30,6 +30,7 @@ import tomllib
 
 from benchmark.runner.store import CellResult
 from benchmark.scoring import paired_bootstrap
+from leaderboard.aggregate import choose_eps
 
 __all__ = ["PAPER_FINDINGS", "paper_findings", "reproduction"]
 
@@ -69,7 +70,7 @@ def _variants(labels: list[str]) -> dict[str, dict[str, str]]:
 
 
 def _closest(available: list[float], wanted: float) -> float | None:
-    return min(available, key=lambda e: (abs(e - wanted), e)) if available else None
+    return choose_eps(available, wanted) if available else None
 
 
 def _paired(cells: list[CellResult], better: str, other: str, models: list[str], eps: float) -> dict[str, Any]:

@@ -25,7 +25,6 @@ another, floating-point differences may move a few argmax pixels.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import inspect
 import json
 import math
@@ -42,6 +41,7 @@ import torch
 
 from benchmark.errors import UserError
 from benchmark.runner.store import CellResult
+from benchmark.zoo.checkpoint import file_sha256
 
 __all__ = ["BundleVerdict", "SubmitResult", "attack_sources", "find_bundles", "open_bundle", "submit", "verify_bundle"]
 
@@ -50,14 +50,6 @@ BUNDLE_VERSION = 1
 ARP_TOLERANCE = 0.01  # ARP points
 METRIC_TOLERANCE = 1e-4  # relative
 BALL_TOLERANCE = 1e-5  # on the [0, 1] scale, as the validator's
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def attack_sources(names: list[str]) -> dict[str, str]:
@@ -83,7 +75,7 @@ def attack_sources(names: list[str]) -> dict[str, str]:
                 files[f"{package.name}/{path.relative_to(package).as_posix()}"] = path
         else:
             files[module_file.name] = module_file
-    return {key: _sha256(path) for key, path in sorted(files.items())}
+    return {key: file_sha256(path) for key, path in sorted(files.items())}
 
 
 def _safe_name(text: str) -> str:
@@ -170,7 +162,7 @@ def submit(attacks: list[str], *, suite: str = "tiny-nyuv2-resnet34", profile: s
             "mtlbench": {"version": first.mtlbench_version, "commit": git_commit()},
             "suite": {"name": suite_obj.name, **({} if suite_obj.name in list_suites() or suite_obj.path is None
                                                  else {"ref": str(suite_obj.path.resolve())}),
-                      "manifest_sha256": _sha256(suite_obj.path) if suite_obj.path is not None else "",
+                      "manifest_sha256": file_sha256(suite_obj.path) if suite_obj.path is not None else "",
                       "members": {m.name: {"repo_id": m.repo_id, "revision": m.revision, "sha256": m.sha256,
                                            "scored_revision": scored[m.name]}
                                   for m in suite_obj.members if m.name in scored}},
@@ -185,7 +177,7 @@ def submit(attacks: list[str], *, suite: str = "tiny-nyuv2-resnet34", profile: s
         records = []
         for c in cells:
             rel = _images_file(c)
-            records.append({**asdict(c), "images_file": rel, "images_sha256": _sha256(staging / rel)})
+            records.append({**asdict(c), "images_file": rel, "images_sha256": file_sha256(staging / rel)})
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         (staging / "cells.json").write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
         for extra in staging.glob("cells.db*"):
@@ -295,7 +287,7 @@ def verify_bundle(path: str | Path, *, suite: str | None = None, device: str = "
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from benchmark.defenses.inference import deployed
+    from benchmark.evaluation import evaluate
     from benchmark.runner.context import prepare_context
     from benchmark.scoring import arp, task_arp
     from benchmark.suites import list_suites, load_suite
@@ -381,16 +373,11 @@ def verify_bundle(path: str | Path, *, suite: str | None = None, device: str = "
             if reasons:
                 verdict.reasons += [f"{where}: {r}" for r in reasons]
                 continue
-            metrics = {t.name: t.new_metric() for t in ctx.tasks}
-            offset = 0
-            for i, batch in enumerate(ctx.batches):
-                n = batch["image"].shape[0]
-                with torch.no_grad(), deployed(ctx.model, i):
-                    outputs = ctx.model(adv[offset: offset + n].to(dev))
-                for t in ctx.tasks:
-                    metrics[t.name].update(outputs[t.name], batch)
-                offset += n
-            adversarial = {name: m.compute() for name, m in metrics.items()}
+            # the suite's evaluation batches with the bundle's images in place of the clean ones
+            parts = adv.split([b["image"].shape[0] for b in ctx.batches])
+            adversarial = evaluate(ctx.model, ctx.tasks, [{**b, "image": part} for b, part in zip(ctx.batches, parts,
+                                                                                                  strict=True)],
+                                   device=dev)
             for task, values in adversarial.items():
                 for metric, value in values.items():
                     said = cell.adversarial.get(task, {}).get(metric)
