@@ -172,8 +172,8 @@ class APGD(OptimizerAttack):
         with torch.no_grad():
             outputs = model(x)
             tasks = objective.tasks
-            if objective.name in ("total",) or objective.name.startswith("single-"):
-                chosen = [objective.index] if objective.name.startswith("single-") else range(len(tasks))
+            if objective.loss_tasks is not None:
+                chosen = objective.loss_tasks
                 if objective.batch_loss:
                     value = sum(tasks[i].loss(outputs[tasks[i].name], targets, "mean") for i in chosen)
                     return value.expand(x.shape[0]).clone()

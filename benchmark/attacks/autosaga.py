@@ -60,7 +60,7 @@ class AutoSAGA(OptimizerAttack):
         paper = self.preset == "paper"
         # the authors' units: gradients w.r.t. 0-255 inputs (1/255), of the batch mean of per-sample
         # losses (1/B; a batch loss is a mean already), and the step in 0-255 units (x 255)
-        batch_mean = objective.batch_loss and (objective.name == "total" or objective.name.startswith("single-"))
+        batch_mean = objective.batch_loss and objective.loss_tasks is not None
         unit = 1.0 / 255.0 / (1 if batch_mean else images.shape[0])
         for _ in range(self.steps):
             grads, _ = objective.task_gradients(model, self._start(x_adv), targets)

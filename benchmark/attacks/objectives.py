@@ -72,6 +72,9 @@ class Objective(ABC):
     #: the authors' batch loss for TOTAL and SINGLE-X: each task's loss is the mean over every valid
     #: pixel of the batch (set by an optimizer's ``loss="batch"``); per image otherwise
     batch_loss: bool = False
+    #: the tasks whose summed loss the objective ascends (TOTAL: all, SINGLE-X: one); None for
+    #: objectives that combine the tasks otherwise (GB-MTA, SIGNTOTAL), which ignore ``batch_loss``
+    loss_tasks: list[int] | None = None
 
     def __init__(self, tasks: list[Task]) -> None:
         self.tasks = list(tasks)
@@ -131,12 +134,13 @@ class SingleTask(Objective):
         if task not in names:
             raise UserError(f"single-{task}: the model has no task {task!r} (tasks: {', '.join(names)})")
         self.index = names.index(task)
+        self.loss_tasks = [self.index]
         self.task = task
         self.name = f"single-{TASK_SHORT_NAMES.get(task, task)}"
 
     def direction(self, model, x, targets):
         if self.batch_loss:
-            total, losses = self._batch_losses(model, x, targets, [self.index])
+            total, losses = self._batch_losses(model, x, targets, self.loss_tasks)
             return self._grad(total, x), losses
         losses = self.losses(model, x, targets)
         return self._grad(losses[:, self.index].sum(), x), losses.detach()
@@ -156,9 +160,13 @@ class Total(Objective):
 
     name = "total"
 
+    def __init__(self, tasks: list[Task]) -> None:
+        super().__init__(tasks)
+        self.loss_tasks = list(range(len(self.tasks)))
+
     def direction(self, model, x, targets):
         if self.batch_loss:
-            total, losses = self._batch_losses(model, x, targets, list(range(len(self.tasks))))
+            total, losses = self._batch_losses(model, x, targets, self.loss_tasks)
             return self._grad(total, x), losses
         losses = self.losses(model, x, targets)
         return self._grad(losses.sum(), x), losses.detach()
