@@ -40,6 +40,7 @@ from benchmark.defenses.registry import Defense, register_defense
 from benchmark.errors import UserError
 from benchmark.evaluation import to_device
 from benchmark.tasks import Task, total_loss
+from benchmark.zoo.train import make_optimizer
 
 __all__ = ["FAT", "FATRecipe", "fat_examples", "fat_recipe", "train_fat"]
 
@@ -248,7 +249,7 @@ def train_fat(model: nn.Module, tasks: list[Task], dataset, attack, recipe: FATR
     model.to(device)
     for p in model.parameters():
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    opt = make_optimizer(model.parameters(), "adam", lr=recipe.lr, weight_decay=recipe.weight_decay)
     meta = meta or {}
     start = 0
     if resume is not None and resume.exists():

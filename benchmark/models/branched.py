@@ -14,14 +14,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from benchmark.models.backbones import build_backbone
 from benchmark.models.heads import ASPPHead
 from benchmark.models.layouts import Layout
 
-__all__ = ["PAPER_MEAN", "BranchedModel", "ModelConfig", "count_backbone_parameters", "set_key"]
+__all__ = ["PAPER_MEAN", "BranchedModel", "ModelConfig", "count_backbone_parameters", "set_key", "upsample_bilinear"]
 
 #: Per-channel means subtracted from 0-255 BGR images by the paper's code (BGR order).
 PAPER_MEAN = (104.008, 116.669, 122.679)
@@ -39,6 +38,33 @@ def count_backbone_parameters(layout: Layout, backbone: str = "resnet34", width:
     number of its copies (equal to ``BranchedModel(...).backbone_parameters()``)."""
     sizes = _block_parameters(backbone, width, output_stride)
     return sum(len(sets) * n for sets, n in zip(layout.blocks, sizes, strict=True))
+
+
+@functools.lru_cache(maxsize=32)
+def _bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D bilinear resampling with ``align_corners=False`` (PyTorch's
+    source coordinate ``(i + 0.5) * n_in / n_out - 0.5``, clamped at 0)."""
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp_min(0.0)
+    lo = src.floor().long().clamp_max(n_in - 1)
+    hi = (lo + 1).clamp_max(n_in - 1)
+    frac = src - lo
+    weights = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    weights.index_put_((rows, lo), 1.0 - frac, accumulate=True)
+    weights.index_put_((rows, hi), frac, accumulate=True)
+    return weights
+
+
+def upsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` as two matrix products
+    (the same numbers to float rounding); its backward is ~2x faster on the CPU than the
+    library's, which matters because every training and attack step goes through it."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    rows = _bilinear_matrix(h, size[0]).to(x.device, x.dtype)
+    cols = _bilinear_matrix(w, size[1]).to(x.device, x.dtype)
+    return rows @ x @ cols.T
 
 
 def set_key(task_set) -> str:
@@ -124,7 +150,7 @@ class BranchedModel(nn.Module):
         feats = self.features(x)
         size = x.shape[-2:]
         return {
-            name: F.interpolate(self.heads[name](feats[key]), size=size, mode="bilinear", align_corners=False)
+            name: upsample_bilinear(self.heads[name](feats[key]), size)
             for name, key in self._head_input.items()
         }
 

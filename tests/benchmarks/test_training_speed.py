@@ -1,0 +1,81 @@
+"""One training step (forward, backward, optimiser) of the tiny AS and IND models at the tiny
+suites' size: the shipped code against the library operations it replaces, in the same process.
+
+The shipped step upsamples the heads' outputs with two matrix products
+(``benchmark.models.branched.upsample_bilinear``), writes the cross-entropy out
+(``benchmark.tasks._pixel_cross_entropy``), normalises normals by their sum of squares
+(``benchmark.tasks._unit``) and runs AdamW's fused kernel; the baseline uses ``F.interpolate``,
+``F.cross_entropy``, ``F.normalize`` / ``F.cosine_similarity`` and the per-parameter AdamW loop.
+``extra_info["speedup"]`` is baseline time / shipped time (> 1: the shipped step is faster).
+"""
+
+import statistics
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmark import tasks as tasks_module
+from benchmark.models import BranchedModel
+from benchmark.models import branched as branched_module
+from benchmark.tasks import IGNORE_INDEX, get_tasks, total_loss
+from benchmark.zoo.train import make_optimizer
+
+TASKS = get_tasks("nyuv2")
+CHANNELS = {t.name: t.channels for t in TASKS}
+SIZE, BATCH = 48, 16
+
+
+def _targets():
+    g = torch.Generator().manual_seed(0)
+    return {"segment_semantic": torch.randint(0, 40, (BATCH, SIZE, SIZE), generator=g),
+            "normal": F.normalize(torch.randn(BATCH, 3, SIZE, SIZE, generator=g), dim=1),
+            "depth_zbuffer": torch.rand(BATCH, 1, SIZE, SIZE, generator=g) + 0.5}
+
+
+def _library_ops(monkeypatch):
+    monkeypatch.setattr(branched_module, "upsample_bilinear",
+                        lambda x, size: F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+    monkeypatch.setattr(tasks_module, "_pixel_cross_entropy",
+                        lambda pred, target: F.cross_entropy(pred, target, ignore_index=IGNORE_INDEX,
+                                                             reduction="none"))
+    monkeypatch.setattr(tasks_module, "_unit", lambda x: F.normalize(x, dim=1, eps=1e-8))
+
+
+def _stepper(layout: str, fused: bool):
+    torch.manual_seed(0)
+    model = BranchedModel(layout, CHANNELS, width=0.125, head_hidden=32, head_rates=(1, 2, 3, 4)).train()
+    opt = (make_optimizer(model.parameters(), "adam", lr=1e-3, weight_decay=1e-4) if fused
+           else torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4, foreach=False))
+    x, targets = torch.rand(BATCH, 3, SIZE, SIZE), _targets()
+
+    def step():
+        loss = total_loss(TASKS, model(x), targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up
+    return step
+
+
+def _median_seconds(fn, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@pytest.mark.parametrize("layout", ["AS", "IND"])
+def test_training_step(benchmark, monkeypatch, layout):
+    torch.set_num_threads(1)  # as a tiny build's worker processes run
+    with monkeypatch.context() as m:
+        _library_ops(m)
+        baseline = _median_seconds(_stepper(layout, fused=False), rounds=8)
+    benchmark.pedantic(_stepper(layout, fused=True), rounds=8, iterations=1)
+    shipped = benchmark.stats.stats.median
+    benchmark.extra_info.update({"seconds_per_step": shipped, "library_seconds_per_step": baseline,
+                                 "speedup": baseline / shipped})
