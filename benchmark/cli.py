@@ -240,7 +240,7 @@ def _print_clean(suite, built: dict) -> None:
 
 def cmd_zoo_train(args: argparse.Namespace) -> int:
     from benchmark.suites import load_suite
-    from benchmark.zoo.build import build_member, build_suite, load_model
+    from benchmark.zoo.build import build_member, build_pretext, build_suite, load_model
 
     suite = load_suite(args.suite)
     if suite.tiny:
@@ -251,13 +251,16 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
     names = _csv(args.model) or [m.name for m in suite.members]
     if args.steps is not None or args.out is not None:
         out = {}
+        pretext = None
+        if suite.training.get("init") == "pretext":
+            pretext = build_pretext(suite, device=_device(args.device), data_root=args.data_root)
         for name in names:
             member = suite.member(name)
             target = None if args.out is None else f"{args.out}/{member.name}"
             init = None
             if suite.training.get("warm_start") and member.name != suite.training["warm_start"]:
                 init, _ = load_model(suite, suite.training["warm_start"], weights_dir=args.out, build=False)
-            out[name] = build_member(suite, member, init_from=init, device=_device(args.device),
+            out[name] = build_member(suite, member, init_from=init, pretext=pretext, device=_device(args.device),
                                      data_root=args.data_root, out_dir=target, steps=args.steps)
             console.print(f"wrote {out[name]}")
         _print_clean(suite, out)

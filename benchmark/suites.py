@@ -16,6 +16,8 @@ and overrides the backbone size and resolution; its weights are built locally on
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +40,11 @@ _REVISION = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: a Hugging Face Hub repo id, ``owner/name``
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+#: Bumped when the way members are trained changes beyond what the manifest says (2: members
+#: of a tiny suite start from a common pre-trained backbone instead of a warm-start member)
+TRAINING_VERSION = 2
+#: the pretext objectives of a common pre-trained backbone (benchmark.zoo.pretext)
+PRETEXT_OBJECTIVES = ("rotation", "masked")
 VALID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -124,6 +131,15 @@ class Suite:
     def tiny(self) -> bool:
         """Built locally on synthetic data (the tiny mirrors), not downloaded."""
         return self.mirror_of is not None or self.synthetic
+
+    @property
+    def training_id(self) -> str:
+        """A short hash of the training recipe (the manifest's ``[training]`` table, the data it
+        trains on, and :data:`TRAINING_VERSION`), recorded in every member built locally: a tiny
+        member whose recorded id differs was built with another recipe and is rebuilt."""
+        text = json.dumps({"training": self.training, "data": self.data_source, "version": TRAINING_VERSION},
+                          sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def synthetic(self) -> bool:
@@ -338,7 +354,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
 def _training(c: _Checker, table: Any, members: set[str]) -> dict[str, Any]:
     """The ``[training]`` recipe, every number in its range (a member trains on it)."""
     c.keys(table, {"steps", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "seed", "train_size",
-                   "warm_start", "finetune_steps", "finetune_lr"}, "training")
+                   "warm_start", "finetune_steps", "finetune_lr", "init", "pretext"}, "training")
     for key, types, low, high in (("steps", int, 1, 10_000_000), ("batch_size", int, 1, 65_536),
                                   ("lr", (int, float), 1e-12, 10), ("weight_decay", (int, float), 0, 10),
                                   ("seed", int, 0, 2**62), ("train_size", int, 1, MAX_EVAL_SIZE),
@@ -350,7 +366,30 @@ def _training(c: _Checker, table: Any, members: set[str]) -> dict[str, Any]:
     warm = c.typed(table, "warm_start", str, "training", None)
     if warm is not None and warm not in members:
         raise c.fail("training.warm_start", f"no model {warm!r} in the suite")
+    init = c.typed(table, "init", str, "training", "scratch")
+    if init not in ("scratch", "pretext"):
+        raise c.fail("training.init", f"expected 'scratch' or 'pretext', got {init!r}")
+    if init == "pretext" and warm is not None:
+        raise c.fail("training.init", "a suite's members start either from the pretext backbone (init = "
+                                      "'pretext') or from a warm-start member (warm_start), not both")
+    if "pretext" in table:
+        if init != "pretext":
+            raise c.fail("training.pretext", "a [training.pretext] recipe needs init = 'pretext'")
+        _pretext(c, table["pretext"])
     return dict(table)
+
+
+def _pretext(c: _Checker, table: Any) -> None:
+    """The ``[training.pretext]`` recipe of the common pre-trained backbone."""
+    where = "training.pretext"
+    c.keys(table, {"objective", "steps", "batch_size", "lr", "weight_decay", "train_size", "seed"}, where)
+    for key, types, low, high in (("steps", int, 1, 10_000_000), ("batch_size", int, 1, 65_536),
+                                  ("lr", (int, float), 1e-12, 10), ("weight_decay", (int, float), 0, 10),
+                                  ("seed", int, 0, 2**62), ("train_size", int, 1, MAX_EVAL_SIZE)):
+        c.typed(table, key, types, where, None, low=low, high=high)
+    objective = c.typed(table, "objective", str, where, PRETEXT_OBJECTIVES[0])
+    if objective not in PRETEXT_OBJECTIVES:
+        raise c.fail(f"{where}.objective", f"expected one of {', '.join(PRETEXT_OBJECTIVES)}, got {objective!r}")
 
 
 def _members(c: _Checker, models: Any, defaults: dict, dataset: str, org: str | None, suite: str) -> tuple[Member, ...]:

@@ -1,9 +1,13 @@
 """Getting a suite member as a ready model: load it, or build (train) it.
 
 Tiny mirrors are built locally on first use, deterministically from the manifest's training
-recipe: the all-shared model (``warm_start``, AS) is trained first, then every other member starts
-from its weights and is fine-tuned for ``finetune_steps``, as TreeMTL initialises branched models.
-Each finished member is saved at once, so an interrupted build resumes where it stopped.
+recipe. With ``init = "pretext"`` (the tiny suites) a backbone is first pre-trained once on a
+pretext objective (:mod:`benchmark.zoo.pretext`, the role of ImageNet pre-training), then every
+member starts from it (each block copy from the pre-trained block, the heads from one seeded
+draw) and is trained on its tasks for the same ``steps``, as the paper's members are. With
+``warm_start`` (the full suites' recipes) the all-shared member is trained first and every other
+member is fine-tuned from it for ``finetune_steps``. Each finished member is saved at once, so an
+interrupted build resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.text import Text
 
 from benchmark.data import make_loader
 from benchmark.errors import UserError
@@ -24,8 +29,17 @@ from benchmark.models.branched import BranchedModel
 from benchmark.progress import make_console, progress
 from benchmark.suites import Member, Suite, load_suite
 from benchmark.threads import choose_threads, choose_workers, init_worker, set_threads, stop_pool, worker_env
-from benchmark.zoo.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
-from benchmark.zoo.hub import is_built, local_checkpoint_dir, resolve_weights
+from benchmark.zoo.checkpoint import CONFIG_FILE, CheckpointError, CheckpointInfo, load_checkpoint, save_checkpoint
+from benchmark.zoo.hub import is_built, local_checkpoint_dir, pretext_dir, resolve_weights
+from benchmark.zoo.pretext import (
+    PretextModel,
+    PretextRecipe,
+    head_seed,
+    init_from_pretext,
+    load_pretext,
+    pretrain_backbone,
+    save_pretext,
+)
 from benchmark.zoo.train import TrainRecipe, train_model
 
 __all__ = ["build_member", "build_suite", "clean_test_set", "load_model", "member_model", "recipe_for", "training_set"]
@@ -34,8 +48,11 @@ _RECIPE_KEYS = set(TrainRecipe.__dataclass_fields__)
 
 
 def member_model(suite: Suite, member: Member) -> BranchedModel:
-    """A freshly initialised model of ``member`` (seeded by the member's name)."""
-    torch.manual_seed(zlib.crc32(f"{suite.name}/{member.name}".encode()))
+    """A freshly initialised model of ``member``: seeded by the suite's name when its members share
+    one initialisation (``init = "pretext"``: the same heads for every member), else by the
+    member's name."""
+    common = suite.training.get("init") == "pretext"
+    torch.manual_seed(head_seed(suite.name) if common else zlib.crc32(f"{suite.name}/{member.name}".encode()))
     tasks = suite.tasks
     return BranchedModel(member.layout, {t.name: t.channels for t in tasks}, backbone=member.backbone,
                          width=member.width, head_hidden=member.head_hidden, head_rates=member.head_rates,
@@ -78,16 +95,25 @@ def clean_test_set(suite: Suite, *, size: int = 64, data_root: str | None = None
     return suite.data(size=size, data_root=data_root)
 
 
-def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | None = None, device: str = "cpu",
+def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | None = None,
+                 pretext: Path | None = None, device: str = "cpu",
                  data_root: str | None = None, out_dir: str | Path | None = None, steps: int | None = None,
                  train_set=None, test_set=None,
                  progress: Callable[[int, float], None] | None = None) -> Path:
-    """Train ``member`` (from scratch, or fine-tuned from ``init_from``), measure its clean
-    metrics, and save it as a checkpoint directory."""
+    """Train ``member`` (from scratch, from the pre-trained backbone in the ``pretext`` folder, or
+    fine-tuned from ``init_from``), measure its clean metrics, and save it as a checkpoint
+    directory."""
     tasks = suite.tasks
     model = member_model(suite, member)
-    if init_from is not None:
+    init: dict = {"init": "scratch"}
+    if pretext is not None:
+        blocks, meta = load_pretext(pretext)
+        init_from_pretext(model, blocks)
+        init = {"init": "pretext", "pretext": {"objective": meta["recipe"]["objective"], "sha256": meta["sha256"],
+                                               "steps": meta["recipe"]["steps"]}}
+    elif init_from is not None:
         model.warm_start_from(init_from)
+        init = {"init": "warm_start"}
     recipe = recipe_for(suite, finetune=init_from is not None, steps=steps)
     recipe.seed = int(suite.training.get("seed", 0)) + zlib.crc32(member.name.encode()) % 1000
     train_set = train_set if train_set is not None else training_set(suite, data_root)
@@ -96,7 +122,9 @@ def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | Non
     metrics = evaluate(model, tasks, make_loader(test_set, 32), device=device)
     info = CheckpointInfo(model=model.config, dataset=suite.data_source, suite=suite.name, member=member.name,
                           input_size=member.input_size,
-                          training={**recipe.to_dict(), "warm_start": "AS" if init_from is not None else None,
+                          training={**recipe.to_dict(), **init,
+                                    "warm_start": "AS" if init_from is not None else None,
+                                    "recipe_id": suite.training_id,
                                     "train_size": len(train_set), "seconds": round(stats["seconds"], 1),
                                     "final_loss": stats["final_loss"], "device": str(device)},
                           clean_metrics=metrics)
@@ -114,21 +142,57 @@ def _worker_sets(suite_ref: str, data_root: str | None):
     return train_set, clean_test_set(suite, data_root=data_root)
 
 
-def _build_in_worker(suite_ref: str, member: str, init_dir: str | None, device: str,
+def _build_in_worker(suite_ref: str, member: str, init_dir: str | None, pretext: str | None, device: str,
                      data_root: str | None) -> tuple[str, str]:
     """One member, built in a worker process exactly as in the driver (same seed, same data)."""
     suite = load_suite(suite_ref)
     train_set, test_set = _worker_sets(suite_ref, data_root)
     init = load_checkpoint(init_dir)[0] if init_dir is not None else None
-    return member, str(build_member(suite, suite.member(member), init_from=init, device=device, data_root=data_root,
-                                    train_set=train_set, test_set=test_set))
+    return member, str(build_member(suite, suite.member(member), init_from=init,
+                                    pretext=None if pretext is None else Path(pretext), device=device,
+                                    data_root=data_root, train_set=train_set, test_set=test_set))
+
+
+def pretext_recipe(suite: Suite) -> PretextRecipe:
+    return PretextRecipe.from_table(suite.training.get("pretext", {}))
+
+
+def build_pretext(suite: Suite, *, device: str = "cpu", data_root: str | None = None,
+                  progress: Callable[[int, float], None] | None = None) -> Path:
+    """The suite's common pre-trained backbone: the local one when it was built with the
+    manifest's pretext recipe, else pre-trained now (on images of a scene seed the members never
+    train on) and saved."""
+    recipe = pretext_recipe(suite)
+    first = suite.members[0]
+    arch = {"backbone": first.backbone, "width": first.width, "output_stride": first.output_stride}
+    for m in suite.members:
+        if (m.backbone, m.width, m.output_stride) != tuple(arch.values()):
+            raise UserError(f"{suite.name}: init = 'pretext' needs one backbone for every member; {m.name} has "
+                            f"{m.backbone} x{m.width}, {first.name} {first.backbone} x{first.width}")
+    out = pretext_dir(suite)
+    if (out / CONFIG_FILE).exists():
+        try:
+            meta = load_pretext(out)[1]
+        except CheckpointError:
+            meta = {}  # damaged: pre-trained again
+        if meta.get("recipe") == recipe.to_dict() and meta.get("architecture") == arch:
+            return out
+    torch.manual_seed(recipe.seed)
+    net = PretextModel(recipe.objective, **arch)
+    images = suite.data("train", size=recipe.train_size, data_root=data_root, seed=recipe.seed)
+    stats = pretrain_backbone(net, images, recipe, device=device, progress=progress)
+    save_pretext(net.cpu(), {"suite": suite.name, "recipe": recipe.to_dict(), "architecture": arch,
+                             "images": f"{suite.data_source} train, seed {recipe.seed}, {len(images)} images",
+                             "stats": {k: round(v, 4) for k, v in stats.items()}}, out)
+    return out
 
 
 def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, device: str = "cpu",
                 data_root: str | None = None, console: Console | None = None, rebuild: bool = False,
                 threads: int | None = None, workers: int | None = None) -> dict[str, Path]:
-    """Build the members of a suite that have no local checkpoint yet (all by default). The
-    warm-start member (AS) is built first when any other member needs it; the others are built
+    """Build the members of a suite that have no local checkpoint yet, or (tiny suites) one built
+    with another recipe (all by default). The common pre-trained backbone (``init = "pretext"``)
+    or the warm-start member (AS) is built first when any other member needs it; the others are built
     in ``workers`` processes (default: one per usable core for the tiny suites on the CPU, each
     with one thread). ``threads``: torch threads per process (default:
     :func:`benchmark.threads.choose_threads`)."""
@@ -139,6 +203,11 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     done = {m.name: local_checkpoint_dir(suite, m) for m in wanted if m not in todo}
     if not todo:
         return done
+    stale = [m.name for m in todo
+             if suite.tiny and not rebuild and (local_checkpoint_dir(suite, m) / CONFIG_FILE).exists()]
+    if stale:
+        console.print(Text(f"{suite.name}: {len(stale)} local model(s) were built with another training recipe "
+                           f"and are rebuilt: {', '.join(stale)}"), soft_wrap=True)
     set_threads(threads, small_model=suite.tiny)
     warm = suite.training.get("warm_start")
     root = suite.member(warm) if warm else None
@@ -150,6 +219,12 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     with progress(console, loss=True, eta=False) as bar:
         overall = bar.add_task(f"build {suite.name}", total=len(todo), loss=float("nan"))
         init = None
+        pretext = None
+        if suite.training.get("init") == "pretext":
+            task = bar.add_task("  pretext backbone", total=pretext_recipe(suite).steps, loss=float("nan"))
+            pretext = build_pretext(suite, device=device, data_root=data_root,
+                                    progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
+            bar.remove_task(task)
         others = [m for m in todo if m is not root]
         if root is not None and (root in todo or others):
             root_dir = local_checkpoint_dir(suite, root)
@@ -162,10 +237,13 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
                     bar.update(overall, advance=1)
             if others:
                 init, _ = load_checkpoint(root_dir)
-        rest = [m for m in todo if m is not root]
+        # the most expensive members first, so the last ones to finish are short (less idle time)
+        num_tasks = len(suite.tasks)
+        rest = sorted((m for m in todo if m is not root), key=lambda m: _training_cost(m, num_tasks), reverse=True)
         n_workers = min(choose_workers(workers, small_model=suite.tiny, device=device), len(rest))
         if n_workers > 1:
-            done.update(_build_in_workers(suite, rest, root_dir if init is not None else None, device, data_root,
+            done.update(_build_in_workers(suite, rest, root_dir if init is not None else None, pretext, device,
+                                          data_root,
                                           choose_threads(threads, small_model=suite.tiny, workers=n_workers),
                                           n_workers, bar, overall))
             rest = []
@@ -173,7 +251,8 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
             steps = recipe_for(suite, finetune=init is not None).steps
             task = bar.add_task(f"  {member.name}", total=steps, loss=float("nan"))
             done[member.name] = build_member(
-                suite, member, init_from=init, device=device, data_root=data_root, train_set=train_set,
+                suite, member, init_from=init, pretext=pretext, device=device, data_root=data_root,
+                train_set=train_set,
                 test_set=test_set, progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
             bar.update(overall, advance=1)
             bar.remove_task(task)
@@ -182,8 +261,18 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     return done
 
 
-def _build_in_workers(suite: Suite, members: list[Member], init_dir: Path | None, device: str,
-                      data_root: str | None, threads: int, workers: int, bar, overall) -> dict[str, Path]:
+def _training_cost(member: Member, num_tasks: int) -> int:
+    """A member's training cost, up to a constant: its backbone parameters (block copies)."""
+    from benchmark.models.branched import count_backbone_parameters
+    from benchmark.models.layouts import Layout
+
+    layout = Layout.parse(member.layout, num_tasks=num_tasks, num_blocks=5)
+    return count_backbone_parameters(layout, member.backbone, member.width, member.output_stride)
+
+
+def _build_in_workers(suite: Suite, members: list[Member], init_dir: Path | None, pretext: Path | None,
+                      device: str, data_root: str | None, threads: int, workers: int, bar,
+                      overall) -> dict[str, Path]:
     """Build ``members`` in ``workers`` spawned processes; each finished member is saved by its
     worker at once (an interrupted build resumes with the members left)."""
     import multiprocessing
@@ -196,8 +285,8 @@ def _build_in_workers(suite: Suite, members: list[Member], init_dir: Path | None
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=init_worker, initargs=(threads, worker_env()))
     try:
-        futures = [pool.submit(_build_in_worker, ref, m.name, None if init_dir is None else str(init_dir), device,
-                               data_root) for m in members]
+        futures = [pool.submit(_build_in_worker, ref, m.name, None if init_dir is None else str(init_dir),
+                               None if pretext is None else str(pretext), device, data_root) for m in members]
         for future in as_completed(futures):
             name, path = future.result()
             out[name] = Path(path)

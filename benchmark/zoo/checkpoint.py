@@ -237,7 +237,8 @@ def model_card(info: CheckpointInfo, model: BranchedModel, sha256: str) -> str:
     cfg = info.model
     metrics = "\n".join(f"| {task} | " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()) + " |"
                         for task, m in info.clean_metrics.items()) or "| (not measured) | |"
-    recipe = ", ".join(f"{k}={v}" for k, v in info.training.items()) or "(none recorded)"
+    recipe = ", ".join(f"{k}={v}" for k, v in info.training.items() if k != "pretext") or "(none recorded)"
+    init = _init_text(info.training)
     defense = ""
     if info.defense:
         d = info.defense
@@ -270,7 +271,7 @@ multi-task models.
 | weights sha256 | `{sha256}` |
 | mtlbench | {info.mtlbench_version} |
 | training | {recipe} |
-{defense}
+{init}{defense}
 ## Clean metrics
 
 | task | metrics |
@@ -281,6 +282,20 @@ multi-task models.
 
 {_usage(info)}
 """
+
+
+def _init_text(training: dict[str, Any]) -> str:
+    """The card's row on where training started (empty when the recipe does not say)."""
+    if training.get("init") == "pretext":
+        p = training.get("pretext", {})
+        return (f"| initialisation | the suite's common backbone, pre-trained for {p.get('steps')} steps on the "
+                f"`{p.get('objective')}` pretext objective (no task labels; weights sha256 `{p.get('sha256')}`), "
+                "the heads from the suite's common seeded draw; then trained on its tasks |\n")
+    if training.get("init") == "warm_start" or training.get("warm_start"):
+        return f"| initialisation | fine-tuned from the suite's `{training.get('warm_start')}` member |\n"
+    if training.get("init") == "scratch":
+        return "| initialisation | random (seeded by the member's name) |\n"
+    return ""
 
 
 def _usage(info: CheckpointInfo) -> str:

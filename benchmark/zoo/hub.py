@@ -17,7 +17,10 @@ from benchmark.errors import UserError
 from benchmark.suites import REPO_ID, Member, Suite
 from benchmark.zoo.checkpoint import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, CheckpointError, file_sha256, read_config
 
-__all__ = ["MissingWeightsError", "hub_offline", "is_built", "local_checkpoint_dir", "mtlbench_home", "pin_in_manifest",
+PRETEXT_DIR = "_pretext"
+
+__all__ = ["PRETEXT_DIR", "MissingWeightsError", "hub_offline", "is_built", "is_stale", "local_checkpoint_dir",
+           "mtlbench_home", "pin_in_manifest", "pretext_dir",
            "push_checkpoint", "resolve_weights"]
 
 CHECKPOINT_FILES = [WEIGHTS_FILE, CONFIG_FILE, CARD_FILE]
@@ -38,6 +41,22 @@ def mtlbench_home() -> Path:
 def local_checkpoint_dir(suite: Suite, member: Member) -> Path:
     """Where mtlbench builds or trains ``member`` of ``suite`` locally."""
     return mtlbench_home() / "zoo" / suite.name / member.name
+
+
+def pretext_dir(suite: Suite) -> Path:
+    """Where a suite's common pre-trained backbone (``init = "pretext"``) is built locally (member
+    names start with a letter or digit, so no member has this folder)."""
+    return mtlbench_home() / "zoo" / suite.name / PRETEXT_DIR
+
+
+def is_stale(suite: Suite, directory: Path) -> bool:
+    """Whether a locally built tiny member was trained with another recipe than the manifest's
+    (an older mtlbench, an edited ``[training]``): it is rebuilt rather than silently used."""
+    try:
+        recorded = read_config(directory).training.get("recipe_id")
+    except CheckpointError:
+        return False  # damaged: loading it says what is wrong
+    return recorded != suite.training_id
 
 
 def is_built(suite: Suite, member: Member, *, weights_dir: str | Path | None = None) -> bool:
@@ -81,10 +100,10 @@ def resolve_weights(suite: Suite, member: Member, *, weights_dir: str | Path | N
         if found is not None:
             return found, "weights-dir"
     local = local_checkpoint_dir(suite, member)
-    if (local / CONFIG_FILE).exists():
+    if (local / CONFIG_FILE).exists() and not (suite.tiny and is_stale(suite, local)):
         return local, "local"
     if suite.tiny:
-        return None, "local"
+        return None, "local"  # not built yet, or built with another recipe: the caller builds it
     if not member.published:
         where = f" (looked in {weights_dir} and {local})" if weights_dir else f" (looked in {local})"
         raise MissingWeightsError(f"{suite.name}/{member.name}: no published weights yet: the manifest has no "
