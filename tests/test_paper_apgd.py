@@ -2,6 +2,7 @@
 (``AutoAttackMatGPUBase`` and ``AutoAttackMatGPUMTL`` of their ``main_r/autoattack.py``), on a tiny
 model, with the same losses: the same adversarial images come out."""
 
+import copy
 import math
 
 import numpy as np
@@ -187,10 +188,13 @@ def _authors_autosage(x_clean, model255, tasks, criterion, eps, eps_step, steps,
 
 @pytest.mark.parametrize("objective", ["total", "gb-mta"])
 def test_paper_autosage_reproduces_the_authors_units(tiny_nyu, objective):
+    # in float64: the two unit systems round differently, and in float32 the sign of a gradient
+    # component within rounding of zero can differ between them
     model, tasks, batch = tiny_nyu
-    images, eps, steps = batch["image"][:4], 8 / 255, 3
-    targets = {k: v[:4] for k, v in batch.items()}
-    mean = torch.tensor([104.00698793, 116.66876762, 122.67891434])
+    model = copy.deepcopy(model).double()
+    images, eps, steps = batch["image"][:4].double(), 8 / 255, 3
+    targets = {k: (v[:4].double() if v.is_floating_point() else v[:4]) for k, v in batch.items()}
+    mean = torch.tensor([104.00698793, 116.66876762, 122.67891434], dtype=torch.float64)
     by_name = {t.name: t for t in tasks}
 
     class Model255(torch.nn.Module):  # the model on the authors' inputs, one task's output
@@ -214,8 +218,8 @@ def test_paper_autosage_reproduces_the_authors_units(tiny_nyu, objective):
     theirs = (theirs + mean.view(1, 3, 1, 1)) / 255.0
     attack = create_attack(f"autosaga:{objective}", steps=steps, preset="paper", loss="batch")
     ours = attack(model, images, targets, tasks=tasks, eps=eps, generator=torch.Generator().manual_seed(0))
-    same = (ours - theirs).abs() < 1e-5
-    assert same.float().mean() > 0.999, f"{(~same).sum().item()} of {same.numel()} values differ"
+    same = (ours - theirs).abs() < 1e-9
+    assert same.double().mean() > 0.999, f"{(~same).sum().item()} of {same.numel()} values differ"
     if objective == "gb-mta":  # our units move the weights, and the result, where theirs barely do
         reference = create_attack(f"autosaga:{objective}", steps=steps, loss="batch")
         ref = reference(model, images, targets, tasks=tasks, eps=eps, generator=torch.Generator().manual_seed(0))

@@ -28,7 +28,6 @@ and rebuilt when the manifest's pretext recipe changes.
 from __future__ import annotations
 
 import json
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -40,13 +39,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from benchmark.data.datasets import make_loader
 from benchmark.errors import UserError
 from benchmark.models.backbones import build_backbone
 from benchmark.models.branched import PAPER_MEAN, BranchedModel, set_key
 from benchmark.suites import PRETEXT_OBJECTIVES
 from benchmark.zoo.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, file_sha256
-from benchmark.zoo.train import make_optimizer
+from benchmark.zoo.train import optimise
 
 __all__ = ["OBJECTIVES", "PretextModel", "PretextRecipe", "head_seed", "init_from_pretext", "load_pretext",
            "pretrain_backbone", "save_pretext"]
@@ -135,32 +133,16 @@ def pretrain_backbone(model: PretextModel, dataset, recipe: PretextRecipe, *, de
     are never read). Deterministic for a given seed on a given device."""
     if len(dataset) == 0:
         raise UserError("the pretext image set is empty")
-    torch.manual_seed(recipe.seed)
-    model.to(device).train()
-    opt = make_optimizer(model.parameters(), "adam", lr=recipe.lr, weight_decay=recipe.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps)
-    batch_size = min(recipe.batch_size, len(dataset))
-    step, epoch, start, last, scores = 0, 0, time.perf_counter(), float("nan"), []
-    while step < recipe.steps:
-        for batch in make_loader(dataset, batch_size, shuffle=True, seed=recipe.seed + epoch, drop_last=True):
-            loss, score = model.loss(batch["image"].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            scores.append(score)
-            if step % 10 == 0 or step == recipe.steps:
-                last = loss.item()
-            if progress is not None:
-                progress(step, last)
-            if step >= recipe.steps:
-                break
-        epoch += 1
-    model.eval()
+    scores: list[float] = []
+
+    def loss_fn(batch: dict) -> torch.Tensor:
+        loss, score = model.loss(batch["image"])
+        scores.append(score)
+        return loss
+
+    stats = optimise(model, dataset, loss_fn, recipe, device=device, progress=progress)
     tail = scores[-20:]
-    return {"steps": step, "final_loss": last, "score": sum(tail) / len(tail),
-            "seconds": time.perf_counter() - start}
+    return {**stats, "score": sum(tail) / len(tail)}
 
 
 def save_pretext(model: PretextModel, meta: dict, directory: str | Path) -> str:

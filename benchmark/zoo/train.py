@@ -14,7 +14,7 @@ from benchmark.errors import UserError
 from benchmark.evaluation import to_device
 from benchmark.tasks import Task, total_loss
 
-__all__ = ["TrainRecipe", "make_optimizer", "train_model"]
+__all__ = ["TrainRecipe", "make_optimizer", "optimise", "train_model"]
 
 
 @dataclass
@@ -49,20 +49,31 @@ def train_model(model: torch.nn.Module, tasks: list[Task], dataset: Dataset, rec
                 progress: Callable[[int, float], None] | None = None) -> dict[str, float]:
     """Train ``model`` in place for ``recipe.steps`` optimiser steps over (reshuffled) epochs of
     ``dataset``; deterministic for a given seed on a given device. Returns training statistics."""
-    torch.manual_seed(recipe.seed)
-    model.to(device).train()
-    opt = make_optimizer(model.parameters(), recipe.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps) if recipe.schedule == "cosine"
-             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     if len(dataset) == 0:
         raise UserError("the training set is empty")
-    batch_size = min(recipe.batch_size, len(dataset))  # a set smaller than a batch is one batch
+    return optimise(model, dataset, lambda batch: total_loss(tasks, model(batch["image"]), batch), recipe,
+                    device=device, progress=progress)
+
+
+def optimise(model: torch.nn.Module, dataset: Dataset, loss_fn: Callable[[dict], torch.Tensor], recipe, *,
+             device: torch.device | str = "cpu",
+             progress: Callable[[int, float], None] | None = None) -> dict[str, float]:
+    """The training loop every recipe shares: seed, then ``recipe.steps`` steps of ``recipe``'s
+    optimiser and schedule on ``loss_fn(batch)`` over seeded, reshuffled epochs of ``dataset`` (a
+    set smaller than a batch is one batch); the model ends in eval mode."""
+    torch.manual_seed(recipe.seed)
+    model.to(device).train()
+    opt = make_optimizer(model.parameters(), getattr(recipe, "optimizer", "adam"), lr=recipe.lr,
+                         weight_decay=recipe.weight_decay)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps)
+             if getattr(recipe, "schedule", "cosine") == "cosine"
+             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    batch_size = min(recipe.batch_size, len(dataset))
     step, epoch, start, last = 0, 0, time.perf_counter(), float("nan")
     while step < recipe.steps:
         loader = make_loader(dataset, batch_size, shuffle=True, seed=recipe.seed + epoch, drop_last=True)
         for batch in loader:
-            batch = to_device(batch, device)
-            loss = total_loss(tasks, model(batch["image"]), batch)
+            loss = loss_fn(to_device(batch, device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
