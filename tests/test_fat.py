@@ -62,13 +62,21 @@ def test_fat_gb_mta_lowers_the_arp_of_gb_mta_and_records_its_parent(home, tmp_pa
     assert record["defense_kind"] == "training" and record["trained_with"] == "pgd:gb-mta"
     assert record["parent_sha256"] == parent
 
-    # the defended checkpoint belongs to its parent's weights: a changed parent makes it stale
+    # the defended checkpoint belongs to its parent's weights: one of other weights is stale. Given
+    # in --weights-dir it is refused with what to do; in the local zoo of a tiny suite it is trained
+    # again on first use, as the members of a tiny suite are rebuilt
     cfg = out / CONFIG_FILE
     cfg.write_text(cfg.read_text().replace(parent, "0" * 64))
+    given = tmp_path / "given"
+    shutil.copytree(out, given / "defended" / "fat_pgd_gb-mta" / "AS")
     assert main(["run", "--suite", str(manifest), "--models", "AS", "--defenses", "fat:pgd:gb-mta", "--attacks",
-                 "fgsm:total", "--eps", "8", "--results", str(tmp_path / "stale.db")]) == 2
+                 "fgsm:total", "--eps", "8", "--weights-dir", str(given),
+                 "--results", str(tmp_path / "stale.db")]) == 2
     err = capsys.readouterr().err
     assert "parent weights sha256 000000000000" in err and "--rebuild" in err
+    assert main(["run", "--suite", str(manifest), "--models", "AS", "--defenses", "fat:pgd:gb-mta", "--attacks",
+                 "fgsm:total", "--eps", "8", "--results", str(tmp_path / "again.db")]) == 0
+    assert read_config(out).defense["parent_sha256"] == parent
 
 
 def test_early_stop_keeps_the_point_where_a_sample_stopped(tiny_nyu):

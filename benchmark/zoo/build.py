@@ -137,8 +137,7 @@ def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | Non
 def _worker_sets(suite_ref: str, data_root: str | None):
     suite = load_suite(suite_ref)
     train_set = training_set(suite, data_root)
-    if hasattr(train_set, "materialize"):
-        train_set.materialize()
+    _render(train_set)
     return train_set, clean_test_set(suite, data_root=data_root)
 
 
@@ -212,10 +211,8 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     warm = suite.training.get("warm_start")
     root = suite.member(warm) if warm else None
     start = time.perf_counter()
-    train_set = training_set(suite, data_root)
+    train_set = training_set(suite, data_root)  # rendered once, when a member trains in this process
     test_set = clean_test_set(suite, data_root=data_root)
-    if hasattr(train_set, "materialize"):
-        train_set.materialize()
     with progress(console, loss=True, eta=False) as bar:
         overall = bar.add_task(f"build {suite.name}", total=len(todo), loss=float("nan"))
         init = None
@@ -229,6 +226,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
         if root is not None and (root in todo or others):
             root_dir = local_checkpoint_dir(suite, root)
             if root in todo or not is_built(suite, root):
+                _render(train_set)
                 task = bar.add_task(f"  {root.name} (warm start)", total=recipe_for(suite).steps, loss=float("nan"))
                 build_member(suite, root, device=device, data_root=data_root, train_set=train_set,
                              test_set=test_set, progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
@@ -248,6 +246,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
                                           n_workers, bar, overall))
             rest = []
         for member in rest:
+            _render(train_set)
             steps = recipe_for(suite, finetune=init is not None).steps
             task = bar.add_task(f"  {member.name}", total=steps, loss=float("nan"))
             done[member.name] = build_member(
@@ -259,6 +258,12 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     console.print(f"built {len(todo)} model(s) of {suite.name} in {time.perf_counter() - start:.0f} s "
                   f"under {local_checkpoint_dir(suite, todo[0]).parent}")
     return done
+
+
+def _render(dataset) -> None:
+    """Render a synthetic set once (its scenes are reused every epoch)."""
+    if hasattr(dataset, "materialize"):
+        dataset.materialize()
 
 
 def _training_cost(member: Member, num_tasks: int) -> int:

@@ -35,7 +35,8 @@ from benchmark.zoo.checkpoint import (
 )
 from benchmark.zoo.hub import mtlbench_home, resolve_weights
 
-__all__ = ["check_defended", "defend_member", "defend_suite", "defended_dir", "find_defended", "parent_sha256"]
+__all__ = ["check_defended", "defend_member", "defend_suite", "defended_dir", "find_defended", "is_stale_defended",
+           "parent_sha256"]
 
 
 def _slug(spec: str) -> str:
@@ -50,11 +51,27 @@ def defended_dir(suite: Suite, member: Member, spec: str) -> Path:
 def find_defended(suite: Suite, member: Member, spec: str, *, weights_dir: str | Path | None = None) -> Path | None:
     """The finished checkpoint of ``member`` under the training defense ``spec``, or None."""
     candidates = [Path(weights_dir) / "defended" / _slug(spec) / member.name] if weights_dir else []
-    candidates.append(defended_dir(suite, member, spec))
+    local = defended_dir(suite, member, spec)
+    candidates.append(local)
     for c in candidates:
         if (c / CONFIG_FILE).exists():
+            if c == local and is_stale_defended(c, suite, member):
+                continue  # trained again on first use, as a tiny member built with another recipe is
             return c
     return None
+
+
+def is_stale_defended(directory: Path, suite: Suite, member: Member) -> bool:
+    """Whether a tiny member's defended checkpoint in the local zoo was trained from other weights
+    than the member's current local ones (or the member is not built, or was built with another
+    recipe, so that it will be rebuilt): then it is trained again rather than refused."""
+    if not suite.tiny:
+        return False
+    try:
+        recorded = read_config(directory).defense.get("parent_sha256")
+    except CheckpointError:
+        return False  # damaged: loading it says what is wrong
+    return recorded != parent_sha256(suite, member)
 
 
 def parent_sha256(suite: Suite, member: Member, *, weights_dir: str | Path | None = None) -> str | None:
@@ -141,12 +158,15 @@ def defend_suite(suite: Suite | str, spec: str, members: list[str] | None = None
     wanted = [suite.member(m) for m in members] if members else list(suite.members)
     done: dict[str, Path] = {}
     todo = []
+    stale = set()
     for m in wanted:
         found = None if rebuild else find_defended(suite, m, defense.spec, weights_dir=weights_dir)
         if found is not None:
             done[m.name] = found
         else:
             todo.append(m)
+            if (defended_dir(suite, m, defense.spec) / CONFIG_FILE).exists():
+                stale.add(m.name)  # a tiny member's FAT model of older weights: trained again from the start
     if not todo:
         return done
     set_threads(threads, small_model=suite.tiny)
@@ -154,10 +174,11 @@ def defend_suite(suite: Suite | str, spec: str, members: list[str] | None = None
     with progress(console, loss=True) as bar:
         overall = bar.add_task(f"defend {suite.name} with {defense.spec}", total=len(todo))
         for m in todo:
-            if rebuild:
+            again = rebuild or m.name in stale
+            if again:
                 (defended_dir(suite, m, defense.spec) / CONFIG_FILE).unlink(missing_ok=True)
             done[m.name] = defend_member(suite, m, defense.spec, recipe, device=device, data_root=data_root,
-                                         weights_dir=weights_dir, restart=restart or rebuild, console=console,
+                                         weights_dir=weights_dir, restart=restart or again, console=console,
                                          bar=bar)
             bar.update(overall, advance=1)
     seconds = time.perf_counter() - start
