@@ -169,8 +169,6 @@ def cmd_suites_list(args: argparse.Namespace) -> int:
 
 
 def cmd_suites_show(args: argparse.Namespace) -> int:
-    from benchmark.models.branched import count_backbone_parameters
-    from benchmark.models.layouts import Layout
     from benchmark.suites import load_suite
     from benchmark.zoo.hub import is_built
 
@@ -185,8 +183,7 @@ def cmd_suites_show(args: argparse.Namespace) -> int:
     for col in ("model", "index", "layout", "backbone", "params (M)", "input", "weights"):
         table.add_column(col, overflow="fold")
     for m in suite.members:
-        params = count_backbone_parameters(Layout.parse(m.layout, num_tasks=num_tasks), m.backbone, m.width,
-                                           m.output_stride)
+        params = m.backbone_parameters(num_tasks)
         if suite.tiny:
             weights = "built" if is_built(suite, m) else "built on first use"
         else:

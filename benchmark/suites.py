@@ -78,6 +78,15 @@ class Member:
     head_rates: tuple[int, ...] = (6, 12, 18, 24)
     output_stride: int | None = None  # None: the backbone's default
 
+    def backbone_parameters(self, num_tasks: int) -> int:
+        """Backbone parameters of the member's layout (every block copy), as the paper's tables
+        count them."""
+        from benchmark.models.branched import count_backbone_parameters
+        from benchmark.models.layouts import Layout
+
+        layout = Layout.parse(self.layout, num_tasks=num_tasks)
+        return count_backbone_parameters(layout, self.backbone, self.width, self.output_stride)
+
     @property
     def published(self) -> bool:
         return bool(self.repo_id and self.revision and self.sha256)

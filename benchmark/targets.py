@@ -229,7 +229,6 @@ class Target:
         """What the store and the leaderboard show about the target (no weights needed)."""
         if self.external:
             return self._describe_external()
-        from benchmark.models.branched import count_backbone_parameters
         from benchmark.models.layouts import Layout
 
         suite, member = self.suite_spec, self.member_spec
@@ -239,7 +238,7 @@ class Target:
         return {
             "layout": member.layout, "paper_index": member.index, "backbone": member.backbone,
             "width": member.width, "input_size": member.input_size,
-            "backbone_params": count_backbone_parameters(layout, member.backbone, member.width, member.output_stride),
+            "backbone_params": member.backbone_parameters(len(tasks)),
             "shared_blocks": layout.shared_blocks, "block_copies": layout.num_block_copies,
             "layout_sets": layout.to_json(), "tasks": [t.name for t in tasks], "dataset": suite.dataset,
             "data": suite.data_source, "repo_id": member.repo_id,

@@ -42,7 +42,8 @@ from benchmark.zoo.pretext import (
 )
 from benchmark.zoo.train import TrainRecipe, train_model
 
-__all__ = ["build_member", "build_suite", "clean_test_set", "load_model", "member_model", "recipe_for", "training_set"]
+__all__ = ["build_member", "build_pretext", "build_suite", "clean_test_set", "load_model", "member_model", "recipe_for",
+           "render_once", "training_set"]
 
 _RECIPE_KEYS = set(TrainRecipe.__dataclass_fields__)
 
@@ -137,7 +138,7 @@ def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | Non
 def _worker_sets(suite_ref: str, data_root: str | None):
     suite = load_suite(suite_ref)
     train_set = training_set(suite, data_root)
-    _render(train_set)
+    render_once(train_set)
     return train_set, clean_test_set(suite, data_root=data_root)
 
 
@@ -226,7 +227,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
         if root is not None and (root in todo or others):
             root_dir = local_checkpoint_dir(suite, root)
             if root in todo or not is_built(suite, root):
-                _render(train_set)
+                render_once(train_set)
                 task = bar.add_task(f"  {root.name} (warm start)", total=recipe_for(suite).steps, loss=float("nan"))
                 build_member(suite, root, device=device, data_root=data_root, train_set=train_set,
                              test_set=test_set, progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
@@ -236,8 +237,9 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
             if others:
                 init, _ = load_checkpoint(root_dir)
         # the most expensive members first, so the last ones to finish are short (less idle time)
-        num_tasks = len(suite.tasks)
-        rest = sorted((m for m in todo if m is not root), key=lambda m: _training_cost(m, num_tasks), reverse=True)
+        num_tasks = len(suite.tasks)  # training cost ~ backbone parameters (block copies)
+        rest = sorted((m for m in todo if m is not root), key=lambda m: m.backbone_parameters(num_tasks),
+                      reverse=True)
         n_workers = min(choose_workers(workers, small_model=suite.tiny, device=device), len(rest))
         if n_workers > 1:
             done.update(_build_in_workers(suite, rest, root_dir if init is not None else None, pretext, device,
@@ -246,7 +248,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
                                           n_workers, bar, overall))
             rest = []
         for member in rest:
-            _render(train_set)
+            render_once(train_set)
             steps = recipe_for(suite, finetune=init is not None).steps
             task = bar.add_task(f"  {member.name}", total=steps, loss=float("nan"))
             done[member.name] = build_member(
@@ -260,19 +262,10 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     return done
 
 
-def _render(dataset) -> None:
+def render_once(dataset) -> None:
     """Render a synthetic set once (its scenes are reused every epoch)."""
     if hasattr(dataset, "materialize"):
         dataset.materialize()
-
-
-def _training_cost(member: Member, num_tasks: int) -> int:
-    """A member's training cost, up to a constant: its backbone parameters (block copies)."""
-    from benchmark.models.branched import count_backbone_parameters
-    from benchmark.models.layouts import Layout
-
-    layout = Layout.parse(member.layout, num_tasks=num_tasks, num_blocks=5)
-    return count_backbone_parameters(layout, member.backbone, member.width, member.output_stride)
 
 
 def _build_in_workers(suite: Suite, members: list[Member], init_dir: Path | None, pretext: Path | None,

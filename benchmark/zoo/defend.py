@@ -23,7 +23,7 @@ from benchmark.evaluation import evaluate
 from benchmark.progress import make_console, progress
 from benchmark.suites import Member, Suite, load_suite
 from benchmark.threads import set_threads
-from benchmark.zoo.build import clean_test_set, load_model, training_set
+from benchmark.zoo.build import clean_test_set, load_model, render_once, training_set
 from benchmark.zoo.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -121,8 +121,7 @@ def defend_member(suite: Suite, member: Member, spec: str, recipe: FATRecipe, *,
         resume.unlink()
     meta = {"defense": defense.spec, "recipe": recipe.to_dict(), "parent_sha256": parent}
     train_set = training_set(suite, data_root, size=recipe.train_size)
-    if hasattr(train_set, "materialize"):
-        train_set.materialize()
+    render_once(train_set)
     label = f"  {member.name} {defense.spec}"
     task = bar.add_task(label, total=recipe.steps, loss=float("nan")) if bar is not None else None
     stats = train_fat(model, suite.tasks, train_set, attack, recipe, device=torch.device(device), resume=resume,
