@@ -41,8 +41,9 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: a Hugging Face Hub repo id, ``owner/name``
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 #: Bumped when the way members are trained changes beyond what the manifest says (2: members
-#: of a tiny suite start from a common pre-trained backbone instead of a warm-start member)
-TRAINING_VERSION = 2
+#: of a tiny suite start from a common pre-trained backbone instead of a warm-start member; 3: the
+#: heads' dropout masks are drawn with ``rand`` in one call per layer, another random stream)
+TRAINING_VERSION = 3
 #: the pretext objectives of a common pre-trained backbone (benchmark.zoo.pretext)
 PRETEXT_OBJECTIVES = ("rotation", "masked")
 VALID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -1,7 +1,9 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from benchmark.models import BranchedModel, Layout, build_backbone, layout_from_index
+from benchmark.models.heads import ASPPHead, dropout
 from benchmark.tasks import get_tasks, total_loss
 
 NYU = {t.name: t.channels for t in get_tasks("nyuv2")}
@@ -164,3 +166,42 @@ def test_parameter_count_without_building_the_model():
         layout = layout_from_index(index, 3)
         model = BranchedModel(layout, {"a": 2, "b": 1, "c": 3}, backbone=backbone, width=width)
         assert count_backbone_parameters(layout, backbone, width) == model.backbone_parameters()
+
+
+def _aspp_per_branch(head, x):
+    """The ASPP head as the paper's code writes it: each branch on its own (conv3x3 -> ReLU ->
+    dropout -> conv1x1 -> ReLU -> dropout -> conv1x1), the branch outputs summed."""
+    out = 0
+    for b in head.branches:
+        h = F.dropout(F.relu(b.conv1(x)), head.p, head.training)
+        h = F.dropout(F.relu(b.conv2(h)), head.p, head.training)
+        out = out + b.conv3(h)
+    return out
+
+
+def test_aspp_head_runs_its_branches_side_by_side_as_the_per_branch_sum():
+    torch.manual_seed(0)
+    head = ASPPHead(16, 5, hidden=8, rates=(1, 2, 3, 4)).eval()
+    x = torch.randn(3, 16, 7, 7, requires_grad=True)
+    ours, theirs = head(x), _aspp_per_branch(head, x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    g_ours = torch.autograd.grad(ours.square().sum(), [x, *head.parameters()])
+    g_theirs = torch.autograd.grad(theirs.square().sum(), [x, *head.parameters()])
+    for a, b in zip(g_ours, g_theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # the checkpoint names of the authors' heads (after import) are the per-branch ones
+    assert {k for k in head.state_dict() if k.startswith("branches.3.")} == {
+        f"branches.3.conv{m}.{p}" for m in (1, 2, 3) for p in ("weight", "bias")}
+
+
+def test_head_dropout_keeps_each_unit_with_probability_one_minus_p_and_rescales():
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    y = dropout(x, 0.5, True)
+    assert set(y.unique().tolist()) == {0.0, 2.0}
+    assert abs((y > 0).float().mean().item() - 0.5) < 0.005
+    assert abs(dropout(x, 0.2, True).mean().item() - 1.0) < 0.01
+    assert dropout(x, 0.5, False) is x
+    assert not dropout(x, 1.0, True).any()
+    with pytest.raises(ValueError, match="outside"):
+        ASPPHead(4, 2, dropout=1.5)

@@ -4,8 +4,10 @@ suites' size: the shipped code against the library operations it replaces, in th
 The shipped step upsamples the heads' outputs with two matrix products
 (``benchmark.models.branched.upsample_bilinear``), writes the cross-entropy out
 (``benchmark.tasks._pixel_cross_entropy``), normalises normals by their sum of squares
-(``benchmark.tasks._unit``) and runs AdamW's fused kernel; the baseline uses ``F.interpolate``,
-``F.cross_entropy``, ``F.normalize`` / ``F.cosine_similarity`` and the per-parameter AdamW loop.
+(``benchmark.tasks._unit``), runs the four ASPP branches of a head side by side with a
+``rand``-drawn dropout mask (``benchmark.models.heads``) and runs AdamW's fused kernel; the
+baseline uses ``F.interpolate``, ``F.cross_entropy``, ``F.normalize`` / ``F.cosine_similarity``,
+one branch after the other with ``F.dropout`` and the per-parameter AdamW loop.
 ``extra_info["speedup"]`` is baseline time / shipped time (> 1: the shipped step is faster).
 """
 
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from benchmark import tasks as tasks_module
 from benchmark.models import BranchedModel
 from benchmark.models import branched as branched_module
+from benchmark.models.heads import ASPPHead
 from benchmark.tasks import IGNORE_INDEX, get_tasks, total_loss
 from benchmark.zoo.train import make_optimizer
 
@@ -35,7 +38,17 @@ def _targets():
             "depth_zbuffer": torch.rand(BATCH, 1, SIZE, SIZE, generator=g) + 0.5}
 
 
+def _aspp_per_branch(head, x):
+    out = 0
+    for b in head.branches:
+        h = F.dropout(F.relu(b.conv1(x)), head.p, head.training)
+        h = F.dropout(F.relu(b.conv2(h)), head.p, head.training)
+        out = out + b.conv3(h)
+    return out
+
+
 LIBRARY_OPS = {
+    (ASPPHead, "forward"): _aspp_per_branch,
     (branched_module, "upsample_bilinear"):
         lambda x, size: F.interpolate(x, size=size, mode="bilinear", align_corners=False),
     (tasks_module, "_pixel_cross_entropy"):
