@@ -63,6 +63,16 @@ class Nondeterministic(Attack):
         return clip_to_ball(images + eps * signs, images, eps)
 
 
+@register_attack("hostile-random-steps")
+class NondeterministicWithBudget(Nondeterministic):
+    """The same, with a step budget (its budget curve's points are not checked themselves)."""
+
+    budget_option = "steps"
+
+    def __init__(self, steps: int = 2) -> None:
+        self.steps = steps
+
+
 @register_attack("hostile-sleep")
 class SleepsForever(Attack):
     def perturb(self, model, images, targets, *, tasks, eps, generator):

@@ -74,6 +74,28 @@ def test_nondeterminism_found_at_the_first_eps_invalidates_every_eps(mini, tmp_p
     assert all(c.status == "invalid" for c in _cells(db).values() if c.attack == "hostile-random")
 
 
+def test_nondeterminism_found_at_the_profiles_budget_invalidates_the_budget_curves_points(mini, tmp_path):
+    manifest = tmp_path / "curve.toml"  # the mini suite (same name, same models) with a budget curve
+    manifest.write_text(Path(mini).read_text() + """
+[profiles.curve]
+eps = [4, 8]
+attacks = ["hostile-random-steps", "fgsm:total"]
+steps = { hostile-random-steps = 2 }
+budgets = { hostile-random-steps = [1, 3] }
+budget_models = ["AS"]
+eval_size = 4
+batch_size = 2
+""")
+    db = tmp_path / "r.db"
+    run(RunOptions(suite=str(manifest), profile="curve", results=str(db), models=["AS"]))
+    random = [c for c in _cells(db).values() if c.attack == "hostile-random-steps"]
+    curve = [c for c in random if c.config["budget"]["extra"]]
+    assert sorted(c.config["budget"]["value"] for c in curve) == [1, 1, 3, 3]
+    assert not any(c.config["check_determinism"] for c in curve)  # checked once, at the profile's budget
+    assert len(random) == 6 and all(c.status == "invalid" and "not deterministic" in c.reason for c in random)
+    assert all("{'steps': 2}" in c.reason for c in curve)
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])  # in this process, and in worker processes
 def test_hanging_and_exiting_attacks_fail_their_cells_and_the_run_goes_on(mini, tmp_path, capsys, wide_console,
                                                                          workers):

@@ -39,8 +39,10 @@ def test_grid_expansion():
     single = next(c for c in cells if c.attack.name == "pgd:single-depth")
     assert (single.attack.optimizer, single.attack.objective, single.attack.task) == ("pgd", "single-depth",
                                                                                       "depth_zbuffer")
-    # determinism is checked once per (model, attack, seed): in the cells of the first eps
+    # determinism is checked once per (model, attack, seed): in the cells of the first eps at the
+    # profile's budget (a budget curve's points share that verdict)
     assert {c.eps for c in cells if c.check_determinism} == {4.0}
+    assert not any(c.check_determinism for c in curve)
     cells = expand_grid(suite, profile, attacks=["apgd:single-*"], eps=[2, 16], models=["AS"], seeds=[0, 1],
                         defenses=["none"])
     assert {c.attack.name for c in cells} == {"apgd:single-segment", "apgd:single-normal", "apgd:single-depth"}
@@ -243,6 +245,41 @@ def test_worker_processes_give_identical_results_and_replace_a_dead_worker(mini,
                              eps=[8], models=["AS"], seeds=[0, 1]))
     assert (tmp_path / "marker").read_text() == "died"
     assert summary.done == {"valid": 4}
+
+
+def test_worker_processes_start_the_next_target_before_the_last_cells_of_the_previous_one(mini):
+    """The cells of consecutive targets share one queue: the next target is asked for while the
+    previous one still has cells running, and every result comes back under its own target."""
+    import torch
+
+    from benchmark.runner.context import prepare_context
+    from benchmark.runner.executors import ProcessExecutor
+
+    suite = load_suite(str(mini))
+    cells = expand_grid(suite, suite.profile("quick"), attacks=["fgsm:total", "pgd:gb-mta"], eps=[4, 8])
+    by_target: dict[str, list] = {}
+    for cell in cells:
+        by_target.setdefault(cell.target.member, []).append(cell)
+    assert len(by_target) == 2
+    results: list[tuple[str, object]] = []
+    asked: dict[str, int] = {}  # target -> results yielded before the executor asked for it
+
+    def groups():
+        for member, group in by_target.items():
+            asked[member] = len(results)
+            yield member, group, prepare_context(*group[0].data_key, device=torch.device("cpu"))
+
+    executor = ProcessExecutor(2)
+    try:
+        for key, result in executor.run_groups(groups()):
+            results.append((key, result))
+    finally:
+        executor.close()
+    first, second = by_target
+    assert asked[second] < len(by_target[first])  # asked for before the first target's cells were all back
+    assert sorted(r.model for k, r in results if k == first) == [first] * len(by_target[first])
+    assert sorted(r.model for k, r in results if k == second) == [second] * len(by_target[second])
+    assert all(r.status == "valid" for _, r in results)
 
 
 def test_killing_a_run_leaves_no_worker_processes(mini, tmp_path):

@@ -8,7 +8,9 @@ and the data is in the cell itself.
 * :class:`ProcessExecutor` (default on a CPU with several usable cores, ``--workers N``): the
   cells of a target spread over N spawned processes of this machine, one torch thread each (on 2
   cores, 30 PGD cells of the tiny AS took 21.9 s in 2 processes of 1 thread, 31.0 s in 1 process
-  of 2 threads, 37.9 s in 1 of 1). A worker that dies is replaced and its cells are retried once.
+  of 2 threads, 37.9 s in 1 of 1). The cells of consecutive targets share one queue
+  (:meth:`Executor.run_groups`): a worker that finishes a target's last cell starts on the next
+  target's. A worker that dies is replaced and its cells are retried once.
 * :class:`RayExecutor` (``--executor ray``): each cell is a Ray task with ``gpus_per_cell`` GPUs
   (a fraction shares one GPU) on a cluster (``--address``, or a local one). A worker keeps the
   last target it loaded; a worker that dies is replaced and its cells are retried.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import functools
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterable, Iterator
 
 import torch
 
@@ -32,12 +34,23 @@ from benchmark.threads import init_worker, stop_pool, worker_env
 __all__ = ["Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor"]
 
 
+Group = tuple[Hashable, list[Cell], CellContext]  # (the caller's key, cells of one target, its context)
+
+
 class Executor(ABC):
     """Runs cells that share one target; yields their results in any order."""
 
     @abstractmethod
     def run(self, cells: list[Cell], ctx: CellContext) -> Iterator[CellResult]:
         """Evaluate ``cells`` (all of ``ctx``'s target)."""
+
+    def run_groups(self, groups: Iterable[Group]) -> Iterator[tuple[Hashable, CellResult]]:
+        """Evaluate groups of cells, one target each, pulled from ``groups`` as the executor is
+        ready for them (the caller may prepare a group's context when it is asked for it); yields
+        ``(key, result)``. By default one group after the other."""
+        for key, cells, ctx in groups:
+            for result in self.run(cells, ctx):
+                yield key, result
 
     def close(self) -> None:  # noqa: B027 - most executors hold nothing to release
         """Release the executor's workers (the run is over)."""
@@ -96,40 +109,63 @@ class ProcessExecutor(Executor):
         return self._pool
 
     def run(self, cells: list[Cell], ctx: CellContext) -> Iterator[CellResult]:
+        for _, result in self.run_groups([(None, cells, ctx)]):
+            yield result
+
+    def run_groups(self, groups: Iterable[Group]) -> Iterator[tuple[Hashable, CellResult]]:
+        """The cells of every group through one queue: the next group is asked for (and its
+        context prepared by the caller) while the workers still run the cells of the previous
+        ones, so no worker waits at the end of a target for the other's last cell."""
         from concurrent.futures import FIRST_COMPLETED, wait
         from concurrent.futures.process import BrokenProcessPool
 
-        if len(cells) < 2:  # not worth a process: the same code path in this one
-            yield from LocalExecutor().run(cells, ctx)
-            return
-        pool = self._pool or self._new_pool()
-        env = self._env
-        tries: dict[Cell, int] = {}
+        groups = iter(groups)
+        tries: dict[tuple[Hashable, Cell], int] = {}
+        pending: dict = {}  # future -> (key, cell, ctx)
 
-        def submit(cell: Cell):
-            tries[cell] = tries.get(cell, 0) + 1
-            return pool.submit(_pool_cell, cell, self.device, ctx.clean, ctx.git_commit, env)
+        def submit(key: Hashable, cell: Cell, ctx: CellContext) -> None:
+            tries[key, cell] = tries.get((key, cell), 0) + 1
+            future = self._pool.submit(_pool_cell, cell, self.device, ctx.clean, ctx.git_commit, self._env)
+            pending[future] = (key, cell, ctx)
 
-        pending = {submit(cell): cell for cell in cells}
-        while pending:
+        exhausted = False
+        while True:
+            # keep every worker busy and two more cells each queued: ask for the next group then
+            while not exhausted and len(pending) < 3 * self.workers:
+                try:
+                    key, cells, ctx = next(groups)
+                except StopIteration:
+                    exhausted = True
+                    break
+                if self._pool is None and len(cells) < 2:  # not worth a process: the same code path here
+                    for result in LocalExecutor().run(cells, ctx):
+                        yield key, result
+                    continue
+                if self._pool is None:
+                    self._new_pool()
+                for cell in cells:
+                    submit(key, cell, ctx)
+            if not pending:
+                return
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             broken = []
             for future in done:
-                cell = pending.pop(future)
+                key, cell, ctx = pending.pop(future)
                 try:
-                    yield future.result()
+                    yield key, future.result()
                 except BrokenProcessPool:
-                    broken.append(cell)
+                    broken.append((key, cell, ctx))
             if broken:  # a worker died: every cell in flight is lost with the pool; retry them in a new one
                 broken += list(pending.values())
                 pending.clear()
-                pool = self._new_pool()
-                for cell in broken:
-                    if tries[cell] > self.max_retries:
-                        yield cell.new_result(ctx, "failed", f"the worker process running it died "
-                                                             f"{tries[cell]} times (killed, out of memory, or a crash)")
+                self._new_pool()
+                for key, cell, ctx in broken:
+                    if tries[key, cell] > self.max_retries:
+                        yield key, cell.new_result(ctx, "failed", f"the worker process running it died "
+                                                                  f"{tries[key, cell]} times (killed, out of memory, "
+                                                                  "or a crash)")
                     else:
-                        pending[submit(cell)] = cell
+                        submit(key, cell, ctx)
 
     def close(self) -> None:
         if self._pool is not None:

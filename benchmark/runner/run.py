@@ -76,12 +76,19 @@ def _todo(cells: list[Cell], store: ResultsStore, ctx: CellContext) -> list[Cell
     return [cell for cell in cells if cell_key(cell.key_config(ctx)) not in done]
 
 
+def _verdict_key(cell: Cell) -> tuple:
+    """What a determinism check speaks for: the attack with its options except the step budget
+    (a budget curve's point shares the verdict of the profile's budget), and the seed."""
+    option = getattr(cell.attack.attack_class, "budget_option", None)
+    return cell.attack.name, tuple((k, v) for k, v in cell.attack.options if k != option), cell.seed
+
+
 def _spread_nondeterminism(group: list[Cell], ctx: CellContext, store: ResultsStore, summary: RunSummary,
                            ran: set[str] = frozenset()) -> int:
-    """The determinism check runs in one cell per (target, attack, seed), the first eps; its
-    verdict holds for every eps of that attack and seed, so their stored valid cells become
-    invalid too (``ran``: keys of the cells this run evaluated, counted in ``summary``). Returns
-    how many cells changed."""
+    """The determinism check runs in one cell per (target, attack, seed), the first eps at the
+    profile's step budget; its verdict holds for every eps and step budget of that attack and
+    seed, so their stored valid cells become invalid too (``ran``: keys of the cells this run
+    evaluated, counted in ``summary``). Returns how many cells changed."""
     def stored(cell: Cell) -> CellResult | None:
         return store.get(cell_key(cell.key_config(ctx)))
 
@@ -90,17 +97,19 @@ def _spread_nondeterminism(group: list[Cell], ctx: CellContext, store: ResultsSt
         if cell.check_determinism:
             r = stored(cell)
             if r is not None and r.status == "invalid" and NONDETERMINISTIC in r.reason:
-                failed[(cell.attack, cell.seed)] = cell.eps
+                failed[_verdict_key(cell)] = cell
     changed = 0
     for cell in group:
-        if cell.check_determinism or (cell.attack, cell.seed) not in failed:
+        if cell.check_determinism or _verdict_key(cell) not in failed:
             continue
         r = stored(cell)
         if r is None or r.status != "valid":
             continue
+        checked = failed[_verdict_key(cell)]
+        budget = "" if checked.attack == cell.attack else f" at {dict(checked.attack.options)}"
         r.status, r.arp, r.task_arp = "invalid", None, {}
         r.reason = (f"{NONDETERMINISTIC}: the same seed gave a different output (checked in the eps "
-                    f"{failed[(cell.attack, cell.seed)]:g} cell of this attack and seed)")
+                    f"{checked.eps:g} cell of this attack{budget} and seed)")
         store.put(r)
         summary.done["invalid"] += 1
         if r.key in ran:
@@ -127,27 +136,40 @@ def _grid(options: RunOptions, suite, profile, module: torch.nn.Module | None = 
                        eot_samples=options.eot_samples, external=external, external_name=options.model_name)
 
 
-def build_targets(options: RunOptions, *, console: Console | None = None) -> None:
+def build_targets(options: RunOptions, *, console: Console | None = None, whole_suite: bool = False) -> None:
     """Train, before the run, what the run ``options`` describe needs and a tiny suite builds on
-    first use: its members, then their trained defenses."""
+    first use: its members (``whole_suite``: every member), then their trained defenses."""
     suite = load_suite(options.suite)
     set_threads(options.threads, small_model=suite.tiny)
     cells = _grid(options, suite, suite.profile(options.profile))
-    _build_missing(suite, list(dict.fromkeys(c.target for c in cells)), options, console or make_console(stderr=True))
+    targets = [c.target for c in cells]
+    if whole_suite and cells:
+        targets += [Target.of(cells[0].target.suite, m.name, weights_dir=options.weights_dir) for m in suite.members]
+    _build_missing(suite, list(dict.fromkeys(targets)), options, console or make_console(stderr=True))
 
 
 def _build_missing(suite, targets: list, options: RunOptions, console: Console) -> None:
     """Train what a tiny suite builds on first use (its members, then their trained defenses)
-    before the run's progress display starts, one build per suite and defense."""
+    before the run's progress display starts: in worker processes, each defense as soon as its
+    member is built; with one worker, one build per suite and defense."""
     if not suite.tiny:
         return
     from benchmark.zoo.build import build_suite
-    from benchmark.zoo.defend import defend_suite
+    from benchmark.zoo.defend import defend_suite, defense_job
 
     missing = [t for t in targets if not t.is_built()]
     members = list(dict.fromkeys(t.member for t in missing if not t.trained_defense))
     parents = [t.member for t in missing if t.trained_defense and not Target.of(t.suite, t.member).is_built()]
     members += [m for m in dict.fromkeys(parents) if m not in members]
+    defended = list(dict.fromkeys((t.member, t.defense) for t in missing if t.trained_defense))
+    workers = choose_workers(options.workers, small_model=suite.tiny, device=options.device)
+    if workers > 1 and len(members) + len(defended) > 1:
+        # the defenses train in the build's worker processes, each once its member is built
+        jobs = [defense_job(suite, suite.member(m), d, device=options.device, data_root=options.data_root,
+                            weights_dir=options.weights_dir, after_build=m in members) for m, d in defended]
+        build_suite(suite, members, device=options.device, data_root=options.data_root, console=console,
+                    threads=options.threads, workers=workers, then=jobs)
+        return
     if members:
         build_suite(suite, members, device=options.device, data_root=options.data_root, console=console,
                     threads=options.threads)
@@ -155,6 +177,35 @@ def _build_missing(suite, targets: list, options: RunOptions, console: Console) 
         defend_suite(suite, defense, [t.member for t in missing if t.defense == defense], device=options.device,
                      data_root=options.data_root, weights_dir=options.weights_dir, console=console,
                      threads=options.threads)
+
+
+@dataclass
+class _Running:
+    """A target whose cells are being evaluated: what its summary line needs."""
+
+    group: list[Cell]
+    ctx: CellContext
+    left: int
+    start: float = field(default_factory=time.perf_counter)
+    arps: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    ran: set[str] = field(default_factory=set)
+
+    def add(self, result: CellResult) -> None:
+        self.left -= 1
+        self.ran.add(result.key)
+        self.statuses[result.status] += 1
+        if result.arp is not None:
+            self.arps.append(result.arp)
+
+    def line(self) -> Text:
+        mean = f"mean ARP {sum(self.arps) / len(self.arps):6.2f}" if self.arps else "no valid cell"
+        bad = ", ".join(f"{n} {s}" for s, n in self.statuses.items() if n and s != "valid")
+        line = Text(f"{self.ctx.target.name:>12}: {len(self.ran)} cells in {time.perf_counter() - self.start:5.1f} s, "
+                    f"{mean}")
+        if bad:
+            line.append(f", {bad}", style="red")
+        return line
 
 
 def make_executor(options: RunOptions, *, small_model: bool = False, in_memory: bool = False) -> Executor:
@@ -206,50 +257,51 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
         stack.callback(executor.close)
         with progress(console) as bar:
             overall = bar.add_task(f"{suite.name} [{profile.name}]", total=len(cells))
-            for group in groups.values():
-                target = group[0].target
-                try:
-                    ctx = prepare_context(*group[0].data_key, device=device, store=store, console=console,
-                                          git_commit=commit, module=module)
-                except MissingWeightsError as exc:
-                    if target.member not in unpublished and options.weights_dir is None and not target.trained_defense:
-                        raise
-                    summary.missing_models[target.name] = str(exc)
-                    bar.update(overall, advance=len(group))
-                    continue
-                summary.keys += [cell_key(cell.key_config(ctx)) for cell in group]
-                todo = _todo(group, store, ctx)
-                summary.skipped += len(group) - len(todo)
-                bar.update(overall, advance=len(group) - len(todo))
-                if todo:  # cells another run is computing are left to it
-                    keyed = {cell_key(cell.key_config(ctx)): cell for cell in todo}
-                    claimed = set(store.claim(list(keyed), owner, stale_after_s=stale_after + 120.0))
-                    summary.elsewhere += len(keyed) - len(claimed)
-                    bar.update(overall, advance=len(keyed) - len(claimed))
-                    todo = [cell for key, cell in keyed.items() if key in claimed]
-                if not todo:
-                    _spread_nondeterminism(group, ctx, store, summary)
-                    continue
-                t0, arps, statuses, ran = time.perf_counter(), [], defaultdict(int), set()
-                for result in executor.run(todo, ctx):
-                    store.put(result)
-                    store.heartbeat(owner)
-                    if on_result is not None:
-                        on_result(result)
-                    ran.add(result.key)
-                    summary.done[result.status] += 1
-                    statuses[result.status] += 1
-                    if result.arp is not None:
-                        arps.append(result.arp)
-                    bar.update(overall, advance=1)
-                spread = _spread_nondeterminism(group, ctx, store, summary, ran)
-                statuses["invalid"] += spread
-                statuses = {s: n for s, n in statuses.items() if n}
-                mean = f"mean ARP {sum(arps) / len(arps):6.2f}" if arps else "no valid cell"
-                bad = ", ".join(f"{n} {s}" for s, n in statuses.items() if s != "valid")
-                line = Text(f"{target.name:>12}: {len(todo)} cells in {time.perf_counter() - t0:5.1f} s, {mean}")
-                if bad:
-                    line.append(f", {bad}", style="red")
-                bar.console.print(line)
+            running: dict[int, _Running] = {}
+
+            def to_run():
+                """The groups with cells left to this run, each prepared when the executor asks."""
+                for index, group in enumerate(groups.values()):
+                    target = group[0].target
+                    try:
+                        ctx = prepare_context(*group[0].data_key, device=device, store=store, console=console,
+                                              git_commit=commit, module=module)
+                    except MissingWeightsError as exc:
+                        if (target.member not in unpublished and options.weights_dir is None
+                                and not target.trained_defense):
+                            raise
+                        summary.missing_models[target.name] = str(exc)
+                        bar.update(overall, advance=len(group))
+                        continue
+                    summary.keys += [cell_key(cell.key_config(ctx)) for cell in group]
+                    todo = _todo(group, store, ctx)
+                    summary.skipped += len(group) - len(todo)
+                    bar.update(overall, advance=len(group) - len(todo))
+                    if todo:  # cells another run is computing are left to it
+                        keyed = {cell_key(cell.key_config(ctx)): cell for cell in todo}
+                        claimed = set(store.claim(list(keyed), owner, stale_after_s=stale_after + 120.0))
+                        summary.elsewhere += len(keyed) - len(claimed)
+                        bar.update(overall, advance=len(keyed) - len(claimed))
+                        todo = [cell for key, cell in keyed.items() if key in claimed]
+                    if not todo:
+                        _spread_nondeterminism(group, ctx, store, summary)
+                        continue
+                    running[index] = _Running(group, ctx, len(todo))
+                    yield index, todo, ctx
+
+            for index, result in executor.run_groups(to_run()):
+                store.put(result)
+                store.heartbeat(owner)
+                if on_result is not None:
+                    on_result(result)
+                summary.done[result.status] += 1
+                bar.update(overall, advance=1)
+                state = running[index]
+                state.add(result)
+                if state.left == 0:
+                    del running[index]
+                    state.statuses["invalid"] += _spread_nondeterminism(state.group, state.ctx, store, summary,
+                                                                        state.ran)
+                    bar.console.print(state.line())
     summary.seconds = time.perf_counter() - start
     return summary
