@@ -172,3 +172,26 @@ def test_defend_refuses_what_it_cannot_train(home, tmp_path, capsys):
     bad.write_text(manifest.read_text().replace("attack_steps = 2", "attack_steps = -2"))
     assert main(["defend", str(bad), "--models", "AS"]) == 2
     assert "fat" in capsys.readouterr().err
+
+
+def test_defenses_train_in_the_build_workers_once_their_member_is_built(mini, tmp_path, monkeypatch, capsys):
+    """A run on a fresh zoo builds the members in worker processes and trains each defense there as
+    soon as its member is built; the defended weights equal those `mtlbench defend` trains here."""
+    manifest = mini
+    fresh = tmp_path / "fresh"
+    monkeypatch.setenv("MTLBENCH_HOME", str(fresh))
+    summary = run(RunOptions(suite=str(manifest), attacks=["fgsm:total"], eps=[8], models=["AS", "layout-9"],
+                             defenses=["none", "fat:pgd:gb-mta"], results=str(tmp_path / "r.db"), workers=2))
+    assert summary.done == {"valid": 4}  # AS and layout-9, each without and with FAT
+    assert "AS fat:pgd:gb-mta: trained in" in capsys.readouterr().err
+    suite = load_suite(manifest)
+    out = defended_dir(suite, suite.member("AS"), "fat:pgd:gb-mta")
+    parent = file_sha256(fresh / "zoo" / "mini-run" / "AS" / WEIGHTS_FILE)
+    assert read_config(out).defense["parent_sha256"] == parent
+    in_worker = file_sha256(out / WEIGHTS_FILE)
+    # the same training in this process (one worker: the build, then the defense)
+    again = tmp_path / "again"
+    shutil.copytree(fresh / "zoo" / "mini-run" / "AS", again / "zoo" / "mini-run" / "AS")
+    monkeypatch.setenv("MTLBENCH_HOME", str(again))
+    assert main(["defend", str(manifest), "--defense", "fat:pgd:gb-mta", "--models", "AS", "--device", "cpu"]) == 0
+    assert file_sha256(defended_dir(suite, suite.member("AS"), "fat:pgd:gb-mta") / WEIGHTS_FILE) == in_worker

@@ -15,7 +15,8 @@ from __future__ import annotations
 import functools
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,8 +43,8 @@ from benchmark.zoo.pretext import (
 )
 from benchmark.zoo.train import TrainRecipe, train_model
 
-__all__ = ["build_member", "build_pretext", "build_suite", "clean_test_set", "load_model", "member_model", "recipe_for",
-           "render_once", "training_set"]
+__all__ = ["AfterJob", "build_member", "build_pretext", "build_suite", "clean_test_set", "load_model", "member_model",
+           "recipe_for", "render_once", "training_set"]
 
 _RECIPE_KEYS = set(TrainRecipe.__dataclass_fields__)
 
@@ -187,21 +188,36 @@ def build_pretext(suite: Suite, *, device: str = "cpu", data_root: str | None = 
     return out
 
 
+@dataclass(frozen=True)
+class AfterJob:
+    """Training a build's worker processes run beside its members: ``fn(*args)`` (a module-level
+    function, as a worker process runs it) once the member ``after`` is built (``None``: at once),
+    e.g. a defense trained on that member (:func:`benchmark.zoo.defend.defense_job`)."""
+
+    fn: Callable[..., object]
+    args: tuple
+    label: str
+    after: str | None = None
+
+
 def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, device: str = "cpu",
                 data_root: str | None = None, console: Console | None = None, rebuild: bool = False,
-                threads: int | None = None, workers: int | None = None) -> dict[str, Path]:
+                threads: int | None = None, workers: int | None = None,
+                then: Sequence[AfterJob] = ()) -> dict[str, Path]:
     """Build the members of a suite that have no local checkpoint yet, or (tiny suites) one built
     with another recipe (all by default). The common pre-trained backbone (``init = "pretext"``)
     or the warm-start member (AS) is built first when any other member needs it; the others are built
     in ``workers`` processes (default: one per usable core for the tiny suites on the CPU, each
-    with one thread). ``threads``: torch threads per process (default:
-    :func:`benchmark.threads.choose_threads`)."""
+    with one thread), which start (and render their training scenes) while the backbone
+    pre-trains. ``then``: more training for those processes, each job started as soon as the
+    member it needs is built (in this process after the members when there is one worker).
+    ``threads``: torch threads per process (default: :func:`benchmark.threads.choose_threads`)."""
     suite = load_suite(suite) if isinstance(suite, str) else suite
     console = console or make_console(stderr=True)
     wanted = [suite.member(m) for m in members] if members is not None else list(suite.members)
     todo = [m for m in wanted if rebuild or not is_built(suite, m)]
     done = {m.name: local_checkpoint_dir(suite, m) for m in wanted if m not in todo}
-    if not todo:
+    if not todo and not then:
         return done
     stale = [m.name for m in todo
              if suite.tiny and not rebuild and (local_checkpoint_dir(suite, m) / CONFIG_FILE).exists()]
@@ -212,53 +228,67 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     warm = suite.training.get("warm_start")
     root = suite.member(warm) if warm else None
     start = time.perf_counter()
-    train_set = training_set(suite, data_root)  # rendered once, when a member trains in this process
-    test_set = clean_test_set(suite, data_root=data_root)
-    with progress(console, loss=True, eta=False) as bar:
-        overall = bar.add_task(f"build {suite.name}", total=len(todo), loss=float("nan"))
-        init = None
-        pretext = None
-        if suite.training.get("init") == "pretext":
-            task = bar.add_task("  pretext backbone", total=pretext_recipe(suite).steps, loss=float("nan"))
-            pretext = build_pretext(suite, device=device, data_root=data_root,
-                                    progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
-            bar.remove_task(task)
-        others = [m for m in todo if m is not root]
-        if root is not None and (root in todo or others):
-            root_dir = local_checkpoint_dir(suite, root)
-            if root in todo or not is_built(suite, root):
+    # the most expensive members first, so the last ones to finish are short (less idle time); the
+    # members a job needs before them, so that the (long) job starts early
+    num_tasks = len(suite.tasks)  # training cost ~ backbone parameters (block copies)
+    needed = {job.after for job in then}
+    rest = sorted((m for m in todo if m is not root),
+                  key=lambda m: (m.name not in needed, -m.backbone_parameters(num_tasks)))
+    n_workers = min(choose_workers(workers, small_model=suite.tiny, device=device), len(rest) + len(then))
+    pool = _Workers(suite, n_workers, choose_threads(threads, small_model=suite.tiny, workers=n_workers),
+                    device, data_root, warm_up=bool(rest)) if n_workers > 1 else None
+    try:
+        train_set = training_set(suite, data_root)  # rendered once, when a member trains in this process
+        test_set = clean_test_set(suite, data_root=data_root)
+        with progress(console, loss=True, eta=False) as bar:
+            overall = bar.add_task(f"build {suite.name}", total=len(todo) + len(then), loss=float("nan"))
+            init = None
+            pretext = None
+            if suite.training.get("init") == "pretext" and rest:
+                task = bar.add_task("  pretext backbone", total=pretext_recipe(suite).steps, loss=float("nan"))
+                pretext = build_pretext(suite, device=device, data_root=data_root,
+                                        progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
+                bar.remove_task(task)
+            if root is not None and (root in todo or rest):
+                root_dir = local_checkpoint_dir(suite, root)
+                if root in todo or not is_built(suite, root):
+                    render_once(train_set)
+                    task = bar.add_task(f"  {root.name} (warm start)", total=recipe_for(suite).steps,
+                                        loss=float("nan"))
+                    build_member(suite, root, device=device, data_root=data_root, train_set=train_set,
+                                 test_set=test_set,
+                                 progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
+                    if root in todo:
+                        done[root.name] = root_dir
+                        bar.update(overall, advance=1)
+                if rest:
+                    init, _ = load_checkpoint(root_dir)
+            if pool is not None:
+                done.update(pool.run(rest, then, None if init is None else root_dir, pretext, bar, overall))
+                rest, then = [], []
+            for member in rest:
                 render_once(train_set)
-                task = bar.add_task(f"  {root.name} (warm start)", total=recipe_for(suite).steps, loss=float("nan"))
-                build_member(suite, root, device=device, data_root=data_root, train_set=train_set,
-                             test_set=test_set, progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
-                if root in todo:
-                    done[root.name] = root_dir
-                    bar.update(overall, advance=1)
-            if others:
-                init, _ = load_checkpoint(root_dir)
-        # the most expensive members first, so the last ones to finish are short (less idle time)
-        num_tasks = len(suite.tasks)  # training cost ~ backbone parameters (block copies)
-        rest = sorted((m for m in todo if m is not root), key=lambda m: m.backbone_parameters(num_tasks),
-                      reverse=True)
-        n_workers = min(choose_workers(workers, small_model=suite.tiny, device=device), len(rest))
-        if n_workers > 1:
-            done.update(_build_in_workers(suite, rest, root_dir if init is not None else None, pretext, device,
-                                          data_root,
-                                          choose_threads(threads, small_model=suite.tiny, workers=n_workers),
-                                          n_workers, bar, overall))
-            rest = []
-        for member in rest:
-            render_once(train_set)
-            steps = recipe_for(suite, finetune=init is not None).steps
-            task = bar.add_task(f"  {member.name}", total=steps, loss=float("nan"))
-            done[member.name] = build_member(
-                suite, member, init_from=init, pretext=pretext, device=device, data_root=data_root,
-                train_set=train_set,
-                test_set=test_set, progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
-            bar.update(overall, advance=1)
-            bar.remove_task(task)
-    console.print(f"built {len(todo)} model(s) of {suite.name} in {time.perf_counter() - start:.0f} s "
-                  f"under {local_checkpoint_dir(suite, todo[0]).parent}")
+                steps = recipe_for(suite, finetune=init is not None).steps
+                task = bar.add_task(f"  {member.name}", total=steps, loss=float("nan"))
+                done[member.name] = build_member(
+                    suite, member, init_from=init, pretext=pretext, device=device, data_root=data_root,
+                    train_set=train_set,
+                    test_set=test_set, progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
+                bar.update(overall, advance=1)
+                bar.remove_task(task)
+            for job in then:
+                started = time.perf_counter()
+                job.fn(*job.args)
+                bar.console.print(f"{job.label}: trained in {time.perf_counter() - started:.0f} s", highlight=False,
+                                  markup=False)
+                bar.update(overall, advance=1)
+    finally:
+        if pool is not None:
+            pool.close()
+    jobs = f" and {len(then)} more" if then else ""
+    if todo:
+        console.print(f"built {len(todo)} model(s) of {suite.name}{jobs} in {time.perf_counter() - start:.0f} s "
+                      f"under {local_checkpoint_dir(suite, todo[0]).parent}")
     return done
 
 
@@ -268,33 +298,73 @@ def render_once(dataset) -> None:
         dataset.materialize()
 
 
-def _build_in_workers(suite: Suite, members: list[Member], init_dir: Path | None, pretext: Path | None,
-                      device: str, data_root: str | None, threads: int, workers: int, bar,
-                      overall) -> dict[str, Path]:
-    """Build ``members`` in ``workers`` spawned processes; each finished member is saved by its
-    worker at once (an interrupted build resumes with the members left)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+def _warm_up(suite_ref: str, data_root: str | None) -> None:
+    """A worker's first job: render its training scenes (while the backbone pre-trains)."""
+    _worker_sets(suite_ref, data_root)
 
-    ref = str(suite.path.resolve()) if suite.path is not None else suite.name
-    out: dict[str, Path] = {}
-    task = bar.add_task(f"  {len(members)} members in {workers} processes of {threads} thread(s)",
-                        total=len(members), loss=float("nan"))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=init_worker, initargs=(threads, worker_env()))
-    try:
-        futures = [pool.submit(_build_in_worker, ref, m.name, None if init_dir is None else str(init_dir),
-                               None if pretext is None else str(pretext), device, data_root) for m in members]
-        for future in as_completed(futures):
-            name, path = future.result()
-            out[name] = Path(path)
-            bar.update(task, advance=1)
-            bar.update(overall, advance=1)
-    finally:
+
+class _Workers:
+    """The build's worker processes (spawned, ``threads`` torch threads each): members and
+    :class:`AfterJob` s, at most one per worker at a time; each finished member is saved by its
+    worker at once (an interrupted build resumes with the members left)."""
+
+    def __init__(self, suite: Suite, workers: int, threads: int, device: str, data_root: str | None, *,
+                 warm_up: bool) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.ref = str(suite.path.resolve()) if suite.path is not None else suite.name
+        self.workers, self.threads, self.device, self.data_root = workers, threads, device, data_root
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=init_worker, initargs=(threads, worker_env()))
+        # started now, each worker renders its training set while this process pre-trains
+        self.warming = [self.pool.submit(_warm_up, self.ref, data_root) for _ in range(workers)] if warm_up else []
+
+    def run(self, members: list[Member], jobs: Sequence[AfterJob], init_dir: Path | None, pretext: Path | None,
+            bar, overall) -> dict[str, Path]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        for future in self.warming:
+            future.result()  # a worker that cannot render its data says so here
+        out: dict[str, Path] = {}
+        task = bar.add_task(f"  {len(members) + len(jobs)} models in {self.workers} processes of {self.threads} "
+                            "thread(s)", total=len(members) + len(jobs), loss=float("nan"))
+        building = {m.name for m in members}
+        queue: list = [j for j in jobs if j.after not in building] + list(members)
+        waiting = [j for j in jobs if j.after in building]
+        running: dict = {}
+        started: dict = {}
+        while queue or running:
+            while queue and len(running) < self.workers:
+                item = queue.pop(0)
+                if isinstance(item, AfterJob):
+                    running[self.pool.submit(item.fn, *item.args)] = item
+                    started[item] = time.perf_counter()
+                else:
+                    running[self.pool.submit(_build_in_worker, self.ref, item.name,
+                                             None if init_dir is None else str(init_dir),
+                                             None if pretext is None else str(pretext), self.device,
+                                             self.data_root)] = item
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                item = running.pop(future)
+                result = future.result()
+                if not isinstance(item, AfterJob):
+                    out[item.name] = Path(result[1])
+                    ready = [j for j in waiting if j.after == item.name]  # next, before the other members
+                    waiting = [j for j in waiting if j.after != item.name]
+                    queue[:0] = ready
+                else:
+                    bar.console.print(f"{item.label}: trained in {time.perf_counter() - started[item]:.0f} s",
+                                      highlight=False, markup=False)
+                bar.update(task, advance=1)
+                bar.update(overall, advance=1)
+        bar.remove_task(task)
+        return out
+
+    def close(self) -> None:
         # members finished so far are saved; an interrupted build stops now and resumes with the rest
-        stop_pool(pool)
-    bar.remove_task(task)
-    return out
+        stop_pool(self.pool)
 
 
 def load_model(suite: Suite | str, member: Member | str, *, weights_dir: str | Path | None = None,

@@ -35,8 +35,8 @@ from benchmark.zoo.checkpoint import (
 )
 from benchmark.zoo.hub import mtlbench_home, resolve_weights
 
-__all__ = ["check_defended", "defend_member", "defend_suite", "defended_dir", "find_defended", "is_stale_defended",
-           "parent_sha256"]
+__all__ = ["check_defended", "defend_member", "defend_suite", "defended_dir", "defense_job", "find_defended",
+           "is_stale_defended", "parent_sha256"]
 
 
 def _slug(spec: str) -> str:
@@ -157,15 +157,12 @@ def defend_suite(suite: Suite | str, spec: str, members: list[str] | None = None
     wanted = [suite.member(m) for m in members] if members else list(suite.members)
     done: dict[str, Path] = {}
     todo = []
-    stale = set()
     for m in wanted:
         found = None if rebuild else find_defended(suite, m, defense.spec, weights_dir=weights_dir)
         if found is not None:
             done[m.name] = found
         else:
             todo.append(m)
-            if (defended_dir(suite, m, defense.spec) / CONFIG_FILE).exists():
-                stale.add(m.name)  # a tiny member's FAT model of older weights: trained again from the start
     if not todo:
         return done
     set_threads(threads, small_model=suite.tiny)
@@ -173,15 +170,46 @@ def defend_suite(suite: Suite | str, spec: str, members: list[str] | None = None
     with progress(console, loss=True) as bar:
         overall = bar.add_task(f"defend {suite.name} with {defense.spec}", total=len(todo))
         for m in todo:
-            again = rebuild or m.name in stale
-            if again:
-                (defended_dir(suite, m, defense.spec) / CONFIG_FILE).unlink(missing_ok=True)
-            done[m.name] = defend_member(suite, m, defense.spec, recipe, device=device, data_root=data_root,
-                                         weights_dir=weights_dir, restart=restart or again, console=console,
-                                         bar=bar)
+            done[m.name] = _defend_missing(suite, m, defense.spec, recipe, device=device, data_root=data_root,
+                                           weights_dir=weights_dir, rebuild=rebuild, restart=restart,
+                                           console=console, bar=bar)
             bar.update(overall, advance=1)
     seconds = time.perf_counter() - start
     console.print(f"defended {len(todo)} model(s) of {suite.name} with {defense.spec} in {seconds:.0f} s "
                   f"({seconds / len(todo):.0f} s per model) under {defended_dir(suite, todo[0], defense.spec).parent}",
                   highlight=False, markup=False)
     return done
+
+
+def _defend_missing(suite: Suite, member: Member, spec: str, recipe: FATRecipe, *, rebuild: bool = False,
+                    restart: bool = False, **kwargs) -> Path:
+    """Train ``member`` with ``spec`` where it has no (current) defended checkpoint: a tiny member's
+    checkpoint of older parent weights (or any, with ``rebuild``) is trained again from the start."""
+    old = defended_dir(suite, member, spec) / CONFIG_FILE
+    again = rebuild or old.exists()  # not found by find_defended, yet there: stale
+    if again:
+        old.unlink(missing_ok=True)
+    return defend_member(suite, member, spec, recipe, restart=restart or again, **kwargs)
+
+
+def defense_job(suite: Suite, member: Member, spec: str, *, device: str = "cpu", data_root: str | None = None,
+                weights_dir: str | None = None, after_build: bool = False):
+    """``member`` trained with the training defense ``spec`` as an :class:`~benchmark.zoo.build.AfterJob`
+    of a suite's build (run by its worker processes beside the members; ``after_build``: once the
+    member itself is built by that build)."""
+    from benchmark.zoo.build import AfterJob
+
+    ref = str(suite.path.resolve()) if suite.path is not None else suite.name
+    return AfterJob(_defend_in_worker, (ref, member.name, create_defense(spec).spec, device, data_root, weights_dir),
+                    label=f"{member.name} {spec}", after=member.name if after_build else None)
+
+
+def _defend_in_worker(suite_ref: str, member: str, spec: str, device: str, data_root: str | None,
+                      weights_dir: str | None) -> str:
+    suite = load_suite(suite_ref)
+    m = suite.member(member)
+    found = find_defended(suite, m, spec, weights_dir=weights_dir)
+    if found is not None:
+        return str(found)
+    return str(_defend_missing(suite, m, spec, fat_recipe(suite), device=device, data_root=data_root,
+                               weights_dir=weights_dir))
