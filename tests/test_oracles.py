@@ -33,11 +33,15 @@ class ClassificationTask(Task):
 
 @pytest.fixture(scope="module")
 def single_task():
+    """In float64: the two sides reduce the loss differently (mean against sum), so a gradient
+    component that nearly cancels can round to opposite signs in float32 and send one pixel a
+    step the other way; in float64 that takes a cancellation 2^29 times closer."""
     torch.manual_seed(0)
     model = BranchedModel("AS", {"segment_semantic": 10}, width=0.125, head_hidden=16, head_rates=(1, 2)).eval()
+    model.double()
     for p in model.parameters():
         p.requires_grad_(False)
-    x = torch.rand(4, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(4, 3, 24, 24, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     labels = torch.randint(0, 10, (4, 24, 24), generator=torch.Generator().manual_seed(2))
     return model, x, labels
 

@@ -88,6 +88,19 @@ class ModelConfig:
         return asdict(self)
 
 
+class _ChannelsLast(torch.autograd.Function):
+    """The input in channels-last memory order for the convolutions that follow; its gradient goes
+    back in the default order, so that an attack's input gradient is an ordinary contiguous tensor."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 class BranchedModel(nn.Module):
     def __init__(self, layout: Layout | str, tasks: dict[str, int] | Sequence[tuple[str, int]], *,
                  backbone: str = "resnet34", width: float = 1.0, output_stride: int | None = None,
@@ -123,6 +136,19 @@ class BranchedModel(nn.Module):
         ]
         last = layout.num_blocks - 1
         self._head_input = {name: set_key(layout.task_set(last, t)) for t, name in enumerate(self.task_names)}
+        self.channels_last = False
+
+    def use_channels_last(self, enabled: bool = True) -> BranchedModel:
+        """Run the convolutions in channels-last memory order (weights and activations; inputs,
+        outputs and input gradients keep the default order). The same function to float
+        rounding, except that where a max-pool window holds equal values the input gradient may
+        go to another of the equal pixels. On the CPU a tiny model's attack step (forward and
+        input gradient, eval mode) is 1.13x (AS) to 1.22x (IND) faster
+        (``tox -e bench -- -k channels_last``); a training step is not, so members train in the
+        default order."""
+        self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+        self.channels_last = enabled
+        return self
 
     @classmethod
     def from_config(cls, config: ModelConfig | dict) -> BranchedModel:
@@ -137,6 +163,8 @@ class BranchedModel(nn.Module):
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Output of the last block for each task set of the last block."""
         h = self.normalize(x)
+        if self.channels_last and h.dim() == 4:
+            h = _ChannelsLast.apply(h)
         outs: dict[str, torch.Tensor] = {}
         prev: dict[str, torch.Tensor] = {}
         current_block = 0

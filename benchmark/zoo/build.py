@@ -13,6 +13,7 @@ interrupted build resumes where it stopped.
 from __future__ import annotations
 
 import functools
+import os
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -299,7 +300,10 @@ def render_once(dataset) -> None:
 
 
 def _warm_up(suite_ref: str, data_root: str | None) -> None:
-    """A worker's first job: render its training scenes (while the backbone pre-trains)."""
+    """A worker's first job: render its training scenes while the backbone pre-trains in the
+    driver, at a lower priority than that pre-training (which every member waits for)."""
+    if hasattr(os, "nice"):
+        os.nice(5)
     _worker_sets(suite_ref, data_root)
 
 
