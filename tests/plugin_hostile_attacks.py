@@ -47,6 +47,17 @@ class LeavesAHook(Attack):
         return _noise(images, eps, generator)
 
 
+@register_attack("hostile-train")
+class SwitchesToTraining(Attack):
+    """Leaves the model in training mode (batch norm on batch statistics) with parameter gradients on."""
+
+    def perturb(self, model, images, targets, *, tasks, eps, generator):
+        model.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return _noise(images, eps, generator)
+
+
 @register_attack("hostile-no-grad")
 class DisablesGrad(Attack):
     def perturb(self, model, images, targets, *, tasks, eps, generator):

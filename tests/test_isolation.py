@@ -135,3 +135,12 @@ def test_run_attack_restores_the_model_for_library_users(tiny_nyu, monkeypatch):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     result = run_attack(create_attack("hostile-inputs"), model, batch["image"], batch, tasks=tasks, eps=8, seed=0)
     assert result.verdict.status == "invalid" and torch.equal(batch["image"], images)
+    # every module's mode and every parameter's flag is put back, as each was (here: one module
+    # training, as a library user's model may be)
+    model.heads.train()
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    modes = {n: m.training for n, m in model.named_modules()}
+    run_attack(create_attack("hostile-train"), model, batch["image"], batch, tasks=tasks, eps=8, seed=0)
+    assert {n: m.training for n, m in model.named_modules()} == modes and any(modes.values())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    model.eval()

@@ -40,18 +40,27 @@ def clip_to_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tens
 
 @contextmanager
 def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Eval mode and no parameter gradients for the duration of an attack (restored after)."""
-    was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
+    """Eval mode and no parameter gradients for the duration of an attack; afterwards every
+    module's mode and every parameter's flag is what it was (also when the attack changed them).
+    Only what differs is set, both ways: a loaded target is frozen already."""
+    modules = list(model.modules())
+    modes = [m.training for m in modules]
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    if any(modes):
+        model.eval()
+    for p, flag in zip(params, flags, strict=True):
+        if flag:
+            p.requires_grad_(False)
     try:
         yield model
     finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
+        for p, flag in zip(params, flags, strict=True):
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+        for m, mode in zip(modules, modes, strict=True):
+            if m.training != mode:
+                m.training = mode
 
 
 @dataclass

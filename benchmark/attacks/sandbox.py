@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 
 import torch
@@ -44,32 +43,36 @@ class CellTimeout(BaseException):
 
 class StateGuard:
     """Snapshot of the hooks of ``model`` (and torch's global module hooks) and of the global
-    autograd switches; :meth:`restore` puts them back and says what had changed."""
+    autograd switches; :meth:`restore` puts them back and says what had changed. Taken around
+    every attack call, so it is cheap: each hook dict of each submodule is kept by reference with
+    a tuple of its items (most are empty), and checked against them afterwards."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
-        self.hooks = {(name, attr): OrderedDict(getattr(m, attr))
-                      for name, m in model.named_modules() for attr in _HOOK_DICTS
-                      if isinstance(getattr(m, attr, None), dict)}
-        self.global_hooks = {attr: OrderedDict(getattr(_module, attr)) for attr in _GLOBAL_HOOKS
-                             if isinstance(getattr(_module, attr, None), dict)}
+        self.hooks = [(owner, attr, hooks, tuple(hooks.items()))
+                      for owner in _submodules(model) for attr in _HOOK_DICTS
+                      if isinstance(hooks := owner.__dict__.get(attr), dict)]
+        self.hooks += [(_module, attr, hooks, tuple(hooks.items())) for attr in _GLOBAL_HOOKS
+                       if isinstance(hooks := getattr(_module, attr, None), dict)]
         self.grad_enabled = torch.is_grad_enabled()
         self.anomaly = torch.is_anomaly_enabled()
 
     def restore(self) -> list[str]:
         """Undo every change since the snapshot; returns one line per kind of change."""
         problems: list[str] = []
-        modules = dict(self.model.named_modules())
-        pairs = [(getattr(modules[name], attr), before) for (name, attr), before in self.hooks.items()
-                 if name in modules]
-        pairs += [(getattr(_module, attr), before) for attr, before in self.global_hooks.items()]
         added = removed = 0
-        for now, before in pairs:
-            if list(now) != list(before):
-                added += len(set(now) - set(before))
-                removed += len(set(before) - set(now))
-                now.clear()
-                now.update(before)
+        for owner, attr, before, items in self.hooks:
+            now = getattr(owner, attr, None)
+            if now is before and len(now) == len(items) and (not items or tuple(now.items()) == items):
+                continue  # untouched (the usual case)
+            keys = {k for k, _ in items}
+            now_keys = set(now) if isinstance(now, dict) else set()
+            added += len(now_keys - keys)
+            removed += len(keys - now_keys)
+            before.clear()
+            before.update(items)
+            if now is not before:  # the attack replaced the dict itself
+                setattr(owner, attr, before)
         if added:
             problems.append(f"the attack left {added} hook(s) registered on the model (removed)")
         if removed:
@@ -82,6 +85,17 @@ class StateGuard:
             torch.set_anomaly_enabled(self.anomaly)
             problems.append("the attack changed torch's anomaly-detection mode")
         return problems
+
+
+def _submodules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """``model`` and every submodule, by a walk of the ``_modules`` dicts (``named_modules`` builds a
+    name for each, which costs more than the whole check)."""
+    out, stack = [], [model]
+    while stack:
+        module = stack.pop()
+        out.append(module)
+        stack.extend(m for m in module._modules.values() if m is not None)
+    return out
 
 
 @contextlib.contextmanager
