@@ -1,6 +1,6 @@
 import pytest
 import torch
-import torch.nn.functional as F
+from references import aspp_per_branch
 
 from benchmark.models import BranchedModel, Layout, build_backbone, layout_from_index
 from benchmark.models.heads import ASPPHead, dropout
@@ -168,22 +168,11 @@ def test_parameter_count_without_building_the_model():
         assert count_backbone_parameters(layout, backbone, width) == model.backbone_parameters()
 
 
-def _aspp_per_branch(head, x):
-    """The ASPP head as the paper's code writes it: each branch on its own (conv3x3 -> ReLU ->
-    dropout -> conv1x1 -> ReLU -> dropout -> conv1x1), the branch outputs summed."""
-    out = 0
-    for b in head.branches:
-        h = F.dropout(F.relu(b.conv1(x)), head.p, head.training)
-        h = F.dropout(F.relu(b.conv2(h)), head.p, head.training)
-        out = out + b.conv3(h)
-    return out
-
-
 def test_aspp_head_runs_its_branches_side_by_side_as_the_per_branch_sum():
     torch.manual_seed(0)
     head = ASPPHead(16, 5, hidden=8, rates=(1, 2, 3, 4)).eval()
     x = torch.randn(3, 16, 7, 7, requires_grad=True)
-    ours, theirs = head(x), _aspp_per_branch(head, x)
+    ours, theirs = head(x), aspp_per_branch(head, x)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     g_ours = torch.autograd.grad(ours.square().sum(), [x, *head.parameters()])
     g_theirs = torch.autograd.grad(theirs.square().sum(), [x, *head.parameters()])

@@ -18,6 +18,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from references import aspp_per_branch
 
 from benchmark import tasks as tasks_module
 from benchmark.models import BranchedModel
@@ -38,17 +39,8 @@ def _targets():
             "depth_zbuffer": torch.rand(BATCH, 1, SIZE, SIZE, generator=g) + 0.5}
 
 
-def _aspp_per_branch(head, x):
-    out = 0
-    for b in head.branches:
-        h = F.dropout(F.relu(b.conv1(x)), head.p, head.training)
-        h = F.dropout(F.relu(b.conv2(h)), head.p, head.training)
-        out = out + b.conv3(h)
-    return out
-
-
 LIBRARY_OPS = {
-    (ASPPHead, "forward"): _aspp_per_branch,
+    (ASPPHead, "forward"): aspp_per_branch,
     (branched_module, "upsample_bilinear"):
         lambda x, size: F.interpolate(x, size=size, mode="bilinear", align_corners=False),
     (tasks_module, "_pixel_cross_entropy"):
