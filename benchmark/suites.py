@@ -138,6 +138,11 @@ class Suite:
     metrics: str = "ours"  # metric mode: "ours" (pooled) or "paper" (the authors' code; benchmark.paper_metrics)
 
     @property
+    def ref(self) -> str:
+        """How another process loads this suite again: its manifest's absolute path, or its name."""
+        return str(self.path.resolve()) if self.path is not None else self.name
+
+    @property
     def tiny(self) -> bool:
         """Built locally on synthetic data (the tiny mirrors), not downloaded."""
         return self.mirror_of is not None or self.synthetic

@@ -127,8 +127,7 @@ class Target:
             raise UserError(f"{d.spec} trains suite members (`mtlbench defend`); an external model can be run "
                             "behind an inference-time defense only")
         eot = int(eot) if d is not None and getattr(d, "randomised", False) else 1
-        ref = str(suite_obj.path.resolve()) if suite_obj.path is not None else suite_obj.name
-        return cls(ref, name, None, None if d is None else d.spec, eot, external)
+        return cls(suite_obj.ref, name, None, None if d is None else d.spec, eot, external)
 
     @property
     def in_memory(self) -> bool:

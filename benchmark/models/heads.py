@@ -39,7 +39,6 @@ class _ASPPBranch(nn.Module):
 
     def __init__(self, cin: int, hidden: int, cout: int, rate: int) -> None:
         super().__init__()
-        self.rate = rate
         self.conv1 = nn.Conv2d(cin, hidden, 3, padding=rate, dilation=rate)
         self.conv2 = nn.Conv2d(hidden, hidden, 1)
         self.conv3 = nn.Conv2d(hidden, cout, 1)

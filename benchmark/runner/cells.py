@@ -133,7 +133,7 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
     for s in seed_list:
         if not 0 <= s < 2**63:
             raise UserError(f"seed {s} is outside [0, 2^63) (seeds are stored as 64-bit integers)")
-    ref = str(suite.path.resolve()) if suite.path is not None else suite.name
+    ref = suite.ref
     defense_list = list(dict.fromkeys(defenses if defenses is not None else profile.defenses))
     eot = profile.eot_samples if eot_samples is None else eot_samples
     # a profile's defenses apply to its defended_models (all members when it names none)

@@ -280,8 +280,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
             for job in then:
                 started = time.perf_counter()
                 job.fn(*job.args)
-                bar.console.print(f"{job.label}: trained in {time.perf_counter() - started:.0f} s", highlight=False,
-                                  markup=False)
+                _job_done(bar, job, started)
                 bar.update(overall, advance=1)
     finally:
         if pool is not None:
@@ -307,6 +306,10 @@ def _warm_up(suite_ref: str, data_root: str | None) -> None:
     _worker_sets(suite_ref, data_root)
 
 
+def _job_done(bar, job: AfterJob, started: float) -> None:
+    bar.console.print(f"{job.label}: trained in {time.perf_counter() - started:.0f} s", highlight=False, markup=False)
+
+
 class _Workers:
     """The build's worker processes (spawned, ``threads`` torch threads each): members and
     :class:`AfterJob` s, at most one per worker at a time; each finished member is saved by its
@@ -317,7 +320,7 @@ class _Workers:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        self.ref = str(suite.path.resolve()) if suite.path is not None else suite.name
+        self.ref = suite.ref
         self.workers, self.threads, self.device, self.data_root = workers, threads, device, data_root
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=init_worker, initargs=(threads, worker_env()))
@@ -336,22 +339,18 @@ class _Workers:
         building = {m.name for m in members}
         queue: list = [j for j in jobs if j.after not in building] + list(members)
         waiting = [j for j in jobs if j.after in building]
-        running: dict = {}
-        started: dict = {}
+        running: dict = {}  # future -> (member or job, when it was submitted)
         while queue or running:
             while queue and len(running) < self.workers:
                 item = queue.pop(0)
-                if isinstance(item, AfterJob):
-                    running[self.pool.submit(item.fn, *item.args)] = item
-                    started[item] = time.perf_counter()
-                else:
-                    running[self.pool.submit(_build_in_worker, self.ref, item.name,
-                                             None if init_dir is None else str(init_dir),
-                                             None if pretext is None else str(pretext), self.device,
-                                             self.data_root)] = item
+                future = (self.pool.submit(item.fn, *item.args) if isinstance(item, AfterJob) else
+                          self.pool.submit(_build_in_worker, self.ref, item.name,
+                                           None if init_dir is None else str(init_dir),
+                                           None if pretext is None else str(pretext), self.device, self.data_root))
+                running[future] = item, time.perf_counter()
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                item = running.pop(future)
+                item, started = running.pop(future)
                 result = future.result()
                 if not isinstance(item, AfterJob):
                     out[item.name] = Path(result[1])
@@ -359,8 +358,7 @@ class _Workers:
                     waiting = [j for j in waiting if j.after != item.name]
                     queue[:0] = ready
                 else:
-                    bar.console.print(f"{item.label}: trained in {time.perf_counter() - started[item]:.0f} s",
-                                      highlight=False, markup=False)
+                    _job_done(bar, item, started)
                 bar.update(task, advance=1)
                 bar.update(overall, advance=1)
         bar.remove_task(task)

@@ -199,9 +199,8 @@ def defense_job(suite: Suite, member: Member, spec: str, *, device: str = "cpu",
     member itself is built by that build)."""
     from benchmark.zoo.build import AfterJob
 
-    ref = str(suite.path.resolve()) if suite.path is not None else suite.name
-    return AfterJob(_defend_in_worker, (ref, member.name, create_defense(spec).spec, device, data_root, weights_dir),
-                    label=f"{member.name} {spec}", after=member.name if after_build else None)
+    args = (suite.ref, member.name, create_defense(spec).spec, device, data_root, weights_dir)
+    return AfterJob(_defend_in_worker, args, label=f"{member.name} {spec}", after=member.name if after_build else None)
 
 
 def _defend_in_worker(suite_ref: str, member: str, spec: str, device: str, data_root: str | None,
