@@ -7,6 +7,7 @@ import torch
 from benchmark.attacks import create_attack, create_objective, list_attacks, run_attack
 from benchmark.attacks import registry as registry_module
 from benchmark.attacks.objectives import per_task_losses
+from benchmark.attacks.spec import AttackSpec
 from benchmark.errors import UserError
 from benchmark.evaluation import evaluate
 from benchmark.scoring import arp
@@ -142,6 +143,28 @@ def test_attacks_leave_the_model_as_it_was(tiny_nyu):
                                         generator=torch.Generator().manual_seed(0))
     assert model.training and all(p.requires_grad for p in model.parameters())
     model.eval()
+
+
+def test_every_builtin_attack_is_deterministic_on_the_cpu(tiny_nyu):
+    """What lets a run skip the determinism re-run of mtlbench's own attacks on its own models on
+    the CPU (benchmark.runner.cells.needs_determinism_check): every built-in attack and objective,
+    with its defaults and with the options the paper profile gives it, returns the same images bit
+    for bit when run again with the same seed (the runner's own check, run_attack's re-run)."""
+    from benchmark.suites import load_suite
+
+    model, tasks, batch = tiny_nyu
+    two = {k: v[:2] for k, v in batch.items()}
+    paper = load_suite("tiny-nyuv2-resnet34").profile("paper").options
+    names = list_attacks(tasks=tasks)
+    assert len(names) == 5 * 6 + 1
+    for name in names:
+        spec = AttackSpec.parse(name, tasks=tasks)
+        assert spec.builtin, name
+        budget = getattr(spec.attack_class, "budget_option", None)
+        for options in ({}, paper.get(spec.optimizer, {})):
+            attack = create_attack(spec, **options, **({budget: 2} if budget else {}))
+            run = run_attack(attack, model, two["image"], two, tasks=tasks, eps=8, seed=5, check_determinism=True)
+            assert run.verdict.valid, (name, options, run.verdict.reason)
 
 
 def test_plugin_attacks_register_through_entry_points(tiny_nyu, monkeypatch):

@@ -39,10 +39,14 @@ def test_grid_expansion():
     single = next(c for c in cells if c.attack.name == "pgd:single-depth")
     assert (single.attack.optimizer, single.attack.objective, single.attack.task) == ("pgd", "single-depth",
                                                                                       "depth_zbuffer")
-    # determinism is checked once per (model, attack, seed): in the cells of the first eps at the
-    # profile's budget (a budget curve's points share that verdict)
-    assert {c.eps for c in cells if c.check_determinism} == {4.0}
-    assert not any(c.check_determinism for c in curve)
+    # mtlbench's own attacks on its own models are not re-run on the CPU (deterministic by construction,
+    # tests/test_attacks.py); on a GPU determinism is checked once per (model, attack, seed): in the
+    # cells of the first eps at the profile's budget (a budget curve's points share that verdict)
+    assert not any(c.check_determinism for c in cells)
+    on_gpu = expand_grid(suite, profile, device="cuda")
+    assert {c.eps for c in on_gpu if c.check_determinism} == {4.0}
+    assert len([c for c in on_gpu if c.check_determinism]) == (25 + 2) * 7
+    assert not any(c.check_determinism for c in on_gpu if c.budget_point)
     cells = expand_grid(suite, profile, attacks=["apgd:single-*"], eps=[2, 16], models=["AS"], seeds=[0, 1],
                         defenses=["none"])
     assert {c.attack.name for c in cells} == {"apgd:single-segment", "apgd:single-normal", "apgd:single-depth"}
@@ -58,6 +62,60 @@ def test_grid_expansion():
         expand_grid(suite, profile, attacks=["pgd:single-keypoint"])
     with pytest.raises(UserError, match="outside"):
         expand_grid(suite, profile, eps=[0])
+
+
+def test_determinism_is_checked_wherever_the_code_or_the_device_is_not_ours(tiny_nyu, monkeypatch, tmp_path):
+    """The re-run that checks determinism is skipped only for built-in attacks and objectives on
+    built-in models and defenses on the CPU: a plugin's attack, a user's objective with a built-in
+    optimizer, a defense that is not ours, an external model and a GPU are each checked."""
+    from benchmark.attacks import Attack, register_attack
+    from benchmark.attacks.objectives import GBMTA, OBJECTIVES, register_objective
+    from benchmark.defenses.inference import BitDepth
+    from benchmark.defenses.registry import DEFENSES, register_defense
+    from benchmark.runner.cells import needs_determinism_check
+    from benchmark.targets import Target
+
+    suite = load_suite("tiny-nyuv2-resnet34")
+    profile = suite.profile("quick")
+
+    def checked(attacks, **kw):
+        return {c.attack.name for c in expand_grid(suite, profile, attacks=attacks, eps=[8], models=["AS"], **kw)
+                if c.check_determinism}
+
+    ours = ["none", "bitdepth:4", "median:3", "resize"]
+    assert checked(["pgd:gb-mta", "fgsm:total", "autoattack"], defenses=ours) == set()
+    assert checked(["pgd:gb-mta", "autoattack"], device="cuda") == {"pgd:gb-mta", "autoattack"}
+    model, _, _ = tiny_nyu
+    external = expand_grid(suite, profile, attacks=["pgd:gb-mta"], eps=[8], external=model)
+    assert external and all(c.check_determinism for c in external)
+
+    class Mine(Attack):
+        __module__ = "my_attacks"
+
+        def perturb(self, model, images, targets, *, tasks, eps, generator):
+            return images
+
+    class MyObjective(GBMTA):
+        __module__ = "my_attacks"
+
+    class MyBitDepth(BitDepth):
+        __module__ = "my_defenses"
+
+    monkeypatch.delitem(OBJECTIVES, "my-objective", raising=False)
+    register_attack("my-attack")(Mine)
+    register_objective("my-objective")(MyObjective)
+    register_defense("my-bitdepth")(MyBitDepth)
+    try:
+        assert checked(["my-attack", "pgd:my-objective", "pgd:total"]) == {"my-attack", "pgd:my-objective"}
+        spec = expand_grid(suite, profile, attacks=["pgd:total"], eps=[8], models=["AS"])[0].attack
+        assert needs_determinism_check(Target.of(suite.ref, "AS", defense="my-bitdepth:4"), spec, "cpu")
+        assert not needs_determinism_check(Target.of(suite.ref, "AS", defense="bitdepth:4"), spec, "cpu")
+    finally:
+        from benchmark.attacks.registry import ATTACKS
+
+        ATTACKS.pop("my-attack", None)
+        OBJECTIVES.pop("my-objective", None)
+        DEFENSES.pop("my-bitdepth", None)
 
 
 def test_memory_column_is_what_the_attack_adds(mini, tmp_path, monkeypatch):

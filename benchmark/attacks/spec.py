@@ -22,7 +22,12 @@ from benchmark.attacks.registry import ATTACKS, is_optimizer, load_plugins
 from benchmark.errors import UserError
 from benchmark.tasks import Task, all_tasks
 
-__all__ = ["AttackSpec", "create_attack"]
+__all__ = ["AttackSpec", "create_attack", "is_ours"]
+
+
+def is_ours(obj: object) -> bool:
+    """Whether a class or function is defined in mtlbench's own package (``benchmark``)."""
+    return getattr(obj, "__module__", "").split(".")[0] == "benchmark"
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,16 @@ class AttackSpec:
     def attack_class(self) -> type:
         load_plugins()
         return ATTACKS[self.optimizer]
+
+    @property
+    def builtin(self) -> bool:
+        """Whether all of the attack's code is mtlbench's own: its optimizer (or complete attack)
+        and its objective come with the package, not from a plugin, a submission or a
+        ``register_objective`` of the user's."""
+        parts = [self.attack_class]
+        if self.objective is not None and not self.objective.startswith("single-"):
+            parts.append(OBJECTIVES[self.objective])
+        return all(is_ours(part) for part in parts)
 
     def with_budget(self, steps: dict[str, int]) -> AttackSpec:
         """Apply a profile's step budget (``{optimizer: steps}``) through the optimizer's declared

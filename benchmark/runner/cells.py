@@ -18,7 +18,8 @@ import torch
 
 from benchmark.attacks import list_attacks, run_attack
 from benchmark.attacks.sandbox import CellTimeout, time_limit
-from benchmark.attacks.spec import AttackSpec
+from benchmark.attacks.spec import AttackSpec, is_ours
+from benchmark.defenses import parse_defense
 from benchmark.defenses.inference import deployed
 from benchmark.errors import UserError
 from benchmark.evaluation import per_image_metrics
@@ -29,7 +30,7 @@ from benchmark.suites import Profile, Suite
 from benchmark.targets import Target
 from benchmark.version import __version__
 
-__all__ = ["Cell", "PeakMemory", "evaluate_cell", "expand_grid"]
+__all__ = ["Cell", "PeakMemory", "evaluate_cell", "expand_grid", "needs_determinism_check"]
 
 
 @dataclass(frozen=True)
@@ -100,14 +101,16 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
                 seeds: list[int] | None = None, weights_dir: str | None = None,
                 data_root: str | None = None, cell_timeout: float | None = None,
                 defenses: list[str] | None = None, eot_samples: int | None = None,
-                external: str | Path | torch.nn.Module | None = None, external_name: str | None = None) -> list[Cell]:
+                external: str | Path | torch.nn.Module | None = None, external_name: str | None = None,
+                device: str | torch.device = "cpu") -> list[Cell]:
     """suite x models x attacks (patterns expanded for the suite's tasks) x eps x seeds; with
     ``external`` (a checkpoint directory or an ``nn.Module``), that model instead of the members.
     With the profile's attacks, also the profile's extra step budgets on its budget models.
 
-    The attack's determinism is checked in the cells of the first eps (per model, attack and
-    seed) at the profile's step budget: it is a property of the attack and the model, and checking
-    it once halves the cost of the other cells (a budget curve's points share its verdict)."""
+    Where :func:`needs_determinism_check` says so, the attack's determinism is checked in the cells
+    of the first eps (per target, attack and seed) at the profile's step budget: it is a property of
+    the attack and the model, and checking it once halves the cost of the other cells (a budget
+    curve's points share its verdict). ``device``: where the cells will run."""
     tasks = suite.tasks
     specs: list[AttackSpec] = []
     for pattern in attacks if attacks is not None else profile.attacks:
@@ -148,8 +151,9 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
                  for m in members for d in defense_list)
     targets = list(dict.fromkeys(t for t in every if t.defense is None or defended is None or t.member in defended))
     timeout = profile.cell_timeout if cell_timeout is None else cell_timeout
-    cells = [Cell(t, a, e, s, profile.name, profile.eval_size, profile.batch_size, check_determinism=(i == 0),
-                  data_root=data_root, timeout_s=timeout or None)
+    cells = [Cell(t, a, e, s, profile.name, profile.eval_size, profile.batch_size,
+                  check_determinism=i == 0 and needs_determinism_check(t, a, device), data_root=data_root,
+                  timeout_s=timeout or None)
              for t in targets for a in specs for s in seed_list for i, e in enumerate(eps_list)]
     # the budget curves' extra points: other step budgets on the undefended (budget) members, when
     # the profile's attacks run (a request naming its attacks, `check` or `submit`, gets those only)
@@ -165,6 +169,22 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
                            timeout_s=timeout or None, budget_point=True)
                       for b in extra for s in seed_list for e in eps_list]
     return cells
+
+
+def needs_determinism_check(target: Target, spec: AttackSpec, device: str | torch.device) -> bool:
+    """Whether the cells of ``spec`` on ``target`` repeat the attack on their first batch to check
+    that the same seed gives the same output.
+
+    Not for mtlbench's own attacks against its own models and defenses on the CPU: they draw every
+    random number from the seeded generator they are given and run deterministic CPU kernels, which
+    ``tests/test_attacks.py`` checks bit for bit for every built-in attack and objective (run twice,
+    compared); repeating them would cost a quarter of a run's time and find nothing. Always for an
+    attack or objective whose code is not ours (a plugin, a submission), a defense that is not
+    ours, an external model, and on a GPU, whose kernels may be nondeterministic model by model."""
+    if torch.device(device).type != "cpu" or target.external:
+        return True
+    defense = parse_defense(target.defense)
+    return not (spec.builtin and (defense is None or is_ours(type(defense))))
 
 
 class PeakMemory:

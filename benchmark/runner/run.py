@@ -133,7 +133,8 @@ def _grid(options: RunOptions, suite, profile, module: torch.nn.Module | None = 
     return expand_grid(suite, profile, attacks=options.attacks, eps=options.eps, models=options.models,
                        seeds=options.seeds, weights_dir=options.weights_dir, data_root=options.data_root,
                        cell_timeout=options.cell_timeout, defenses=options.defenses,
-                       eot_samples=options.eot_samples, external=external, external_name=options.model_name)
+                       eot_samples=options.eot_samples, external=external, external_name=options.model_name,
+                       device=options.device)
 
 
 def build_targets(options: RunOptions, *, console: Console | None = None, whole_suite: bool = False) -> None:
