@@ -213,7 +213,8 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
         raise UserError(f"{suite.name} is a full suite trained on real data: use `mtlbench zoo train {suite.name} "
                         "--data-root DIR` (or `zoo import` for the paper authors' checkpoints)")
     built = build_suite(suite, members, device=_device(args.device), data_root=args.data_root, console=err_console,
-                        rebuild=args.rebuild, threads=args.threads, workers=args.workers)
+                        rebuild=args.rebuild, threads=args.threads, workers=args.workers,
+                        pretrain=args.pretrain)
     _print_clean(suite, built)
     return 0
 
@@ -250,7 +251,8 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
         out = {}
         pretext = None
         if suite.training.get("init") == "pretext":
-            pretext = build_pretext(suite, device=_device(args.device), data_root=args.data_root)
+            pretext = build_pretext(suite, device=_device(args.device), data_root=args.data_root,
+                                    pretrain=args.pretrain)
         for name in names:
             member = suite.member(name)
             target = None if args.out is None else f"{args.out}/{member.name}"
@@ -263,7 +265,8 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
         _print_clean(suite, out)
         return 0
     built = build_suite(suite, names, device=_device(args.device), data_root=args.data_root, console=err_console,
-                        rebuild=args.rebuild, threads=args.threads, workers=args.workers)
+                        rebuild=args.rebuild, threads=args.threads, workers=args.workers,
+                        pretrain=args.pretrain)
     _print_clean(suite, built)
     return 0
 
@@ -673,6 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_compute_options(p)
         p.add_argument("--workers", type=_bounded(int, 1, 256), help=WORKERS_HELP)
         p.add_argument("--rebuild", action="store_true", help="train again even if a checkpoint exists")
+        p.add_argument("--pretrain", action="store_true",
+                       help="tiny suites: pre-train the members' common backbone here instead of taking the one "
+                            "shipped with mtlbench (with --rebuild, the members are trained again from it)")
         if action == "train":
             p.add_argument("--steps", type=_bounded(int, 1, 10_000_000), help="override the recipe's training steps")
             p.add_argument("--out", help="write checkpoints to OUT/<model> instead of the cache")

@@ -136,6 +136,92 @@ def test_a_changed_recipe_rebuilds_the_pretext_backbone_and_the_members(tmp_path
     assert "built with another training recipe and are rebuilt: AS" in " ".join(capsys.readouterr().err.split())
 
 
+def test_a_build_takes_the_shipped_backbone_of_its_recipe(tmp_path, monkeypatch):
+    """A suite whose backbone ships with mtlbench (same suite, recipe, architecture and training
+    version) gets a byte-identical copy of it without pre-training; another recipe, or
+    ``pretrain=True``, pre-trains here."""
+    import benchmark.zoo.build as build
+
+    suite = load_suite(write(tmp_path))
+    monkeypatch.setenv("MTLBENCH_HOME", str(tmp_path / "maker"))
+    made = build_pretext(suite)
+    monkeypatch.setattr(build, "SHIPPED_DIR", tmp_path / "shipped")
+    (tmp_path / "shipped").mkdir()
+    made.rename(tmp_path / "shipped" / suite.name)
+    monkeypatch.setenv("MTLBENCH_HOME", str(tmp_path / "user"))
+    calls = []
+    real = build.pretrain_backbone
+    monkeypatch.setattr(build, "pretrain_backbone", lambda *a, **k: calls.append(1) or real(*a, **k))
+    told = []
+    out = build_pretext(suite, log=told.append)
+    assert not calls and out == pretext_dir(suite)
+    for name in ("model.safetensors", "config.json"):
+        assert (out / name).read_bytes() == (tmp_path / "shipped" / suite.name / name).read_bytes()
+    assert "shipped with mtlbench" in told[0]
+    build_pretext(suite, pretrain=True)
+    assert calls == [1]
+    other = load_suite(write(tmp_path, objective="rotation"))  # the same suite name, another recipe
+    build_pretext(other)
+    assert calls == [1, 1] and load_pretext(pretext_dir(other))[1]["recipe"]["objective"] == "rotation"
+
+
+@pytest.mark.slow
+def test_the_shipped_backbones_are_their_recipes_pre_trained(tmp_path, monkeypatch):
+    """Each tiny suite's shipped backbone is intact and of its manifest's recipe, architecture and
+    training version (else the demo pre-trains one), and pre-training tiny-nyuv2-resnet34's here
+    as a build does (one thread) gives it: bit for bit on the CPU it was made on; elsewhere float
+    rounding may move the weights, so an equally good rotation classifier is asked for."""
+    from benchmark.suites import TRAINING_VERSION
+    from benchmark.threads import set_threads
+    from benchmark.zoo.build import pretext_recipe
+    from benchmark.zoo.pretext import SHIPPED_DIR
+
+    for name in ("tiny-nyuv2-resnet34", "tiny-nyuv2-mobilenetv2", "tiny-taskonomy-resnet34"):
+        suite = load_suite(name)
+        first = suite.members[0]
+        _, meta = load_pretext(SHIPPED_DIR / name)  # checks the weights' sha256
+        assert meta["suite"] == name and meta["training_version"] == TRAINING_VERSION, name
+        assert meta["recipe"] == pretext_recipe(suite).to_dict(), name
+        assert meta["architecture"] == {"backbone": first.backbone, "width": first.width,
+                                        "output_stride": first.output_stride}, name
+    monkeypatch.setenv("MTLBENCH_HOME", str(tmp_path / "home"))
+    suite = load_suite("tiny-nyuv2-resnet34")
+    threads = torch.get_num_threads()
+    set_threads(None, small_model=True)
+    try:
+        here, meta = load_pretext(build_pretext(suite, pretrain=True))
+    finally:
+        torch.set_num_threads(threads)
+    shipped, shipped_meta = load_pretext(SHIPPED_DIR / suite.name)
+    if meta["sha256"] == shipped_meta["sha256"]:
+        return
+    scenes = suite.data("test", size=64).materialize()["image"]
+    scores = []
+    for blocks in (here, shipped):
+        net = PretextModel("rotation", backbone="resnet34", width=0.125, output_stride=None)
+        for block, state in zip(net.blocks, blocks, strict=True):
+            block.load_state_dict(state)
+        scores.append(_rotation_accuracy(net, scenes))
+    assert abs(scores[0] - scores[1]) < 0.05, scores  # a random backbone: 0.84, the shipped one 0.99
+
+
+def _rotation_accuracy(net: PretextModel, scenes: torch.Tensor) -> float:
+    """How well a linear probe on the pooled features of ``net`` tells the 4 rotations apart (the
+    pretext head is not kept with the blocks): least squares on half the scenes, scored on the rest."""
+    net.eval()
+    with torch.no_grad():
+        feats, labels = [], []
+        for k in range(4):
+            feats.append(net.features(torch.rot90(scenes, k, dims=(2, 3))).mean((2, 3)))
+            labels.append(torch.full((len(scenes),), k))
+    x, y = torch.cat(feats).double(), torch.cat(labels)
+    half = torch.arange(len(y)) % 2 == 0
+    onehot = F.one_hot(y[half], 4).double()
+    xb = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    w = torch.linalg.lstsq(xb[half], onehot).solution
+    return ((xb[~half] @ w).argmax(1) == y[~half]).double().mean().item()
+
+
 def test_a_damaged_pretext_backbone_is_pre_trained_again(tmp_path, home):
     suite = load_suite(write(tmp_path))
     out = build_pretext(suite)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -29,11 +30,19 @@ from benchmark.errors import UserError
 from benchmark.evaluation import evaluate
 from benchmark.models.branched import BranchedModel
 from benchmark.progress import make_console, progress
-from benchmark.suites import Member, Suite, load_suite
+from benchmark.suites import TRAINING_VERSION, Member, Suite, load_suite
 from benchmark.threads import choose_threads, choose_workers, init_worker, set_threads, stop_pool, worker_env
-from benchmark.zoo.checkpoint import CONFIG_FILE, CheckpointError, CheckpointInfo, load_checkpoint, save_checkpoint
+from benchmark.zoo.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    CheckpointInfo,
+    load_checkpoint,
+    save_checkpoint,
+)
 from benchmark.zoo.hub import is_built, local_checkpoint_dir, pretext_dir, resolve_weights
 from benchmark.zoo.pretext import (
+    SHIPPED_DIR,
     PretextModel,
     PretextRecipe,
     head_seed,
@@ -159,11 +168,14 @@ def pretext_recipe(suite: Suite) -> PretextRecipe:
     return PretextRecipe.from_table(suite.training.get("pretext", {}))
 
 
-def build_pretext(suite: Suite, *, device: str = "cpu", data_root: str | None = None,
-                  progress: Callable[[int, float], None] | None = None) -> Path:
-    """The suite's common pre-trained backbone: the local one when it was built with the
-    manifest's pretext recipe, else pre-trained now (on images of a scene seed the members never
-    train on) and saved."""
+def build_pretext(suite: Suite, *, device: str = "cpu", data_root: str | None = None, pretrain: bool = False,
+                  progress: Callable[[int, float], None] | None = None,
+                  log: Callable[[str], None] | None = None) -> Path:
+    """The suite's common pre-trained backbone, in the local zoo: the local one when it was built
+    with the manifest's pretext recipe, else the one shipped with mtlbench for this suite
+    (:data:`~benchmark.zoo.pretext.SHIPPED_DIR`) when it was, else (or with ``pretrain``)
+    pre-trained now, on images of a scene seed the members never train on, and saved. ``log`` is
+    told where the backbone came from."""
     recipe = pretext_recipe(suite)
     first = suite.members[0]
     arch = {"backbone": first.backbone, "width": first.width, "output_stride": first.output_stride}
@@ -171,22 +183,42 @@ def build_pretext(suite: Suite, *, device: str = "cpu", data_root: str | None = 
         if (m.backbone, m.width, m.output_stride) != tuple(arch.values()):
             raise UserError(f"{suite.name}: init = 'pretext' needs one backbone for every member; {m.name} has "
                             f"{m.backbone} x{m.width}, {first.name} {first.backbone} x{first.width}")
+    identity = {"suite": suite.name, "recipe": recipe.to_dict(), "architecture": arch,
+                "training_version": TRAINING_VERSION}
     out = pretext_dir(suite)
-    if (out / CONFIG_FILE).exists():
-        try:
+    if not pretrain and _pretext_matches(out, identity):
+        return out
+    shipped = SHIPPED_DIR / suite.name
+    if not pretrain and _pretext_matches(shipped, identity):
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (WEIGHTS_FILE, CONFIG_FILE):  # the config last: a copy cut short is not taken for whole
+            shutil.copyfile(shipped / name, out / (name + ".tmp"))
+            (out / (name + ".tmp")).replace(out / name)
+        if log is not None:
             meta = load_pretext(out)[1]
-        except CheckpointError:
-            meta = {}  # damaged: pre-trained again
-        if meta.get("recipe") == recipe.to_dict() and meta.get("architecture") == arch:
-            return out
+            log(f"pretext backbone: the one shipped with mtlbench ({recipe.objective}, {recipe.steps} steps, "
+                f"sha256 {meta['sha256'][:12]}; `--pretrain` pre-trains it here)")
+        return out
     torch.manual_seed(recipe.seed)
     net = PretextModel(recipe.objective, **arch)
     images = suite.data("train", size=recipe.train_size, data_root=data_root, seed=recipe.seed)
     stats = pretrain_backbone(net, images, recipe, device=device, progress=progress)
-    save_pretext(net.cpu(), {"suite": suite.name, "recipe": recipe.to_dict(), "architecture": arch,
-                             "images": f"{suite.data_source} train, seed {recipe.seed}, {len(images)} images",
-                             "stats": {k: round(v, 4) for k, v in stats.items()}}, out)
+    images_text = f"{suite.data_source} train, seed {recipe.seed}, {len(images)} images"
+    save_pretext(net.cpu(), {**identity, "images": images_text, "stats": {k: round(v, 4) for k, v in stats.items()}},
+                 out)
     return out
+
+
+def _pretext_matches(folder: Path, identity: dict) -> bool:
+    """Whether ``folder`` holds an intact pre-trained backbone of ``identity`` (suite, recipe,
+    architecture, training version); a damaged one does not (it is pre-trained again)."""
+    if not (folder / CONFIG_FILE).exists():
+        return False
+    try:
+        meta = load_pretext(folder)[1]
+    except CheckpointError:
+        return False
+    return all(meta.get(k) == v for k, v in identity.items())
 
 
 @dataclass(frozen=True)
@@ -204,7 +236,7 @@ class AfterJob:
 def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, device: str = "cpu",
                 data_root: str | None = None, console: Console | None = None, rebuild: bool = False,
                 threads: int | None = None, workers: int | None = None,
-                then: Sequence[AfterJob] = ()) -> dict[str, Path]:
+                then: Sequence[AfterJob] = (), pretrain: bool = False) -> dict[str, Path]:
     """Build the members of a suite that have no local checkpoint yet, or (tiny suites) one built
     with another recipe (all by default). The common pre-trained backbone (``init = "pretext"``)
     or the warm-start member (AS) is built first when any other member needs it; the others are built
@@ -212,12 +244,19 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     with one thread), which start (and render their training scenes) while the backbone
     pre-trains. ``then``: more training for those processes, each job started as soon as the
     member it needs is built (in this process after the members when there is one worker).
-    ``threads``: torch threads per process (default: :func:`benchmark.threads.choose_threads`)."""
+    ``threads``: torch threads per process (default: :func:`benchmark.threads.choose_threads`).
+    ``pretrain``: pre-train the common backbone here, not take the one shipped with mtlbench
+    (members built before keep theirs unless ``rebuild``)."""
     suite = load_suite(suite) if isinstance(suite, str) else suite
     console = console or make_console(stderr=True)
     wanted = [suite.member(m) for m in members] if members is not None else list(suite.members)
     todo = [m for m in wanted if rebuild or not is_built(suite, m)]
     done = {m.name: local_checkpoint_dir(suite, m) for m in wanted if m not in todo}
+    common = suite.training.get("init") == "pretext"
+    if pretrain and common and not todo:
+        build_pretext(suite, device=device, data_root=data_root, pretrain=True)
+        console.print(f"pre-trained the common backbone of {suite.name} under {pretext_dir(suite)}; the members "
+                      "built before keep their initialisation (`--rebuild` trains them again from it)")
     if not todo and not then:
         return done
     stale = [m.name for m in todo
@@ -245,10 +284,11 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
             overall = bar.add_task(f"build {suite.name}", total=len(todo) + len(then), loss=float("nan"))
             init = None
             pretext = None
-            if suite.training.get("init") == "pretext" and rest:
+            if common and rest:
                 task = bar.add_task("  pretext backbone", total=pretext_recipe(suite).steps, loss=float("nan"))
-                pretext = build_pretext(suite, device=device, data_root=data_root,
-                                        progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
+                pretext = build_pretext(suite, device=device, data_root=data_root, pretrain=pretrain,
+                                        progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo),
+                                        log=lambda text: bar.console.print(text, highlight=False, markup=False))
                 bar.remove_task(task)
             if root is not None and (root in todo or rest):
                 root_dir = local_checkpoint_dir(suite, root)
