@@ -1,7 +1,9 @@
 """Result bundles: what a submitted attack hands over, and how anyone re-scores it.
 
 ``mtlbench submit ATTACK`` runs the attack through the validator (every output), the determinism
-check and a suite profile's protocol on the suite's own (undefended) members, and writes::
+check (every attack that is not mtlbench's own, and any on a GPU:
+:func:`~benchmark.runner.cells.needs_determinism_check`) and a suite profile's protocol on the
+suite's own (undefended) members, and writes::
 
     BUNDLE/manifest.json     attack names, options and source sha256s; mtlbench version and commit;
                              suite, each member's pinned revision/sha256 and the weights revision
