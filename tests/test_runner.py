@@ -299,8 +299,8 @@ def test_worker_processes_give_identical_results_and_replace_a_dead_worker(mini,
     # a worker that dies in the middle of a cell is replaced and its cells are retried
     monkeypatch.setenv("MTLBENCH_TEST_MARKER", str(tmp_path / "marker"))
     monkeypatch.setenv("MTLBENCH_PLUGINS", PLUGIN)
-    summary = run(RunOptions(results=str(two), workers=2, suite=str(mini), attacks=["test-dies-once", "fgsm:total"],
-                             eps=[8], models=["AS"], seeds=[0, 1]))
+    summary = run(RunOptions(results=str(tmp_path / "three.db"), workers=2, suite=str(mini),
+                             attacks=["test-dies-once", "fgsm:total"], eps=[8], models=["AS"], seeds=[0, 1]))
     assert (tmp_path / "marker").read_text() == "died"
     assert summary.done == {"valid": 4}
 

@@ -242,8 +242,9 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     or the warm-start member (AS) is built first when any other member needs it; the others are built
     in ``workers`` processes (default: one per usable core for the tiny suites on the CPU, each
     with one thread), which start (and render their training scenes) while the backbone
-    pre-trains. ``then``: more training for those processes, each job started as soon as the
-    member it needs is built (in this process after the members when there is one worker).
+    pre-trains (when the shipped one is not taken). ``then``: more training for those
+    processes, each job started as soon as the member it needs is built (in this process after
+    the members when there is one worker).
     ``threads``: torch threads per process (default: :func:`benchmark.threads.choose_threads`).
     ``pretrain``: pre-train the common backbone here, not take the one shipped with mtlbench
     (members built before keep theirs unless ``rebuild``)."""
