@@ -165,6 +165,18 @@ def test_a_build_takes_the_shipped_backbone_of_its_recipe(tmp_path, monkeypatch)
     assert calls == [1, 1] and load_pretext(pretext_dir(other))[1]["recipe"]["objective"] == "rotation"
 
 
+def test_pretraining_again_names_the_members_that_keep_the_backbone_they_started_from(tmp_path, home, capsys):
+    suite = load_suite(write(tmp_path))
+    build_suite(suite, ["AS"], workers=1)
+    capsys.readouterr()
+    build_suite(suite, ["AS", "IND"], workers=1, pretrain=True)  # IND is built from the new backbone, AS is not
+    err = " ".join(capsys.readouterr().err.split())
+    assert "1 member(s) built before keep the backbone they started from: AS" in err
+    build_suite(suite, ["AS"], workers=1, pretrain=True)  # nothing to build: the backbone alone
+    err = " ".join(capsys.readouterr().err.split())
+    assert "pre-trained the common backbone of pre" in err and "started from: AS" in err
+
+
 @pytest.mark.slow
 def test_the_shipped_backbones_are_their_recipes_pre_trained(tmp_path, monkeypatch):
     """Each tiny suite's shipped backbone is intact and of its manifest's recipe, architecture and

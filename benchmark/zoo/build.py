@@ -13,7 +13,6 @@ interrupted build resumes where it stopped.
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 import time
 import zlib
@@ -186,16 +185,16 @@ def build_pretext(suite: Suite, *, device: str = "cpu", data_root: str | None = 
     identity = {"suite": suite.name, "recipe": recipe.to_dict(), "architecture": arch,
                 "training_version": TRAINING_VERSION}
     out = pretext_dir(suite)
-    if not pretrain and _pretext_matches(out, identity):
+    if not pretrain and _pretext_of(out, identity) is not None:
         return out
     shipped = SHIPPED_DIR / suite.name
-    if not pretrain and _pretext_matches(shipped, identity):
+    meta = None if pretrain else _pretext_of(shipped, identity)
+    if meta is not None:
         out.mkdir(parents=True, exist_ok=True)
         for name in (WEIGHTS_FILE, CONFIG_FILE):  # the config last: a copy cut short is not taken for whole
             shutil.copyfile(shipped / name, out / (name + ".tmp"))
             (out / (name + ".tmp")).replace(out / name)
         if log is not None:
-            meta = load_pretext(out)[1]
             log(f"pretext backbone: the one shipped with mtlbench ({recipe.objective}, {recipe.steps} steps, "
                 f"sha256 {meta['sha256'][:12]}; `--pretrain` pre-trains it here)")
         return out
@@ -209,16 +208,17 @@ def build_pretext(suite: Suite, *, device: str = "cpu", data_root: str | None = 
     return out
 
 
-def _pretext_matches(folder: Path, identity: dict) -> bool:
-    """Whether ``folder`` holds an intact pre-trained backbone of ``identity`` (suite, recipe,
-    architecture, training version); a damaged one does not (it is pre-trained again)."""
+def _pretext_of(folder: Path, identity: dict) -> dict | None:
+    """The config of the intact pre-trained backbone of ``identity`` (suite, recipe, architecture,
+    training version) in ``folder``; None when there is none, another, or a damaged one (which is
+    then pre-trained again)."""
     if not (folder / CONFIG_FILE).exists():
-        return False
+        return None
     try:
         meta = load_pretext(folder)[1]
     except CheckpointError:
-        return False
-    return all(meta.get(k) == v for k, v in identity.items())
+        return None
+    return meta if all(meta.get(k) == v for k, v in identity.items()) else None
 
 
 @dataclass(frozen=True)
@@ -256,8 +256,11 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     common = suite.training.get("init") == "pretext"
     if pretrain and common and not todo:
         build_pretext(suite, device=device, data_root=data_root, pretrain=True)
-        console.print(f"pre-trained the common backbone of {suite.name} under {pretext_dir(suite)}; the members "
-                      "built before keep their initialisation (`--rebuild` trains them again from it)")
+        console.print(f"pre-trained the common backbone of {suite.name} under {pretext_dir(suite)}")
+    if pretrain and common and done:
+        console.print(Text(f"{suite.name}: {len(done)} member(s) built before keep the backbone they started from: "
+                           f"{', '.join(done)} (`--rebuild` trains them again from the one pre-trained here)"),
+                      soft_wrap=True)
     if not todo and not then:
         return done
     stale = [m.name for m in todo
@@ -340,10 +343,9 @@ def render_once(dataset) -> None:
 
 
 def _warm_up(suite_ref: str, data_root: str | None) -> None:
-    """A worker's first job: render its training scenes while the backbone pre-trains in the
-    driver, at a lower priority than that pre-training (which every member waits for)."""
-    if hasattr(os, "nice"):
-        os.nice(5)
+    """A worker's first job: render its training scenes (a few seconds) while the driver takes or
+    pre-trains the backbone. At the worker's normal priority: a lowered one would stay with the
+    process (it cannot be raised again without privileges) and slow every member it then trains."""
     _worker_sets(suite_ref, data_root)
 
 
