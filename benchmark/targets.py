@@ -58,13 +58,13 @@ class LoadedTarget:
     info: Any = None  # the checkpoint's CheckpointInfo
 
 
-
 def _fast_layout(model: torch.nn.Module, device) -> torch.nn.Module:
     """A loaded checkpoint's model as evaluated here: on the CPU in channels-last order (faster
     attack steps, the same function; :meth:`BranchedModel.use_channels_last`)."""
     if torch.device(device).type == "cpu" and hasattr(model, "use_channels_last"):
         model.use_channels_last()
     return model
+
 
 @dataclass(frozen=True)
 class Target:

@@ -155,7 +155,8 @@ def test_every_builtin_attack_is_deterministic_on_the_cpu(tiny_nyu):
     model, tasks, batch = tiny_nyu
     two = {k: v[:2] for k, v in batch.items()}
     paper = load_suite("tiny-nyuv2-resnet34").profile("paper").options
-    names = list_attacks(tasks=tasks)
+    ours = {"apgd", "autosaga", "fgsm", "mim", "pgd", "autoattack"}  # other tests' plugins may be registered too
+    names = [n for n in list_attacks(tasks=tasks) if n.partition(":")[0] in ours]
     assert len(names) == 5 * 6 + 1
     for name in names:
         spec = AttackSpec.parse(name, tasks=tasks)

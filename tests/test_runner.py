@@ -64,7 +64,7 @@ def test_grid_expansion():
         expand_grid(suite, profile, eps=[0])
 
 
-def test_determinism_is_checked_wherever_the_code_or_the_device_is_not_ours(tiny_nyu, monkeypatch, tmp_path):
+def test_determinism_is_checked_wherever_the_code_or_the_device_is_not_ours(tiny_nyu):
     """The re-run that checks determinism is skipped only for built-in attacks and objectives on
     built-in models and defenses on the CPU: a plugin's attack, a user's objective with a built-in
     optimizer, a defense that is not ours, an external model and a GPU are each checked."""
@@ -101,7 +101,6 @@ def test_determinism_is_checked_wherever_the_code_or_the_device_is_not_ours(tiny
     class MyBitDepth(BitDepth):
         __module__ = "my_defenses"
 
-    monkeypatch.delitem(OBJECTIVES, "my-objective", raising=False)
     register_attack("my-attack")(Mine)
     register_objective("my-objective")(MyObjective)
     register_defense("my-bitdepth")(MyBitDepth)
