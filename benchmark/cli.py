@@ -212,11 +212,52 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
     if not suite.tiny and args.data_root is None:
         raise UserError(f"{suite.name} is a full suite trained on real data: use `mtlbench zoo train {suite.name} "
                         "--data-root DIR` (or `zoo import` for the paper authors' checkpoints)")
+    out = args.out
+    if args.ship:
+        if not suite.tiny or args.out is not None or args.seed is not None:
+            raise UserError("--ship trains a tiny suite's shipped members from the manifest's recipe (no --out, no "
+                            "--seed)")
+        from benchmark.zoo.hub import shipped_root
+
+        out = shipped_root(suite)
     built = build_suite(suite, members, device=_device(args.device), data_root=args.data_root, console=err_console,
                         rebuild=args.rebuild, threads=args.threads, workers=args.workers,
-                        pretrain=args.pretrain)
+                        pretrain=args.pretrain, out=out, seed=args.seed)
+    if args.ship:
+        _pin(suite, built)
+    else:
+        _compare_with_shipped(suite, built)
     _print_clean(suite, built)
     return 0
+
+
+def _compare_with_shipped(suite, built: dict) -> None:
+    """Say whether the members just trained are bit for bit the pinned shipped weights."""
+    from benchmark.zoo.checkpoint import WEIGHTS_FILE, file_sha256
+    from benchmark.zoo.hub import shipped_root
+
+    shipped = shipped_root(suite).resolve()
+    trained = {n: Path(d) for n, d in built.items()
+               if suite.member(n).sha256 and shipped not in Path(d).resolve().parents}
+    if not trained:
+        return
+    differ = [n for n, d in trained.items() if file_sha256(d / WEIGHTS_FILE) != suite.member(n).sha256]
+    err_console.print(f"{len(trained) - len(differ)} of {len(trained)} model(s) trained here are bit for bit the "
+                      "weights that ship with mtlbench (sha256 pinned in the manifest)"
+                      + (f"; these differ: {', '.join(differ)} (float rounding differs between CPUs, thread counts "
+                         "and torch builds)" if differ else "")
+                      + f". Runs use the shipped weights; `--weights-dir {next(iter(trained.values())).parent}` "
+                      "runs these.")
+
+
+def _pin(suite, built: dict, defense: str | None = None) -> None:
+    """Pin the sha256 of each shipped checkpoint in ``built`` in the suite's manifest."""
+    from benchmark.zoo.checkpoint import WEIGHTS_FILE, file_sha256
+    from benchmark.zoo.hub import pin_shipped
+
+    for name, directory in built.items():
+        pin_shipped(suite.path, name, file_sha256(Path(directory) / WEIGHTS_FILE), defense=defense)
+    err_console.print(f"pinned the sha256 of {len(built)} shipped checkpoint(s) in {suite.path}")
 
 
 def _print_clean(suite, built: dict) -> None:
@@ -238,7 +279,7 @@ def _print_clean(suite, built: dict) -> None:
 
 def cmd_zoo_train(args: argparse.Namespace) -> int:
     from benchmark.suites import load_suite
-    from benchmark.zoo.build import build_member, build_pretext, build_suite, load_model
+    from benchmark.zoo.build import build_member, build_pretext, build_suite, load_model, with_seed
 
     suite = load_suite(args.suite)
     if suite.tiny:
@@ -247,6 +288,9 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
         raise UserError(f"training {suite.name} needs the real {suite.data_source} data: pass --data-root DIR "
                         "(directory format in the README)")
     names = _csv(args.model) or [m.name for m in suite.members]
+    if args.seed is not None and args.out is None:
+        raise UserError("--seed trains another run of the recipe: give it its own folder with --out DIR")
+    suite = with_seed(suite, args.seed)
     if args.steps is not None or args.out is not None:
         out = {}
         pretext = None
@@ -391,9 +435,21 @@ def cmd_defend(args: argparse.Namespace) -> int:
 
     overrides = {"steps": args.steps, "attack_steps": args.attack_steps, "tau": args.tau, "eps": args.eps,
                  "checkpoint_every": args.checkpoint_every, "seed": args.seed}
+    out = args.out
+    if args.ship:
+        from benchmark.defenses import canonical_defense
+        from benchmark.suites import load_suite
+        from benchmark.zoo.defend import shipped_defended_dir
+
+        suite = load_suite(args.suite)
+        if not suite.tiny or args.out is not None:
+            raise UserError("--ship trains a tiny suite's shipped defended checkpoints (no --out)")
+        out = shipped_defended_dir(suite, canonical_defense(args.defense))
     done = defend_suite(args.suite, args.defense, _csv(args.models), device=_device(args.device),
                         data_root=args.data_root, weights_dir=args.weights_dir, rebuild=args.rebuild,
-                        restart=args.restart, console=err_console, threads=args.threads, **overrides)
+                        restart=args.restart, console=err_console, threads=args.threads, out=out, **overrides)
+    if args.ship:
+        _pin(suite, done, defense=canonical_defense(args.defense))
     table = Table(title=f"{args.defense}: defended checkpoints and their clean metrics")
     table.add_column("model")
     table.add_column("trained", justify="right")
@@ -679,9 +735,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--pretrain", action="store_true",
                        help="tiny suites: pre-train the members' common backbone here instead of taking the one "
                             "shipped with mtlbench (with --rebuild, the members are trained again from it)")
+        p.add_argument("--out", help="write checkpoints to OUT/<model> instead of the cache (a build there goes on "
+                                     "where it stopped)")
+        p.add_argument("--seed", type=_bounded(int, 0, 1_000_000), help="another training seed of the recipe "
+                       "(other heads' draw, batch order and dropout; the same pre-trained backbone); needs --out")
+        p.add_argument("--ship", action="store_true", help="tiny suites, in a source checkout: train into the weights "
+                       "folder that ships with mtlbench and pin each member's sha256 in the manifest")
         if action == "train":
             p.add_argument("--steps", type=_bounded(int, 1, 10_000_000), help="override the recipe's training steps")
-            p.add_argument("--out", help="write checkpoints to OUT/<model> instead of the cache")
         p.set_defaults(func=func)
     p = zsub.add_parser("import", help="convert the paper authors' checkpoints (<layout_idx>/<tasks>.model)")
     p.add_argument("suite")
@@ -753,6 +814,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-dir", help="local checkpoint directories DIR/<model>/ (Hub format)")
     p.add_argument("--rebuild", action="store_true", help="train again even if a defended checkpoint exists")
     p.add_argument("--restart", action="store_true", help="ignore a resume checkpoint and train from the start")
+    p.add_argument("--out", help="write the checkpoints to OUT/<model> instead of the cache")
+    p.add_argument("--ship", action="store_true", help="tiny suites, in a source checkout: train into the weights "
+                   "folder that ships with mtlbench and pin each checkpoint's sha256 in the manifest")
     p.set_defaults(func=cmd_defend)
 
     defenses = sub.add_parser("defenses", help="registered defenses")

@@ -135,6 +135,8 @@ class Suite:
     mirror_of: str | None = None
     selection: str = ""
     path: Path | None = None
+    #: a tiny suite's shipped defended checkpoints: defense spec -> member -> sha256 of its weights
+    defended_sha256: dict[str, dict[str, str]] = field(default_factory=dict)
     metrics: str = "ours"  # metric mode: "ours" (pooled) or "paper" (the authors' code; benchmark.paper_metrics)
 
     @property
@@ -210,7 +212,7 @@ _MEMBER_KEYS = {"name", "index", "layout", "backbone", "width", "input_size", "r
                 "head_hidden", "head_rates"}
 _PROFILE_KEYS = {"eps", "attacks", "steps", "eval_size", "seeds", "batch_size", "description", "cell_timeout",
                  "defenses", "eot_samples", "defended_models", "models", "budgets", "budget_models", "options"}
-_TOP_KEYS = {"suite", "models", "profiles", "training", "fat"}
+_TOP_KEYS = {"suite", "models", "profiles", "training", "fat", "weights"}
 _MEMBER_OVERRIDES = {"backbone": str, "width": (int, float), "input_size": int, "head_hidden": int}
 _DATASETS = {"nyuv2": 3, "taskonomy": 5}
 
@@ -354,6 +356,8 @@ def load_suite(name_or_path: str | Path) -> Suite:
     except UserError as exc:
         raise c.fail("fat", str(exc).removeprefix("FAT recipe: ")) from None
     names = {m.name for m in members}
+    pins, defended_pins = _weights(c, raw.get("weights"), names, tiny=bool(mirror) or data.startswith("synthetic-"))
+    members = tuple(replace(m, sha256=pins[m.name]) if m.name in pins else m for m in members)
     for profile in profiles.values():
         for key in ("defended_models", "models"):
             for m in getattr(profile, key) or ():
@@ -363,19 +367,52 @@ def load_suite(name_or_path: str | Path) -> Suite:
                  data_source=data,
                  split=c.typed(head, "split", str, "suite", "test"), backbone=defaults["backbone"],
                  members=members, profiles=profiles, training=dict(training), fat=dict(fat), mirror_of=mirror,
-                 selection=c.typed(head, "selection", str, "suite", ""), path=path, metrics=metrics)
+                 selection=c.typed(head, "selection", str, "suite", ""), path=path, metrics=metrics,
+                 defended_sha256=defended_pins)
+
+
+def _weights(c: _Checker, table: Any, names: set[str], *, tiny: bool) -> tuple[dict[str, str], dict[str, dict]]:
+    """A tiny suite's ``[weights]`` table: the sha256 of each shipped member's weights file
+    (``[weights.sha256]``, member = sha256) and of each shipped defended checkpoint
+    (``[weights.defended."<defense>"]``, member = sha256)."""
+    if table is None:
+        return {}, {}
+    if not tiny:
+        raise c.fail("weights", "a full suite pins each member's revision and sha256 in its [[models]] entry")
+    from benchmark.defenses import canonical_defense
+
+    c.keys(table, {"sha256", "defended"}, "weights")
+
+    def pins(entries: Any, where: str) -> dict[str, str]:
+        c.keys(entries, names, where)
+        for member, sha in entries.items():
+            if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+                raise c.fail(f"{where}.{member}", f"{sha!r} is not a sha256 (64 lowercase hex digits)")
+        return dict(entries)
+
+    defended = {}
+    for spec, entries in c.typed(table, "defended", dict, "weights", {}).items():
+        try:
+            canonical = canonical_defense(spec)
+        except UserError as exc:
+            raise c.fail(f"weights.defended.{spec}", str(exc)) from None
+        if canonical != spec:
+            raise c.fail(f"weights.defended.{spec}", f"write the defense as {canonical!r}")
+        defended[spec] = pins(entries, f"weights.defended.{spec}")
+    return pins(c.typed(table, "sha256", dict, "weights", {}), "weights.sha256"), defended
 
 
 def _training(c: _Checker, table: Any, members: set[str]) -> dict[str, Any]:
     """The ``[training]`` recipe, every number in its range (a member trains on it)."""
     c.keys(table, {"steps", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "seed", "train_size",
-                   "warm_start", "finetune_steps", "finetune_lr", "init", "pretext"}, "training")
+                   "warm_start", "finetune_steps", "finetune_lr", "init", "pretext", "weights_dtype"}, "training")
     for key, types, low, high in (("steps", int, 1, 10_000_000), ("batch_size", int, 1, 65_536),
                                   ("lr", (int, float), 1e-12, 10), ("weight_decay", (int, float), 0, 10),
                                   ("seed", int, 0, 2**62), ("train_size", int, 1, MAX_EVAL_SIZE),
                                   ("finetune_steps", int, 0, 10_000_000), ("finetune_lr", (int, float), 1e-12, 10)):
         c.typed(table, key, types, "training", None, low=low, high=high)
-    for key, allowed in (("optimizer", ("adam", "sgd")), ("schedule", ("cosine", "constant"))):
+    for key, allowed in (("optimizer", ("adam", "sgd")), ("schedule", ("cosine", "constant")),
+                         ("weights_dtype", ("float32", "float16", "bfloat16"))):
         if c.typed(table, key, str, "training", allowed[0]) not in allowed:
             raise c.fail(f"training.{key}", f"expected one of {', '.join(allowed)}, got {table[key]!r}")
     warm = c.typed(table, "warm_start", str, "training", None)

@@ -216,7 +216,7 @@ class Target:
     def _load_defended(self, device, console=None):
         from benchmark.zoo.build import expected_config
         from benchmark.zoo.checkpoint import load_checkpoint
-        from benchmark.zoo.defend import check_defended, find_defended
+        from benchmark.zoo.defend import check_defended, find_defended, pinned_sha256
         from benchmark.zoo.hub import MissingWeightsError
 
         suite, member = self.suite_spec, self.member_spec
@@ -230,7 +230,9 @@ class Target:
             raise MissingWeightsError(f"{suite.name}/{self.name} is not trained yet: run `mtlbench defend {suite.name} "
                                       f"--defense {self.defense} --models {member.name}`")
         check_defended(directory, suite, member, self.defense, weights_dir=self.weights_dir)
-        model, info = load_checkpoint(directory, expect=expected_config(member, suite), device=device)
+        model, info = load_checkpoint(directory, expect=expected_config(member, suite), device=device,
+                                      sha256=pinned_sha256(suite, member, self.defense, directory),
+                                      remedy="it ships with mtlbench, so reinstall mtlbench")
         info.origin = "defended"
         return model, info
 

@@ -141,13 +141,14 @@ def test_a_build_takes_the_shipped_backbone_of_its_recipe(tmp_path, monkeypatch)
     version) gets a byte-identical copy of it without pre-training; another recipe, or
     ``pretrain=True``, pre-trains here."""
     import benchmark.zoo.build as build
+    import benchmark.zoo.hub as hub
 
     suite = load_suite(write(tmp_path))
     monkeypatch.setenv("MTLBENCH_HOME", str(tmp_path / "maker"))
     made = build_pretext(suite)
-    monkeypatch.setattr(build, "SHIPPED_DIR", tmp_path / "shipped")
-    (tmp_path / "shipped").mkdir()
-    made.rename(tmp_path / "shipped" / suite.name)
+    monkeypatch.setattr(hub, "SHIPPED_ZOO", tmp_path / "shipped")
+    (tmp_path / "shipped" / suite.name).mkdir(parents=True)
+    made.rename(tmp_path / "shipped" / suite.name / "_pretext")
     monkeypatch.setenv("MTLBENCH_HOME", str(tmp_path / "user"))
     calls = []
     real = build.pretrain_backbone
@@ -156,7 +157,7 @@ def test_a_build_takes_the_shipped_backbone_of_its_recipe(tmp_path, monkeypatch)
     out = build_pretext(suite, log=told.append)
     assert not calls and out == pretext_dir(suite)
     for name in ("model.safetensors", "config.json"):
-        assert (out / name).read_bytes() == (tmp_path / "shipped" / suite.name / name).read_bytes()
+        assert (out / name).read_bytes() == (tmp_path / "shipped" / suite.name / "_pretext" / name).read_bytes()
     assert "shipped with mtlbench" in told[0]
     build_pretext(suite, pretrain=True)
     assert calls == [1]
@@ -186,12 +187,12 @@ def test_the_shipped_backbones_are_their_recipes_pre_trained(tmp_path, monkeypat
     from benchmark.suites import TRAINING_VERSION
     from benchmark.threads import set_threads
     from benchmark.zoo.build import pretext_recipe
-    from benchmark.zoo.pretext import SHIPPED_DIR
+    from benchmark.zoo.hub import shipped_pretext_dir
 
     for name in ("tiny-nyuv2-resnet34", "tiny-nyuv2-mobilenetv2", "tiny-taskonomy-resnet34"):
         suite = load_suite(name)
         first = suite.members[0]
-        _, meta = load_pretext(SHIPPED_DIR / name)  # checks the weights' sha256
+        _, meta = load_pretext(shipped_pretext_dir(suite))  # checks the weights' sha256
         assert meta["suite"] == name and meta["training_version"] == TRAINING_VERSION, name
         assert meta["recipe"] == pretext_recipe(suite).to_dict(), name
         assert meta["architecture"] == {"backbone": first.backbone, "width": first.width,
@@ -204,7 +205,7 @@ def test_the_shipped_backbones_are_their_recipes_pre_trained(tmp_path, monkeypat
         here, meta = load_pretext(build_pretext(suite, pretrain=True))
     finally:
         torch.set_num_threads(threads)
-    shipped, shipped_meta = load_pretext(SHIPPED_DIR / suite.name)
+    shipped, shipped_meta = load_pretext(shipped_pretext_dir(suite))
     if meta["sha256"] == shipped_meta["sha256"]:
         return
     scenes = suite.data("test", size=64).materialize()["image"]

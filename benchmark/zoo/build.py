@@ -17,7 +17,7 @@ import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,11 +37,17 @@ from benchmark.zoo.checkpoint import (
     CheckpointError,
     CheckpointInfo,
     load_checkpoint,
+    round_weights,
     save_checkpoint,
 )
-from benchmark.zoo.hub import is_built, local_checkpoint_dir, pretext_dir, resolve_weights
+from benchmark.zoo.hub import (
+    is_stale,
+    local_checkpoint_dir,
+    pretext_dir,
+    resolve_weights,
+    shipped_pretext_dir,
+)
 from benchmark.zoo.pretext import (
-    SHIPPED_DIR,
     PretextModel,
     PretextRecipe,
     head_seed,
@@ -58,12 +64,25 @@ __all__ = ["AfterJob", "build_member", "build_pretext", "build_suite", "clean_te
 _RECIPE_KEYS = set(TrainRecipe.__dataclass_fields__)
 
 
+def with_seed(suite: Suite, seed: int | None) -> Suite:
+    """``suite`` with its training recipe's ``seed`` replaced (another training run of the same
+    recipe: other heads' draw, batch order and dropout masks; the same pre-trained backbone)."""
+    return suite if seed is None else replace(suite, training={**suite.training, "seed": int(seed)})
+
+
+def training_seed(suite: Suite, member: Member) -> int:
+    """The seed of ``member``'s training run: the recipe's ``seed`` (a million apart, so two seeds'
+    reshuffled epochs never coincide) and the member's name."""
+    return int(suite.training.get("seed", 0)) * 1_000_000 + zlib.crc32(member.name.encode()) % 1000
+
+
 def member_model(suite: Suite, member: Member) -> BranchedModel:
-    """A freshly initialised model of ``member``: seeded by the suite's name when its members share
-    one initialisation (``init = "pretext"``: the same heads for every member), else by the
-    member's name."""
+    """A freshly initialised model of ``member``: seeded by the suite's name (and the recipe's
+    seed) when its members share one initialisation (``init = "pretext"``: the same heads for
+    every member), else by the member's name."""
     common = suite.training.get("init") == "pretext"
-    torch.manual_seed(head_seed(suite.name) if common else zlib.crc32(f"{suite.name}/{member.name}".encode()))
+    seed = int(suite.training.get("seed", 0))
+    torch.manual_seed(head_seed(suite.name, seed) if common else zlib.crc32(f"{suite.name}/{member.name}".encode()))
     tasks = suite.tasks
     return BranchedModel(member.layout, {t.name: t.channels for t in tasks}, backbone=member.backbone,
                          width=member.width, head_hidden=member.head_hidden, head_rates=member.head_rates,
@@ -126,9 +145,10 @@ def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | Non
         model.warm_start_from(init_from)
         init = {"init": "warm_start"}
     recipe = recipe_for(suite, finetune=init_from is not None, steps=steps)
-    recipe.seed = int(suite.training.get("seed", 0)) + zlib.crc32(member.name.encode()) % 1000
+    recipe.seed = training_seed(suite, member)
     train_set = train_set if train_set is not None else training_set(suite, data_root)
     stats = train_model(model, tasks, train_set, recipe, device=device, progress=progress)
+    round_weights(model, recipe.weights_dtype)  # the clean metrics are those of the stored values
     test_set = test_set if test_set is not None else clean_test_set(suite, data_root=data_root)
     metrics = evaluate(model, tasks, make_loader(test_set, 32), device=device)
     info = CheckpointInfo(model=model.config, dataset=suite.data_source, suite=suite.name, member=member.name,
@@ -137,11 +157,33 @@ def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | Non
                                     "warm_start": "AS" if init_from is not None else None,
                                     "recipe_id": suite.training_id,
                                     "train_size": len(train_set), "seconds": round(stats["seconds"], 1),
-                                    "final_loss": stats["final_loss"], "device": str(device)},
+                                    "final_loss": stats["final_loss"], **machine(device)},
                           clean_metrics=metrics)
     out = Path(out_dir) if out_dir is not None else local_checkpoint_dir(suite, member)
-    save_checkpoint(model.cpu(), info, out)
+    save_checkpoint(model.cpu(), info, out, dtype=recipe.weights_dtype)
     return out
+
+
+def machine(device: str | torch.device) -> dict[str, str | int]:
+    """Where a model was trained (its card says so): the device (the GPU's name, or the CPU's with
+    the instruction set torch's kernels use), torch threads and torch version. Training is bit for
+    bit repeatable on the same device, thread count and torch build."""
+    import platform
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        name = f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+    return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
 
 
 @functools.lru_cache(maxsize=1)
@@ -153,14 +195,14 @@ def _worker_sets(suite_ref: str, data_root: str | None):
 
 
 def _build_in_worker(suite_ref: str, member: str, init_dir: str | None, pretext: str | None, device: str,
-                     data_root: str | None) -> tuple[str, str]:
+                     data_root: str | None, seed: int | None, out_dir: str) -> tuple[str, str]:
     """One member, built in a worker process exactly as in the driver (same seed, same data)."""
-    suite = load_suite(suite_ref)
+    suite = with_seed(load_suite(suite_ref), seed)
     train_set, test_set = _worker_sets(suite_ref, data_root)
     init = load_checkpoint(init_dir)[0] if init_dir is not None else None
     return member, str(build_member(suite, suite.member(member), init_from=init,
                                     pretext=None if pretext is None else Path(pretext), device=device,
-                                    data_root=data_root, train_set=train_set, test_set=test_set))
+                                    data_root=data_root, train_set=train_set, test_set=test_set, out_dir=out_dir))
 
 
 def pretext_recipe(suite: Suite) -> PretextRecipe:
@@ -172,7 +214,7 @@ def build_pretext(suite: Suite, *, device: str = "cpu", data_root: str | None = 
                   log: Callable[[str], None] | None = None) -> Path:
     """The suite's common pre-trained backbone, in the local zoo: the local one when it was built
     with the manifest's pretext recipe, else the one shipped with mtlbench for this suite
-    (:data:`~benchmark.zoo.pretext.SHIPPED_DIR`) when it was, else (or with ``pretrain``)
+    (:func:`~benchmark.zoo.hub.shipped_pretext_dir`) when it was, else (or with ``pretrain``)
     pre-trained now, on images of a scene seed the members never train on, and saved. ``log`` is
     told where the backbone came from."""
     recipe = pretext_recipe(suite)
@@ -187,7 +229,7 @@ def build_pretext(suite: Suite, *, device: str = "cpu", data_root: str | None = 
     out = pretext_dir(suite)
     if not pretrain and _pretext_of(out, identity) is not None:
         return out
-    shipped = SHIPPED_DIR / suite.name
+    shipped = shipped_pretext_dir(suite)
     meta = None if pretrain else _pretext_of(shipped, identity)
     if meta is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -236,7 +278,8 @@ class AfterJob:
 def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, device: str = "cpu",
                 data_root: str | None = None, console: Console | None = None, rebuild: bool = False,
                 threads: int | None = None, workers: int | None = None,
-                then: Sequence[AfterJob] = (), pretrain: bool = False) -> dict[str, Path]:
+                then: Sequence[AfterJob] = (), pretrain: bool = False, out: str | Path | None = None,
+                seed: int | None = None) -> dict[str, Path]:
     """Build the members of a suite that have no local checkpoint yet, or (tiny suites) one built
     with another recipe (all by default). The common pre-trained backbone (``init = "pretext"``)
     or the warm-start member (AS) is built first when any other member needs it; the others are built
@@ -247,12 +290,36 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     the members when there is one worker).
     ``threads``: torch threads per process (default: :func:`benchmark.threads.choose_threads`).
     ``pretrain``: pre-train the common backbone here, not take the one shipped with mtlbench
-    (members built before keep theirs unless ``rebuild``)."""
+    (members built before keep theirs unless ``rebuild``). ``out``: build into ``out/<member>/``
+    instead of the local zoo (members already there with the manifest's recipe are kept, so an
+    interrupted build goes on). ``seed``: another training seed of the recipe (see
+    :func:`with_seed`; needs ``out``)."""
     suite = load_suite(suite) if isinstance(suite, str) else suite
+    if seed is not None and out is None:
+        raise UserError("a build with another training seed needs its own folder (--out DIR): the local zoo holds "
+                        "the members of the manifest's recipe")
+    suite = with_seed(suite, seed)
     console = console or make_console(stderr=True)
     wanted = [suite.member(m) for m in members] if members is not None else list(suite.members)
-    todo = [m for m in wanted if rebuild or not is_built(suite, m)]
-    done = {m.name: local_checkpoint_dir(suite, m) for m in wanted if m not in todo}
+
+    def where(m: Member) -> Path:
+        return Path(out) / m.name if out is not None else local_checkpoint_dir(suite, m)
+
+    def found(m: Member) -> Path | None:
+        """The member's checkpoint if it is already there (shipped, local or downloaded)."""
+        if out is None:
+            try:
+                return resolve_weights(suite, m, local_files_only=True)[0]
+            except UserError:
+                return None
+        fresh = (where(m) / CONFIG_FILE).exists() and not (suite.tiny and is_stale(suite, where(m)))
+        return where(m) if fresh else None
+
+    def built(m: Member) -> bool:
+        return found(m) is not None
+
+    done = {} if rebuild else {m.name: found(m) for m in wanted if built(m)}
+    todo = [m for m in wanted if m.name not in done]
     common = suite.training.get("init") == "pretext"
     if pretrain and common and not todo:
         build_pretext(suite, device=device, data_root=data_root, pretrain=True)
@@ -263,8 +330,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
                       soft_wrap=True)
     if not todo and not then:
         return done
-    stale = [m.name for m in todo
-             if suite.tiny and not rebuild and (local_checkpoint_dir(suite, m) / CONFIG_FILE).exists()]
+    stale = [m.name for m in todo if suite.tiny and not rebuild and (where(m) / CONFIG_FILE).exists()]
     if stale:
         console.print(Text(f"{suite.name}: {len(stale)} local model(s) were built with another training recipe "
                            f"and are rebuilt: {', '.join(stale)}"), soft_wrap=True)
@@ -295,13 +361,13 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
                                         log=lambda text: bar.console.print(text, highlight=False, markup=False))
                 bar.remove_task(task)
             if root is not None and (root in todo or rest):
-                root_dir = local_checkpoint_dir(suite, root)
-                if root in todo or not is_built(suite, root):
+                root_dir = where(root)
+                if root in todo or not built(root):
                     render_once(train_set)
                     task = bar.add_task(f"  {root.name} (warm start)", total=recipe_for(suite).steps,
                                         loss=float("nan"))
                     build_member(suite, root, device=device, data_root=data_root, train_set=train_set,
-                                 test_set=test_set,
+                                 test_set=test_set, out_dir=root_dir,
                                  progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
                     if root in todo:
                         done[root.name] = root_dir
@@ -309,7 +375,8 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
                 if rest:
                     init, _ = load_checkpoint(root_dir)
             if pool is not None:
-                done.update(pool.run(rest, then, None if init is None else root_dir, pretext, bar, overall))
+                done.update(pool.run(rest, then, None if init is None else root_dir, pretext, bar, overall,
+                                     seed=seed, where=where))
                 rest, then = [], []
             for member in rest:
                 render_once(train_set)
@@ -317,7 +384,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
                 task = bar.add_task(f"  {member.name}", total=steps, loss=float("nan"))
                 done[member.name] = build_member(
                     suite, member, init_from=init, pretext=pretext, device=device, data_root=data_root,
-                    train_set=train_set,
+                    train_set=train_set, out_dir=where(member),
                     test_set=test_set, progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
                 bar.update(overall, advance=1)
                 bar.remove_task(task)
@@ -332,7 +399,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     jobs = f" and {len(then)} more" if then else ""
     if todo:
         console.print(f"built {len(todo)} model(s) of {suite.name}{jobs} in {time.perf_counter() - start:.0f} s "
-                      f"under {local_checkpoint_dir(suite, todo[0]).parent}")
+                      f"under {where(todo[0]).parent}")
     return done
 
 
@@ -371,7 +438,7 @@ class _Workers:
         self.warming = [self.pool.submit(_warm_up, self.ref, data_root) for _ in range(workers)] if warm_up else []
 
     def run(self, members: list[Member], jobs: Sequence[AfterJob], init_dir: Path | None, pretext: Path | None,
-            bar, overall) -> dict[str, Path]:
+            bar, overall, *, seed: int | None, where: Callable[[Member], Path]) -> dict[str, Path]:
         from concurrent.futures import FIRST_COMPLETED, wait
 
         for future in self.warming:
@@ -389,7 +456,8 @@ class _Workers:
                 future = (self.pool.submit(item.fn, *item.args) if isinstance(item, AfterJob) else
                           self.pool.submit(_build_in_worker, self.ref, item.name,
                                            None if init_dir is None else str(init_dir),
-                                           None if pretext is None else str(pretext), self.device, self.data_root))
+                                           None if pretext is None else str(pretext), self.device, self.data_root,
+                                           seed, str(where(item))))
                 running[future] = item, time.perf_counter()
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
@@ -424,9 +492,13 @@ def load_model(suite: Suite | str, member: Member | str, *, weights_dir: str | P
         if not build:
             raise UserError(f"{suite.name}/{member.name} is not built yet; run `mtlbench zoo build {suite.name}`")
         directory = build_suite(suite, [member.name], console=console)[member.name]
-    # the pinned hash identifies the published weights: a copy in the local zoo must be them too
-    # (it would otherwise silently stand in for them); --weights-dir is the user's own model
-    model, info = load_checkpoint(directory, sha256=member.sha256 if source in ("hub", "local") else "",
-                                  expect=expected_config(member, suite), device=device)
+    # the pinned hash identifies the published (or shipped) weights: a full suite's copy in the local
+    # zoo must be them too (it would otherwise silently stand in for them); a tiny suite's local
+    # build is its own model, as --weights-dir is the user's
+    pinned = source in ("hub", "shipped") or (source == "local" and not suite.tiny)
+    remedy = (f"it ships with mtlbench, so reinstall mtlbench (in a checkout: `git checkout -- {directory}`)"
+              if source == "shipped" else "delete it and download again (or rebuild it)")
+    model, info = load_checkpoint(directory, sha256=member.sha256 if pinned else "",
+                                  expect=expected_config(member, suite), device=device, remedy=remedy)
     info.origin = source
     return model, info

@@ -26,8 +26,8 @@ from benchmark.models.branched import BranchedModel, ModelConfig
 from benchmark.models.layouts import Layout, LayoutError
 from benchmark.version import __version__
 
-__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "CheckpointError", "CheckpointInfo", "file_sha256", "load_checkpoint",
-           "read_config", "save_checkpoint"]
+__all__ = ["CONFIG_FILE", "STORAGE_DTYPES", "WEIGHTS_FILE", "CheckpointError", "CheckpointInfo", "file_sha256",
+           "load_checkpoint", "read_config", "round_weights", "save_checkpoint", "storage_dtype"]
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -82,14 +82,45 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(model: BranchedModel, info: CheckpointInfo, directory: str | Path) -> str:
-    """Write ``model`` and ``info`` as a Hub-style directory; returns the weights' sha256.
-    Files are written under temporary names and renamed, so a killed process never leaves a
-    directory that looks complete but is not."""
+#: the storage precisions a checkpoint's floating-point tensors may have (loaded into the model's own)
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def storage_dtype(tensor: torch.Tensor, dtype: str) -> torch.dtype:
+    """The dtype ``tensor`` is stored in when a checkpoint asks for ``dtype``: that precision for a
+    floating-point tensor whose values fit its range, else the tensor's own (integers, and e.g. the
+    running variance of a BatchNorm on 0-255 inputs, above float16's largest value 65504)."""
+    low = STORAGE_DTYPES[dtype]
+    if not tensor.is_floating_point() or tensor.dtype == low:
+        return tensor.dtype
+    if tensor.numel() and tensor.detach().abs().max().item() > torch.finfo(low).max:
+        return tensor.dtype
+    return low
+
+
+def round_weights(model: torch.nn.Module, dtype: str) -> torch.nn.Module:
+    """Round every floating-point parameter and buffer of ``model`` to its storage dtype under
+    ``dtype`` (:func:`storage_dtype`; kept in the model's own dtype), in place: the model then holds
+    exactly what a checkpoint stored in ``dtype`` loads back."""
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            stored = storage_dtype(tensor, dtype)
+            if stored != tensor.dtype:
+                tensor.copy_(tensor.to(stored))
+    return model
+
+
+def save_checkpoint(model: BranchedModel, info: CheckpointInfo, directory: str | Path, *,
+                    dtype: str = "float32") -> str:
+    """Write ``model`` and ``info`` as a Hub-style directory, floating-point tensors stored in
+    ``dtype`` where they fit (:func:`storage_dtype`; round the model with :func:`round_weights`
+    first to keep it equal to its file);
+    returns the weights' sha256. Files are written under temporary names and renamed, so a killed
+    process never leaves a directory that looks complete but is not."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     info.created = info.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to(storage_dtype(v, dtype)).contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = out / (WEIGHTS_FILE + ".tmp")
     # one metadata key: safetensors writes the metadata map in a per-process random order, so two
     # keys would give the same weights a different file hash in every process
@@ -171,10 +202,11 @@ def _check_model_config(cfg: ModelConfig, path: Path) -> None:
 
 
 def load_checkpoint(directory: str | Path, *, sha256: str = "", expect: dict[str, Any] | None = None,
-                    device: str | torch.device = "cpu") -> tuple[BranchedModel, CheckpointInfo]:
-    """Load a checkpoint directory. ``sha256`` (when given) must match the weights file;
-    ``expect`` maps ModelConfig fields (layout, backbone, width, ...) to the values a manifest
-    requires. Returns the model in eval mode and its info."""
+                    device: str | torch.device = "cpu", remedy: str = "delete it and download again (or rebuild it)",
+                    ) -> tuple[BranchedModel, CheckpointInfo]:
+    """Load a checkpoint directory. ``sha256`` (when given) must match the weights file (else the
+    error says ``remedy``); ``expect`` maps ModelConfig fields (layout, backbone, width, ...) to the
+    values a manifest requires. Returns the model in eval mode and its info."""
     d = Path(directory)
     if not d.is_dir():
         raise CheckpointError(f"checkpoint directory {d} does not exist")
@@ -186,7 +218,7 @@ def load_checkpoint(directory: str | Path, *, sha256: str = "", expect: dict[str
         actual = file_sha256(weights)
         if actual != sha256:
             raise CheckpointError(f"{weights}: sha256 {actual} does not match the pinned {sha256}; the file is "
-                                  "corrupt or was changed. Delete it and download again (or rebuild it)")
+                                  f"corrupt or was changed: {remedy}")
     for key, wanted in (expect or {}).items():
         have = getattr(info.model, key)
         if key == "layout":
@@ -218,10 +250,13 @@ def load_checkpoint(directory: str | Path, *, sha256: str = "", expect: dict[str
         if tuple(tensor.shape) != tuple(want.shape):
             raise CheckpointError(f"{weights}: tensor {name} has shape {tuple(tensor.shape)}, but the config's model "
                                   f"needs {tuple(want.shape)}; the weights and config.json do not belong together")
-        if tensor.dtype != want.dtype:
-            # integer weights would be cast silently (and wrongly) by load_state_dict
+        stored_float = tensor.dtype in STORAGE_DTYPES.values() and want.is_floating_point()
+        if tensor.dtype != want.dtype and not stored_float:
+            # integer weights would be cast silently (and wrongly) by load_state_dict; floating-point
+            # ones may be stored in a lower precision and are loaded into the model's
             raise CheckpointError(f"{weights}: tensor {name} is {tensor.dtype}, the model's is {want.dtype}; "
-                                  "weights are stored in the model's own dtypes")
+                                  "weights are stored in the model's own dtypes (floating-point ones may be "
+                                  f"{', '.join(STORAGE_DTYPES)})")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{weights}: the weights do not fit the config ({len(missing)} missing, e.g. "

@@ -23,7 +23,7 @@ from benchmark.evaluation import evaluate
 from benchmark.progress import make_console, progress
 from benchmark.suites import Member, Suite, load_suite
 from benchmark.threads import set_threads
-from benchmark.zoo.build import clean_test_set, load_model, render_once, training_set
+from benchmark.zoo.build import clean_test_set, load_model, machine, render_once, training_set
 from benchmark.zoo.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -31,12 +31,13 @@ from benchmark.zoo.checkpoint import (
     CheckpointInfo,
     file_sha256,
     read_config,
+    round_weights,
     save_checkpoint,
 )
-from benchmark.zoo.hub import mtlbench_home, resolve_weights
+from benchmark.zoo.hub import mtlbench_home, resolve_weights, shipped_root
 
 __all__ = ["check_defended", "defend_member", "defend_suite", "defended_dir", "defense_job", "find_defended",
-           "is_stale_defended", "parent_sha256"]
+           "is_stale_defended", "parent_sha256", "pinned_sha256", "shipped_defended", "shipped_defended_dir"]
 
 
 def _slug(spec: str) -> str:
@@ -48,9 +49,35 @@ def defended_dir(suite: Suite, member: Member, spec: str) -> Path:
     return mtlbench_home() / "zoo" / suite.name / "defended" / _slug(spec) / member.name
 
 
+def shipped_defended_dir(suite: Suite, spec: str) -> Path:
+    """Where a tiny suite's checkpoints under the training defense ``spec`` ship with mtlbench
+    (``<dir>/<member>/``)."""
+    return shipped_root(suite) / "defended" / _slug(spec)
+
+
+def shipped_defended(suite: Suite, member: Member, spec: str) -> Path | None:
+    """The checkpoint of ``member`` under ``spec`` that ships with mtlbench, when the manifest
+    pins it (``[weights.defended."<spec>"]``) and it was trained with the manifest's ``[fat]``
+    recipe from the member's current weights."""
+    if not suite.defended_sha256.get(spec, {}).get(member.name):
+        return None
+    directory = shipped_defended_dir(suite, spec) / member.name
+    if not (directory / CONFIG_FILE).exists() or is_stale_defended(directory, suite, member):
+        return None
+    try:
+        recorded = read_config(directory).defense.get("recipe")
+    except CheckpointError:
+        return directory  # damaged: loading it says what is wrong
+    return directory if recorded == fat_recipe(suite).to_dict() else None
+
+
 def find_defended(suite: Suite, member: Member, spec: str, *, weights_dir: str | Path | None = None) -> Path | None:
-    """The finished checkpoint of ``member`` under the training defense ``spec``, or None."""
+    """The finished checkpoint of ``member`` under the training defense ``spec`` (in
+    ``weights_dir``, shipped with mtlbench, or in the local zoo), or None."""
     candidates = [Path(weights_dir) / "defended" / _slug(spec) / member.name] if weights_dir else []
+    shipped = shipped_defended(suite, member, spec)
+    if shipped is not None:
+        candidates.append(shipped)
     local = defended_dir(suite, member, spec)
     candidates.append(local)
     for c in candidates:
@@ -59,6 +86,13 @@ def find_defended(suite: Suite, member: Member, spec: str, *, weights_dir: str |
                 continue  # trained again on first use, as a tiny member built with another recipe is
             return c
     return None
+
+
+def pinned_sha256(suite: Suite, member: Member, spec: str, directory: Path) -> str:
+    """The sha256 a defended checkpoint must have: the manifest's pin when it is the shipped one."""
+    if directory == shipped_defended(suite, member, spec):
+        return suite.defended_sha256[spec][member.name]
+    return ""
 
 
 def is_stale_defended(directory: Path, suite: Suite, member: Member) -> bool:
@@ -127,17 +161,20 @@ def defend_member(suite: Suite, member: Member, spec: str, recipe: FATRecipe, *,
     stats = train_fat(model, suite.tasks, train_set, attack, recipe, device=torch.device(device), resume=resume,
                       meta=meta, progress=None if bar is None else
                       (lambda s, lo: bar.update(task, completed=s, loss=lo)))
+    dtype = suite.training.get("weights_dtype", "float32")
+    round_weights(model, dtype)  # stored as the member is; the clean metrics are those of the stored values
     test_set = clean_test_set(suite, data_root=data_root)
     metrics = evaluate(model, suite.tasks, make_loader(test_set, 32), device=device)
     info = CheckpointInfo(
         model=model.config, dataset=suite.data_source, suite=suite.name, member=member.name,
         input_size=member.input_size, clean_metrics=metrics,
         training={**recipe.to_dict(), "train_size": len(train_set), "seconds": round(stats["seconds"], 1),
-                  "resumed_at_step": stats["resumed_at"], "final_loss": stats["final_loss"], "device": str(device)},
+                  "resumed_at_step": stats["resumed_at"], "final_loss": stats["final_loss"], "weights_dtype": dtype,
+                  **machine(device)},
         defense={"spec": defense.spec, "kind": "training", "attack": defense.attack.name,
                  "attack_options": dict(attack_spec.options),
                  "parent_sha256": parent, "recipe": recipe.to_dict()})
-    save_checkpoint(model.cpu(), info, out)
+    save_checkpoint(model.cpu(), info, out, dtype=dtype)
     resume.unlink(missing_ok=True)
     if bar is not None:
         bar.remove_task(task)
@@ -147,9 +184,10 @@ def defend_member(suite: Suite, member: Member, spec: str, recipe: FATRecipe, *,
 def defend_suite(suite: Suite | str, spec: str, members: list[str] | None = None, *, device: str = "cpu",
                  data_root: str | None = None, weights_dir: str | None = None, rebuild: bool = False,
                  restart: bool = False, console: Console | None = None, threads: int | None = None,
-                 **overrides) -> dict[str, Path]:
+                 out: str | Path | None = None, **overrides) -> dict[str, Path]:
     """Defend the members of a suite (all by default) with ``spec``; members already defended are
-    kept unless ``rebuild``. ``overrides`` change the suite's recipe (``steps=``, ``attack_steps=``...)."""
+    kept unless ``rebuild``. ``overrides`` change the suite's recipe (``steps=``, ``attack_steps=``...).
+    ``out``: write ``out/<member>/`` instead of the local zoo (members finished there are kept)."""
     suite = load_suite(suite) if isinstance(suite, str) else suite
     console = console or make_console(stderr=True)
     defense = create_defense(spec)
@@ -158,7 +196,10 @@ def defend_suite(suite: Suite | str, spec: str, members: list[str] | None = None
     done: dict[str, Path] = {}
     todo = []
     for m in wanted:
-        found = None if rebuild else find_defended(suite, m, defense.spec, weights_dir=weights_dir)
+        if out is not None:
+            found = Path(out) / m.name if (Path(out) / m.name / CONFIG_FILE).exists() and not rebuild else None
+        else:
+            found = None if rebuild else find_defended(suite, m, defense.spec, weights_dir=weights_dir)
         if found is not None:
             done[m.name] = found
         else:
@@ -172,24 +213,25 @@ def defend_suite(suite: Suite | str, spec: str, members: list[str] | None = None
         for m in todo:
             done[m.name] = _defend_missing(suite, m, defense.spec, recipe, device=device, data_root=data_root,
                                            weights_dir=weights_dir, rebuild=rebuild, restart=restart,
-                                           console=console, bar=bar)
+                                           console=console, bar=bar,
+                                           out_dir=None if out is None else Path(out) / m.name)
             bar.update(overall, advance=1)
     seconds = time.perf_counter() - start
     console.print(f"defended {len(todo)} model(s) of {suite.name} with {defense.spec} in {seconds:.0f} s "
-                  f"({seconds / len(todo):.0f} s per model) under {defended_dir(suite, todo[0], defense.spec).parent}",
+                  f"({seconds / len(todo):.0f} s per model) under {done[todo[0].name].parent}",
                   highlight=False, markup=False)
     return done
 
 
 def _defend_missing(suite: Suite, member: Member, spec: str, recipe: FATRecipe, *, rebuild: bool = False,
-                    restart: bool = False, **kwargs) -> Path:
+                    restart: bool = False, out_dir: Path | None = None, **kwargs) -> Path:
     """Train ``member`` with ``spec`` where it has no (current) defended checkpoint: a tiny member's
     checkpoint of older parent weights (or any, with ``rebuild``) is trained again from the start."""
-    old = defended_dir(suite, member, spec) / CONFIG_FILE
+    old = (out_dir or defended_dir(suite, member, spec)) / CONFIG_FILE
     again = rebuild or old.exists()  # not found by find_defended, yet there: stale
     if again:
         old.unlink(missing_ok=True)
-    return defend_member(suite, member, spec, recipe, restart=restart or again, **kwargs)
+    return defend_member(suite, member, spec, recipe, restart=restart or again, out_dir=out_dir, **kwargs)
 
 
 def defense_job(suite: Suite, member: Member, spec: str, *, device: str = "cpu", data_root: str | None = None,

@@ -2,13 +2,16 @@
 
 * a local directory (``--weights-dir DIR``: ``DIR/<member>/`` or ``DIR/<suite>/<member>/`` in the
   checkpoint format),
-* a tiny mirror: ``$MTLBENCH_HOME/zoo/<suite>/<member>/``, built on first use,
+* a tiny mirror: shipped with mtlbench (``benchmark/zoo/weights/<suite>/<member>/``, the sha256
+  pinned in the manifest's ``[weights]``), or ``$MTLBENCH_HOME/zoo/<suite>/<member>/``, built on
+  first use for members that are not shipped (a manifest of one's own, another recipe),
 * a full suite: the Hub repo at the manifest's pinned revision, through huggingface_hub's cache
   (``HF_HUB_OFFLINE=1`` or ``local_files_only`` never touches the network).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -18,10 +21,13 @@ from benchmark.suites import REPO_ID, Member, Suite
 from benchmark.zoo.checkpoint import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, CheckpointError, file_sha256, read_config
 
 PRETEXT_DIR = "_pretext"
+#: the tiny suites' weights that ship with mtlbench, in the local zoo's layout:
+#: ``<suite>/<member>/``, ``<suite>/defended/<defense>/<member>/`` and ``<suite>/_pretext/``
+SHIPPED_ZOO = Path(__file__).parent / "weights"
 
-__all__ = ["PRETEXT_DIR", "MissingWeightsError", "hub_offline", "is_built", "is_stale", "local_checkpoint_dir",
-           "mtlbench_home", "pin_in_manifest", "pretext_dir",
-           "push_checkpoint", "resolve_weights"]
+__all__ = ["PRETEXT_DIR", "SHIPPED_ZOO", "MissingWeightsError", "hub_offline", "is_built", "is_stale",
+           "local_checkpoint_dir", "mtlbench_home", "pin_in_manifest", "pin_shipped", "pretext_dir", "push_checkpoint",
+           "resolve_weights", "shipped_dir", "shipped_pretext_dir", "shipped_root", "shipped_weights"]
 
 CHECKPOINT_FILES = [WEIGHTS_FILE, CONFIG_FILE, CARD_FILE]
 
@@ -47,6 +53,32 @@ def pretext_dir(suite: Suite) -> Path:
     """Where a suite's common pre-trained backbone (``init = "pretext"``) is built locally (member
     names start with a letter or digit, so no member has this folder)."""
     return mtlbench_home() / "zoo" / suite.name / PRETEXT_DIR
+
+
+def shipped_root(suite: Suite) -> Path:
+    """Where a standard tiny suite's weights ship with mtlbench (the local zoo's layout)."""
+    return SHIPPED_ZOO / suite.name
+
+
+def shipped_dir(suite: Suite, member: Member) -> Path:
+    """Where ``member`` of a standard tiny suite ships with mtlbench."""
+    return shipped_root(suite) / member.name
+
+
+def shipped_weights(suite: Suite, member: Member) -> Path | None:
+    """The shipped checkpoint of ``member`` when the manifest pins it (``[weights.sha256]``) and it
+    was trained with the manifest's recipe (an edited ``[training]`` makes the suite build locally)."""
+    if not (suite.tiny and member.sha256):
+        return None
+    directory = shipped_dir(suite, member)
+    if (directory / CONFIG_FILE).exists() and not is_stale(suite, directory):
+        return directory
+    return None
+
+
+def shipped_pretext_dir(suite: Suite) -> Path:
+    """Where the pre-trained backbone of a standard tiny suite ships with mtlbench."""
+    return shipped_root(suite) / PRETEXT_DIR
 
 
 def is_stale(suite: Suite, directory: Path) -> bool:
@@ -89,9 +121,10 @@ def _in_weights_dir(weights_dir: Path, suite: Suite, member: Member) -> Path | N
 def resolve_weights(suite: Suite, member: Member, *, weights_dir: str | Path | None = None,
                     cache_dir: str | Path | None = None,
                     local_files_only: bool | None = None) -> tuple[Path | None, str]:
-    """The checkpoint directory of ``member`` and where it came from (``weights-dir``, ``local``
-    or ``hub``), downloading it from the Hub when needed. The directory is ``None`` for a tiny
-    mirror that has not been built yet (the caller builds it)."""
+    """The checkpoint directory of ``member`` and where it came from (``weights-dir``,
+    ``shipped``, ``local`` or ``hub``), downloading it from the Hub when needed. A tiny suite's
+    pinned members ship with mtlbench; the directory is ``None`` for a tiny member that is neither
+    shipped nor built yet (the caller builds it)."""
     if weights_dir is not None:
         wd = Path(weights_dir)
         if not wd.is_dir():
@@ -99,6 +132,9 @@ def resolve_weights(suite: Suite, member: Member, *, weights_dir: str | Path | N
         found = _in_weights_dir(wd, suite, member)
         if found is not None:
             return found, "weights-dir"
+    shipped = shipped_weights(suite, member)
+    if shipped is not None:
+        return shipped, "shipped"
     local = local_checkpoint_dir(suite, member)
     if (local / CONFIG_FILE).exists() and not (suite.tiny and is_stale(suite, local)):
         return local, "local"
@@ -173,6 +209,41 @@ def push_checkpoint(directory: str | Path, repo_id: str, *, token: str | None = 
     except HfHubHTTPError as exc:
         raise UserError(f"push to {repo_id} failed: {exc}") from None
     return commit.oid, digest
+
+
+_SHIPPED_COMMENT = """\
+# The members' weights ship with mtlbench (benchmark/zoo/weights/<suite>/, Hub checkpoint format), each
+# weights file's sha256 pinned here and checked on every load: every machine attacks the same weights.
+# `mtlbench zoo build SUITE --ship` (and `mtlbench defend SUITE ... --ship`) trains them from the recipe
+# above into that folder and writes these pins.
+"""
+
+
+def pin_shipped(manifest: str | Path, member: str, sha256: str, *, defense: str | None = None) -> None:
+    """Pin the sha256 of a shipped member's weights (``[weights.sha256]``), or of its checkpoint
+    under a training defense (``[weights.defended."<defense>"]``), in a tiny suite's manifest. The
+    table is rewritten in place with its entries sorted; the rest of the text is kept."""
+    import tomllib
+
+    path = Path(manifest)
+    text = path.read_text()
+    table = tomllib.loads(text).get("weights", {})
+    entries = dict(table.get("sha256", {}) if defense is None else table.get("defended", {}).get(defense, {}))
+    entries[member] = sha256
+    header = "[weights.sha256]" if defense is None else f'[weights.defended."{defense}"]'
+    body = "".join(f"{k if re.fullmatch(r'[A-Za-z0-9_-]+', k) else json.dumps(k)} = \"{v}\"\n"
+                   for k, v in sorted(entries.items()))
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.strip() == header), None)
+    if start is None:
+        comment = _SHIPPED_COMMENT if "[weights" not in text else ""
+        text = text.rstrip("\n") + "\n\n" + comment + header + "\n" + body
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+        while end > start + 1 and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")):
+            end -= 1  # blank lines and the next table's comment stay where they are
+        text = "".join(lines[:start + 1]) + body + "".join(lines[end:])
+    path.write_text(text)
 
 
 def pin_in_manifest(manifest: str | Path, member: str, *, repo_id: str, revision: str, sha256: str) -> None:

@@ -24,8 +24,8 @@ on AS, 10.4 on IND), flattening the effect of sharing that the paper studies.
 The result is saved in the local zoo next to the members (``<zoo>/<suite>/_pretext/``: the blocks
 as safetensors and a ``config.json`` with the recipe, the training version and the weights'
 sha256). Like ImageNet weights, it is pre-trained once: the backbone of each tiny suite ships with
-mtlbench (:data:`SHIPPED_DIR`, the ``_pretext`` folder that ``mtlbench zoo build SUITE --pretrain``
-writes, copied byte for byte) and a build copies it into the zoo when its recipe, architecture and
+mtlbench (``benchmark/zoo/weights/<suite>/_pretext/``, the folder that ``mtlbench zoo build SUITE
+--pretrain`` writes, copied byte for byte) and a build copies it into the zoo when its recipe, architecture and
 training version are the manifest's; otherwise (another recipe, a suite of one's own, or
 ``--pretrain``) the backbone is pre-trained here, which ``tests/test_pretext.py`` checks gives the
 shipped weights.
@@ -52,13 +52,10 @@ from benchmark.suites import PRETEXT_OBJECTIVES
 from benchmark.zoo.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, file_sha256
 from benchmark.zoo.train import optimise
 
-__all__ = ["OBJECTIVES", "SHIPPED_DIR", "PretextModel", "PretextRecipe", "head_seed", "init_from_pretext",
+__all__ = ["OBJECTIVES", "PretextModel", "PretextRecipe", "head_seed", "init_from_pretext",
            "load_pretext", "pretrain_backbone", "save_pretext"]
 
 OBJECTIVES = PRETEXT_OBJECTIVES  # the first is the default
-#: the pre-trained backbones that ship with mtlbench: ``<suite name>/`` holds ``model.safetensors``
-#: and ``config.json`` as ``mtlbench zoo build SUITE --pretrain`` writes them under ``_pretext``
-SHIPPED_DIR = Path(__file__).parent / "pretrained"
 
 
 @dataclass
@@ -207,6 +204,6 @@ def init_from_pretext(model: BranchedModel, blocks: list[dict[str, torch.Tensor]
     return model
 
 
-def head_seed(suite_name: str) -> int:
-    """The seed of the heads' common random initialisation (one per suite)."""
-    return zlib.crc32(f"{suite_name}/init".encode())
+def head_seed(suite_name: str, seed: int = 0) -> int:
+    """The seed of the heads' common random initialisation (one per suite and training seed)."""
+    return zlib.crc32(f"{suite_name}/init".encode()) + seed

@@ -28,6 +28,9 @@ class TrainRecipe:
     optimizer: str = "adam"
     schedule: str = "cosine"
     seed: int = 0
+    #: the precision the weights are stored (and shipped) in; a member is rounded to it before its
+    #: clean metrics are measured, so the stored values are the model
+    weights_dtype: str = "float32"
 
     def to_dict(self) -> dict:
         return asdict(self)
