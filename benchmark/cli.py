@@ -41,6 +41,13 @@ def _add_compute_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_bounded(int, 1, 256), help=THREADS_HELP)
 
 
+def _add_timeout_option(p: argparse.ArgumentParser) -> None:
+    """--cell-timeout, as every command that runs cells takes it."""
+    p.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
+                   help="wall-time limit of one cell, after which it is stored as failed and the run goes on "
+                        "(default: the profile's cell_timeout, 1800 s unless it says otherwise; 0: no limit)")
+
+
 def _bounded(kind: type, low: float, high: float | None = None):
     """An argparse type: ``kind`` (int or float) in [low, high], the range named in the message."""
     def parse(text: str):
@@ -208,7 +215,8 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
     from benchmark.zoo.build import build_suite
 
     suite = load_suite(args.suite)
-    members = _csv(args.model)
+    suite.check_data_root(args.data_root)
+    members = _csv(args.model, option="--model")
     if not suite.tiny and args.data_root is None:
         raise UserError(f"{suite.name} is a full suite trained on real data: use `mtlbench zoo train {suite.name} "
                         "--data-root DIR` (or `zoo import` for the paper authors' checkpoints)")
@@ -287,7 +295,7 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
     if args.data_root is None:
         raise UserError(f"training {suite.name} needs the real {suite.data_source} data: pass --data-root DIR "
                         "(directory format in the README)")
-    names = _csv(args.model) or [m.name for m in suite.members]
+    names = _csv(args.model, option="--model") or [m.name for m in suite.members]
     if args.seed is not None and args.out is None:
         raise UserError("--seed trains another run of the recipe: give it its own folder with --out DIR")
     suite = with_seed(suite, args.seed)
@@ -324,7 +332,7 @@ def cmd_zoo_import(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite)
     tasks = [t.name for t in suite.tasks]
-    names = _csv(args.model) or [m.name for m in suite.members]
+    names = _csv(args.model, option="--model") or [m.name for m in suite.members]
     imported, absent = 0, []
     for name in names:
         member = suite.member(name)
@@ -375,24 +383,32 @@ def cmd_zoo_push(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- run
-def _csv(text: str | None, kind=str) -> list | None:
+def _csv(text: str | None, kind=str, option: str = "") -> list | None:
+    """A comma-separated option's values (None when the option was not given); an option given
+    with nothing in it is an error, not a silent empty run."""
     if text is None:
         return None
+    name = f"{option} " if option else ""
     try:
-        return [kind(x.strip()) for x in text.split(",") if x.strip()]
+        values = [kind(x.strip()) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UserError(f"cannot read {text!r} as a comma-separated list of {kind.__name__}s") from None
+        raise UserError(f"{name}{text!r}: cannot read it as a comma-separated list of {kind.__name__}s") from None
+    if not values:
+        raise UserError(f"{name}{text!r} names nothing: give comma-separated values, or leave the option out for "
+                        "the default")
+    return values
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.runner import RunOptions, run
 
     _load_plugins(args.plugins)
-    options = RunOptions(suite=args.suite, profile=args.profile, attacks=_csv(args.attacks), eps=_csv(args.eps, float),
-                         models=_csv(args.models), seeds=_csv(args.seeds, int), device=_device(args.device),
+    options = RunOptions(suite=args.suite, profile=args.profile, attacks=_csv(args.attacks, option="--attacks"),
+                         eps=_csv(args.eps, float, option="--eps"), models=_csv(args.models, option="--models"),
+                         seeds=_csv(args.seeds, int, option="--seeds"), device=_device(args.device),
                          results=args.results, weights_dir=args.weights_dir, data_root=args.data_root,
                          executor=args.executor, ray_address=args.address, gpus_per_cell=args.gpus_per_cell,
-                         cell_timeout=_timeout(args.cell_timeout), defenses=_csv(args.defenses),
+                         cell_timeout=_timeout(args.cell_timeout), defenses=_csv(args.defenses, option="--defenses"),
                          eot_samples=args.eot, model_dir=args.model, model_name=args.name, threads=args.threads,
                          workers=args.workers)
     summary = run(options, console=err_console)
@@ -430,27 +446,27 @@ def cmd_defenses_list(args: argparse.Namespace) -> int:
 
 
 def cmd_defend(args: argparse.Namespace) -> int:
+    from benchmark.defenses import canonical_defense
+    from benchmark.suites import load_suite
     from benchmark.zoo.checkpoint import read_config
-    from benchmark.zoo.defend import defend_suite
+    from benchmark.zoo.defend import defend_suite, shipped_defended_dir
 
     overrides = {"steps": args.steps, "attack_steps": args.attack_steps, "tau": args.tau, "eps": args.eps,
                  "checkpoint_every": args.checkpoint_every, "seed": args.seed}
+    suite = load_suite(args.suite)
+    suite.check_data_root(args.data_root)
+    spec = canonical_defense(args.defense)
     out = args.out
     if args.ship:
-        from benchmark.defenses import canonical_defense
-        from benchmark.suites import load_suite
-        from benchmark.zoo.defend import shipped_defended_dir
-
-        suite = load_suite(args.suite)
         if not suite.tiny or args.out is not None:
             raise UserError("--ship trains a tiny suite's shipped defended checkpoints (no --out)")
-        out = shipped_defended_dir(suite, canonical_defense(args.defense))
-    done = defend_suite(args.suite, args.defense, _csv(args.models), device=_device(args.device),
+        out = shipped_defended_dir(suite, spec)
+    done = defend_suite(suite, spec, _csv(args.models, option="--models"), device=_device(args.device),
                         data_root=args.data_root, weights_dir=args.weights_dir, rebuild=args.rebuild,
                         restart=args.restart, console=err_console, threads=args.threads, out=out, **overrides)
     if args.ship:
-        _pin(suite, done, defense=canonical_defense(args.defense))
-    table = Table(title=f"{args.defense}: defended checkpoints and their clean metrics")
+        _pin(suite, done, defense=spec)
+    table = Table(title=f"{spec}: defended checkpoints and their clean metrics")
     table.add_column("model")
     table.add_column("trained", justify="right")
     rows = [(name, read_config(d)) for name, d in done.items()]
@@ -506,10 +522,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     _load_plugins(args.plugins)
     out = args.out or "bundle-" + "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in args.attack)
-    result = submit(_csv(args.attack), suite=args.suite, profile=args.profile, out=out, models=_csv(args.models),
-                    eps=_csv(args.eps, float), seeds=_csv(args.seeds, int), device=_device(args.device),
+    result = submit(_csv(args.attack, option="attack"), suite=args.suite, profile=args.profile, out=out,
+                    models=_csv(args.models, option="--models"), eps=_csv(args.eps, float, option="--eps"),
+                    seeds=_csv(args.seeds, int, option="--seeds"), device=_device(args.device),
                     threads=args.threads, workers=args.workers, data_root=args.data_root, as_zip=args.zip,
-                    console=err_console)
+                    cell_timeout=_timeout(args.cell_timeout), console=err_console)
     if result.bundle is None:
         err_console.print(Text.assemble(("submission failed", "bold red"), f": {len(result.failures)} problem(s), "
                                         f"no bundle written; report: {result.report}"))
@@ -522,18 +539,26 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from benchmark.runner.bundle import verify_bundle
+    from benchmark.runner.verify import verify_bundle
 
+    if args.plugins:
+        _load_plugins(args.plugins)
     verdict = verify_bundle(args.bundle, suite=args.suite, device=_device(args.device), data_root=args.data_root,
-                            arp_tolerance=args.tolerance, metric_tolerance=args.metric_tolerance, console=err_console)
-    names = ", ".join(verdict.manifest["attack"]["names"])
+                            arp_tolerance=args.tolerance, metric_tolerance=args.metric_tolerance,
+                            recount=args.recount, console=err_console)
+    names = ", ".join(verdict.manifest.get("attack", {}).get("names", [])) or "?"
     if verdict.verified:
         console.print(Text.assemble(("verified", "bold green"), f": {args.bundle} ({names}): {verdict.checked} cells "
                                     f"re-scored on {verdict.manifest['suite']['name']}; every metric within "
-                                    f"{args.metric_tolerance:g} relative, ARP within {args.tolerance:g} points"))
+                                    f"{args.metric_tolerance:g} relative, ARP within {args.tolerance:g} points; "
+                                    f"self-reported (not verified): {', '.join(verdict.self_reported)}"))
+        for attack, note in verdict.recounted.items():
+            console.print(Text(f"  {attack}: {note}"))
         return 0
-    console.print(Text.assemble(("rejected", "bold red"), f": {args.bundle} ({names}): {len(verdict.reasons)} "
-                                f"problem(s); {verdict.checked} of {len(verdict.cells)} cells check out"))
+    console.print(Text.assemble(("rejected", "bold red"), f": {args.bundle} ({names}): "
+                                + ("no cells; " if not verdict.cells and not verdict.reasons else "")
+                                + f"{len(verdict.reasons)} problem(s); {verdict.checked} of {len(verdict.cells)} "
+                                "cells check out"))
     for line in verdict.reasons[: 50 if not args.verbose else None]:
         console.print(Text(f"  {line}"))
     return 1
@@ -544,11 +569,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     from benchmark.runner.check import CheckOptions, check
 
     _load_plugins(args.plugins)
-    opts = CheckOptions(baseline=args.baseline, suite=args.suite, profile=args.profile, attacks=_csv(args.attacks),
-                        models=_csv(args.models), eps=_csv(args.eps, float), seeds=_csv(args.seeds, int),
+    opts = CheckOptions(baseline=args.baseline, suite=args.suite, profile=args.profile,
+                        attacks=_csv(args.attacks, option="--attacks"), models=_csv(args.models, option="--models"),
+                        eps=_csv(args.eps, float, option="--eps"), seeds=_csv(args.seeds, int, option="--seeds"),
                         reference=args.reference, tolerance=args.tolerance, alpha=args.alpha,
                         speed_tolerance=args.speed_tolerance, passes_tolerance=args.passes_tolerance,
-                        update=args.update, device=_device(args.device), threads=args.threads, workers=args.workers)
+                        update=args.update, device=_device(args.device), threads=args.threads, workers=args.workers,
+                        cell_timeout=_timeout(args.cell_timeout))
     report = check(opts, console=err_console)
     fmt = _fmt
     table = Table(title=f"mtlbench check: {report.new['suite']} [{report.new['profile']}], "
@@ -603,7 +630,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         raise UserError(f"results database {args.results} does not exist; run `mtlbench run` first (or pass "
                         "--bundles DIR)")
     index = render_leaderboard(args.results, args.out, default_eps=args.eps, bundles=args.bundles,
-                               device=_device(args.device), console=err_console)
+                               device=_device(args.device), suites=_csv(args.suite, option="--suite"),
+                               console=err_console)
     console.print(Text.assemble("leaderboard: ", (str(index.resolve()), "bold")))
     return 0
 
@@ -779,9 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-cell", type=_bounded(float, 0.01, 64), default=1.0,
                    help="GPUs per Ray task (a fraction shares one)")
     p.add_argument("--plugins", help="comma-separated modules or .py files that register attacks")
-    p.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
-                   help="wall-time limit of one cell, after which it is stored as failed and the run goes on "
-                        "(default: the profile's cell_timeout, 1800 s unless it says otherwise; 0: no limit)")
+    _add_timeout_option(p)
     p.add_argument("--defenses", help="comma-separated targets per model: 'none' (undefended), inference-time "
                                       "defenses and trained ones, e.g. 'none,bitdepth:4,fat:pgd:gb-mta' (default: "
                                       "the profile's); a trained defense needs `mtlbench defend` first")
@@ -853,12 +879,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugins", help="comma-separated modules or .py files that register attacks")
     _add_compute_options(p)
     p.add_argument("--workers", type=_bounded(int, 1, 256), help=WORKERS_HELP)
+    _add_timeout_option(p)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("verify", help="re-score a result bundle's adversarial images against the pinned weights",
-                       description="Re-score a bundle: weights revision, image ids, [0, 1], eps-ball, every metric "
-                                   "and ARP against what it claims. Exit 0 when verified, 1 when rejected (each "
-                                   "reason names the model, attack, eps, seed, image and number), 2 on a usage error.")
+                       description="Check every claim of a result bundle: its files and their sizes, the types of "
+                                   "its manifest and cells, that its cells are exactly the grid its manifest declares, "
+                                   "the weights revision, image ids, [0, 1], the eps-ball, and every metric, ARP and "
+                                   "per-image score re-scored. Time, memory and passes are self-reported "
+                                   "(--recount verifies the passes). Exit 0 when verified, 1 when rejected (each "
+                                   "reason names the cell and the field), 2 on a usage error.")
     p.add_argument("bundle", help="bundle directory or .zip")
     p.add_argument("--suite", help="the suite's manifest path, for a bundle of a suite that is not a standard one "
                                    "(default: the suite the bundle names)")
@@ -868,6 +898,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="directory of the real data set (full suites)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("-v", "--verbose", action="store_true", help="every reason, not the first 50")
+    p.add_argument("--recount", action="store_true", help="run each attack whose code is installed here (with the "
+                   "bundle's sources) again on one cell per model: its counted passes must be the bundle's")
+    p.add_argument("--plugins", help="comma-separated modules or .py files that register the bundle's attacks "
+                   "(for --recount)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("check", help="CI gate: fail when an attack got weaker (paired test) or slower than a baseline",
@@ -896,6 +930,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="a row per model too")
     _add_compute_options(p)
     p.add_argument("--workers", type=_bounded(int, 1, 256), help=WORKERS_HELP)
+    _add_timeout_option(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("leaderboard", help="render the static HTML leaderboard from a results database")
@@ -906,6 +941,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundles", metavar="DIR", help="a folder of result bundles: each is re-scored; verified ones "
                                                     "join the ranking, rejected ones are listed as self-reported")
     p.add_argument("--device", default="auto", help="device that re-scores the bundles: auto, cpu or cuda")
+    p.add_argument("--suite", help="comma-separated manifests of suites that are not standard ones, which bundles "
+                                   "may name (a bundle names its suite; it never points at a file)")
     p.set_defaults(func=cmd_leaderboard)
 
     report = sub.add_parser("report", help="reports from a results database")

@@ -80,3 +80,45 @@ def check_outputs(model: torch.nn.Module, tasks: list[Task], images: torch.Tenso
         if not out.is_floating_point() or not torch.isfinite(out).all():
             raise UserError(f"{what}'s output for the task {name!r} must be finite floating-point values "
                             f"(got dtype {out.dtype}{'' if not out.is_floating_point() else ' with NaN or inf'})")
+
+
+def model_problem(model: torch.nn.Module, images: torch.Tensor, *, name: str = "") -> str:
+    """What makes ``model`` (in its deployed form) unfit to be attacked, checked on its own before
+    any attack, so that a fault of the model is not blamed on an attack: it must leave its weights
+    and buffers alone when it runs, give the same outputs for the same images twice, and pass a
+    gradient from its outputs back to its input. Empty when it does; the model is left as it was."""
+    from benchmark.defenses.inference import deployed
+
+    who = f"the model {name!r}" if name else "the model"
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        outs = []
+        for _ in range(2):
+            with torch.no_grad(), deployed(model, 0):
+                outs.append({k: v.detach().clone() for k, v in model(images).items()})
+        changed = [k for k, v in model.state_dict().items() if k in state and not torch.equal(v, state[k])]
+        if changed:
+            more = ", ..." if len(changed) > 3 else ""
+            return (f"{who} changes its own weights or buffers when it runs ({', '.join(changed[:3])}{more}; e.g. "
+                    "BatchNorm statistics in training mode, or a counter): an attack needs a fixed function; put it "
+                    "in eval mode and keep its state out of forward()")
+        gap = max(float((outs[0][k].float() - outs[1][k].float()).abs().max()) for k in outs[0])
+        if gap != 0:
+            return (f"{who} is not deterministic: two forwards of the same images differ by up to {gap:.3g}; a "
+                    "randomised model is attacked as a defense that declares its randomness (EOT), not as a plain "
+                    "model")
+        x = images.detach().clone().requires_grad_(True)
+        with torch.enable_grad(), deployed(model, 0):
+            total = sum(v.float().sum() for v in model(x).values())
+        if not isinstance(total, torch.Tensor) or not total.requires_grad:
+            return (f"{who} passes no gradient to its input: its outputs do not depend differentiably on the images "
+                    "(does its forward run under torch.no_grad(), detach, or round its input?); gradient attacks "
+                    "need d(outputs)/d(input)")
+        (grad,) = torch.autograd.grad(total, x, allow_unused=True)
+        if grad is None or not bool(torch.isfinite(grad).all()) or not bool(grad.abs().max() > 0):
+            what = "missing" if grad is None else "zero or not finite"
+            return f"{who} passes no usable gradient to its input (it is {what}); gradient attacks need it"
+        return ""
+    finally:
+        with torch.no_grad():
+            model.load_state_dict(state, strict=False)

@@ -44,6 +44,8 @@ REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 #: of a tiny suite start from a common pre-trained backbone instead of a warm-start member; 3: the
 #: heads' dropout masks are drawn with ``rand`` in one call per layer, another random stream)
 TRAINING_VERSION = 3
+#: the output strides every backbone offers (benchmark.models.backbones)
+OUTPUT_STRIDES = (8, 16, 32)
 #: the pretext objectives of a common pre-trained backbone (benchmark.zoo.pretext)
 PRETEXT_OBJECTIVES = ("rotation", "masked")
 VALID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -178,6 +180,7 @@ class Suite:
         the members' input size)."""
         from benchmark.data import load_dataset
 
+        self.check_data_root(data_root)
         split = split or self.split
         resolution = resolution or self.members[0].input_size
         if self.synthetic:
@@ -187,6 +190,14 @@ class Suite:
             raise UserError(f"suite {self.name} uses the real {self.data_source} data: pass --data-root DIR "
                             "(directory format in the README)")
         return load_dataset(self.data_source, split, root=data_root, size=size, resolution=resolution)
+
+    def check_data_root(self, data_root: str | None) -> None:
+        """A suite on built-in synthetic scenes reads no data directory: a ``data_root`` given to it
+        is a mistake the user hears about, not silently ignored."""
+        if data_root is not None and self.synthetic:
+            raise UserError(f"--data-root {data_root}: the suite {self.name} runs on mtlbench's built-in synthetic "
+                            f"scenes ({self.data_source}) and reads no data directory; real data are for the full "
+                            f"suites (e.g. {self.mirror_of or 'nyuv2-resnet34'})")
 
     def member(self, name: str) -> Member:
         for m in self.members:
@@ -295,7 +306,7 @@ def list_suites() -> list[str]:
     return sorted(names, key=lambda n: (n.startswith("tiny-"), n))
 
 
-def load_suite(name_or_path: str | Path) -> Suite:
+def load_suite(name_or_path: str | Path, *, _mirrors: tuple[str, ...] = ()) -> Suite:
     """Load and validate a manifest by suite name (``tiny-nyuv2-resnet34``) or path."""
     path = _resolve(name_or_path)
     raw = _read(path)
@@ -328,6 +339,9 @@ def load_suite(name_or_path: str | Path) -> Suite:
         "head_rates": tuple(c.typed(head, "head_rates", list, "suite", [6, 12, 18, 24])),
         "output_stride": c.typed(head, "output_stride", int, "suite", None),
     }
+    if defaults["output_stride"] not in (None, *OUTPUT_STRIDES):
+        raise c.fail("suite.output_stride", f"expected one of {', '.join(map(str, OUTPUT_STRIDES))} (the backbones' "
+                                            f"strides), got {defaults['output_stride']!r}")
     from benchmark.models.backbones import list_backbones
 
     if defaults["backbone"] not in list_backbones():
@@ -336,8 +350,12 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if "models" in raw and mirror:
         raise c.fail("models", "a mirror suite takes its models from the suite it mirrors; remove [[models]]")
     if mirror:
+        if mirror == name or mirror in _mirrors:
+            chain = " -> ".join([*_mirrors, name, mirror])
+            raise c.fail("suite.mirror", f"{mirror!r} mirrors back to this suite ({chain}); a mirror takes its "
+                                         "models from a suite with [[models]]")
         sibling = path.parent / f"{mirror}.toml"
-        parent = load_suite(sibling if sibling.exists() else mirror)
+        parent = load_suite(sibling if sibling.exists() else mirror, _mirrors=(*_mirrors, name))
         if parent.dataset != dataset:
             raise c.fail("suite.mirror", f"mirrors {mirror!r} of dataset {parent.dataset!r}, not {dataset!r}")
         if "backbone" not in head:
@@ -475,6 +493,10 @@ def _members(c: _Checker, models: Any, defaults: dict, dataset: str, org: str | 
         name = c.typed(entry, "name", str, where, canonical if index is None else f"layout-{index}")
         if not VALID_NAME.fullmatch(name):
             raise c.fail(f"{where}.name", f"{name!r} is not a valid name")
+        if name.isdigit():
+            raise c.fail(f"{where}.name", f"{name!r}: a model name of digits only would read as a paper index "
+                                          f"(`--models {name}` picks the model with paper index {name}); name it e.g. "
+                                          f"'layout-{name}'")
         if name in seen:
             raise c.fail(f"{where}.name", f"duplicate model name {name!r}")
         seen.add(name)
@@ -495,6 +517,11 @@ def _members(c: _Checker, models: Any, defaults: dict, dataset: str, org: str | 
         for key, types in _MEMBER_OVERRIDES.items():
             if key in entry:
                 values[key] = c.typed(entry, key, types, where)
+        from benchmark.models.backbones import list_backbones
+
+        if values["backbone"] not in list_backbones():
+            raise c.fail(f"{where}.backbone", f"unknown backbone {values['backbone']!r}; known: "
+                                              f"{', '.join(list_backbones())}")
         values["width"] = float(values["width"])
         out.append(Member(name=name, layout=canonical, index=index, repo_id=repo_id, revision=revision,
                           sha256=sha, **values))

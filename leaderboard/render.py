@@ -79,10 +79,11 @@ def _env() -> Environment:
 
 def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps: float = DEFAULT_EPS,
                        plots_enabled: bool = True, bundles: str | Path | None = None, device: str = "cpu",
-                       console=None) -> Path:
+                       suites: list[str] | None = None, console=None) -> Path:
     """Render the site for ``results`` (a results database) into ``out_dir``; returns index.html.
-    ``bundles``: a folder of result bundles, each re-scored here (:func:`~benchmark.runner.bundle.verify_bundle`):
-    the cells of a verified one join the ranking, a rejected one is listed as self-reported."""
+    ``bundles``: a folder of result bundles, each re-scored here (:func:`~benchmark.runner.verify.verify_bundle`):
+    the cells of a verified one join the ranking, a rejected one is listed as self-reported;
+    ``suites``: manifests of the suites that are not standard ones which bundles may name."""
     if bundles is None:
         with ResultsStore(results, readonly=True) as store:
             board = build_board(store, default_eps=default_eps)
@@ -90,9 +91,11 @@ def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps:
         return render_board(board, out_dir, plots_enabled=plots_enabled)
     import tempfile
 
-    from benchmark.runner.bundle import find_bundles, verify_bundle
+    from benchmark.runner.bundle import find_bundles
+    from benchmark.runner.verify import verify_bundle
 
-    verdicts = [verify_bundle(p, device=device, console=console) for p in find_bundles(bundles)]
+    verdicts = [verify_bundle(p, suite=list(suites or []), device=device, console=console)
+                for p in find_bundles(bundles)]
     with tempfile.TemporaryDirectory(prefix="mtlbench-board-") as tmp:
         merged = Path(tmp) / Path(results).name
         with ResultsStore(merged) as store:
@@ -115,6 +118,9 @@ def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps:
     for suite in board["suites"].values():
         mine = [v for v in verdicts if v.verified and v.manifest["suite"]["name"] == suite["name"]]
         suite["verified_attacks"] = {a: v.name for v in mine for a in v.manifest["attack"]["names"]}
+        # time, memory and (unless re-counted) passes of a bundle are its own claims
+        suite["self_reported"] = {a: [k for k in v.self_reported if k != "passes per image" or a not in v.recounted]
+                                  for v in mine for a in v.manifest["attack"]["names"]}
     return render_board(board, out_dir, plots_enabled=plots_enabled)
 
 
@@ -126,7 +132,8 @@ def _bundle_row(v) -> dict[str, Any]:
             claimed.setdefault(f"{c.attack} @ eps {c.eps:g}", []).append(c.arp)
     return {"name": v.name, "suite": v.manifest.get("suite", {}).get("name"),
             "attacks": v.manifest.get("attack", {}).get("names", []), "verified": v.verified,
-            "cells": len(v.cells), "checked": v.checked, "reason": "" if v.verified else (v.reasons or ["no cell"])[0],
+            "cells": len(v.cells), "checked": v.checked, "reason": "" if v.verified else (v.reasons or ["no cells"])[0],
+            "self_reported": v.self_reported if v.verified else [],
             "problems": len(v.reasons), "device": v.manifest.get("device"), "created": v.manifest.get("created"),
             "claimed": {k: sum(x) / len(x) for k, x in sorted(claimed.items())}}
 

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from benchmark.cli import main
-from benchmark.runner.bundle import submit, verify_bundle
+from benchmark.runner.bundle import submit
+from benchmark.runner.verify import verify_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = str(Path(__file__).parent / "plugin_probe.py")
@@ -44,7 +45,7 @@ def test_the_example_package_is_found_submitted_verified_and_ranked(example_pack
     # the verifier does not need the attack's package: it re-scores images
     env_without = {**env, "PYTHONPATH": str(ROOT)}
     board = _cli(["leaderboard", "--results", str(tmp_path / "none.db"), "--bundles", str(bundles),
-                  "--out", str(tmp_path / "site")], env_without, tmp_path)
+                  "--suite", str(mini), "--out", str(tmp_path / "site")], env_without, tmp_path)
     assert board.returncode == 0, board.stderr
     html = (tmp_path / "site" / "index.html").read_text()
     row = html[html.index('data-attack="cospgd:gb-mta"'):]
@@ -59,37 +60,129 @@ def bundle(mini, tmp_path):
     return result.bundle
 
 
-def _edit(bundle: Path, kind: str) -> None:
-    cells = json.loads((bundle / "cells.json").read_text())
-    if kind == "claimed ARP":
-        cells[1]["arp"] += 0.5
-    elif kind == "image outside the ball":
-        f = bundle / cells[2]["images_file"]
-        images = load_file(str(f))["adversarial"]
-        images[3] = (images[3] + 0.1).clamp(0, 1)
-        save_file({"adversarial": images}, str(f))
-    elif kind == "weights revision":
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        manifest["suite"]["members"]["AS"]["scored_revision"] = "local-sha256:0123456789abcdef"
-        (bundle / "manifest.json").write_text(json.dumps(manifest))
+def _json(path: Path):
+    return json.loads(path.read_text())
+
+
+def _write(path: Path, data) -> None:
+    path.write_text(json.dumps(data))
+
+
+def _cells(bundle: Path, change) -> None:
+    cells = _json(bundle / "cells.json")
+    change(cells)
+    _write(bundle / "cells.json", cells)
+
+
+def _manifest(bundle: Path, change) -> None:
+    manifest = _json(bundle / "manifest.json")
+    change(manifest)
+    _write(bundle / "manifest.json", manifest)
+
+
+def _outside_the_ball(bundle: Path) -> None:
+    cells = _json(bundle / "cells.json")
+    f = bundle / cells[2]["images_file"]
+    images = load_file(str(f))["adversarial"]
+    images[3] = (images[3] + 0.1).clamp(0, 1)
+    save_file({"adversarial": images}, str(f))
+    cells[2]["images_sha256"] = __import__("hashlib").sha256(f.read_bytes()).hexdigest()
+    _write(bundle / "cells.json", cells)
+
+
+def _revision(bundle: Path) -> None:
+    """A bundle made honestly on other weights (another build of the model): consistent in itself."""
+    from benchmark.runner.store import cell_key
+
+    other = "local-sha256:0123456789abcdef"
+    _manifest(bundle, lambda m: m["suite"]["members"]["AS"].update(scored_revision=other))
+
+    def change(cells):
         for c in cells:
             if c["model"] == "AS":
-                c["model_revision"] = "local-sha256:0123456789abcdef"
-    (bundle / "cells.json").write_text(json.dumps(cells))
+                c["model_revision"] = c["config"]["model_revision"] = other
+                c["key"] = cell_key({k: v for k, v in c["config"].items() if k != "budget"})
+
+    _cells(bundle, change)
 
 
-@pytest.mark.parametrize("kind, words", [
-    ("claimed ARP", "ARP is"),
-    ("image outside the ball", "image 3 (synthetic-nyuv2/test/seed0/3) leaves the eps-ball"),
-    ("weights revision", "scored on weights revision local-sha256:0123456789abcdef"),
-])
-def test_tampered_bundles_are_rejected_naming_the_cell(bundle, mini, kind, words, capsys, wide_console):
-    assert main(["verify", str(bundle), "--suite", str(mini)]) == 0
-    _edit(bundle, kind)
+def _renamed(cells) -> None:
+    cells[0]["attack"] = "apgd:gb-mta"
+    cells[0]["config"]["attack"] = "apgd:gb-mta"
+
+
+def _extra(cells) -> None:
+    cells.append({**cells[0], "eps": 16.0})
+
+
+def _big_image(bundle: Path) -> None:
+    f = bundle / _json(bundle / "cells.json")[0]["images_file"]
+    f.write_bytes(b"\0" * (4 * 3 * 32 * 32 * 4 + 200_000))
+
+
+def _link(bundle: Path) -> None:
+    (bundle / "images" / "elsewhere").symlink_to("/etc")
+
+
+def _scores(cells) -> None:
+    cells[1]["per_image"]["score"] = [v + 50 for v in cells[1]["per_image"]["score"]]
+
+
+def _image_metric(cells) -> None:
+    cells[3]["per_image"]["metrics"]["depth_zbuffer"]["abs_err"][0] *= 0.5
+
+
+#: (what is tampered with, the change, words of the rejection)
+TAMPERING = [
+    ("claimed ARP", lambda b: _cells(b, lambda c: c[1].update(arp=c[1]["arp"] + 0.5)), "ARP is"),
+    ("image outside the ball", _outside_the_ball, "image 3 (synthetic-nyuv2/test/seed0/3) leaves the eps-ball"),
+    ("weights revision", _revision, "scored on weights revision local-sha256:0123456789abcdef"),
+    ("attack renamed", lambda b: _cells(b, _renamed), "its attack is not in the grid the manifest declares"),
+    ("cell dropped", lambda b: _cells(b, lambda c: c.pop(2)), "missing cell: "),
+    ("cell duplicated", lambda b: _cells(b, lambda c: c.append(c[0])), "appears twice"),
+    ("cell added", lambda b: _cells(b, _extra), "its eps is not in the grid"),
+    ("per-image scores", lambda b: _cells(b, _scores), "score is"),
+    ("per-image metric", lambda b: _cells(b, _image_metric), "depth_zbuffer abs_err is"),
+    ("options", lambda b: _cells(b, lambda c: c[0]["config"]["options"].update(steps=50)), "config.options is"),
+    ("key", lambda b: _cells(b, lambda c: c[0].update(key="0" * 64)), "key is not the hash"),
+    ("absurd images", lambda b: _cells(b, lambda c: c[0].update(images=10**30)), "images: expected an integer in"),
+    ("absurd seed", lambda b: _cells(b, lambda c: c[0].update(seed=10**30)), "seed: expected an integer in"),
+    ("absurd data.images", lambda b: _manifest(b, lambda m: m["data"].update(images=10**30)),
+     "data.images: expected an integer in"),
+    ("eps as a string", lambda b: _cells(b, lambda c: c[0].update(eps="8")), "eps: expected a number"),
+    ("suite named by a path", lambda b: _manifest(b, lambda m: m["suite"].update(name="../../../etc/passwd")),
+     "suite.name: '../../../etc/passwd' is not valid here"),
+    ("no cells", lambda b: _write(b / "cells.json", []), "no cells"),
+    ("manifest not JSON", lambda b: (b / "manifest.json").write_text("{"), "manifest.json is not valid JSON"),
+    ("a stranger file", lambda b: (b / "notes.txt").write_text("hi"), "notes.txt is not a file of this bundle"),
+    ("an oversized images file", _big_image, "more than the"),
+    ("a link", _link, "is a link"),
+]
+
+
+@pytest.mark.parametrize("kind, change, words", TAMPERING, ids=[t[0] for t in TAMPERING])
+def test_tampered_bundles_are_rejected_naming_the_cell_or_field(bundle, mini, kind, change, words, capsys,
+                                                                 wide_console):
+    change(bundle)
     assert main(["verify", str(bundle), "--suite", str(mini)]) == 1
-    out = capsys.readouterr().out
-    assert "rejected" in out and words in out
-    assert any(f"{m} pgd:gb-mta eps" in out for m in ("AS", "layout-9")), out
+    out = " ".join(capsys.readouterr().out.split())
+    assert "rejected" in out and words in out, out
+
+
+def test_cost_claims_are_self_reported_unless_recounted(bundle, mini, capsys, wide_console):
+    """Passes, time and memory cannot be re-scored from images: a verified bundle says they are its
+    own claims; --recount runs the attack again and refuses a false pass count."""
+    assert main(["verify", str(bundle), "--suite", str(mini)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "self-reported (not verified): time per image, memory, passes per image" in out
+    assert main(["verify", str(bundle), "--suite", str(mini), "--recount"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "self-reported (not verified): time per image, memory" in out and "passes re-counted" in out
+    assert "the same images" in out
+    _cells(bundle, lambda cells: [c.update(forward_passes=1, time_per_image_s=1e-9) for c in cells])
+    assert main(["verify", str(bundle), "--suite", str(mini)]) == 0  # re-scoring alone cannot tell
+    assert main(["verify", str(bundle), "--suite", str(mini), "--recount"]) == 1
+    assert "the bundle claims 1 forward" in " ".join(capsys.readouterr().out.split())
 
 
 def test_a_rejected_bundle_is_self_reported_and_never_ranked(bundle, mini, tmp_path):
@@ -98,8 +191,9 @@ def test_a_rejected_bundle_is_self_reported_and_never_ranked(bundle, mini, tmp_p
     folder = tmp_path / "bundles"
     folder.mkdir()
     bundle.rename(folder / "edited")
-    _edit(folder / "edited", "claimed ARP")
-    index = render_leaderboard(tmp_path / "none.db", tmp_path / "site", bundles=folder, plots_enabled=False)
+    TAMPERING[0][1](folder / "edited")
+    index = render_leaderboard(tmp_path / "none.db", tmp_path / "site", bundles=folder, plots_enabled=False,
+                               suites=[str(mini)])
     html = index.read_text()
     assert 'data-status="self-reported"' in html and 'data-attack="pgd:gb-mta"' not in html
     board = json.loads((tmp_path / "site" / "leaderboard.json").read_text())
@@ -113,8 +207,54 @@ def test_a_zipped_bundle_verifies_and_a_zip_slip_is_refused(mini, tmp_path, caps
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as zf:
         zf.writestr("../outside.txt", "x")
-    assert main(["verify", str(evil)]) == 2
-    assert "points outside the bundle" in capsys.readouterr().err
+    assert main(["verify", str(evil)]) == 1
+    assert "points outside the bundle" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_read(mini, tmp_path, capsys, wide_console):
+    """A zip's members are bounded by what its manifest's grid needs before a byte of them is
+    decompressed: a small zip with a large member is rejected."""
+    result = submit(["fgsm:total"], suite=str(mini), out=tmp_path / "z", as_zip=True, eps=[8], models=["AS"])
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(result.bundle) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.startswith("images/"):
+                data = bytes(200 * 2**20)  # 200 MB of zeros: a few hundred kB compressed
+            dst.writestr(info.filename, data)
+    assert bomb.stat().st_size < 2**20
+    assert main(["verify", str(bomb), "--suite", str(mini)]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "209,715,200 bytes, more than the" in out
+
+
+def test_one_malformed_bundle_does_not_stop_the_leaderboard(bundle, mini, tmp_path):
+    """Bundles that are not JSON, not a zip, hold a `../` member or name a suite by a path are
+    listed as rejected with their reasons; the site renders with the rest."""
+    from leaderboard import render_leaderboard
+
+    folder = tmp_path / "bundles"
+    folder.mkdir()
+    for name, content in (("not-json", "{"), ("path-suite", None)):
+        (folder / name).mkdir()
+        if content is not None:
+            (folder / name / "manifest.json").write_text(content)
+    (folder / "bad.zip").write_bytes(b"PK\x03\x04 not a zip")
+    with zipfile.ZipFile(folder / "slip.zip", "w") as zf:
+        zf.writestr("../x", "x")
+    manifest = _json(bundle / "manifest.json")
+    manifest["suite"]["name"] = "../../../etc/passwd"
+    _write(folder / "path-suite" / "manifest.json", manifest)
+    index = render_leaderboard(tmp_path / "none.db", tmp_path / "site", bundles=folder, plots_enabled=False,
+                               suites=[str(mini)])
+    board = json.loads((tmp_path / "site" / "leaderboard.json").read_text())
+    reasons = {b["name"]: b["reason"] for b in board["bundles"]}
+    assert set(reasons) == {"not-json", "path-suite", "bad.zip", "slip.zip"} and not any(
+        b["verified"] for b in board["bundles"])
+    assert "not valid JSON" in reasons["not-json"] and "not valid here" in reasons["path-suite"]
+    assert "not a readable zip" in reasons["bad.zip"] or "neither" in reasons["bad.zip"]
+    assert "points outside" in reasons["slip.zip"]
+    assert index.exists()
 
 
 def test_a_failing_submission_gets_a_report_and_no_bundle(mini, tmp_path, monkeypatch, capsys, wide_console):

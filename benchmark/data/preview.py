@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmark.errors import UserError
+
 __all__ = ["save_preview"]
 
 
@@ -32,6 +34,13 @@ def save_preview(dataset, out: str | Path, *, rows: int = 4, title: str | None =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".pdf", ".svg"):
+        raise UserError(f"--out {out}: the preview is an image; give a .png (or .jpg, .pdf, .svg) file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create the folder {out.parent} ({exc.strerror})") from None
     samples = [dataset[i] for i in range(min(rows, len(dataset)))]
     keys = [k for k in ("segment_semantic", "depth_zbuffer", "normal", "keypoints2d", "edge_texture")
             if k in samples[0]]
@@ -60,8 +69,10 @@ def save_preview(dataset, out: str | Path, *, rows: int = 4, title: str | None =
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(out, dpi=110)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write it ({exc.strerror or exc})") from None
+    finally:
+        plt.close(fig)
     return out

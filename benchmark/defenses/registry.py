@@ -90,10 +90,14 @@ def create_defense(spec: str) -> Defense:
     _load_plugins()
     if not isinstance(spec, str) or not spec.strip():
         raise UserError(f"a defense name must be a non-empty string, got {spec!r}")
-    name, _, argument = spec.strip().partition(":")
+    name, colon, argument = spec.strip().partition(":")
     if name not in DEFENSES:
         raise UserError(f"unknown defense {name!r} in {spec!r}; known: none, {', '.join(sorted(DEFENSES))} "
                         "(see `mtlbench defenses list`)")
+    if colon and not argument.strip():
+        default = DEFENSES[name].default_argument
+        raise UserError(f"defense {spec!r} has nothing after ':'; write {name!r}"
+                        + (f" for its default ({name}:{default})" if default else "") + f" or '{name}:ARGUMENT'")
     try:
         return DEFENSES[name](argument)
     except (TypeError, ValueError) as exc:

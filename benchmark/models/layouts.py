@@ -92,10 +92,18 @@ class Layout:
             bad = sorted(set(re.sub(r"[\[\]{}\d,\s]", "", s)))
             raise LayoutError(f"layout {text!r} has unexpected characters {''.join(bad)!r}; expected e.g. "
                               "'[[{0,1,2}], [{0},{1,2}], ...]', 'IND' or 'AS'")
+        shown = s if len(s) <= 120 else s[:117] + "..."
+        depth = deepest = 0
+        for ch in s:
+            depth += (ch in "[{") - (ch in "]}")
+            deepest = max(deepest, depth)
+        if deepest > 3:
+            raise LayoutError(f"layout {shown!r} is nested {deepest} deep; a layout is a list of blocks, each a list "
+                              "of task sets of task ids (3 levels: '[[{0,1,2}], [{0},{1,2}], ...]')")
         try:
             data = json.loads(s.replace("{", "[").replace("}", "]"))
         except json.JSONDecodeError as exc:
-            raise LayoutError(f"layout {text!r} is not well formed ({exc.msg} at character {exc.pos})") from None
+            raise LayoutError(f"layout {shown!r} is not well formed ({exc.msg} at character {exc.pos})") from None
         if not isinstance(data, list) or not all(isinstance(b, list) for b in data) or not all(
             isinstance(ts, list) and all(isinstance(t, int) for t in ts) for b in data for ts in b
         ):

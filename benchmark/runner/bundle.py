@@ -15,13 +15,8 @@ suite's own (undefended) members, and writes::
 (or ``BUNDLE.zip`` with the same files). A submission with an invalid or failed cell gets a
 report of what failed instead.
 
-``mtlbench verify BUNDLE`` re-scores the images against the weights this installation loads for
-the same members (pinned Hub revisions for the full suites, the local build for the tiny ones) and
-the same clean images: it checks the weights revision, the image ids, [0, 1] and the eps-ball,
-recomputes every metric and the ARP, and compares with the claims. Tolerances: ARP and each
-task's ARP within ``arp_tolerance`` points (default 0.01), every metric within ``metric_tolerance``
-relative (default 1e-4) — on the device the bundle was made on the numbers are the same; on
-another, floating-point differences may move a few argmax pixels.
+``mtlbench verify BUNDLE`` checks every claim of a bundle and re-scores its images
+(:mod:`benchmark.runner.verify`).
 """
 
 from __future__ import annotations
@@ -29,29 +24,21 @@ from __future__ import annotations
 import datetime as _dt
 import inspect
 import json
-import math
+import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from benchmark.errors import UserError
-from benchmark.runner.store import CellResult
+from benchmark.runner.store import CellResult, pid_alive
 from benchmark.zoo.checkpoint import file_sha256
 
-__all__ = ["BundleVerdict", "SubmitResult", "attack_sources", "find_bundles", "open_bundle", "submit", "verify_bundle"]
+__all__ = ["SubmitResult", "attack_sources", "find_bundles", "submit"]
 
 BUNDLE_FORMAT = "mtlbench-bundle"
 BUNDLE_VERSION = 1
-ARP_TOLERANCE = 0.01  # ARP points
-METRIC_TOLERANCE = 1e-4  # relative
-BALL_TOLERANCE = 1e-5  # on the [0, 1] scale, as the validator's
 
 
 def attack_sources(names: list[str]) -> dict[str, str]:
@@ -80,12 +67,10 @@ def attack_sources(names: list[str]) -> dict[str, str]:
     return {key: file_sha256(path) for key, path in sorted(files.items())}
 
 
-def _safe_name(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)
-
-
 def _images_file(cell: CellResult) -> str:
-    return f"images/{_safe_name(cell.model)}/{_safe_name(cell.attack)}/eps{cell.eps:g}-seed{cell.seed}.safetensors"
+    from benchmark.runner.verify import images_file
+
+    return images_file(cell.model, cell.attack, cell.eps, cell.seed)
 
 
 @dataclass
@@ -100,7 +85,7 @@ class SubmitResult:
 def submit(attacks: list[str], *, suite: str = "tiny-nyuv2-resnet34", profile: str = "quick", out: str | Path,
            models: list[str] | None = None, eps: list[float] | None = None, seeds: list[int] | None = None,
            device: str = "cpu", threads: int | None = None, workers: int | None = None, data_root: str | None = None,
-           as_zip: bool = False, console=None) -> SubmitResult:
+           as_zip: bool = False, cell_timeout: float | None = None, console=None) -> SubmitResult:
     """Run ``attacks`` under the suite's ``profile`` and write a result bundle to ``out`` (a
     directory, or ``out`` + ``.zip`` with ``as_zip``); on a failed or invalid cell, write
     ``out``-report.json instead and return the failures."""
@@ -123,7 +108,8 @@ def submit(attacks: list[str], *, suite: str = "tiny-nyuv2-resnet34", profile: s
         raise UserError(f"--out {target}: cannot create the folder {target.parent} ({exc.strerror})") from None
     suite_obj = load_suite(suite)
     prof = suite_obj.profile(profile)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    _remove_abandoned(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
     try:
         def keep(result: CellResult) -> None:
             images = getattr(result, "adversarial_images", None)
@@ -137,7 +123,8 @@ def submit(attacks: list[str], *, suite: str = "tiny-nyuv2-resnet34", profile: s
 
         options = RunOptions(suite=suite, profile=profile, attacks=attacks, eps=eps, models=models, seeds=seeds,
                              device=device, results=str(staging / "cells.db"), data_root=data_root,
-                             defenses=["none"], threads=threads, workers=workers, keep_images=True)
+                             defenses=["none"], threads=threads, workers=workers, keep_images=True,
+                             cell_timeout=cell_timeout)
         summary = run(options, console=console, on_result=keep)
         from benchmark.runner.store import ResultsStore
 
@@ -197,214 +184,16 @@ def submit(attacks: list[str], *, suite: str = "tiny-nyuv2-resnet34", profile: s
             shutil.rmtree(staging, ignore_errors=True)
 
 
-# ---------------------------------------------------------------------- verify
-@contextmanager
-def open_bundle(path: str | Path) -> Iterator[Path]:
-    """The bundle's directory: ``path`` itself, or a zip extracted to a temporary one (members
-    that would land outside it are refused)."""
-    p = Path(path)
-    if p.is_dir():
-        yield p
-        return
-    if not p.is_file():
-        raise UserError(f"bundle {p} does not exist")
-    if not zipfile.is_zipfile(p):
-        raise UserError(f"bundle {p} is neither a directory nor a .zip file")
-    with tempfile.TemporaryDirectory(prefix="mtlbench-bundle-") as tmp:
-        with zipfile.ZipFile(p) as zf:
-            for name in zf.namelist():
-                parts = Path(name).parts
-                if Path(name).is_absolute() or ".." in parts:
-                    raise UserError(f"bundle {p}: member {name!r} points outside the bundle")
-            zf.extractall(tmp)
-        yield Path(tmp)
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"bundle {path.parent}: no {path.name} ({what})") from None
-    except ValueError as exc:
-        raise UserError(f"bundle {path.parent}: {path.name} is not valid JSON ({exc})") from None
-
-
-@dataclass
-class BundleVerdict:
-    """The outcome of re-scoring a bundle: ``verified`` when every cell checks out."""
-
-    path: Path
-    manifest: dict[str, Any]
-    cells: list[CellResult]
-    reasons: list[str] = field(default_factory=list)
-    checked: int = 0
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # re-scored: {model: {revision, info}}
-
-    @property
-    def verified(self) -> bool:
-        return not self.reasons and self.checked == len(self.cells) > 0
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-
-def _claimed_cells(root: Path) -> tuple[dict[str, Any], list[tuple[CellResult, str]]]:
-    manifest = _read_json(root / "manifest.json", "the bundle's manifest")
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        raise UserError(f"bundle {root}: manifest.json is not an mtlbench result bundle manifest")
-    if manifest.get("version") != BUNDLE_VERSION:
-        raise UserError(f"bundle {root}: bundle version {manifest.get('version')!r}; this mtlbench reads "
-                        f"{BUNDLE_VERSION}")
-    records = _read_json(root / "cells.json", "the bundle's cells")
-    if not isinstance(records, list):
-        raise UserError(f"bundle {root}: cells.json must hold a list of cells")
-    fields = set(CellResult.__dataclass_fields__)
-    cells = []
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict) or not isinstance(rec.get("images_file"), str):
-            raise UserError(f"bundle {root}: cell {i} of cells.json has no images_file")
+def _remove_abandoned(target: Path) -> None:
+    """Remove what a submission to ``target`` that was killed (``kill -9``, a power cut) left: its
+    staging folder ``.<name>.partial-<pid>-*``, when that process is gone."""
+    for leftover in target.parent.glob(f".{target.name}.partial-*"):
         try:
-            cell = CellResult(**{k: v for k, v in rec.items() if k in fields})
-        except TypeError as exc:
-            raise UserError(f"bundle {root}: cell {i} of cells.json is not a cell ({exc})") from None
-        cells.append((cell, rec["images_file"]))
-    return manifest, cells
-
-
-def _close(claimed: float | None, actual: float, tol: float, relative: bool = False) -> bool:
-    if claimed is None or not isinstance(claimed, int | float):
-        return False
-    if not (math.isfinite(claimed) and math.isfinite(actual)):
-        return math.isnan(claimed) == math.isnan(actual) and (math.isnan(actual) or claimed == actual)
-    bound = tol * max(abs(actual), 1e-12) if relative else tol
-    return abs(claimed - actual) <= bound + 1e-12
-
-
-def verify_bundle(path: str | Path, *, suite: str | None = None, device: str = "cpu", data_root: str | None = None,
-                  arp_tolerance: float = ARP_TOLERANCE, metric_tolerance: float = METRIC_TOLERANCE,
-                  console=None) -> BundleVerdict:
-    """Re-score the bundle at ``path`` on its suite (by name, or ``suite``: a manifest's path for a
-    suite that is not a standard one); see the module docstring."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from benchmark.evaluation import evaluate
-    from benchmark.runner.context import prepare_context
-    from benchmark.scoring import arp, task_arp
-    from benchmark.suites import list_suites, load_suite
-    from benchmark.targets import Target
-    from benchmark.zoo.hub import MissingWeightsError
-
-    with open_bundle(path) as root:
-        manifest, claimed = _claimed_cells(root)
-        suite_name = manifest.get("suite", {}).get("name")
-        if not isinstance(suite_name, str):
-            raise UserError(f"bundle {path}: the manifest names no suite")
-        ref = manifest["suite"].get("ref")  # the manifest's path, for a suite that is not a standard one
-        if suite is None and suite_name not in list_suites() and isinstance(ref, str) and Path(ref).is_file():
-            suite = ref
-        suite = load_suite(suite or suite_name)
-        if suite.name != suite_name:
-            raise UserError(f"bundle {path} is of the suite {suite_name}, not {suite.name}")
-        verdict = BundleVerdict(Path(path), manifest, [c for c, _ in claimed])
-        members = manifest["suite"].get("members", {})
-        ids = manifest.get("data", {}).get("image_ids")
-        contexts: dict[str, Any] = {}
-        dev = torch.device(device)
-        for cell, rel in claimed:
-            where = f"{cell.model} {cell.attack} eps {cell.eps:g} seed {cell.seed}"
-            reasons: list[str] = []
-            if cell.status != "valid":
-                verdict.reasons.append(f"{where}: the bundle holds a {cell.status} cell ({cell.reason})")
-                continue
-            if cell.suite != suite.name:
-                verdict.reasons.append(f"{where}: the cell is of suite {cell.suite}, the bundle's is {suite.name}")
-                continue
-            if cell.model not in contexts:
-                try:
-                    target = Target.of(suite.path or suite.name, cell.model)
-                    contexts[cell.model] = prepare_context(target, cell.config.get("images"),
-                                                           int(cell.config.get("batch_size") or 8), data_root,
-                                                           device=dev, console=console)
-                except (MissingWeightsError, UserError) as exc:
-                    contexts[cell.model] = exc
-            ctx = contexts[cell.model]
-            if isinstance(ctx, Exception):
-                verdict.reasons.append(f"{where}: cannot load the model to re-score it ({ctx})")
-                continue
-            pinned = members.get(cell.model, {}).get("scored_revision")
-            if cell.model_revision != ctx.model_revision or pinned != ctx.model_revision:
-                verdict.reasons.append(
-                    f"{where}: scored on weights revision {cell.model_revision} (manifest: {pinned}), but this "
-                    f"suite's {cell.model} is {ctx.model_revision}: another model's numbers")
-                continue
-            if ids is not None and (list(ids) != list(ctx.image_ids or []) or cell.per_image.get("ids") != ids):
-                verdict.reasons.append(f"{where}: the bundle's image ids are not the suite's evaluation images "
-                                       f"({(ids or [None])[0]} ... vs {(ctx.image_ids or [None])[0]} ...)")
-                continue
-            file = (root / rel).resolve()
-            if not file.is_relative_to(root.resolve()) or not file.is_file():
-                verdict.reasons.append(f"{where}: images file {rel} is missing from the bundle")
-                continue
-            try:
-                adv = load_file(str(file))["adversarial"]
-            except (SafetensorError, KeyError, OSError) as exc:
-                verdict.reasons.append(f"{where}: images file {rel} cannot be read ({exc})")
-                continue
-            clean = torch.cat([b["image"] for b in ctx.batches]).cpu()
-            if adv.shape != clean.shape or adv.dtype != torch.float32:
-                verdict.reasons.append(f"{where}: images of shape {tuple(adv.shape)} {adv.dtype}, expected "
-                                       f"{tuple(clean.shape)} float32")
-                continue
-            if not torch.isfinite(adv).all():
-                bad = int((~torch.isfinite(adv)).flatten(1).any(1).nonzero()[0])
-                verdict.reasons.append(f"{where}: image {bad} holds NaN or inf values")
-                continue
-            low, high = adv.flatten(1).min(1).values, adv.flatten(1).max(1).values
-            outside = ((low < -BALL_TOLERANCE) | (high > 1 + BALL_TOLERANCE)).nonzero()
-            if len(outside):
-                i = int(outside[0])
-                reasons.append(f"image {i} is outside [0, 1] (values in [{float(low[i]):.6f}, {float(high[i]):.6f}])")
-            delta = (adv - clean).abs().flatten(1).max(1).values * 255.0
-            over = (delta > cell.eps + BALL_TOLERANCE * 255.0).nonzero()
-            if len(over):
-                i = int(over[0])
-                reasons.append(f"image {i} ({ids[i] if ids else i}) leaves the eps-ball: max |delta| "
-                               f"{float(delta[i]):.4f}/255 > eps {cell.eps:g}/255")
-            if reasons:
-                verdict.reasons += [f"{where}: {r}" for r in reasons]
-                continue
-            # the suite's evaluation batches with the bundle's images in place of the clean ones
-            parts = adv.split([b["image"].shape[0] for b in ctx.batches])
-            adversarial = evaluate(ctx.model, ctx.tasks, [{**b, "image": part} for b, part in zip(ctx.batches, parts,
-                                                                                                  strict=True)],
-                                   device=dev)
-            for task, values in adversarial.items():
-                for metric, value in values.items():
-                    said = cell.adversarial.get(task, {}).get(metric)
-                    if not _close(said, value, metric_tolerance, relative=True):
-                        reasons.append(f"{task} {metric} is {value:.6g} re-scored, the bundle claims {said!r}")
-            for task, said in cell.clean.items():
-                for metric, value in said.items():
-                    if not _close(value, ctx.clean[task][metric], metric_tolerance, relative=True):
-                        reasons.append(f"clean {task} {metric} is {ctx.clean[task][metric]:.6g}, the bundle "
-                                       f"claims {value!r}")
-            got_arp = arp(ctx.clean, adversarial, ctx.tasks)
-            if not _close(cell.arp, got_arp, arp_tolerance):
-                reasons.append(f"ARP is {got_arp:.4f} re-scored, the bundle claims {cell.arp!r} "
-                               f"(tolerance {arp_tolerance:g})")
-            for task, value in task_arp(ctx.clean, adversarial, ctx.tasks).items():
-                if not _close(cell.task_arp.get(task), value, arp_tolerance):
-                    reasons.append(f"ARP of {task} is {value:.4f} re-scored, the bundle claims "
-                                   f"{cell.task_arp.get(task)!r}")
-            if reasons:
-                verdict.reasons += [f"{where}: {r}" for r in reasons]
-                continue
-            verdict.checked += 1
-            verdict.models[cell.model] = {"revision": ctx.model_revision,
-                                          "info": {**ctx.target.describe(), "clean": ctx.clean}}
-    return verdict
+            pid = int(leftover.name.removeprefix(f".{target.name}.partial-").split("-")[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not pid_alive(pid):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def find_bundles(folder: str | Path) -> list[Path]:

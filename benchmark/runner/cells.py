@@ -30,7 +30,8 @@ from benchmark.suites import Profile, Suite
 from benchmark.targets import Target
 from benchmark.version import __version__
 
-__all__ = ["Cell", "PeakMemory", "evaluate_cell", "expand_grid", "needs_determinism_check"]
+__all__ = ["Cell", "PeakMemory", "evaluate_cell", "expand_grid", "needs_determinism_check", "per_image_record",
+           "score_batch"]
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
     eps_list = list(dict.fromkeys(float(e) for e in (eps if eps is not None else profile.eps)))
     for e in eps_list:
         if not 0 < e <= 255:
-            raise UserError(f"eps {e:g} is outside (0, 255] (0-255 pixel units: 8 means 8/255)")
+            raise UserError(f"eps {e!r} is outside (0, 255] (0-255 pixel units: 8 means 8/255)")
     models = models or profile.models
     members = list(dict.fromkeys(suite.member(m) for m in models)) if models else list(suite.members)
     seed_list = list(dict.fromkeys(int(s) for s in (seeds if seeds is not None else profile.seeds)))
@@ -285,6 +286,9 @@ def evaluate_cell(cell: Cell, ctx: CellContext) -> CellResult:
 
 
 def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
+    if ctx.model_problem:  # the model's own fault, found before any attack ran
+        result.status, result.reason = "invalid", ctx.model_problem
+        return
     try:
         attack = cell.attack.create()
     except UserError as exc:
@@ -306,11 +310,7 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
             result.reason = f"batch {i}: {run.verdict.reason}"
             return
         max_delta = max(max_delta, run.verdict.max_perturbation)
-        with torch.no_grad(), deployed(ctx.model, _batch_seed(cell.seed, i) + 1):
-            outputs = ctx.model(run.adversarial)
-        for t in ctx.tasks:
-            metrics[t.name].update(outputs[t.name], batch)
-        images += per_image_metrics(ctx.tasks, outputs, batch)
+        score_batch(ctx, i, run.adversarial, cell.seed, metrics, images)
         if cell.keep_images:
             kept.append(run.adversarial.detach().float().cpu())
         result.images += batch["image"].shape[0]
@@ -325,9 +325,27 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
     except ValueError as exc:  # a clean metric of 0: ARP is undefined
         result.status, result.reason = "invalid", f"ARP undefined: {exc}"
         return
+    result.per_image = per_image_record(ctx, images)
+
+
+def score_batch(ctx: CellContext, index: int, adversarial: torch.Tensor, seed: int, metrics: dict,
+                images: list[dict]) -> None:
+    """Score the adversarial images of the batch ``index`` of a cell of ``seed`` as the target is
+    deployed: into the cell's streaming ``metrics`` and each image's own (``images``)."""
+    batch = ctx.batches[index]
+    with torch.no_grad(), deployed(ctx.model, _batch_seed(seed, index) + 1):
+        outputs = ctx.model(adversarial)
+    for t in ctx.tasks:
+        metrics[t.name].update(outputs[t.name], batch)
+    images += per_image_metrics(ctx.tasks, outputs, batch)
+
+
+def per_image_record(ctx: CellContext, images: list[dict]) -> dict[str, Any]:
+    """What a cell stores per image (batch order): its id, its score (the jackknife pseudo-value of
+    the cell's ARP) and its own metrics."""
     own = [{name: m.compute() for name, m in one.items()} for one in images]
-    result.per_image = {
-        "ids": list(ctx.image_ids or map(str, range(result.images)))[: result.images],
+    return {
+        "ids": list(ctx.image_ids or map(str, range(len(images))))[: len(images)],
         "score": image_scores(ctx.clean, images, ctx.tasks),
         "metrics": {t.name: {m: [o[t.name][m] for o in own] for m in own[0][t.name]} for t in ctx.tasks},
     }

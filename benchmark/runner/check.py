@@ -58,6 +58,7 @@ class CheckOptions:
     threads: int | None = None
     workers: int | None = None
     resamples: int = 10000
+    cell_timeout: float | None = None  # seconds (None: the profile's; 0: no limit)
 
 
 @dataclass
@@ -77,6 +78,7 @@ class AttackCheck:
     ratio_after: float | None = None
     failures: list[str] = field(default_factory=list)
     per_model: list[dict[str, Any]] = field(default_factory=list)
+    invalid: bool = False  # an output the validator refused (or a failed cell): no baseline is written from it
 
     @property
     def ok(self) -> bool:
@@ -121,6 +123,16 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
             if not isinstance(cell, dict) or not {"model", "eps", "seed", "arp", "ids", "score"} <= set(cell):
                 raise UserError(f"baseline {p}: a cell of attack {name!r} lacks one of model, eps, seed, arp, ids, "
                                 "score")
+            where = f"baseline {p}: {name} on {cell['model']!s:.60} eps {cell['eps']!s:.20} seed {cell['seed']!s:.20}"
+            if not isinstance(cell["eps"], int | float) or isinstance(cell["eps"], bool):
+                raise UserError(f"{where}: eps is not a number")
+            if not isinstance(cell["ids"], list) or not isinstance(cell["score"], list):
+                raise UserError(f"{where}: ids and score must be lists")
+            if len(cell["score"]) != len(cell["ids"]):
+                raise UserError(f"{where}: {len(cell['score'])} scores for {len(cell['ids'])} images; the file was "
+                                "edited or cut short: write it again with --update")
+            if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in cell["score"]):
+                raise UserError(f"{where}: a score is not a number")
     return data
 
 
@@ -159,7 +171,8 @@ def _run(opts: CheckOptions, suite: str, profile: str, attacks: list[str], model
         options = RunOptions(suite=suite, profile=profile, attacks=list(dict.fromkeys([*attacks, reference])),
                              models=models, eps=eps, seeds=seeds, device=opts.device,
                              results=str(Path(tmp) / "check.db"),
-                             defenses=["none"], threads=opts.threads, workers=opts.workers)
+                             defenses=["none"], threads=opts.threads, workers=opts.workers,
+                             cell_timeout=opts.cell_timeout)
         summary = run(options, console=console)
         with ResultsStore(options.results, readonly=True) as store:
             cells = [c for c in map(store.get, summary.keys) if c is not None]
@@ -175,6 +188,7 @@ def _compare(name: str, base: dict[str, Any], new: dict[str, Any], opts: CheckOp
                       ratio_before=base.get("time_ratio"), ratio_after=new.get("time_ratio"))
     for cell in new["cells"]:
         if cell["status"] != "valid":
+            out.invalid = True
             out.failures.append(f"{cell['status']} output on {cell['model']} eps {cell['eps']:g} seed {cell['seed']}: "
                                 f"{cell['reason']}")
     if out.failures:
@@ -189,7 +203,7 @@ def _compare(name: str, base: dict[str, Any], new: dict[str, Any], opts: CheckOp
         if match is None:
             raise UserError(f"the baseline has no cell of {name} on {cell['model']} at eps {cell['eps']:g}; "
                             "write it again with --update")
-        if list(match["ids"]) != list(cell["ids"]):
+        if list(match["ids"]) != list(cell["ids"]) or len(match["score"]) != len(match["ids"]):
             raise UserError(f"{name} on {cell['model']} eps {cell['eps']:g}: the baseline was made on other images "
                             f"({len(match['ids'])} images from {match['ids'][:1]}, now {len(cell['ids'])} from "
                             f"{cell['ids'][:1]}); write it again with --update")
@@ -258,6 +272,9 @@ def check(opts: CheckOptions, *, console=None) -> CheckReport:
     reference = opts.reference or (base["reference"] if base else "pgd:total")
     start = time.perf_counter()
     by_attack = _run(opts, suite, profile, attacks, models, eps, seeds, reference, console)
+    if not by_attack:
+        raise UserError(f"no cell ran: the suite {suite} has no model with weights among "
+                        f"{', '.join(models) if models else 'its members'} for these attacks and eps")
     ref_cells = by_attack.get(reference, [])
     any_cell = next(iter(by_attack.values()))[0]
     every = [c for cells in by_attack.values() for c in cells]
@@ -280,7 +297,7 @@ def check(opts: CheckOptions, *, console=None) -> CheckReport:
         report.attacks = [_compare(name, entry, entry, opts) for name, entry in new["attacks"].items()]
     report.seconds = time.perf_counter() - start
     if opts.update:
-        bad = [a for a in report.attacks if any("output on" in f for f in a.failures)]
+        bad = [a for a in report.attacks if a.invalid]
         if bad:
             raise UserError(f"not writing {path}: {bad[0].attack} has invalid outputs ({bad[0].failures[0]})")
         if base is not None:  # attacks of the old baseline that were not run again are kept

@@ -13,7 +13,7 @@ from benchmark.attacks.validate import WeightSnapshot, model_fingerprint
 from benchmark.data import image_ids, make_loader
 from benchmark.defenses.inference import deployed
 from benchmark.errors import UserError
-from benchmark.evaluation import check_outputs, evaluate, to_device
+from benchmark.evaluation import check_outputs, evaluate, model_problem, to_device
 from benchmark.runner.store import ResultsStore, cell_key
 from benchmark.targets import Target, freeze
 from benchmark.tasks import Task
@@ -40,6 +40,9 @@ class CellContext:
     git_commit: str = ""
     snapshot: WeightSnapshot | None = None  # of the model's weights, to check attacks leave them alone
     image_ids: list[str] | None = None  # of the evaluation images, in batch order
+    #: what is wrong with an external model itself (checked alone, before any attack): its cells
+    #: are invalid with this reason, which blames the model, not the attack
+    model_problem: str = ""
 
     def ensure_pristine(self) -> None:
         """Reload the model when an attack changed its structure, so that the run's restore of
@@ -76,9 +79,11 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
     batches = [to_device(b, device) for b in make_loader(dataset, batch_size)]
     count = sum(b["image"].shape[0] for b in batches)
     ids = image_ids(dataset)[:count]
+    problem = ""
     if target.external:
         with deployed(model, 0):
             check_outputs(model, tasks, batches[0]["image"], what=f"the model {target.name!r}")
+        problem = model_problem(model, batches[0]["image"], name=target.name)
     clean_key = cell_key({"suite": suite.name, "model": target.name, "model_revision": revision,
                           "data": suite.data_source, "split": suite.split, "images": count, "input_size": input_size,
                           "code_version": __version__, "device": device.type,
@@ -97,7 +102,7 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
     return CellContext(target=target, model=model, tasks=tasks, batches=batches, clean=clean,
                        snapshot=WeightSnapshot(model), model_revision=revision, suite=suite.name,
                        data=suite.data_source, split=suite.split, input_size=input_size, device=device,
-                       git_commit=git_commit, image_ids=ids)
+                       git_commit=git_commit, image_ids=ids, model_problem=problem)
 
 
 def device_name(device: torch.device) -> str:

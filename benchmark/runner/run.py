@@ -228,6 +228,7 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
     console = console or make_console(stderr=True)
     suite = load_suite(options.suite)
     profile = suite.profile(options.profile)
+    suite.check_data_root(options.data_root)
     if module is not None and options.model_dir is not None:
         raise UserError("give an nn.Module or a model directory, not both")
     if options.models and (module is not None or options.model_dir is not None):

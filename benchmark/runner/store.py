@@ -99,15 +99,21 @@ class Owner:
         if claim["host"] == self.host and claim["pid"] == self.pid:
             return False  # an earlier run of this process, which is over
         if claim["host"] == self.host:
-            import os
-
-            try:
-                os.kill(claim["pid"], 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
+            return pid_alive(claim["pid"])
         return True
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether the process ``pid`` of this host is running (another user's counts as running)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _json_object(text: Any) -> dict[str, Any]:
@@ -204,7 +210,18 @@ class ResultsStore:
         try:
             self.conn = sqlite3.connect(uri, uri=readonly, timeout=30.0, isolation_level=None)
             self.conn.row_factory = sqlite3.Row
-            tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            try:
+                tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            except sqlite3.OperationalError:
+                if not readonly:
+                    raise
+                # read-only media: a WAL database's reader cannot create its shared-memory file there;
+                # read it as a file that nothing changes (what a finished run left on a DVD or a ro mount)
+                self.conn.close()
+                self.conn = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, timeout=30.0,
+                                            isolation_level=None)
+                self.conn.row_factory = sqlite3.Row
+                tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if tables and "meta" not in tables:
                 # never add our tables to (or switch the journal of) someone else's database
                 raise UserError(f"{self.path} is an SQLite database of something else (tables: "
@@ -390,10 +407,13 @@ class ResultsStore:
             raise UserError(f"export to {out}: it is a directory; give a file name ending in .csv or .json")
         if not out.parent.is_dir():
             raise UserError(f"export to {out}: the folder {out.parent} does not exist")
-        if out.suffix == ".csv":
-            self.to_pandas().to_csv(out, index=False)
-        elif out.suffix == ".json":
-            out.write_text(json.dumps([asdict(c) for c in self.cells()], indent=1, sort_keys=True, default=str))
-        else:
+        if out.suffix not in (".csv", ".json"):
             raise UserError(f"export to {out}: use a .csv or .json file name")
+        try:
+            if out.suffix == ".csv":
+                self.to_pandas().to_csv(out, index=False)
+            else:
+                out.write_text(json.dumps([asdict(c) for c in self.cells()], indent=1, sort_keys=True, default=str))
+        except OSError as exc:
+            raise UserError(f"export to {out}: cannot write it ({exc.strerror or exc}; a read-only folder?)") from None
         return out

@@ -294,7 +294,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     instead of the local zoo (members already there with the manifest's recipe are kept, so an
     interrupted build goes on). ``seed``: another training seed of the recipe (see
     :func:`with_seed`; needs ``out``)."""
-    suite = load_suite(suite) if isinstance(suite, str) else suite
+    suite = load_suite(suite) if isinstance(suite, str | Path) else suite
     if seed is not None and out is None:
         raise UserError("a build with another training seed needs its own folder (--out DIR): the local zoo holds "
                         "the members of the manifest's recipe")
@@ -459,12 +459,16 @@ class _Workers:
                                            None if pretext is None else str(pretext), self.device, self.data_root,
                                            seed, str(where(item))))
                 running[future] = item, time.perf_counter()
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            # wake every few seconds: off a terminal, the bar prints a line with the count and an ETA
+            finished, _ = wait(running, timeout=5.0, return_when=FIRST_COMPLETED)
+            bar.update(task)
             for future in finished:
                 item, started = running.pop(future)
                 result = future.result()
                 if not isinstance(item, AfterJob):
                     out[item.name] = Path(result[1])
+                    bar.console.print(f"{item.name}: trained in {time.perf_counter() - started:.0f} s",
+                                      highlight=False, markup=False)
                     ready = [j for j in waiting if j.after == item.name]  # next, before the other members
                     waiting = [j for j in waiting if j.after != item.name]
                     queue[:0] = ready
@@ -485,7 +489,7 @@ def load_model(suite: Suite | str, member: Member | str, *, weights_dir: str | P
                console: Console | None = None) -> tuple[BranchedModel, CheckpointInfo]:
     """A suite member in eval mode, from a local directory, the Hub cache, or (tiny mirrors)
     built on first use."""
-    suite = load_suite(suite) if isinstance(suite, str) else suite
+    suite = load_suite(suite) if isinstance(suite, str | Path) else suite
     member = suite.member(member) if isinstance(member, str) else member
     directory, source = resolve_weights(suite, member, weights_dir=weights_dir)
     if directory is None:

@@ -188,7 +188,7 @@ def defend_suite(suite: Suite | str, spec: str, members: list[str] | None = None
     """Defend the members of a suite (all by default) with ``spec``; members already defended are
     kept unless ``rebuild``. ``overrides`` change the suite's recipe (``steps=``, ``attack_steps=``...).
     ``out``: write ``out/<member>/`` instead of the local zoo (members finished there are kept)."""
-    suite = load_suite(suite) if isinstance(suite, str) else suite
+    suite = load_suite(suite) if isinstance(suite, str | Path) else suite
     console = console or make_console(stderr=True)
     defense = create_defense(spec)
     recipe = fat_recipe(suite, **overrides)

@@ -57,8 +57,9 @@ def load_paper_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = (str(exc).splitlines() or ["empty file"])[0][:200]
         raise PaperImportError(f"{p}: cannot be read as a weights-only torch checkpoint "
-                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+                               f"({type(exc).__name__}: {first})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
