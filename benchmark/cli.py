@@ -409,7 +409,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                          results=args.results, weights_dir=args.weights_dir, data_root=args.data_root,
                          executor=args.executor, ray_address=args.address, gpus_per_cell=args.gpus_per_cell,
                          cell_timeout=_timeout(args.cell_timeout), defenses=_csv(args.defenses, option="--defenses"),
-                         eot_samples=args.eot, model_dir=args.model, model_name=args.name, threads=args.threads,
+                         eot_samples=args.eot, score_draws=args.draws, model_dir=args.model, model_name=args.name,
+                         threads=args.threads,
                          workers=args.workers)
     summary = run(options, console=err_console)
     done = dict(summary.done)
@@ -500,19 +501,31 @@ def cmd_results_export(args: argparse.Namespace) -> int:
 
 
 def cmd_results_show(args: argparse.Namespace) -> int:
+    from benchmark.defenses.checks import evaluation_flags, target_checks
     from benchmark.runner import ResultsStore
 
-    statuses = _csv(args.status) or ["valid", "invalid", "failed"]
+    statuses = _csv(args.status, option="--status") or ["valid", "invalid", "failed"]
     with ResultsStore(args.results, readonly=True) as store:
-        cells = [c for c in store.cells() if c.status in statuses]
+        every = store.cells()
+        infos = {(row["suite"], row["model"]): row for row in store.models()}
+    cells = [c for c in every if c.status in statuses]
+    flags: dict[tuple[str, str], list[str]] = {}
+    for suite in {c.suite for c in every}:
+        mine = [c for c in every if c.suite == suite]
+        checked = target_checks(mine, {m: infos.get((suite, m), {}) for m in {c.model for c in mine}})
+        flags.update({(suite, m): evaluation_flags(v) for m, v in checked.items()})
     table = Table(title=f"{args.results}: {len(cells)} cells")
     for col in ("suite", "model", "attack", "eps", "seed", "status", "ARP", "s/img", "fwd", "bwd", "reason"):
         table.add_column(col, overflow="fold")
     for c in cells[: args.limit]:
+        reason = c.reason or ("evaluation unreliable (see below)" if flags.get((c.suite, c.model)) else "")
         table.add_row(c.suite, c.model, c.attack, f"{c.eps:g}", str(c.seed), c.status,
                       "" if c.arp is None else f"{c.arp:.2f}", f"{c.time_per_image_s:.4f}", str(c.forward_passes),
-                      str(c.backward_passes), c.reason)
+                      str(c.backward_passes), reason)
     console.print(table)
+    for (suite, model), lines in sorted(flags.items()):
+        if lines:
+            console.print(Text(f"{suite}/{model}: evaluation unreliable: {'; '.join(lines)}"), soft_wrap=True)
     return 0
 
 
@@ -811,6 +824,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defenses", help="comma-separated targets per model: 'none' (undefended), inference-time "
                                       "defenses and trained ones, e.g. 'none,bitdepth:4,fat:pgd:gb-mta' (default: "
                                       "the profile's); a trained defense needs `mtlbench defend` first")
+    p.add_argument("--draws", type=_bounded(int, 1, 1000), default=None, metavar="N",
+                   help="draws of a randomised defense its images are scored over (their metrics pooled: the "
+                        "defense's expected metric; default: the profile's score_draws, 8 unless it says otherwise)")
     p.add_argument("--eot", type=_bounded(int, 1, 1000), default=None, metavar="N",
                    help="EOT draws per model call when attacking a randomised defense (default: the profile's "
                         "eot_samples, 4 unless it says otherwise)")

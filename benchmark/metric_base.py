@@ -8,14 +8,18 @@ from abc import ABC, abstractmethod
 
 import torch
 
-__all__ = ["IGNORE_INDEX", "TaskMetric"]
+__all__ = ["IGNORE_INDEX", "TaskMetric", "decode_states", "encode_states"]
 
 IGNORE_INDEX = 255
 _EPS = 1e-8
 
 
 class TaskMetric(ABC):
-    """Streaming metric: sufficient statistics in float64 tensors, mergeable across workers."""
+    """Streaming metric: sufficient statistics in float64 tensors, mergeable across workers.
+    ``storable``: whether its statistics are small enough to keep per image (they are merged
+    again when the leaderboard takes each image from another attack: the worst case per image)."""
+
+    storable: bool = True
 
     def __init__(self) -> None:
         self.reset()
@@ -41,6 +45,18 @@ class TaskMetric(ABC):
             setattr(self, name, getattr(self, name) + sign * value.to(getattr(self, name).device))
         return self
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The sufficient statistics (what :meth:`merge` adds)."""
+        return self._state()
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> TaskMetric:
+        mine = self._state()
+        for name, value in state.items():
+            if name not in mine or value.shape != mine[name].shape:
+                raise ValueError(f"{type(self).__name__} has no statistic {name!r} of shape {tuple(value.shape)}")
+            setattr(self, name, value.to(torch.float64).clone())
+        return self
+
     def copy(self) -> TaskMetric:
         out = copy.copy(self)
         for name, value in self._state().items():
@@ -60,3 +76,51 @@ def _mask(targets: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     if m is None:
         return torch.ones(like.shape[0], 1, *like.shape[-2:], dtype=torch.bool, device=like.device)
     return (m > 0) if m.dim() == 4 else (m > 0).unsqueeze(1)
+
+
+def encode_states(images: list[dict[str, TaskMetric]]) -> str | None:
+    """Each image's metric statistics (``{task: metric}`` per image), compactly: one safetensors
+    blob of the per-image stacks (float32 where that is exact, else float64), zlib-compressed and
+    base64-encoded. None when a metric's statistics are not storable per image."""
+    import base64
+    import zlib
+
+    from safetensors.torch import save
+
+    if not images or not all(m.storable for m in images[0].values()):
+        return None
+    arrays = {}
+    for task in images[0]:
+        for name in images[0][task].state():
+            stack = torch.stack([one[task].state()[name] for one in images]).to(torch.float64)
+            small = stack.to(torch.float32)
+            arrays[f"{task}/{name}"] = small if torch.equal(small.to(torch.float64), stack) else stack
+    return base64.b64encode(zlib.compress(save({k: v.contiguous() for k, v in arrays.items()}), 6)).decode()
+
+
+def decode_states(text: str, factories: dict) -> list[dict[str, TaskMetric]]:
+    """The per-image metrics of :func:`encode_states` (``factories``: task -> a new metric); a
+    ``ValueError`` when the text is not such a blob."""
+    import base64
+    import binascii
+    import zlib
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        arrays = load(zlib.decompress(base64.b64decode(text.encode(), validate=True)))
+    except (binascii.Error, zlib.error, SafetensorError, ValueError, TypeError) as exc:
+        raise ValueError(f"not per-image metric statistics ({type(exc).__name__})") from None
+    by_task: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in arrays.items():
+        task, _, name = key.partition("/")
+        by_task.setdefault(task, {})[name] = value
+    if set(by_task) != set(factories):
+        raise ValueError(f"statistics of tasks {sorted(by_task)}, expected {sorted(factories)}")
+    counts = {v.shape[0] for stats in by_task.values() for v in stats.values()}
+    if len(counts) != 1:
+        raise ValueError("per-image statistics of different lengths")
+    n = counts.pop()
+    return [{task: factories[task]().load_state({k: v[i] for k, v in stats.items()})
+             for task, stats in by_task.items()} for i in range(n)]

@@ -89,7 +89,9 @@ class PaperSegmentationMetric(_BatchWeighted):
 
 
 class PaperNormalMetric(TaskMetric):
-    """NYUv2 normal angles of every valid pixel, kept (exact median)."""
+    """NYUv2 normal angles of every valid pixel, kept (exact median; too large to keep per image)."""
+
+    storable = False
 
     def reset(self):
         self.angles = torch.zeros(0, dtype=torch.float64)

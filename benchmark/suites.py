@@ -111,6 +111,9 @@ class Profile:
     cell_timeout: float = 1800.0  # seconds one cell may take before it is stored as failed (0: no limit)
     defenses: tuple[str, ...] = ("none",)  # targets per member: undefended, inference-time and FAT defenses
     eot_samples: int = 4  # EOT draws per model call when attacking a randomised defense
+    #: draws of a randomised defense over which its clean and adversarial images are scored (the
+    #: metrics pooled over the draws: what a user of the deployed defense sees on average)
+    score_draws: int = 8
     defended_models: tuple[str, ...] | None = None  # members that get the defended targets (None: all)
     models: tuple[str, ...] | None = None  # the members the profile evaluates (None: all)
     #: extra step budgets per optimizer (``{"pgd": (1, 2, 10)}``) for the ARP-at-equal-compute curves,
@@ -120,6 +123,9 @@ class Profile:
     #: each optimizer's preset and options (``{"apgd": {"preset": "paper", "random_start": False}}``),
     #: applied to every attack of that optimizer and stored in its cells' configuration
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: attacks run only on the members that get defenses (each of their targets, the undefended
+    #: one included): the black-box attack of the gradient-masking checks
+    defense_attacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -222,7 +228,8 @@ _SUITE_KEYS = {"name", "description", "dataset", "data", "split", "backbone", "w
 _MEMBER_KEYS = {"name", "index", "layout", "backbone", "width", "input_size", "repo_id", "revision", "sha256",
                 "head_hidden", "head_rates"}
 _PROFILE_KEYS = {"eps", "attacks", "steps", "eval_size", "seeds", "batch_size", "description", "cell_timeout",
-                 "defenses", "eot_samples", "defended_models", "models", "budgets", "budget_models", "options"}
+                 "defenses", "eot_samples", "defended_models", "models", "budgets", "budget_models", "options",
+                 "score_draws", "defense_attacks"}
 _TOP_KEYS = {"suite", "models", "profiles", "training", "fat", "weights"}
 _MEMBER_OVERRIDES = {"backbone": str, "width": (int, float), "input_size": int, "head_hidden": int}
 _DATASETS = {"nyuv2": 3, "taskonomy": 5}
@@ -576,6 +583,11 @@ def _profiles(c: _Checker, profiles: Any) -> dict[str, Profile]:
         eot = c.typed(table, "eot_samples", int, where, 4)
         if not 1 <= eot <= 1000:
             raise c.fail(f"{where}.eot_samples", f"expected an integer in [1, 1000], got {eot!r}")
+        draws = c.typed(table, "score_draws", int, where, 8, low=1, high=1000)
+        extra = c.typed(table, "defense_attacks", list, where, [])
+        for pattern in extra:
+            if not isinstance(pattern, str) or not any(fnmatch.fnmatch(a, pattern) for a in known):
+                raise c.fail(f"{where}.defense_attacks", f"{pattern!r} matches no registered attack")
         budgets = c.typed(table, "budgets", dict, where, {})
         for key, values in budgets.items():
             if (not isinstance(values, list) or not values
@@ -601,6 +613,7 @@ def _profiles(c: _Checker, profiles: Any) -> dict[str, Profile]:
                              batch_size=c.typed(table, "batch_size", int, where, 8, low=1, high=4096),
                              description=c.typed(table, "description", str, where, ""),
                              cell_timeout=float(timeout), defenses=tuple(defenses), eot_samples=eot,
+                             score_draws=draws, defense_attacks=tuple(extra),
                              defended_models=None if defended is None else tuple(defended),
                              models=None if chosen is None else tuple(chosen),
                              budgets={k: tuple(dict.fromkeys(v)) for k, v in budgets.items()},

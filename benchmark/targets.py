@@ -82,23 +82,25 @@ class Target:
     #: of a Hub-format checkpoint directory, or ``module:<class>`` for an ``nn.Module`` given in
     #: this process (:func:`benchmark.evaluate`), which cannot be rebuilt elsewhere
     external: str | None = None
+    draws: int = 1  # draws of a randomised defense over which its images are scored
 
     @classmethod
     def of(cls, suite: str | Path, member: str, *, weights_dir: str | Path | None = None,
-           defense: str | None = None, eot: int = 1) -> Target:
+           defense: str | None = None, eot: int = 1, draws: int = 1) -> Target:
         from benchmark.defenses import parse_defense
 
         d = parse_defense(defense)
         spec = None if d is None else d.spec
-        eot = int(eot) if d is not None and getattr(d, "randomised", False) else 1
-        if eot < 1:
-            raise UserError(f"EOT samples must be >= 1, got {eot}")
+        randomised = d is not None and getattr(d, "randomised", False)
+        eot, draws = (int(eot), int(draws)) if randomised else (1, 1)
+        if eot < 1 or draws < 1:
+            raise UserError(f"EOT samples and scoring draws must be >= 1, got {eot} and {draws}")
         return cls(suite_ref(suite), member, None if weights_dir is None else str(Path(weights_dir).resolve()),
-                   spec, eot)
+                   spec, eot, draws=draws)
 
     @classmethod
     def external_model(cls, suite: str | Path, source: str | Path | torch.nn.Module, *, name: str | None = None,
-                       defense: str | None = None, eot: int = 1) -> Target:
+                       defense: str | None = None, eot: int = 1, draws: int = 1) -> Target:
         """A model that is not a suite member, scored on the suite's data and tasks: a Hub-format
         checkpoint directory, or an ``nn.Module`` of this process."""
         from benchmark.defenses import parse_defense
@@ -126,8 +128,9 @@ class Target:
         if d is not None and d.kind == "training":
             raise UserError(f"{d.spec} trains suite members (`mtlbench defend`); an external model can be run "
                             "behind an inference-time defense only")
-        eot = int(eot) if d is not None and getattr(d, "randomised", False) else 1
-        return cls(suite_obj.ref, name, None, None if d is None else d.spec, eot, external)
+        randomised = d is not None and getattr(d, "randomised", False)
+        eot, draws = (int(eot), int(draws)) if randomised else (1, 1)
+        return cls(suite_obj.ref, name, None, None if d is None else d.spec, eot, external, draws=draws)
 
     @property
     def in_memory(self) -> bool:
@@ -289,7 +292,8 @@ class Target:
         if not d.differentiable:
             gradient.append("BPDA (straight-through)")
         return {"defense": d.spec, "defense_kind": d.kind, "randomised": d.randomised,
-                "differentiable": d.differentiable, "eot": self.eot, "gradient": "; ".join(gradient) or "exact"}
+                "differentiable": d.differentiable, "eot": self.eot, "gradient": "; ".join(gradient) or "exact",
+                "score_draws": self.draws}
 
     def _defended_record(self) -> dict[str, Any]:
         """The recipe and parent hash of a trained defense, from its checkpoint's config."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from benchmark.defenses.checks import evaluation_flags, target_checks
 from benchmark.runner.store import CellResult, ResultsStore
 from benchmark.scoring import bootstrap_ci, transferability
 from benchmark.version import __version__
@@ -49,7 +50,7 @@ def _entry(cells: list[CellResult]) -> dict[str, Any]:
     task_names = list(cells[0].task_arp)
     per_image = [p for p in map(_passes, cells) if p is not None]
     return {
-        "status": "valid", "reason": "", "seeds": len(cells),
+        "status": "valid", "reason": "", "seeds": len(cells), "image_ci": _image_ci(cells[0].per_image.get("score")),
         "arp": mean(c.arp for c in cells),
         "task_arp": {t: mean(c.task_arp[t] for c in cells) for t in task_names},
         "adversarial": cells[0].adversarial,
@@ -60,6 +61,17 @@ def _entry(cells: list[CellResult]) -> dict[str, Any]:
         "peak_memory_bytes": max((c.peak_memory_bytes or 0) for c in cells) or None,
         "peak_memory_kind": cells[0].peak_memory_kind,
     }
+
+
+def _image_ci(scores: list | None) -> list[float] | None:
+    """A percentile-bootstrap 95% interval of a cell's ARP over its images (the mean of the images'
+    scores, their jackknife pseudo-values): the interval of one model's number, where an interval
+    over models has a single model to resample."""
+    values = [v for v in scores or [] if isinstance(v, int | float) and math.isfinite(v)]
+    if len(values) < 2:
+        return None
+    _, low, high = bootstrap_ci(values, confidence=0.95, seed=0)
+    return [low, high]
 
 
 def _rankings(entries: dict[tuple[str, str], dict], models: list[str], attacks: list[str]) -> tuple[list, list]:
@@ -130,11 +142,25 @@ def _transfer(entries, models: list[str], attacks: list[str], targets: dict[str,
     }
 
 
-def _defenses(entries: dict, defended: list[str], attacks: list[str], info: dict) -> dict[str, Any]:
+def _mean_ci(values: list[float], one: list[float] | None) -> dict[str, Any]:
+    """Mean and 95% interval of per-member numbers: over members, or (a single member) over its
+    images (``one``: that member's interval over images), else no interval."""
+    m, low, high = bootstrap_ci(values, confidence=0.95, seed=0)
+    if len(values) == 1:
+        low, high = one if one else (None, None)
+    return {"arp": m, "ci_low": low, "ci_high": high, "n": len(values),
+            "ci_over": "models" if len(values) > 1 else ("images" if one else "")}
+
+
+def _defenses(entries: dict, defended: list[str], attacks: list[str], info: dict,
+              worst: dict[str, dict] | None = None) -> dict[str, Any]:
     """The paper's Table 3 shape: rows = no defense and each defense, columns = attacks, cells =
-    mean ARP over the members that have the defense (bootstrap 95% CI over members), with the
-    strongest attack of each row; and each defense's clean cost (its clean metrics' relative drop
+    mean ARP over the members that have the defense (bootstrap 95% CI over members; over images
+    for one member), with the strongest attack of each row; the worst case per image over every
+    attack (the best known ARP, by which the defenses are sorted, most robust first) and which
+    attacks supplied its images; and each defense's clean cost (its clean metrics' relative drop
     against the undefended member, ARP's formula) beside its robust ARP (strongest attack)."""
+    worst = worst or {}
     from benchmark.scoring import arp as relative_drop
     from benchmark.tasks import get_tasks
 
@@ -153,9 +179,18 @@ def _defenses(entries: dict, defended: list[str], attacks: list[str], info: dict
             if not values or bad:
                 cells[a] = {"arp": None, "n": len(values), "reason": bad[0]["reason"] if bad else "not run"}
                 continue
-            m, low, high = bootstrap_ci(values, confidence=0.95, seed=0)
-            cells[a] = {"arp": m, "ci_low": low, "ci_high": high, "n": len(values), "reason": ""}
+            cells[a] = {**_mean_ci(values, present[0].get("image_ci") if len(values) == 1 else None), "reason": ""}
         ranked = [a for a in attacks if cells[a]["arp"] is not None]
+        known = [worst[t] for t in targets if t in worst]
+        best_known = None
+        if known and len(known) == len(targets):
+            supplied: dict[str, int] = defaultdict(int)
+            for w in known:
+                for attack, n in w["supplied"].items():
+                    supplied[attack] += n
+            best_known = {**_mean_ci([w["arp"] for w in known], known[0]["image_ci"] if len(known) == 1 else None),
+                          "supplied": dict(sorted(supplied.items(), key=lambda kv: (-kv[1], kv[0]))),
+                          "images": sum(w["images"] for w in known)}
         strongest = max(ranked, key=lambda a: cells[a]["arp"]) if ranked else None
         costs = []
         for t in targets if defense != "none" else []:
@@ -169,8 +204,59 @@ def _defenses(entries: dict, defended: list[str], attacks: list[str], info: dict
             "clean_cost": mean(costs) if costs else (0.0 if defense == "none" else None),
             "gradient": first.get("gradient", "exact") if defense != "none" else "exact",
             "randomised": first.get("randomised", False), "eot": first.get("eot", 1),
+            "best_known": best_known,
         })
+    # the reference row first, then the defenses from the most robust (lowest best-known ARP)
+    rows[1:] = sorted(rows[1:], key=lambda r: (r["best_known"] is None, (r["best_known"] or {}).get("arp") or 0.0,
+                                               r["defense"]))
     return {"rows": rows, "attacks": attacks}
+
+
+def _worst_case(cells: list[CellResult], dataset: str | None) -> dict[str, Any] | None:
+    """The worst case per image over every attack run on one target at one eps ("best known",
+    as SEA and RobustBench keep it): each image taken from the cell (attack and seed) with its
+    highest per-image score, and the ARP of that set scored exactly from the images' metric
+    statistics (never an average of ARPs). None when fewer than two attacks with statistics ran."""
+    from benchmark.metric_base import decode_states
+    from benchmark.scoring import arp, task_arp
+    from benchmark.tasks import get_tasks
+
+    usable = [c for c in cells if c.status == "valid" and c.per_image.get("state") and not _is_curve_point(c)]
+    if dataset is None or len({c.attack for c in usable}) < 2:
+        return None
+    ids = usable[0].per_image.get("ids")
+    usable = [c for c in usable if c.per_image.get("ids") == ids and c.clean == usable[0].clean]
+    tasks = get_tasks(dataset, metrics=usable[0].config.get("metrics", "ours"))
+    factories = {t.name: t.new_metric for t in tasks}
+    try:
+        states = [decode_states(c.per_image["state"], factories) for c in usable]
+    except ValueError:
+        return None
+    usable.sort(key=lambda c: (c.attack, c.seed))
+    chosen: list[int] = []
+    for i in range(len(ids)):
+        scores = [c.per_image["score"][i] for c in usable]
+        scores = [v if isinstance(v, int | float) and math.isfinite(v) else -math.inf for v in scores]
+        chosen.append(max(range(len(usable)), key=lambda k: (scores[k], -k)))
+    merged = {t.name: t.new_metric() for t in tasks}
+    for i, k in enumerate(chosen):
+        for name, metric in states[k][i].items():
+            merged[name].merge(metric)
+    adversarial = {name: m.compute() for name, m in merged.items()}
+    clean = usable[0].clean
+    supplied: dict[str, int] = defaultdict(int)
+    for k in chosen:
+        supplied[usable[k].attack] += 1
+    best_single = max(usable, key=lambda c: c.arp)
+    try:
+        value = arp(clean, adversarial, tasks)
+        per_task = task_arp(clean, adversarial, tasks)
+    except ValueError:
+        return None
+    scores = [usable[k].per_image["score"][i] for i, k in enumerate(chosen)]
+    return {"arp": value, "task_arp": per_task, "images": len(ids), "attacks": len({c.attack for c in usable}),
+            "supplied": dict(sorted(supplied.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "best_single": best_single.attack, "best_single_arp": best_single.arp, "image_ci": _image_ci(scores)}
 
 
 def _signature(c: CellResult) -> tuple:
@@ -292,27 +378,53 @@ def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dic
         for eps in eps_list:
             entries = {(m, a): _entry(by_key[(m, a, eps)]) for m in models + defended + external for a in attacks
                        if by_key.get((m, a, eps))}
+            worst = {m: _worst_case([c for a in attacks for c in by_key.get((m, a, eps), [])],
+                                    info[m].get("dataset")) for m in models + defended + external}
+            worst = {m: w for m, w in worst.items() if w is not None}
             ranked, unranked = _rankings(entries, models, attacks)
             per_eps[eps_key(eps)] = {
                 "eps": eps, "ranking": ranked, "unranked": unranked,
                 "table": {m: {a: entries[(m, a)] for a in attacks if (m, a) in entries} for m in models},
                 "transfer": _transfer(entries, models, attacks, targets, info),
-                "defenses": _defenses(entries, defended, attacks, info) if defended else None,
+                "worst": worst,
+                "defenses": _defenses(entries, defended, attacks, info, worst) if defended else None,
                 "external": {m: {a: entries[(m, a)] for a in attacks if (m, a) in entries} for m in external},
                 "budget": _budget_block(suite_cells, models, eps),
             }
         clean = {m: info[m].get("clean") or next((c.clean for c in suite_cells if c.model == m and c.clean), {})
                  for m in models}
+        checks = target_checks(suite_cells, info)
+        reliability = {m: {"checks": checks.get(m, {}), "flags": evaluation_flags(checks.get(m, {}))}
+                       for m in models + defended + external}
+        for block in per_eps.values():
+            for row in (block["defenses"] or {}).get("rows", []):
+                row["flags"] = [f"{t}: {f}" if len(row["targets"]) > 1 else f
+                                for t in row["targets"] for f in reliability.get(t, {}).get("flags", [])]
         suites[suite] = {
             "name": suite, "models": models, "attacks": attacks, "eps": eps_list, "tasks": tasks,
             "default_eps": choose_eps(eps_list, default_eps) if eps_list else None,
             "model_info": {m: {k: v for k, v in info[m].items() if k not in ("clean",)}
                            for m in models + defended + external},
             "defended": defended, "external": external,
-            "clean": clean, "by_eps": per_eps,
+            "clean": clean, "by_eps": per_eps, "reliability": reliability,
+            "inference": _inference(info, defended + external),
             "statuses": dict(sorted(_count(suite_cells).items())),
         }
     return {"provenance": _provenance(cells, store.path), "suites": suites}
+
+
+def _inference(info: dict, targets: list[str]) -> dict[str, dict[str, Any]]:
+    """Each defended (or external) target's inference cost: forward passes of the network per
+    prediction and clean time per image, relative to its undefended member's (one run's timing)."""
+    out = {}
+    for t in targets:
+        mine = info[t].get("inference") or {}
+        base = (info.get(info[t].get("member"), {}) or {}).get("inference") or {}
+        ratio = (mine["s_per_image"] / base["s_per_image"]
+                 if mine.get("s_per_image") and base.get("s_per_image") else None)
+        out[t] = {"passes_per_prediction": mine.get("passes_per_prediction"), "s_per_image": mine.get("s_per_image"),
+                  "time_ratio": ratio}
+    return out
 
 
 def _count(cells: list[CellResult]) -> dict[str, int]:

@@ -3,6 +3,7 @@ and a browser test in headless Chromium."""
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,14 +105,17 @@ def test_browser(mini_suite, tmp_path, monkeypatch):
     manifest, home = mini_suite
     monkeypatch.setenv("MTLBENCH_HOME", str(home))
     db = tmp_path / "r.db"
+    sys.path.insert(0, str(Path(__file__).parent))
+    import plugin_masking_defenses  # noqa: F401  (registers test-shatter, a defense that masks gradients)
+
     run(RunOptions(suite=str(manifest), results=str(db), attacks=["fgsm:total", "pgd:gb-mta", "pgd:single-depth"],
-                   defenses=["none", "bitdepth:4"]))
+                   defenses=["none", "bitdepth:4", "test-shatter"]))
     index = render_leaderboard(db, tmp_path / "site")
     with ResultsStore(db, readonly=True) as store:
         block = build_board(store)["suites"]["mini-run"]["by_eps"]
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.goto(index.resolve().as_uri())
         table = page.locator('table.ranking[data-eps="8"]')
         assert table.is_visible() and not page.locator('table.ranking[data-eps="4"]').is_visible()
@@ -149,7 +153,19 @@ def test_browser(mini_suite, tmp_path, monkeypatch):
             for attack, cell in row["cells"].items():
                 text = defenses.locator(f'tr[data-defense="{row["defense"]}"] td[data-attack="{attack}"]').inner_text()
                 assert text.startswith(f"{cell['arp']:.2f}"), (row["defense"], attack, text)
-        assert defenses.locator("tbody tr").count() == 2
+        assert defenses.locator("tbody tr").count() == 3
+        # the best known column (worst case per image) and the masking flag are the store's
+        for row in block["8"]["defenses"]["rows"]:
+            tr = defenses.locator(f'tr[data-defense="{row["defense"]}"]')
+            assert tr.locator("td.worst b").inner_text() == f"{row['best_known']['arp']:.2f}", row["defense"]
+            flagged = tr.locator("div.flag")
+            assert flagged.count() == (1 if row["flags"] else 0), row["defense"]
+        shatter = defenses.locator('tr[data-defense="test-shatter"] div.flag').inner_text()
+        assert shatter.startswith("evaluation unreliable: AS+test-shatter: (a) vanishing gradients: 2 of 2 images")
+        # a wide table scrolls inside its own box: nothing of the page is cut off at 1280 px
+        box = defenses.locator("xpath=..").bounding_box()
+        assert box["x"] + box["width"] <= 1280
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280
         page.screenshot(path=str(tmp_path / "defenses.png"), full_page=True)
         browser.close()
     assert (tmp_path / "index.png").stat().st_size > 10_000

@@ -143,6 +143,8 @@ TAMPERING = [
     ("cell added", lambda b: _cells(b, _extra), "its eps is not in the grid"),
     ("per-image scores", lambda b: _cells(b, _scores), "score is"),
     ("per-image metric", lambda b: _cells(b, _image_metric), "depth_zbuffer abs_err is"),
+    ("per-image statistics", lambda b: _cells(b, lambda c: c[0]["per_image"].update(state=c[1]["per_image"]["state"])),
+     "are not the re-scored ones"),
     ("options", lambda b: _cells(b, lambda c: c[0]["config"]["options"].update(steps=50)), "config.options is"),
     ("key", lambda b: _cells(b, lambda c: c[0].update(key="0" * 64)), "key is not the hash"),
     ("absurd images", lambda b: _cells(b, lambda c: c[0].update(images=10**30)), "images: expected an integer in"),

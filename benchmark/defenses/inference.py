@@ -45,6 +45,7 @@ __all__ = [
     "MedianFilter",
     "RandomResizePad",
     "deployed",
+    "deployed_outputs",
     "straight_through",
 ]
 
@@ -214,3 +215,14 @@ def deployed(model: nn.Module, seed: int) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def deployed_outputs(model: nn.Module, x: torch.Tensor, seed: int, draws: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+    """The outputs of ``model`` on ``x`` as it is deployed, without gradients: one forward pass;
+    for a randomised defense, ``draws`` independent draws of its randomness (seeded from
+    ``seed``), over which the caller pools its metrics: the expected metric of the deployed
+    defense, which one draw only estimates (auto-attack PR #105)."""
+    randomised = isinstance(model, DefendedModel) and model.defense.randomised
+    for d in range(draws if randomised else 1):
+        with torch.no_grad(), deployed(model, seed + d * 7_919_111):
+            yield model(x)

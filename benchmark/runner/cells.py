@@ -20,9 +20,10 @@ from benchmark.attacks import list_attacks, run_attack
 from benchmark.attacks.sandbox import CellTimeout, time_limit
 from benchmark.attacks.spec import AttackSpec, is_ours
 from benchmark.defenses import parse_defense
-from benchmark.defenses.inference import deployed
+from benchmark.defenses.inference import deployed_outputs
 from benchmark.errors import UserError
 from benchmark.evaluation import per_image_metrics
+from benchmark.metric_base import encode_states
 from benchmark.runner.context import CellContext, device_name
 from benchmark.runner.store import CellResult, cell_key
 from benchmark.scoring import arp, image_scores, task_arp
@@ -75,6 +76,7 @@ class Cell:
             "code_version": __version__,
             # an undefended cell keeps the key it had before defenses existed
             **({"defense": self.target.defense, "eot": self.target.eot} if self.target.defense else {}),
+            **({"score_draws": self.target.draws} if self.target.draws > 1 else {}),
             **({"external": self.target.external.partition(":")[0]} if self.target.external else {}),
             # a suite scored with the authors' metric definitions (cells of our default keep their keys)
             **({"metrics": ctx.tasks[0].metric_mode} if ctx.tasks and ctx.tasks[0].metric_mode != "ours" else {}),
@@ -101,7 +103,7 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
                 eps: list[float] | None = None, models: list[str] | None = None,
                 seeds: list[int] | None = None, weights_dir: str | None = None,
                 data_root: str | None = None, cell_timeout: float | None = None,
-                defenses: list[str] | None = None, eot_samples: int | None = None,
+                defenses: list[str] | None = None, eot_samples: int | None = None, score_draws: int | None = None,
                 external: str | Path | torch.nn.Module | None = None, external_name: str | None = None,
                 device: str | torch.device = "cpu") -> list[Cell]:
     """suite x models x attacks (patterns expanded for the suite's tasks) x eps x seeds; with
@@ -112,20 +114,7 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
     of the first eps (per target, attack and seed) at the profile's step budget: it is a property of
     the attack and the model, and checking it once halves the cost of the other cells (a budget
     curve's points share its verdict). ``device``: where the cells will run."""
-    tasks = suite.tasks
-    specs: list[AttackSpec] = []
-    for pattern in attacks if attacks is not None else profile.attacks:
-        matched = [a for a in list_attacks("*", tasks=tasks) if fnmatch.fnmatch(a, pattern.strip())]
-        if not matched:
-            raise UserError(f"attack {pattern!r} matches nothing for the tasks of {suite.name}; "
-                            "see `mtlbench attacks list`")
-        for name in matched:
-            spec = AttackSpec.parse(name, tasks=tasks)
-            preset = profile.options.get(spec.optimizer, {})
-            spec = spec.with_options(**{k: v for k, v in preset.items() if k not in dict(spec.options)})
-            spec = spec.with_budget(profile.steps)
-            if spec not in specs:
-                specs.append(spec)
+    specs = _specs(attacks if attacks is not None else profile.attacks, suite, profile)
     # a request that names an eps, seed or model twice asks for it once
     eps_list = list(dict.fromkeys(float(e) for e in (eps if eps is not None else profile.eps)))
     for e in eps_list:
@@ -140,15 +129,17 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
     ref = suite.ref
     defense_list = list(dict.fromkeys(defenses if defenses is not None else profile.defenses))
     eot = profile.eot_samples if eot_samples is None else eot_samples
+    draws = profile.score_draws if score_draws is None else score_draws
     # a profile's defenses apply to its defended_models (all members when it names none)
     defended = set(profile.defended_models or [m.name for m in members]) if defenses is None else None
     if external is not None:
         # a profile's defenses are for its own members; an external model gets those asked for
         asked = defense_list if defenses is not None else ["none"]
-        every = (Target.external_model(suite, external, name=external_name, defense=d, eot=eot) for d in asked)
+        every = (Target.external_model(suite, external, name=external_name, defense=d, eot=eot, draws=draws)
+                 for d in asked)
         defended = None
     else:
-        every = (Target.of(ref, m.name, weights_dir=weights_dir, defense=d, eot=eot)
+        every = (Target.of(ref, m.name, weights_dir=weights_dir, defense=d, eot=eot, draws=draws)
                  for m in members for d in defense_list)
     targets = list(dict.fromkeys(t for t in every if t.defense is None or defended is None or t.member in defended))
     timeout = profile.cell_timeout if cell_timeout is None else cell_timeout
@@ -156,6 +147,16 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
                   check_determinism=i == 0 and needs_determinism_check(t, a, device), data_root=data_root,
                   timeout_s=timeout or None)
              for t in targets for a in specs for s in seed_list for i, e in enumerate(eps_list)]
+    # the profile's attacks for the members that get defenses (the black-box attack of the
+    # gradient-masking checks), on each of their targets and on an external model
+    if attacks is None and profile.defense_attacks:
+        on = set(profile.defended_models or [m.name for m in members])
+        more = [a for a in _specs(profile.defense_attacks, suite, profile) if a not in specs]
+        cells += [Cell(t, a, e, s, profile.name, profile.eval_size, profile.batch_size,
+                       check_determinism=i == 0 and needs_determinism_check(t, a, device), data_root=data_root,
+                       timeout_s=timeout or None)
+                  for t in targets if t.external or t.member in on
+                  for a in more for s in seed_list for i, e in enumerate(eps_list)]
     # the budget curves' extra points: other step budgets on the undefended (budget) members, when
     # the profile's attacks run (a request naming its attacks, `check` or `submit`, gets those only)
     curve_models = set(profile.budget_models or [m.name for m in members]) if attacks is None else set()
@@ -170,6 +171,25 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
                            timeout_s=timeout or None, budget_point=True)
                       for b in extra for s in seed_list for e in eps_list]
     return cells
+
+
+def _specs(patterns, suite: Suite, profile: Profile) -> list[AttackSpec]:
+    """The attacks ``patterns`` name for the suite's tasks, with the profile's presets and budgets."""
+    tasks = suite.tasks
+    specs: list[AttackSpec] = []
+    for pattern in patterns:
+        matched = [a for a in list_attacks("*", tasks=tasks) if fnmatch.fnmatch(a, pattern.strip())]
+        if not matched:
+            raise UserError(f"attack {pattern!r} matches nothing for the tasks of {suite.name}; "
+                            "see `mtlbench attacks list`")
+        for name in matched:
+            spec = AttackSpec.parse(name, tasks=tasks)
+            preset = profile.options.get(spec.optimizer, {})
+            spec = spec.with_options(**{k: v for k, v in preset.items() if k not in dict(spec.options)})
+            spec = spec.with_budget(profile.steps)
+            if spec not in specs:
+                specs.append(spec)
+    return specs
 
 
 def needs_determinism_check(target: Target, spec: AttackSpec, device: str | torch.device) -> bool:
@@ -333,19 +353,27 @@ def score_batch(ctx: CellContext, index: int, adversarial: torch.Tensor, seed: i
     """Score the adversarial images of the batch ``index`` of a cell of ``seed`` as the target is
     deployed: into the cell's streaming ``metrics`` and each image's own (``images``)."""
     batch = ctx.batches[index]
-    with torch.no_grad(), deployed(ctx.model, _batch_seed(seed, index) + 1):
-        outputs = ctx.model(adversarial)
-    for t in ctx.tasks:
-        metrics[t.name].update(outputs[t.name], batch)
-    images += per_image_metrics(ctx.tasks, outputs, batch)
+    mine: list[dict] = []
+    for outputs in deployed_outputs(ctx.model, adversarial, _batch_seed(seed, index) + 1, ctx.target.draws):
+        for t in ctx.tasks:
+            metrics[t.name].update(outputs[t.name], batch)
+        per = per_image_metrics(ctx.tasks, outputs, batch)
+        mine = per if not mine else [{k: m.merge(o[k]) for k, m in one.items()} for one, o in zip(mine, per,
+                                                                                               strict=True)]
+    images += mine
 
 
 def per_image_record(ctx: CellContext, images: list[dict]) -> dict[str, Any]:
     """What a cell stores per image (batch order): its id, its score (the jackknife pseudo-value of
-    the cell's ARP) and its own metrics."""
+    the cell's ARP), its own metrics, and (where they are small) its metrics' statistics, from
+    which any set of images taken from several cells is scored exactly (the worst case per image)."""
     own = [{name: m.compute() for name, m in one.items()} for one in images]
-    return {
+    record = {
         "ids": list(ctx.image_ids or map(str, range(len(images))))[: len(images)],
         "score": image_scores(ctx.clean, images, ctx.tasks),
         "metrics": {t.name: {m: [o[t.name][m] for o in own] for m in own[0][t.name]} for t in ctx.tasks},
     }
+    state = encode_states(images)
+    if state is not None:
+        record["state"] = state
+    return record

@@ -11,9 +11,10 @@ import torch
 
 from benchmark.attacks.validate import WeightSnapshot, model_fingerprint
 from benchmark.data import image_ids, make_loader
-from benchmark.defenses.inference import deployed
+from benchmark.defenses.checks import model_checks
+from benchmark.defenses.inference import deployed, deployed_outputs
 from benchmark.errors import UserError
-from benchmark.evaluation import check_outputs, evaluate, model_problem, to_device
+from benchmark.evaluation import check_outputs, model_problem, to_device
 from benchmark.runner.store import ResultsStore, cell_key
 from benchmark.targets import Target, freeze
 from benchmark.tasks import Task
@@ -87,22 +88,61 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
     clean_key = cell_key({"suite": suite.name, "model": target.name, "model_revision": revision,
                           "data": suite.data_source, "split": suite.split, "images": count, "input_size": input_size,
                           "code_version": __version__, "device": device.type,
+                          **({"defense": target.defense, "score_draws": target.draws} if target.draws > 1 else {}),
                           **({"metrics": suite.metrics} if suite.metrics != "ours" else {})})
     if clean is None and store is not None:
         clean = store.get_clean(clean_key)
     if clean is None:
-        with deployed(model, 0):
-            clean = evaluate(model, tasks, batches, device=device)
+        metrics = {t.name: t.new_metric() for t in tasks}
+        for batch in batches:  # a randomised defense: pooled over its scoring draws, as its attacked images are
+            for outputs in deployed_outputs(model, batch["image"], 0, target.draws):
+                for t in tasks:
+                    metrics[t.name].update(outputs[t.name], batch)
+        clean = {name: m.compute() for name, m in metrics.items()}
         if store is not None:
             store.put_clean(clean_key, suite=suite.name, model=target.name, model_revision=revision,
                             split=suite.split, images=count, metrics=clean, device=str(device),
                             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     if store is not None:
-        store.put_model(suite.name, target.name, revision, {**target.describe(), "clean": clean})
+        extra = {"inference": inference_cost(model, batches[0]["image"])}
+        if target.defense or target.external:  # is the evaluation of this target reliable?
+            extra["checks"] = model_checks(model, tasks, batches[0], randomised=_randomised(target))
+        store.put_model(suite.name, target.name, revision, {**target.describe(), "clean": clean, **extra})
     return CellContext(target=target, model=model, tasks=tasks, batches=batches, clean=clean,
                        snapshot=WeightSnapshot(model), model_revision=revision, suite=suite.name,
                        data=suite.data_source, split=suite.split, input_size=input_size, device=device,
                        git_commit=git_commit, image_ids=ids, model_problem=problem)
+
+
+def _randomised(target: Target) -> bool:
+    from benchmark.defenses import create_defense
+
+    return bool(target.defense) and bool(getattr(create_defense(target.defense), "randomised", False))
+
+
+def inference_cost(model: torch.nn.Module, images: torch.Tensor, repeats: int = 3) -> dict[str, float]:
+    """What one deployed prediction of ``model`` costs: forward passes of the network inside (a
+    defense's draws or ensemble members) and seconds per image (the median of ``repeats`` timed
+    predictions of the batch ``images``)."""
+    import statistics
+    import time
+
+    from benchmark.attacks.base import PassCounter
+
+    inner = getattr(model, "counted_module", model)
+    counter = PassCounter().attach(inner)
+    times = []
+    try:
+        with torch.no_grad():
+            for i in range(repeats):
+                with deployed(model, i):
+                    start = time.perf_counter()
+                    model(images)
+                    times.append(time.perf_counter() - start)
+    finally:
+        counter.detach()
+    return {"passes_per_prediction": counter.forward / repeats,
+            "s_per_image": statistics.median(times) / images.shape[0]}
 
 
 def device_name(device: torch.device) -> str:

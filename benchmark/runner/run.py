@@ -48,6 +48,7 @@ class RunOptions:
     cell_timeout: float | None = None  # seconds (None: the profile's; 0: no limit)
     defenses: list[str] | None = None  # "none" and inference-time defenses (None: the profile's)
     eot_samples: int | None = None  # EOT draws per call on randomised defenses (None: the profile's)
+    score_draws: int | None = None  # draws a randomised defense is scored over (None: the profile's)
     model_dir: str | None = None  # an external Hub-format checkpoint directory, run instead of the members
     model_name: str | None = None  # its name in results (default: the directory's name)
     threads: int | None = None  # torch threads per process (None: benchmark.threads decides)
@@ -133,7 +134,8 @@ def _grid(options: RunOptions, suite, profile, module: torch.nn.Module | None = 
     return expand_grid(suite, profile, attacks=options.attacks, eps=options.eps, models=options.models,
                        seeds=options.seeds, weights_dir=options.weights_dir, data_root=options.data_root,
                        cell_timeout=options.cell_timeout, defenses=options.defenses,
-                       eot_samples=options.eot_samples, external=external, external_name=options.model_name,
+                       eot_samples=options.eot_samples, score_draws=options.score_draws, external=external,
+                       external_name=options.model_name,
                        device=options.device)
 
 

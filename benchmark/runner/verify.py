@@ -356,8 +356,10 @@ def _cell(raw: Any, i: int, path: Path, tasks: list[str]) -> tuple[CellResult, s
     values["config"] = raw["config"]
     per = raw.get("per_image")
     n = values["images"]
-    if not isinstance(per, dict) or set(per) != {"ids", "score", "metrics"}:
-        raise check.fail("per_image", "expected ids, score and metrics per image")
+    if not isinstance(per, dict) or not {"ids", "score", "metrics"} <= set(per) <= {"ids", "score", "metrics", "state"}:
+        raise check.fail("per_image", "expected ids, score, metrics (and the metrics' statistics) per image")
+    if "state" in per and (not isinstance(per["state"], str) or len(per["state"]) > n * CELL_BYTES_PER_IMAGE):
+        raise check.fail("per_image.state", "expected the per-image statistics as a base64 string")
     if not isinstance(per["ids"], list) or len(per["ids"]) != n or not all(isinstance(x, str) for x in per["ids"]):
         raise check.fail("per_image.ids", f"expected {n} image ids")
     check.numbers(per["score"], "per_image.score", length=n)
@@ -701,6 +703,8 @@ def _compare_cell(cell: CellResult, ctx, adversarial, per_image, got_arp, got_ta
             reasons.append(f"image {i} ({per_image['ids'][i]}): score is {value:.4f} re-scored, the bundle claims "
                            f"{said!r}")
             break
+    if "state" in cell.per_image:
+        reasons += _compare_states(cell.per_image["state"], per_image.get("state"), ctx, metric_tolerance)
     for task, table in per_image["metrics"].items():
         for metric, series in table.items():
             claims = cell.per_image["metrics"].get(task, {}).get(metric)
@@ -713,6 +717,30 @@ def _compare_cell(cell: CellResult, ctx, adversarial, per_image, got_arp, got_ta
                                    f"the bundle claims {said!r}")
                     break
     return reasons
+
+
+def _compare_states(claimed: str, ours: str | None, ctx, tolerance: float) -> list[str]:
+    """The per-image metric statistics a cell claims (the worst case per image is scored from
+    them) against the re-derived ones."""
+    from benchmark.metric_base import decode_states
+
+    if ours is None:
+        return ["per-image statistics are claimed, but this suite's metrics keep none per image"]
+    factories = {t.name: t.new_metric for t in ctx.tasks}
+    try:
+        theirs = decode_states(claimed, factories)
+    except ValueError as exc:
+        return [f"per_image.state: {exc}"]
+    mine = decode_states(ours, factories)
+    if len(theirs) != len(mine):
+        return [f"per_image.state holds {len(theirs)} images, the cell {len(mine)}"]
+    for i, (a, b) in enumerate(zip(theirs, mine, strict=True)):
+        for task in b:
+            for name, value in b[task].state().items():
+                said = a[task].state()[name]
+                if said.shape != value.shape or not torch.allclose(said, value, rtol=tolerance, atol=1e-9):
+                    return [f"image {i}: the statistics of {task} ({name}) are not the re-scored ones"]
+    return []
 
 
 def _recount(verdict: BundleVerdict, reader: _Reader, claimed, suite, *, device, data_root, console) -> None:
