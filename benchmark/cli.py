@@ -41,6 +41,13 @@ def _add_compute_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_bounded(int, 1, 256), help=THREADS_HELP)
 
 
+def _add_images_option(p: argparse.ArgumentParser) -> None:
+    """--images, as every command that runs cells takes it."""
+    p.add_argument("--images", type=_bounded(int, 1, 50_000), default=None, metavar="N",
+                   help="evaluate the first N images of the split (default: the profile's; the paper profile: the "
+                        "whole split), recorded in every cell")
+
+
 def _add_timeout_option(p: argparse.ArgumentParser) -> None:
     """--cell-timeout, as every command that runs cells takes it."""
     p.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
@@ -230,12 +237,13 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
         out = shipped_root(suite)
     built = build_suite(suite, members, device=_device(args.device), data_root=args.data_root, console=err_console,
                         rebuild=args.rebuild, threads=args.threads, workers=args.workers,
-                        pretrain=args.pretrain, out=out, seed=args.seed)
+                        pretrain=args.pretrain, out=out, seed=args.seed,
+                        training={"steps": args.steps, "batch_size": args.batch_size, "init": args.init})
     if args.ship:
         _pin(suite, built)
     else:
         _compare_with_shipped(suite, built)
-    _print_clean(suite, built)
+    _print_clean(suite, built, args.data_root)
     return 0
 
 
@@ -268,7 +276,20 @@ def _pin(suite, built: dict, defense: str | None = None) -> None:
     err_console.print(f"pinned the sha256 of {len(built)} shipped checkpoint(s) in {suite.path}")
 
 
-def _print_clean(suite, built: dict) -> None:
+def _warn_degenerate(suite, name: str, clean: dict, data_root: str | None) -> None:
+    """Warn, before any attack is spent on it, about a checkpoint whose clean metrics are degenerate."""
+    from benchmark.data import make_loader
+    from benchmark.evaluation import degenerate_metrics
+    from benchmark.zoo.build import clean_test_set
+
+    problems = degenerate_metrics(clean, suite.tasks, make_loader(clean_test_set(suite, data_root=data_root), 32))
+    if problems:
+        err_console.print(Text(f"warning: {suite.name}/{name} has degenerate clean metrics ({'; '.join(problems)}): "
+                               "attacks on it measure little; train it longer or check the checkpoint",
+                               style="yellow"), soft_wrap=True)
+
+
+def _print_clean(suite, built: dict, data_root: str | None = None) -> None:
     from benchmark.zoo.checkpoint import read_config
 
     table = Table(title=f"{suite.name}: clean metrics of the local checkpoints")
@@ -277,6 +298,8 @@ def _print_clean(suite, built: dict) -> None:
     for name, directory in built.items():
         info = read_config(directory)
         rows.append((name, info.clean_metrics))
+        if info.clean_metrics:
+            _warn_degenerate(suite, name, info.clean_metrics, data_root)
     metric_cols = [(t, k) for t, ms in (rows[0][1].items() if rows else []) for k in list(ms)[:2]]
     for t, k in metric_cols:
         table.add_column(f"{t} {k}", justify="right")
@@ -287,45 +310,19 @@ def _print_clean(suite, built: dict) -> None:
 
 def cmd_zoo_train(args: argparse.Namespace) -> int:
     from benchmark.suites import load_suite
-    from benchmark.zoo.build import build_member, build_pretext, build_suite, load_model, with_seed
 
     suite = load_suite(args.suite)
-    if suite.tiny:
-        return cmd_zoo_build(args)
-    if args.data_root is None:
+    if not suite.tiny and args.data_root is None:
         raise UserError(f"training {suite.name} needs the real {suite.data_source} data: pass --data-root DIR "
-                        "(directory format in the README)")
-    names = _csv(args.model, option="--model") or [m.name for m in suite.members]
-    if args.seed is not None and args.out is None:
-        raise UserError("--seed trains another run of the recipe: give it its own folder with --out DIR")
-    suite = with_seed(suite, args.seed)
-    if args.steps is not None or args.out is not None:
-        out = {}
-        pretext = None
-        if suite.training.get("init") == "pretext":
-            pretext = build_pretext(suite, device=_device(args.device), data_root=args.data_root,
-                                    pretrain=args.pretrain)
-        for name in names:
-            member = suite.member(name)
-            target = None if args.out is None else f"{args.out}/{member.name}"
-            init = None
-            if suite.training.get("warm_start") and member.name != suite.training["warm_start"]:
-                init, _ = load_model(suite, suite.training["warm_start"], weights_dir=args.out, build=False)
-            out[name] = build_member(suite, member, init_from=init, pretext=pretext, device=_device(args.device),
-                                     data_root=args.data_root, out_dir=target, steps=args.steps)
-            console.print(f"wrote {out[name]}")
-        _print_clean(suite, out)
-        return 0
-    built = build_suite(suite, names, device=_device(args.device), data_root=args.data_root, console=err_console,
-                        rebuild=args.rebuild, threads=args.threads, workers=args.workers,
-                        pretrain=args.pretrain)
-    _print_clean(suite, built)
-    return 0
+                        "(directory format in the README, \"Running the full suites\")")
+    return cmd_zoo_build(args)
 
 
 def cmd_zoo_import(args: argparse.Namespace) -> int:
+    from benchmark.data import make_loader
+    from benchmark.evaluation import evaluate
     from benchmark.suites import load_suite
-    from benchmark.zoo.build import member_model
+    from benchmark.zoo.build import clean_test_set, member_model
     from benchmark.zoo.checkpoint import CheckpointInfo, save_checkpoint
     from benchmark.zoo.hub import local_checkpoint_dir
     from benchmark.zoo.paper import convert_paper_state_dict, load_paper_checkpoint, paper_checkpoint_path
@@ -343,9 +340,15 @@ def cmd_zoo_import(args: argparse.Namespace) -> int:
             continue
         model.load_state_dict(convert_paper_state_dict(load_paper_checkpoint(src), model))
         out = (local_checkpoint_dir(suite, member) if args.out is None else f"{args.out}/{member.name}")
+        clean = {}
+        if args.data_root is not None:  # the clean metrics, and a warning before any attack if they are degenerate
+            model.eval()
+            clean = evaluate(model, suite.tasks, make_loader(clean_test_set(suite, data_root=args.data_root), 16))
+            _warn_degenerate(suite, member.name, clean, args.data_root)
         info = CheckpointInfo(model=model.config, dataset=suite.data_source, suite=suite.name, member=member.name,
                               input_size=member.input_size, source=f"paper checkpoint {src}",
-                              training={"source": "the paper authors' checkpoint (TreeMTL MTSeqModel)"})
+                              training={"source": "the paper authors' checkpoint (TreeMTL MTSeqModel)"},
+                              clean_metrics=clean)
         digest = save_checkpoint(model, info, out)
         console.print(f"{member.name}: {src} -> {out} (sha256 {digest[:12]}...)")
         imported += 1
@@ -353,7 +356,8 @@ def cmd_zoo_import(args: argparse.Namespace) -> int:
         err_console.print(f"no paper checkpoint for {len(absent)} model(s): " + "; ".join(absent))
     if not imported:
         raise UserError(f"nothing imported from {args.weight_root}: expected <layout_idx>/{'_'.join(tasks)}.model "
-                        "files (CODE-NOTES.md)")
+                        "files (the paper code's weight root: one folder per layout index, one torch checkpoint per "
+                        "task combination)")
     console.print(f"imported {imported} checkpoint(s)")
     return 0
 
@@ -401,6 +405,7 @@ def _csv(text: str | None, kind=str, option: str = "") -> list | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.runner import RunOptions, run
+    from benchmark.runner.run import NoWeightsError
 
     _load_plugins(args.plugins)
     options = RunOptions(suite=args.suite, profile=args.profile, attacks=_csv(args.attacks, option="--attacks"),
@@ -410,9 +415,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                          executor=args.executor, ray_address=args.address, gpus_per_cell=args.gpus_per_cell,
                          cell_timeout=_timeout(args.cell_timeout), defenses=_csv(args.defenses, option="--defenses"),
                          eot_samples=args.eot, score_draws=args.draws, model_dir=args.model, model_name=args.name,
-                         threads=args.threads,
-                         workers=args.workers)
-    summary = run(options, console=err_console)
+                         threads=args.threads, workers=args.workers, images=args.images)
+    try:
+        summary = run(options, console=err_console)
+    except NoWeightsError as exc:
+        table = Table(title=f"{args.suite}: no model has weights on this machine")
+        for col in ("model", "Hub repo (weights not published yet)"):
+            table.add_column(col, overflow="fold")
+        for name, repo in exc.missing.items():
+            table.add_row(name, repo)
+        err_console.print(table)
+        err_console.print(Text(exc.ways[0].upper() + exc.ways[1:]), soft_wrap=True)
+        return 2
     done = dict(summary.done)
     ran = ", ".join(f"{n} {s}" for s, n in sorted(done.items())) or "nothing left to run"
     console.print(f"{summary.total} cells: {summary.skipped} already in {args.results}; {ran} "
@@ -539,7 +553,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                     models=_csv(args.models, option="--models"), eps=_csv(args.eps, float, option="--eps"),
                     seeds=_csv(args.seeds, int, option="--seeds"), device=_device(args.device),
                     threads=args.threads, workers=args.workers, data_root=args.data_root, as_zip=args.zip,
-                    cell_timeout=_timeout(args.cell_timeout), console=err_console)
+                    cell_timeout=_timeout(args.cell_timeout), images=args.images, console=err_console)
     if result.bundle is None:
         err_console.print(Text.assemble(("submission failed", "bold red"), f": {len(result.failures)} problem(s), "
                                         f"no bundle written; report: {result.report}"))
@@ -588,7 +602,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                         reference=args.reference, tolerance=args.tolerance, alpha=args.alpha,
                         speed_tolerance=args.speed_tolerance, passes_tolerance=args.passes_tolerance,
                         update=args.update, device=_device(args.device), threads=args.threads, workers=args.workers,
-                        cell_timeout=_timeout(args.cell_timeout))
+                        cell_timeout=_timeout(args.cell_timeout), images=args.images)
     report = check(opts, console=err_console)
     fmt = _fmt
     table = Table(title=f"mtlbench check: {report.new['suite']} [{report.new['profile']}], "
@@ -675,6 +689,30 @@ def cmd_report_reproduction(args: argparse.Namespace) -> int:
             verdict = Text(f["status"], style="green" if f["status"] == "reproduced" else "red")
             table.add_row(f"{f['id']}: {f['claim']}", paper, ours, verdict)
         console.print(table)
+    return 0
+
+
+def cmd_report_compare(args: argparse.Namespace) -> int:
+    from leaderboard.compare import compare_results
+
+    result = compare_results(args.results, eps=args.eps)
+    table = Table(title=f"{result['suite']}, eps {result['eps']:g}: {len(result['models'])} models in every run "
+                        f"({', '.join(result['models'])})")
+    for col in ("run", "top 3 (mean ARP)", "GB-MTA - TOTAL, paired [95% CI]", "transferability by shared blocks"):
+        table.add_column(col, overflow="fold")
+    for run in result["runs"]:
+        top = ", ".join(f"{a} {run['ranking'][a]:.2f}" for a in run["top3"])
+        d = run["paired"]
+        paired = (f"{d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] ({d['pairs']} pairs)"
+                  if d.get("pairs") and d.get("low") is not None and d["low"] == d["low"] else "–")
+        trends = "; ".join(f"{a}: " + ", ".join(f"{lvl}:{v:.2f}" for lvl, v in t["by_level"].items())
+                           + f" (rho {t['spearman']:+.2f})" for a, t in run["transfer"].items())
+        table.add_row(run["path"], top, paired, trends)
+    console.print(table)
+    for (i, j), tau in result["tau"].items():
+        console.print(f"Kendall's tau between the rankings of {result['runs'][i]['path']} and "
+                      f"{result['runs'][j]['path']} ({len(result['ranked_attacks'])} attacks): {tau:+.3f}",
+                      highlight=False)
     return 0
 
 
@@ -782,14 +820,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "(other heads' draw, batch order and dropout; the same pre-trained backbone); needs --out")
         p.add_argument("--ship", action="store_true", help="tiny suites, in a source checkout: train into the weights "
                        "folder that ships with mtlbench and pin each member's sha256 in the manifest")
-        if action == "train":
-            p.add_argument("--steps", type=_bounded(int, 1, 10_000_000), help="override the recipe's training steps")
+        p.add_argument("--steps", type=_bounded(int, 1, 10_000_000), help="override the recipe's training steps")
+        p.add_argument("--batch-size", type=_bounded(int, 1, 65_536),
+                       help="override the recipe's batch size (memory: one step of the full ResNet34 AS at batch 16 "
+                            "and 321x321 takes about 12 GB on the CPU)")
+        p.add_argument("--init", choices=("imagenet", "pretext", "scratch"),
+                       help="where every member starts (default: the recipe's; the full suites: imagenet)")
         p.set_defaults(func=func)
     p = zsub.add_parser("import", help="convert the paper authors' checkpoints (<layout_idx>/<tasks>.model)")
     p.add_argument("suite")
     p.add_argument("weight_root", help="the paper code's weight root directory")
     p.add_argument("--model", help="comma-separated member names (default: all)")
     p.add_argument("--out", help="write checkpoints to OUT/<model> instead of the cache")
+    p.add_argument("--data-root", help="the real data set: measure each checkpoint's clean metrics (recorded in its "
+                                       "config) and warn when they are degenerate")
     p.set_defaults(func=cmd_zoo_import)
     p = zsub.add_parser("push", help="upload a checkpoint directory to the Hugging Face Hub")
     p.add_argument("directory")
@@ -821,6 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per Ray task (a fraction shares one)")
     p.add_argument("--plugins", help="comma-separated modules or .py files that register attacks")
     _add_timeout_option(p)
+    _add_images_option(p)
     p.add_argument("--defenses", help="comma-separated targets per model: 'none' (undefended), inference-time "
                                       "defenses and trained ones, e.g. 'none,bitdepth:4,fat:pgd:gb-mta' (default: "
                                       "the profile's); a trained defense needs `mtlbench defend` first")
@@ -896,6 +941,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compute_options(p)
     p.add_argument("--workers", type=_bounded(int, 1, 256), help=WORKERS_HELP)
     _add_timeout_option(p)
+    _add_images_option(p)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("verify", help="re-score a result bundle's adversarial images against the pinned weights",
@@ -947,6 +993,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compute_options(p)
     p.add_argument("--workers", type=_bounded(int, 1, 256), help=WORKERS_HELP)
     _add_timeout_option(p)
+    _add_images_option(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("leaderboard", help="render the static HTML leaderboard from a results database")
@@ -966,6 +1013,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = rsub2.add_parser("reproduction", help="the paper's findings beside ours, each reproduced or not")
     p.add_argument("--results", default="results.db")
     p.set_defaults(func=cmd_report_reproduction)
+    p = rsub2.add_parser("compare", help="do the conclusions hold across runs? (rankings, Kendall's tau, GB-MTA - "
+                                         "TOTAL, transferability trend) of several results databases")
+    p.add_argument("results", nargs="+", help="results databases of the same suite (e.g. models of other seeds)")
+    p.add_argument("--eps", type=_bounded(float, 0, 255), default=8.0, help="eps compared (default 8, else the "
+                                                                           "closest every run has)")
+    p.set_defaults(func=cmd_report_compare)
 
     p = sub.add_parser("demo", help="build the tiny suite, run its quick profile, render the leaderboard site")
     p.add_argument("--out", default="site", help="output directory of the site (default: site)")

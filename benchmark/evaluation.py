@@ -122,3 +122,31 @@ def model_problem(model: torch.nn.Module, images: torch.Tensor, *, name: str = "
     finally:
         with torch.no_grad():
             model.load_state_dict(state, strict=False)
+
+
+def degenerate_metrics(clean: dict[str, dict[str, float]], tasks: list[Task], batches) -> list[str]:
+    """What is degenerate about a model's clean metrics on ``batches`` (empty when nothing is): a
+    metric at 0 (its relative drop, and so the ARP, is undefined), or a task on which the model is
+    no better than a constant prediction (majority class, mean value, mean direction) on the same
+    images, so that an attack on it measures little."""
+    import math
+
+    from benchmark.scoring import task_arp
+
+    problems = [f"{task} {metric} is {value:g}" for task, values in clean.items() for metric, value in values.items()
+                if value == 0 or not math.isfinite(value)]
+    trivial = {t.name: t.new_metric() for t in tasks}
+    for batch in batches:
+        for t in tasks:
+            trivial[t.name].update(t.trivial_prediction(batch), batch)
+    constant = {name: m.compute() for name, m in trivial.items()}
+    for t in tasks:
+        try:
+            gain = task_arp({t.name: constant[t.name]}, {t.name: clean[t.name]}, [t])[t.name]
+        except (ValueError, KeyError):
+            continue
+        if gain >= 0:  # the model's metrics are not better than the constant's
+            first = next(iter(t.metrics))
+            problems.append(f"{t.name}: no better than a constant prediction ({first} {clean[t.name][first]:.4g} "
+                            f"against {constant[t.name][first]:.4g})")
+    return problems

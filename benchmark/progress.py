@@ -55,9 +55,12 @@ class PlainProgress:
     has that field)."""
 
     def __init__(self, console: Console, *, every_s: float = 10.0) -> None:
+        import threading
+
         self.console = console
         self.every_s = every_s
         self._tasks: dict[int, _Task] = {}
+        self._lock = threading.RLock()  # a ticker thread may update while the run does
 
     def __enter__(self) -> PlainProgress:
         return self
@@ -75,6 +78,11 @@ class PlainProgress:
 
     def update(self, task_id: int, *, completed: float | None = None, advance: float | None = None,
                **fields: Any) -> None:
+        with self._lock:
+            self._update(task_id, completed=completed, advance=advance, **fields)
+
+    def _update(self, task_id: int, *, completed: float | None = None, advance: float | None = None,
+                **fields: Any) -> None:
         task = self._tasks.get(task_id)
         if task is None:
             return
@@ -106,10 +114,15 @@ class PlainProgress:
         self.console.print(", ".join(parts), markup=False, highlight=False, soft_wrap=True)
 
 
-def progress(console: Console, *, loss: bool = False, eta: bool = True, every_s: float = 10.0):
-    """A progress display for ``console``: rich's live bar on a terminal, else plain lines."""
+#: seconds between two plain progress lines of a running task (off a terminal)
+PLAIN_EVERY_S = 10.0
+
+
+def progress(console: Console, *, loss: bool = False, eta: bool = True, every_s: float | None = None):
+    """A progress display for ``console``: rich's live bar on a terminal, else plain lines (one
+    every ``every_s`` seconds, default :data:`PLAIN_EVERY_S`)."""
     if not console.is_terminal:
-        return PlainProgress(console, every_s=every_s)
+        return PlainProgress(console, every_s=PLAIN_EVERY_S if every_s is None else every_s)
     columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn()]
     if loss:
         columns.append(TextColumn("loss {task.fields[loss]:.3f}"))

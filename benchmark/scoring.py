@@ -18,7 +18,8 @@ import numpy as np
 
 from benchmark.tasks import Task, TaskMetric
 
-__all__ = ["arp", "bootstrap_ci", "image_scores", "metric_drop", "paired_bootstrap", "task_arp", "transferability"]
+__all__ = ["arp", "bootstrap_ci", "image_scores", "kendall_tau", "metric_drop", "paired_bootstrap", "spearman",
+           "task_arp", "transferability"]
 
 Metrics = Mapping[str, Mapping[str, float]]  # task -> metric -> value
 
@@ -45,7 +46,13 @@ def task_arp(clean: Metrics, adv: Metrics, tasks: Directions) -> dict[str, float
     directions = _directions(tasks)
     out = {}
     for name, metric_dirs in directions.items():
-        drops = [metric_drop(clean[name][m], adv[name][m], hib) for m, hib in metric_dirs.items()]
+        drops = []
+        for m, hib in metric_dirs.items():
+            try:
+                drops.append(metric_drop(clean[name][m], adv[name][m], hib))
+            except ValueError as exc:
+                raise ValueError(f"{exc} for {name} {m} (the model's clean {name} {m}); a clean metric at 0 is a "
+                                 "model that has not learned the task") from None
         out[name] = float(np.mean(drops))
     return out
 
@@ -91,7 +98,9 @@ def paired_bootstrap(before: Sequence[Sequence[float]], after: Sequence[Sequence
     every group weighs by its number of images). Returns ``(delta, low, high, p)`` with the
     percentile interval and ``p`` the one-sided bootstrap p-value of "after is lower than before":
     the share of resampled means, shifted to the null of no change (centred at 0), that are at or
-    below the observed difference. Units with a non-finite value in either run are left out."""
+    below the observed difference. Units with a non-finite value in either run are left out. With no
+    group of two or more units there is nothing to resample: the interval and ``p`` are NaN (too few
+    pairs), never a zero-width interval."""
     rng = np.random.default_rng(seed)
     diffs = []
     for b, a in zip(before, after, strict=True):
@@ -103,6 +112,8 @@ def paired_bootstrap(before: Sequence[Sequence[float]], after: Sequence[Sequence
         return (float("nan"),) * 4
     total = sum(d.size for d in diffs)
     delta = float(sum(d.sum() for d in diffs) / total)
+    if max(d.size for d in diffs) < 2:
+        return delta, float("nan"), float("nan"), float("nan")
     sums = np.zeros(n_resamples)
     for d in diffs:
         idx = rng.integers(0, d.size, size=(n_resamples, d.size))
@@ -142,3 +153,44 @@ def bootstrap_ci(values: Sequence[float], *, confidence: float = 0.95, n_resampl
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return mean, float(low), float(high)
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Spearman's rank correlation of two equally long sequences (NaN with fewer than 2 values)."""
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        for rank, i in enumerate(order):
+            r[i] = float(rank)
+        return r
+
+    if len(xs) < 2:
+        return float("nan")
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    num = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    den = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    return num / den if den else float("nan")
+
+
+def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Kendall's tau-b of two equally long sequences (ties counted as in tau-b; NaN when either
+    has no two different values): how often two items are in the same order in both."""
+    concordant = discordant = ties_x = ties_y = 0
+    n = len(xs)
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx = (xs[i] > xs[j]) - (xs[i] < xs[j])
+            dy = (ys[i] > ys[j]) - (ys[i] < ys[j])
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                ties_x += 1
+            elif dy == 0:
+                ties_y += 1
+            elif dx == dy:
+                concordant += 1
+            else:
+                discordant += 1
+    den = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
+    return (concordant - discordant) / den if den else float("nan")

@@ -430,7 +430,8 @@ def _weights(c: _Checker, table: Any, names: set[str], *, tiny: bool) -> tuple[d
 def _training(c: _Checker, table: Any, members: set[str]) -> dict[str, Any]:
     """The ``[training]`` recipe, every number in its range (a member trains on it)."""
     c.keys(table, {"steps", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "seed", "train_size",
-                   "warm_start", "finetune_steps", "finetune_lr", "init", "pretext", "weights_dtype"}, "training")
+                   "warm_start", "finetune_steps", "finetune_lr", "init", "pretext", "imagenet", "weights_dtype",
+                   "checkpoint_every"}, "training")
     for key, types, low, high in (("steps", int, 1, 10_000_000), ("batch_size", int, 1, 65_536),
                                   ("lr", (int, float), 1e-12, 10), ("weight_decay", (int, float), 0, 10),
                                   ("seed", int, 0, 2**62), ("train_size", int, 1, MAX_EVAL_SIZE),
@@ -444,11 +445,27 @@ def _training(c: _Checker, table: Any, members: set[str]) -> dict[str, Any]:
     if warm is not None and warm not in members:
         raise c.fail("training.warm_start", f"no model {warm!r} in the suite")
     init = c.typed(table, "init", str, "training", "scratch")
-    if init not in ("scratch", "pretext"):
-        raise c.fail("training.init", f"expected 'scratch' or 'pretext', got {init!r}")
-    if init == "pretext" and warm is not None:
-        raise c.fail("training.init", "a suite's members start either from the pretext backbone (init = "
-                                      "'pretext') or from a warm-start member (warm_start), not both")
+    if init not in ("scratch", "pretext", "imagenet"):
+        raise c.fail("training.init", f"expected 'scratch', 'pretext' or 'imagenet', got {init!r}")
+    if init != "scratch" and warm is not None:
+        raise c.fail("training.init", f"a suite's members start either from a common backbone (init = {init!r}) or "
+                                      "from a warm-start member (warm_start), not both")
+    c.typed(table, "checkpoint_every", int, "training", None, low=1, high=10_000_000)
+    if "imagenet" in table:
+        if init != "imagenet":
+            raise c.fail("training.imagenet", "an [training.imagenet] source needs init = 'imagenet'")
+        where = "training.imagenet"
+        c.keys(table["imagenet"], {"repo_id", "revision", "sha256", "file"}, where)
+        repo = c.typed(table["imagenet"], "repo_id", str, where, "")
+        if repo and not REPO_ID.fullmatch(repo):
+            raise c.fail(f"{where}.repo_id", f"{repo!r} is not a Hub repo id ('owner/name')")
+        revision = c.typed(table["imagenet"], "revision", str, where, "")
+        if revision and not _REVISION.fullmatch(revision):
+            raise c.fail(f"{where}.revision", f"{revision!r} is not a pinned commit (40 lowercase hex digits)")
+        sha = c.typed(table["imagenet"], "sha256", str, where, "")
+        if sha and not _SHA256.fullmatch(sha):
+            raise c.fail(f"{where}.sha256", f"{sha!r} is not a sha256 (64 lowercase hex digits)")
+        c.typed(table["imagenet"], "file", str, where, "model.safetensors")
     if "pretext" in table:
         if init != "pretext":
             raise c.fail("training.pretext", "a [training.pretext] recipe needs init = 'pretext'")

@@ -1,6 +1,6 @@
 """Dense-prediction tasks: output channels, per-sample losses and streaming metrics.
 
-The losses and metrics follow the paper's code (see ``shared/paper/CODE-NOTES.md``):
+The losses and metrics follow the paper authors' code (zhanglijun95/MTLAttack-DGBA):
 
 * segmentation: cross-entropy with ignore index 255; per sample, the sum over valid pixels
   divided by the number of valid pixels (Taskonomy: class-weighted, divided by the summed weights).

@@ -407,6 +407,7 @@ def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dic
                            for m in models + defended + external},
             "defended": defended, "external": external,
             "clean": clean, "by_eps": per_eps, "reliability": reliability,
+            "images": sorted({c.images for c in suite_cells if c.images}),
             "inference": _inference(info, defended + external),
             "statuses": dict(sorted(_count(suite_cells).items())),
         }

@@ -20,7 +20,6 @@ computed, never written by hand: ``reproduced``, ``not reproduced`` or ``not run
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean
@@ -29,7 +28,7 @@ from typing import Any
 import tomllib
 
 from benchmark.runner.store import CellResult
-from benchmark.scoring import paired_bootstrap
+from benchmark.scoring import paired_bootstrap, spearman
 from leaderboard.aggregate import choose_eps
 
 __all__ = ["PAPER_FINDINGS", "paper_findings", "reproduction"]
@@ -42,21 +41,6 @@ def paper_findings() -> dict[str, Any]:
     return tomllib.loads(PAPER_FINDINGS.read_text())
 
 
-def _spearman(xs: list[float], ys: list[float]) -> float:
-    def ranks(v):
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        for rank, i in enumerate(order):
-            r[i] = float(rank)
-        return r
-
-    if len(xs) < 2:
-        return float("nan")
-    rx, ry = ranks(xs), ranks(ys)
-    mx, my = mean(rx), mean(ry)
-    num = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    den = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
-    return num / den if den else float("nan")
 
 
 def _variants(labels: list[str]) -> dict[str, dict[str, str]]:
@@ -73,7 +57,8 @@ def _closest(available: list[float], wanted: float) -> float | None:
     return choose_eps(available, wanted) if available else None
 
 
-def _paired(cells: list[CellResult], better: str, other: str, models: list[str], eps: float) -> dict[str, Any]:
+def paired_difference(cells: list[CellResult], better: str, other: str, models: list[str],
+                      eps: float) -> dict[str, Any]:
     """Paired bootstrap over (model, image) of ``better`` - ``other`` at ``eps``: the cells of the
     same model, seed and profile on the same images."""
     by = {(c.model, c.seed, c.profile, c.attack): c for c in cells
@@ -116,7 +101,8 @@ def _strongest(suite: dict, cells: list[CellResult], paper: dict) -> list[dict[s
                 continue
             n += 1
             wins += values[gb] >= max(values.values()) - 1e-9
-        paired = {other: _paired(cells, f"{optimizer}:gb-mta", f"{optimizer}:{other}", suite["models"], eps)
+        paired = {other: paired_difference(cells, f"{optimizer}:gb-mta", f"{optimizer}:{other}", suite["models"],
+                                           eps)
                   for other in ("total", "signtotal") if f"{optimizer}:{other}" in group}
         total = paired.get("total", {})
         ok = n > 0 and wins * 2 > n and total.get("pairs") and total["low"] > 0
@@ -145,7 +131,7 @@ def _arp_vs_eps(suite: dict, paper: dict) -> list[dict[str, Any]]:
         if len({e for pts in curves.values() for e, _ in pts}) < 3:
             out.append({**finding, "status": NOT_RUN, "ours": f"{optimizer}: fewer than 3 eps ranked"})
             continue
-        rising = {a: _spearman([e for e, _ in pts], [v for _, v in pts]) for a, pts in curves.items()}
+        rising = {a: spearman([e for e, _ in pts], [v for _, v in pts]) for a, pts in curves.items()}
         multi = {a: mean(v for _, v in pts) for a, pts in curves.items()
                  if not a.split(" [")[0].split(":")[1].startswith("single-")}
         gb = group.get(f"{optimizer}:gb-mta", "")
@@ -180,7 +166,7 @@ def _transferability(suite: dict, paper: dict) -> list[dict[str, Any]]:
             out.append({**finding, "status": NOT_RUN, "attack": attack, "ours": ours})
             continue
         low, high = ours[min(ours)], ours[max(ours)]
-        rho = _spearman(list(ours), list(ours.values()))
+        rho = spearman(list(ours), list(ours.values()))
         ok = rho >= 0.5 and low > 0 and high >= 1.2 * low
         out.append({**finding, "status": REPRODUCED if ok else NOT_REPRODUCED, "attack": attack, "ours": ours,
                     "spearman": rho, "ratio": high / low if low else float("nan")})

@@ -15,7 +15,7 @@ from benchmark.scoring import arp
 
 def test_every_optimizer_objective_combination_is_listed():
     names = list_attacks()
-    optimizers = ["apgd", "autosaga", "fgsm", "mim", "pgd"]
+    optimizers = ["apgd", "autosaga", "fgsm", "mim", "pgd", "square"]
     objectives = ["single-segment", "single-normal", "single-depth", "single-keypoint", "single-edge",
                   "total", "signtotal", "gb-mta"]
     for opt in optimizers:
@@ -23,7 +23,7 @@ def test_every_optimizer_objective_combination_is_listed():
             assert f"{opt}:{obj}" in names
     assert "autoattack" in names
     assert list_attacks("apgd:*") == [n for n in names if n.startswith("apgd:")]
-    assert len(list_attacks("*:gb-mta")) == 5
+    assert len(list_attacks("*:gb-mta")) == 6
 
 
 @pytest.mark.parametrize(("spec", "options", "message"), [
@@ -155,9 +155,9 @@ def test_every_builtin_attack_is_deterministic_on_the_cpu(tiny_nyu):
     model, tasks, batch = tiny_nyu
     two = {k: v[:2] for k, v in batch.items()}
     paper = load_suite("tiny-nyuv2-resnet34").profile("paper").options
-    ours = {"apgd", "autosaga", "fgsm", "mim", "pgd", "autoattack"}  # other tests' plugins may be registered too
+    ours = {"apgd", "autosaga", "fgsm", "mim", "pgd", "square", "autoattack"}  # other tests' plugins may be there too
     names = [n for n in list_attacks(tasks=tasks) if n.partition(":")[0] in ours]
-    assert len(names) == 5 * 6 + 1
+    assert len(names) == 6 * 6 + 1
     for name in names:
         spec = AttackSpec.parse(name, tasks=tasks)
         assert spec.builtin, name

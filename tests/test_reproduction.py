@@ -70,3 +70,27 @@ def test_the_page_and_the_report(tmp_path, capsys, wide_console):
     assert main(["report", "reproduction", "--results", str(tmp_path / "r.db")]) == 0
     out = capsys.readouterr().out
     assert "strongest-pgd" in out and "reproduced" in out and "GB-MTA - total +2.00" in out
+
+
+def test_report_compare_holds_runs_side_by_side(mini, tmp_path, capsys, wide_console):
+    """Two runs (here: two attack seeds) compared on the models they share: top 3, the paired
+    GB-MTA - TOTAL, the transferability trend and Kendall's tau between the rankings."""
+    from benchmark.cli import main
+    from benchmark.runner import RunOptions, run
+    from leaderboard.compare import compare_results
+
+    paths = []
+    for seed in (0, 1):
+        db = tmp_path / f"s{seed}.db"
+        run(RunOptions(suite=str(mini), results=str(db), attacks=["pgd:gb-mta", "pgd:total", "pgd:single-depth",
+                                                                   "fgsm:total"], eps=[8], seeds=[seed]))
+        paths.append(db)
+    result = compare_results(paths)
+    assert result["models"] == ["AS", "layout-9"] and result["eps"] == 8
+    assert set(result["tau"]) == {(0, 1)} and -1 <= result["tau"][(0, 1)] <= 1
+    for r in result["runs"]:
+        assert len(r["top3"]) == 3 and r["paired"]["pairs"] == 8
+        assert "pgd:single-depth" in r["transfer"]
+    assert main(["report", "compare", *map(str, paths)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Kendall's tau between the rankings of" in out and "GB-MTA - TOTAL" in out

@@ -85,7 +85,8 @@ class SubmitResult:
 def submit(attacks: list[str], *, suite: str = "tiny-nyuv2-resnet34", profile: str = "quick", out: str | Path,
            models: list[str] | None = None, eps: list[float] | None = None, seeds: list[int] | None = None,
            device: str = "cpu", threads: int | None = None, workers: int | None = None, data_root: str | None = None,
-           as_zip: bool = False, cell_timeout: float | None = None, console=None) -> SubmitResult:
+           as_zip: bool = False, cell_timeout: float | None = None, images: int | None = None,
+           console=None) -> SubmitResult:
     """Run ``attacks`` under the suite's ``profile`` and write a result bundle to ``out`` (a
     directory, or ``out`` + ``.zip`` with ``as_zip``); on a failed or invalid cell, write
     ``out``-report.json instead and return the failures."""
@@ -124,7 +125,7 @@ def submit(attacks: list[str], *, suite: str = "tiny-nyuv2-resnet34", profile: s
         options = RunOptions(suite=suite, profile=profile, attacks=attacks, eps=eps, models=models, seeds=seeds,
                              device=device, results=str(staging / "cells.db"), data_root=data_root,
                              defenses=["none"], threads=threads, workers=workers, keep_images=True,
-                             cell_timeout=cell_timeout)
+                             cell_timeout=cell_timeout, images=images)
         summary = run(options, console=console, on_result=keep)
         from benchmark.runner.store import ResultsStore
 

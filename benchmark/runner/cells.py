@@ -10,7 +10,7 @@ import datetime as _dt
 import fnmatch
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from benchmark.metric_base import encode_states
 from benchmark.runner.context import CellContext, device_name
 from benchmark.runner.store import CellResult, cell_key
 from benchmark.scoring import arp, image_scores, task_arp
-from benchmark.suites import Profile, Suite
+from benchmark.suites import MAX_EVAL_SIZE, Profile, Suite
 from benchmark.targets import Target
 from benchmark.version import __version__
 
@@ -105,7 +105,7 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
                 data_root: str | None = None, cell_timeout: float | None = None,
                 defenses: list[str] | None = None, eot_samples: int | None = None, score_draws: int | None = None,
                 external: str | Path | torch.nn.Module | None = None, external_name: str | None = None,
-                device: str | torch.device = "cpu") -> list[Cell]:
+                device: str | torch.device = "cpu", images: int | None = None) -> list[Cell]:
     """suite x models x attacks (patterns expanded for the suite's tasks) x eps x seeds; with
     ``external`` (a checkpoint directory or an ``nn.Module``), that model instead of the members.
     With the profile's attacks, also the profile's extra step budgets on its budget models.
@@ -114,6 +114,10 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
     of the first eps (per target, attack and seed) at the profile's step budget: it is a property of
     the attack and the model, and checking it once halves the cost of the other cells (a budget
     curve's points share its verdict). ``device``: where the cells will run."""
+    if images is not None:  # the first ``images`` of the split, in place of the profile's evaluation size
+        if not 1 <= int(images) <= MAX_EVAL_SIZE:
+            raise UserError(f"--images {images!r}: expected an integer in [1, {MAX_EVAL_SIZE}]")
+        profile = replace(profile, eval_size=int(images))
     specs = _specs(attacks if attacks is not None else profile.attacks, suite, profile)
     # a request that names an eps, seed or model twice asks for it once
     eps_list = list(dict.fromkeys(float(e) for e in (eps if eps is not None else profile.eps)))

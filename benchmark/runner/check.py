@@ -59,6 +59,7 @@ class CheckOptions:
     workers: int | None = None
     resamples: int = 10000
     cell_timeout: float | None = None  # seconds (None: the profile's; 0: no limit)
+    images: int | None = None  # the first N images of the split (None: the baseline's, else the profile's)
 
 
 @dataclass
@@ -164,7 +165,8 @@ def _summarise(cells: list[CellResult], reference: list[CellResult]) -> dict[str
 
 
 def _run(opts: CheckOptions, suite: str, profile: str, attacks: list[str], models: list[str] | None,
-         eps: list[float] | None, seeds: list[int] | None, reference: str, console) -> dict[str, list[CellResult]]:
+         eps: list[float] | None, seeds: list[int] | None, reference: str, console,
+         images: int | None = None) -> dict[str, list[CellResult]]:
     from benchmark.runner.run import RunOptions, run
 
     with tempfile.TemporaryDirectory(prefix="mtlbench-check-") as tmp:
@@ -172,7 +174,7 @@ def _run(opts: CheckOptions, suite: str, profile: str, attacks: list[str], model
                              models=models, eps=eps, seeds=seeds, device=opts.device,
                              results=str(Path(tmp) / "check.db"),
                              defenses=["none"], threads=opts.threads, workers=opts.workers,
-                             cell_timeout=opts.cell_timeout)
+                             cell_timeout=opts.cell_timeout, images=images)
         summary = run(options, console=console)
         with ResultsStore(options.results, readonly=True) as store:
             cells = [c for c in map(store.get, summary.keys) if c is not None]
@@ -271,7 +273,9 @@ def check(opts: CheckOptions, *, console=None) -> CheckReport:
     seeds = opts.seeds or (base["seeds"] if base else None)
     reference = opts.reference or (base["reference"] if base else "pgd:total")
     start = time.perf_counter()
-    by_attack = _run(opts, suite, profile, attacks, models, eps, seeds, reference, console)
+    # the baseline's images (an older baseline without the count: the profile's)
+    images = opts.images or (base.get("images") if base and isinstance(base.get("images"), int) else None)
+    by_attack = _run(opts, suite, profile, attacks, models, eps, seeds, reference, console, images)
     if not by_attack:
         raise UserError(f"no cell ran: the suite {suite} has no model with weights among "
                         f"{', '.join(models) if models else 'its members'} for these attacks and eps")

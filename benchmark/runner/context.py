@@ -14,7 +14,7 @@ from benchmark.data import image_ids, make_loader
 from benchmark.defenses.checks import model_checks
 from benchmark.defenses.inference import deployed, deployed_outputs
 from benchmark.errors import UserError
-from benchmark.evaluation import check_outputs, model_problem, to_device
+from benchmark.evaluation import check_outputs, degenerate_metrics, model_problem, to_device
 from benchmark.runner.store import ResultsStore, cell_key
 from benchmark.targets import Target, freeze
 from benchmark.tasks import Task
@@ -66,6 +66,7 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
     to the store's cache when a store is given, else computed). An external model's outputs are
     checked against the suite's tasks first."""
     suite = target.suite_spec
+    origin = "module"
     if target.in_memory:
         if module is None:
             raise ValueError(f"{target.name}: an in-memory target needs its module")
@@ -73,7 +74,7 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
         revision = f"local-sha256:{model_fingerprint(module)[:16]}"
     else:
         loaded = target.load(device, console=console)
-        model, revision = loaded.model, loaded.revision
+        model, revision, origin = loaded.model, loaded.revision, loaded.origin
     tasks = suite.tasks
     input_size = target.input_size
     dataset = suite.data(size=images, data_root=data_root, resolution=input_size)
@@ -103,6 +104,16 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
             store.put_clean(clean_key, suite=suite.name, model=target.name, model_revision=revision,
                             split=suite.split, images=count, metrics=clean, device=str(device),
                             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    if target.weights_dir and not target.in_memory and origin == "weights-dir":
+        problems = degenerate_metrics(clean, tasks, batches)
+        if problems:  # before any attack is spent on it
+            from rich.text import Text
+
+            from benchmark.progress import make_console
+
+            (console or make_console(stderr=True)).print(Text(
+                f"warning: {target.name} from {target.weights_dir} has degenerate clean metrics ({'; '.join(problems)})"
+                ": attacks on it measure little; check the checkpoint", style="yellow"), soft_wrap=True)
     if store is not None:
         extra = {"inference": inference_cost(model, batches[0]["image"])}
         if target.defense or target.external:  # is the evaluation of this target reliable?

@@ -54,6 +54,7 @@ class RunOptions:
     threads: int | None = None  # torch threads per process (None: benchmark.threads decides)
     workers: int | None = None  # local worker processes (None: one per usable core for tiny suites on CPU)
     keep_images: bool = False  # results carry their adversarial images (``adversarial_images``; a submission)
+    images: int | None = None  # evaluate the first N images of the split (None: the profile's eval_size)
 
 
 @dataclass
@@ -134,7 +135,8 @@ def _grid(options: RunOptions, suite, profile, module: torch.nn.Module | None = 
     return expand_grid(suite, profile, attacks=options.attacks, eps=options.eps, models=options.models,
                        seeds=options.seeds, weights_dir=options.weights_dir, data_root=options.data_root,
                        cell_timeout=options.cell_timeout, defenses=options.defenses,
-                       eot_samples=options.eot_samples, score_draws=options.score_draws, external=external,
+                       eot_samples=options.eot_samples, score_draws=options.score_draws, images=options.images,
+                       external=external,
                        external_name=options.model_name,
                        device=options.device)
 
@@ -222,6 +224,63 @@ def make_executor(options: RunOptions, *, small_model: bool = False, in_memory: 
     return LocalExecutor()
 
 
+class NoWeightsError(MissingWeightsError):
+    """No member of a run has weights on this machine: ``missing`` maps each to its Hub repo."""
+
+    def __init__(self, message: str, missing: dict[str, str], ways: str) -> None:
+        super().__init__(message)
+        self.missing, self.ways = missing, ways
+
+
+def _refuse_what_cannot_run(suite, cells: list[Cell], options: RunOptions, module) -> None:
+    """A full suite's run needs the real data and its members' weights: say so up front, with
+    every member that has no weights, instead of a run that does nothing and exits 0."""
+    if suite.synthetic or module is not None or options.model_dir is not None:
+        return
+    members = list(dict.fromkeys(c.target.member for c in cells if not c.target.external))
+    missing = {m: suite.member(m).repo_id or "(no Hub repo)" for m in members
+               if not Target.of(cells[0].target.suite, m, weights_dir=options.weights_dir).is_built()}
+    ways = (f"get weights by one of: `mtlbench zoo train {suite.name} --data-root DIR` (train them, from the ImageNet "
+            f"backbone), `mtlbench zoo import {suite.name} WEIGHTROOT` (convert the paper authors' checkpoints), or "
+            "`--weights-dir DIR` with checkpoint directories DIR/<model>/")
+    if options.data_root is None:
+        weights = (f"; and {len(missing)} of its {len(members)} models have no weights here ({ways})" if missing
+                   else "")
+        raise UserError(f"{suite.name} runs on the real {suite.data_source} data: pass --data-root DIR (the "
+                        f"directory format is in the README, \"Running the full suites\"){weights}")
+    if missing and len(missing) == len(members):
+        raise NoWeightsError(f"no model of {suite.name} has weights on this machine ({len(missing)} models: "
+                             f"{', '.join(missing)}); {ways}", missing, ways)
+
+
+#: seconds between two nudges of the progress display while cells run
+TICK_S = 5.0
+
+
+@contextlib.contextmanager
+def _ticking(bar, task, every: float | None = None):
+    """While the block runs, tell ``bar`` every ``every`` seconds (from a background thread; the
+    cells keep the main thread, where their time limits and Ctrl-C work): off a terminal, it then
+    prints a line with the count, the elapsed time and an estimate of what is left, also while one
+    long cell runs."""
+    import threading
+
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(every):
+            bar.update(task)
+
+    every = TICK_S if every is None else every
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def run(options: RunOptions, *, console: Console | None = None, module: torch.nn.Module | None = None,
         on_result: Callable[[CellResult], None] | None = None) -> RunSummary:
     """Evaluate the grid ``options`` describe into the results store. ``module``: an ``nn.Module``
@@ -240,6 +299,7 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
                         "directory (`mtlbench run --model DIR`) to run it on Ray")
     set_threads(options.threads, small_model=suite.tiny)
     cells = _grid(options, suite, profile, module)
+    _refuse_what_cannot_run(suite, cells, options, module)
     if options.keep_images:
         cells = [replace(cell, keep_images=True) for cell in cells]
     device = torch.device(options.device)
@@ -261,6 +321,7 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
         stack.callback(executor.close)
         with progress(console) as bar:
             overall = bar.add_task(f"{suite.name} [{profile.name}]", total=len(cells))
+            stack.enter_context(_ticking(bar, overall))
             running: dict[int, _Running] = {}
 
             def to_run():

@@ -47,6 +47,7 @@ from benchmark.zoo.hub import (
     resolve_weights,
     shipped_pretext_dir,
 )
+from benchmark.zoo.imagenet import ImagenetSource, download_imagenet, imagenet_blocks
 from benchmark.zoo.pretext import (
     PretextModel,
     PretextRecipe,
@@ -67,7 +68,14 @@ _RECIPE_KEYS = set(TrainRecipe.__dataclass_fields__)
 def with_seed(suite: Suite, seed: int | None) -> Suite:
     """``suite`` with its training recipe's ``seed`` replaced (another training run of the same
     recipe: other heads' draw, batch order and dropout masks; the same pre-trained backbone)."""
-    return suite if seed is None else replace(suite, training={**suite.training, "seed": int(seed)})
+    return with_training(suite, seed=seed)
+
+
+def with_training(suite: Suite, **changes) -> Suite:
+    """``suite`` with entries of its ``[training]`` recipe replaced (those not None): the members
+    it trains record the changed recipe, and are kept apart from the manifest's by its id."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return replace(suite, training={**suite.training, **changes}) if changes else suite
 
 
 def training_seed(suite: Suite, member: Member) -> int:
@@ -80,7 +88,7 @@ def member_model(suite: Suite, member: Member) -> BranchedModel:
     """A freshly initialised model of ``member``: seeded by the suite's name (and the recipe's
     seed) when its members share one initialisation (``init = "pretext"``: the same heads for
     every member), else by the member's name."""
-    common = suite.training.get("init") == "pretext"
+    common = suite.training.get("init") in ("pretext", "imagenet")
     seed = int(suite.training.get("seed", 0))
     torch.manual_seed(head_seed(suite.name, seed) if common else zlib.crc32(f"{suite.name}/{member.name}".encode()))
     tasks = suite.tasks
@@ -126,13 +134,15 @@ def clean_test_set(suite: Suite, *, size: int = 64, data_root: str | None = None
 
 
 def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | None = None,
-                 pretext: Path | None = None, device: str = "cpu",
+                 pretext: Path | None = None, imagenet: Path | None = None, device: str = "cpu",
                  data_root: str | None = None, out_dir: str | Path | None = None, steps: int | None = None,
                  train_set=None, test_set=None,
                  progress: Callable[[int, float], None] | None = None) -> Path:
-    """Train ``member`` (from scratch, from the pre-trained backbone in the ``pretext`` folder, or
-    fine-tuned from ``init_from``), measure its clean metrics, and save it as a checkpoint
-    directory."""
+    """Train ``member`` (from scratch, from the pre-trained backbone in the ``pretext`` folder, from
+    the ImageNet weights file ``imagenet``, or fine-tuned from ``init_from``), measure its clean
+    metrics, and save it as a checkpoint directory. With the recipe's ``checkpoint_every``, the
+    training state is saved as it goes (``resume.safetensors`` in the output folder), and a killed
+    build started again resumes the member from it."""
     tasks = suite.tasks
     model = member_model(suite, member)
     init: dict = {"init": "scratch"}
@@ -141,27 +151,55 @@ def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | Non
         init_from_pretext(model, blocks)
         init = {"init": "pretext", "pretext": {"objective": meta["recipe"]["objective"], "sha256": meta["sha256"],
                                                "steps": meta["recipe"]["steps"]}}
+    elif imagenet is not None:
+        source = ImagenetSource.from_table(member.backbone, suite.training.get("imagenet"))
+        init_from_pretext(model, _imagenet_blocks(str(imagenet), member.backbone, member.width, member.output_stride))
+        init = {"init": "imagenet", "imagenet": source.to_dict()}
     elif init_from is not None:
         model.warm_start_from(init_from)
         init = {"init": "warm_start"}
     recipe = recipe_for(suite, finetune=init_from is not None, steps=steps)
     recipe.seed = training_seed(suite, member)
+    out = Path(out_dir) if out_dir is not None else local_checkpoint_dir(suite, member)
+    every = suite.training.get("checkpoint_every")
     train_set = train_set if train_set is not None else training_set(suite, data_root)
-    stats = train_model(model, tasks, train_set, recipe, device=device, progress=progress)
+    stats = train_model(model, tasks, train_set, recipe, device=device, progress=progress,
+                        resume=out / RESUME_FILE if every else None, checkpoint_every=every,
+                        meta={"suite": suite.name, "member": member.name, "recipe_id": suite.training_id, **init})
     round_weights(model, recipe.weights_dtype)  # the clean metrics are those of the stored values
     test_set = test_set if test_set is not None else clean_test_set(suite, data_root=data_root)
     metrics = evaluate(model, tasks, make_loader(test_set, 32), device=device)
     info = CheckpointInfo(model=model.config, dataset=suite.data_source, suite=suite.name, member=member.name,
                           input_size=member.input_size,
                           training={**recipe.to_dict(), **init,
-                                    "warm_start": "AS" if init_from is not None else None,
+                                    "warm_start": suite.training.get("warm_start") if init_from is not None else None,
                                     "recipe_id": suite.training_id,
                                     "train_size": len(train_set), "seconds": round(stats["seconds"], 1),
-                                    "final_loss": stats["final_loss"], **machine(device)},
+                                    "final_loss": stats["final_loss"],
+                                    **({"resumed_at_step": stats["resumed_at"]} if stats.get("resumed_at") else {}),
+                                    **machine(device)},
                           clean_metrics=metrics)
-    out = Path(out_dir) if out_dir is not None else local_checkpoint_dir(suite, member)
     save_checkpoint(model.cpu(), info, out, dtype=recipe.weights_dtype)
     return out
+
+
+#: the training state a member's build saves as it goes (recipes with ``checkpoint_every``)
+RESUME_FILE = "resume.safetensors"
+
+
+@functools.lru_cache(maxsize=2)
+def _imagenet_blocks(path: str, backbone: str, width: float, output_stride: int | None) -> list[dict]:
+    return imagenet_blocks(path, backbone, width, output_stride)
+
+
+def imagenet_weights(suite: Suite) -> Path:
+    """The suite's backbone's ImageNet weights file (downloaded once into the Hub cache; its sha256
+    checked)."""
+    backbones = {m.backbone for m in suite.members}
+    if len(backbones) != 1:
+        raise UserError(f"{suite.name}: init = 'imagenet' needs one backbone for every member, got {sorted(backbones)}")
+    backbone = backbones.pop()
+    return download_imagenet(ImagenetSource.from_table(backbone, suite.training.get("imagenet")))
 
 
 def machine(device: str | torch.device) -> dict[str, str | int]:
@@ -194,14 +232,15 @@ def _worker_sets(suite_ref: str, data_root: str | None):
     return train_set, clean_test_set(suite, data_root=data_root)
 
 
-def _build_in_worker(suite_ref: str, member: str, init_dir: str | None, pretext: str | None, device: str,
-                     data_root: str | None, seed: int | None, out_dir: str) -> tuple[str, str]:
+def _build_in_worker(suite_ref: str, member: str, init_dir: str | None, pretext: str | None, imagenet: str | None,
+                     device: str, data_root: str | None, training: dict, out_dir: str) -> tuple[str, str]:
     """One member, built in a worker process exactly as in the driver (same seed, same data)."""
-    suite = with_seed(load_suite(suite_ref), seed)
+    suite = with_training(load_suite(suite_ref), **training)
     train_set, test_set = _worker_sets(suite_ref, data_root)
     init = load_checkpoint(init_dir)[0] if init_dir is not None else None
     return member, str(build_member(suite, suite.member(member), init_from=init,
-                                    pretext=None if pretext is None else Path(pretext), device=device,
+                                    pretext=None if pretext is None else Path(pretext),
+                                    imagenet=None if imagenet is None else Path(imagenet), device=device,
                                     data_root=data_root, train_set=train_set, test_set=test_set, out_dir=out_dir))
 
 
@@ -279,7 +318,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
                 data_root: str | None = None, console: Console | None = None, rebuild: bool = False,
                 threads: int | None = None, workers: int | None = None,
                 then: Sequence[AfterJob] = (), pretrain: bool = False, out: str | Path | None = None,
-                seed: int | None = None) -> dict[str, Path]:
+                seed: int | None = None, training: dict | None = None) -> dict[str, Path]:
     """Build the members of a suite that have no local checkpoint yet, or (tiny suites) one built
     with another recipe (all by default). The common pre-trained backbone (``init = "pretext"``)
     or the warm-start member (AS) is built first when any other member needs it; the others are built
@@ -293,12 +332,14 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     (members built before keep theirs unless ``rebuild``). ``out``: build into ``out/<member>/``
     instead of the local zoo (members already there with the manifest's recipe are kept, so an
     interrupted build goes on). ``seed``: another training seed of the recipe (see
-    :func:`with_seed`; needs ``out``)."""
+    :func:`with_seed`; needs ``out``); ``training``: other entries of the recipe (``steps``,
+    ``batch_size``; for a tiny suite, they need ``out``)."""
     suite = load_suite(suite) if isinstance(suite, str | Path) else suite
-    if seed is not None and out is None:
-        raise UserError("a build with another training seed needs its own folder (--out DIR): the local zoo holds "
-                        "the members of the manifest's recipe")
-    suite = with_seed(suite, seed)
+    changes = {k: v for k, v in {**(training or {}), "seed": seed}.items() if v is not None}
+    if changes and out is None and (seed is not None or suite.tiny):
+        raise UserError(f"a build with another recipe ({', '.join(f'{k} {v}' for k, v in changes.items())}) needs its "
+                        "own folder (--out DIR): the local zoo holds the members of the manifest's recipe")
+    suite = with_training(suite, **changes)
     console = console or make_console(stderr=True)
     wanted = [suite.member(m) for m in members] if members is not None else list(suite.members)
 
@@ -353,7 +394,9 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
         with progress(console, loss=True, eta=False) as bar:
             overall = bar.add_task(f"build {suite.name}", total=len(todo) + len(then), loss=float("nan"))
             init = None
-            pretext = None
+            pretext = imagenet = None
+            if suite.training.get("init") == "imagenet" and rest:
+                imagenet = imagenet_weights(suite)  # downloaded once, here: the workers read the cache
             if common and rest:
                 task = bar.add_task("  pretext backbone", total=pretext_recipe(suite).steps, loss=float("nan"))
                 pretext = build_pretext(suite, device=device, data_root=data_root, pretrain=pretrain,
@@ -375,15 +418,16 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
                 if rest:
                     init, _ = load_checkpoint(root_dir)
             if pool is not None:
-                done.update(pool.run(rest, then, None if init is None else root_dir, pretext, bar, overall,
-                                     seed=seed, where=where))
+                done.update(pool.run(rest, then, None if init is None else root_dir, pretext, imagenet, bar, overall,
+                                     training=changes, where=where))
                 rest, then = [], []
             for member in rest:
                 render_once(train_set)
                 steps = recipe_for(suite, finetune=init is not None).steps
                 task = bar.add_task(f"  {member.name}", total=steps, loss=float("nan"))
                 done[member.name] = build_member(
-                    suite, member, init_from=init, pretext=pretext, device=device, data_root=data_root,
+                    suite, member, init_from=init, pretext=pretext, imagenet=imagenet, device=device,
+                    data_root=data_root,
                     train_set=train_set, out_dir=where(member),
                     test_set=test_set, progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
                 bar.update(overall, advance=1)
@@ -438,7 +482,8 @@ class _Workers:
         self.warming = [self.pool.submit(_warm_up, self.ref, data_root) for _ in range(workers)] if warm_up else []
 
     def run(self, members: list[Member], jobs: Sequence[AfterJob], init_dir: Path | None, pretext: Path | None,
-            bar, overall, *, seed: int | None, where: Callable[[Member], Path]) -> dict[str, Path]:
+            imagenet: Path | None, bar, overall, *, training: dict,
+            where: Callable[[Member], Path]) -> dict[str, Path]:
         from concurrent.futures import FIRST_COMPLETED, wait
 
         for future in self.warming:
@@ -456,8 +501,9 @@ class _Workers:
                 future = (self.pool.submit(item.fn, *item.args) if isinstance(item, AfterJob) else
                           self.pool.submit(_build_in_worker, self.ref, item.name,
                                            None if init_dir is None else str(init_dir),
-                                           None if pretext is None else str(pretext), self.device, self.data_root,
-                                           seed, str(where(item))))
+                                           None if pretext is None else str(pretext),
+                                           None if imagenet is None else str(imagenet), self.device, self.data_root,
+                                           training, str(where(item))))
                 running[future] = item, time.perf_counter()
             # wake every few seconds: off a terminal, the bar prints a line with the count and an ETA
             finished, _ = wait(running, timeout=5.0, return_when=FIRST_COMPLETED)

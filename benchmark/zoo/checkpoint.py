@@ -326,6 +326,11 @@ def _init_text(training: dict[str, Any]) -> str:
         return (f"| initialisation | the suite's common backbone, pre-trained for {p.get('steps')} steps on the "
                 f"`{p.get('objective')}` pretext objective (no task labels; weights sha256 `{p.get('sha256')}`), "
                 "the heads from the suite's common seeded draw; then trained on its tasks |\n")
+    if training.get("init") == "imagenet":
+        src = training.get("imagenet", {})
+        return (f"| initialisation | the backbone's ImageNet weights (`{src.get('repo_id')}` at revision "
+                f"`{src.get('revision')}`, file sha256 `{src.get('sha256')}`), the heads from the suite's common "
+                "seeded draw; then trained on its tasks |\n")
     if training.get("init") == "warm_start" or training.get("warm_start"):
         return f"| initialisation | fine-tuned from the suite's `{training.get('warm_start')}` member |\n"
     if training.get("init") == "scratch":

@@ -1,7 +1,7 @@
 """Convert the paper authors' checkpoints to mtlbench's format.
 
 Their files are ``<weightroot>/<layout_idx>/<task1>_<task2>_....model``: a torch pickle whose
-``state['state_dict']`` is the state dict of TreeMTL's ``MTSeqModel`` (CODE-NOTES.md). We read them
+``state["state_dict"]`` is the state dict of TreeMTL's ``MTSeqModel`` (its ``main/`` code). We read them
 with ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects, and map the names:
 
 * ``backbone.mtl_blocks.<k>.compute_nodes.<j>.basicOp.<param>``: block copy ``k`` runs over the

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from benchmark.data.datasets import make_loader
@@ -48,22 +52,31 @@ def make_optimizer(params, name: str = "adam", *, lr: float, weight_decay: float
 
 
 def train_model(model: torch.nn.Module, tasks: list[Task], dataset: Dataset, recipe: TrainRecipe, *,
-                device: torch.device | str = "cpu",
-                progress: Callable[[int, float], None] | None = None) -> dict[str, float]:
+                device: torch.device | str = "cpu", progress: Callable[[int, float], None] | None = None,
+                resume: Path | None = None, checkpoint_every: int | None = None,
+                meta: dict | None = None) -> dict[str, float]:
     """Train ``model`` in place for ``recipe.steps`` optimiser steps over (reshuffled) epochs of
-    ``dataset``; deterministic for a given seed on a given device. Returns training statistics."""
+    ``dataset``; deterministic for a given seed on a given device (also across a resume, see
+    :func:`optimise`). Returns training statistics."""
     if len(dataset) == 0:
         raise UserError("the training set is empty")
     return optimise(model, dataset, lambda batch: total_loss(tasks, model(batch["image"]), batch), recipe,
-                    device=device, progress=progress)
+                    device=device, progress=progress, resume=resume, checkpoint_every=checkpoint_every, meta=meta)
 
 
 def optimise(model: torch.nn.Module, dataset: Dataset, loss_fn: Callable[[dict], torch.Tensor], recipe, *,
-             device: torch.device | str = "cpu",
-             progress: Callable[[int, float], None] | None = None) -> dict[str, float]:
+             device: torch.device | str = "cpu", progress: Callable[[int, float], None] | None = None,
+             resume: Path | None = None, checkpoint_every: int | None = None,
+             meta: dict | None = None) -> dict[str, float]:
     """The training loop every recipe shares: seed, then ``recipe.steps`` steps of ``recipe``'s
     optimiser and schedule on ``loss_fn(batch)`` over seeded, reshuffled epochs of ``dataset`` (a
-    set smaller than a batch is one batch); the model ends in eval mode."""
+    set smaller than a batch is one batch); the model ends in eval mode.
+
+    With ``resume`` (a file) and ``checkpoint_every``, the whole training state (weights, optimiser,
+    schedule, the position in the data and torch's random state) is written there every
+    ``checkpoint_every`` steps, and a run that finds the file continues from it: a killed run
+    started again ends with the weights of a run that was never interrupted. ``meta`` identifies
+    the training (a resume file of another is refused)."""
     torch.manual_seed(recipe.seed)
     model.to(device).train()
     opt = make_optimizer(model.parameters(), getattr(recipe, "optimizer", "adam"), lr=recipe.lr,
@@ -73,9 +86,16 @@ def optimise(model: torch.nn.Module, dataset: Dataset, loss_fn: Callable[[dict],
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     batch_size = min(recipe.batch_size, len(dataset))
     step, epoch, start, last = 0, 0, time.perf_counter(), float("nan")
+    skip = resumed = 0
+    identity = {**(meta or {}), "recipe": asdict(recipe) if hasattr(recipe, "__dataclass_fields__") else str(recipe)}
+    if resume is not None and resume.exists():
+        step, epoch, skip = _load_state(resume, model, opt, sched, identity, device)
+        resumed = step
     while step < recipe.steps:
         loader = make_loader(dataset, batch_size, shuffle=True, seed=recipe.seed + epoch, drop_last=True)
-        for batch in loader:
+        for i, batch in enumerate(loader):
+            if i < skip:
+                continue
             loss = loss_fn(to_device(batch, device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -83,10 +103,69 @@ def optimise(model: torch.nn.Module, dataset: Dataset, loss_fn: Callable[[dict],
             sched.step()
             step += 1
             last = loss.item() if (step % 10 == 0 or step == recipe.steps) else last
+            if resume is not None and checkpoint_every and step % checkpoint_every == 0 and step < recipe.steps:
+                _save_state(resume, model, opt, sched, step, epoch, i + 1, identity)
             if progress is not None:
                 progress(step, last)
             if step >= recipe.steps:
                 break
         epoch += 1
+        skip = 0
     model.eval()
-    return {"steps": step, "epochs": epoch, "final_loss": last, "seconds": time.perf_counter() - start}
+    if resume is not None:
+        resume.unlink(missing_ok=True)
+    return {"steps": step, "epochs": epoch, "final_loss": last, "seconds": time.perf_counter() - start,
+            "resumed_at": resumed}
+
+
+def _save_state(path: Path, model, opt, sched, step: int, epoch: int, batch: int, identity: dict) -> None:
+    """The training state after ``step`` steps (``batch`` batches into ``epoch``), in one
+    safetensors file written under a temporary name and renamed (a kill never leaves half of it)."""
+    state = opt.state_dict()
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors["rng"] = torch.get_rng_state()
+    scalars: dict[str, dict] = {}
+    for idx, entry in state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"opt.{idx}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    info = {"identity": identity, "step": step, "epoch": epoch, "batch": batch, "sched": sched.state_dict(),
+            "param_groups": state["param_groups"], "scalars": scalars}
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(tmp), metadata={"mtlbench-training": json.dumps(info, default=_jsonable)})
+    tmp.replace(path)
+
+
+def _jsonable(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in a resume file")
+
+
+def _load_state(path: Path, model, opt, sched, identity: dict, device) -> tuple[int, int, int]:
+    """Restore the state :func:`_save_state` wrote; returns (step, epoch, batches into the epoch)."""
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            info = json.loads((f.metadata() or {})["mtlbench-training"])
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable training resume file ({type(exc).__name__}: {exc}); delete it to "
+                        "train from the start") from None
+    if info.get("identity") != json.loads(json.dumps(identity, default=_jsonable)):
+        raise UserError(f"{path}: this resume file is of another training (another recipe, member or start); delete "
+                        "it to train from the start")
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value.to(device)
+    for idx, entry in info["scalars"].items():
+        state.setdefault(int(idx), {}).update(entry)
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    sched.load_state_dict(info["sched"])
+    torch.set_rng_state(tensors["rng"])
+    return int(info["step"]), int(info["epoch"]), int(info["batch"])

@@ -1,0 +1,61 @@
+"""The GPU paths: device placement, the CUDA memory column, the determinism check on CUDA,
+``--device cuda`` for run, zoo build/train and defend, and Ray's GPUs per cell. Skipped without
+CUDA (the rest of the suite runs every path on the CPU)."""
+
+import json
+
+import pytest
+import torch
+
+from benchmark.cli import main
+from benchmark.runner import ResultsStore, RunOptions, run
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def test_a_run_on_cuda_places_everything_there_and_measures_cuda_memory(mini, tmp_path):
+    db = tmp_path / "r.db"
+    run(RunOptions(suite=str(mini), results=str(db), device="cuda", attacks=["pgd:gb-mta", "fgsm:total"], eps=[8]))
+    with ResultsStore(db, readonly=True) as store:
+        cells = store.cells()
+    assert cells and {c.status for c in cells} == {"valid"}
+    for c in cells:
+        assert c.device == torch.cuda.get_device_name(0)
+        assert c.peak_memory_kind == "cuda-allocated-added" and c.peak_memory_bytes is not None
+        # built-in attacks are re-run on a GPU to check their determinism (kernels may not be)
+        assert c.config["check_determinism"] is (c.eps == 8)
+
+
+def test_cpu_and_cuda_scores_of_the_same_images_agree(mini, tmp_path):
+    """The same cells on the CPU and on CUDA: the same clean metrics to float rounding."""
+    found = {}
+    for device in ("cpu", "cuda"):
+        db = tmp_path / f"{device}.db"
+        run(RunOptions(suite=str(mini), results=str(db), device=device, attacks=["fgsm:total"], eps=[8],
+                       models=["AS"]))
+        with ResultsStore(db, readonly=True) as store:
+            (found[device],) = store.cells()
+    for task, metrics in found["cpu"].clean.items():
+        for key, value in metrics.items():
+            assert found["cuda"].clean[task][key] == pytest.approx(value, rel=1e-3, abs=1e-3), (task, key)
+
+
+def test_zoo_build_and_defend_on_cuda(mini, tmp_path):
+    out = tmp_path / "weights"
+    assert main(["zoo", "build", str(mini), "--model", "AS", "--device", "cuda", "--out", str(out),
+                 "--steps", "3", "--workers", "1"]) == 0
+    assert json.loads((out / "AS" / "config.json").read_text())["training"]["device"] == "cuda"
+    assert main(["defend", str(mini), "--models", "AS", "--device", "cuda", "--steps", "2",
+                 "--out", str(tmp_path / "fat")]) == 0
+    assert json.loads((tmp_path / "fat" / "AS" / "config.json").read_text())["training"]["device"] == "cuda"
+
+
+def test_ray_cells_share_a_gpu(mini, tmp_path):
+    pytest.importorskip("ray")
+    db = tmp_path / "r.db"
+    run(RunOptions(suite=str(mini), results=str(db), device="cuda", executor="ray", gpus_per_cell=0.5,
+                   attacks=["fgsm:total"], eps=[8]))
+    with ResultsStore(db, readonly=True) as store:
+        cells = store.cells()
+    assert cells and {c.status for c in cells} == {"valid"}
+    assert {c.device for c in cells} == {torch.cuda.get_device_name(0)}
