@@ -163,7 +163,7 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- suites
 def cmd_suites_list(args: argparse.Namespace) -> int:
     from benchmark.suites import list_suites, load_suite
-    from benchmark.zoo.hub import is_built
+    from benchmark.zoo.hub import is_built, shipped_weights
 
     table = Table(title="suites")
     for col in ("suite", "dataset", "backbone", "models", "weights", "profiles", "description"):
@@ -171,8 +171,10 @@ def cmd_suites_list(args: argparse.Namespace) -> int:
     for name in list_suites():
         suite = load_suite(name)
         if suite.tiny:
-            built = sum(is_built(suite, m) for m in suite.members)
-            weights = f"built locally ({built}/{len(suite.members)} so far)"
+            shipped = sum(shipped_weights(suite, m) is not None for m in suite.members)
+            built = sum(is_built(suite, m) for m in suite.members) - shipped
+            weights = (f"shipped with mtlbench ({shipped}/{len(suite.members)}, sha256 pinned)" if shipped
+                       else f"built locally ({built}/{len(suite.members)} so far)")
         else:
             published = sum(m.published for m in suite.members)
             weights = f"Hub: {published}/{len(suite.members)} published"
@@ -184,7 +186,7 @@ def cmd_suites_list(args: argparse.Namespace) -> int:
 
 def cmd_suites_show(args: argparse.Namespace) -> int:
     from benchmark.suites import load_suite
-    from benchmark.zoo.hub import is_built
+    from benchmark.zoo.hub import is_built, shipped_weights
 
     suite = load_suite(args.suite)
     num_tasks = len(suite.tasks)
@@ -199,7 +201,8 @@ def cmd_suites_show(args: argparse.Namespace) -> int:
     for m in suite.members:
         params = m.backbone_parameters(num_tasks)
         if suite.tiny:
-            weights = "built" if is_built(suite, m) else "built on first use"
+            weights = (f"shipped, sha256 {m.sha256[:12]}" if shipped_weights(suite, m) is not None
+                       else "built" if is_built(suite, m) else "built on first use")
         else:
             weights = f"{m.repo_id}@{m.revision[:10]}" if m.published else f"{m.repo_id} (not published)"
         table.add_row(m.name, "" if m.index is None else str(m.index), m.layout, f"{m.backbone} x{m.width:g}",

@@ -1,11 +1,12 @@
 """The first run a new user meets: ``mtlbench demo``.
 
-1. builds the tiny suite (``tiny-nyuv2-resnet34``: 25 branched models on synthetic scenes) the
-   first time, under ``$MTLBENCH_HOME``, and trains the profile's training defenses (FAT with
-   GB-MTA-PGD on the AS model) beside them;
+1. takes the tiny suite (``tiny-nyuv2-resnet34``: 25 branched models on synthetic scenes) and the
+   profile's trained defense (FAT with GB-MTA-PGD on the AS model), which ship with mtlbench
+   pinned by sha256 (a suite of one's own, or another recipe, is built under ``$MTLBENCH_HOME``);
 2. runs its ``quick`` profile (FGSM and PGD with every multi-task objective and each single task,
-   two eps, on every model, and on the AS model with FAT and with bit-depth reduction) into a
-   results database, resuming if one is already there;
+   two eps, 32 images, on every model; on the AS model also with FAT and with bit-depth reduction,
+   and the black-box Square attack of the gradient-masking checks) into a results database,
+   resuming if one is already there;
 3. renders the static leaderboard site and returns the path of its ``index.html``.
 """
 
@@ -47,6 +48,6 @@ def run_demo(out_dir: str | Path = "site", *, suite: str = "tiny-nyuv2-resnet34"
     index = render_leaderboard(results, out)
     scenes = spec.data(size=4)
     save_preview(scenes, out / "plots" / "scenes.png", rows=4, title=f"{spec.data_source}: RGB and ground truth")
-    console.print(f"zoo and defenses {trained - start:.0f} s, {summary.total - summary.skipped} cells "
+    console.print(f"zoo and defenses ready in {trained - start:.0f} s, {summary.total - summary.skipped} cells "
                   f"{ran - trained:.0f} s, site {time.perf_counter() - ran:.0f} s; results in {results}")
     return index

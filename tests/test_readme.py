@@ -42,7 +42,7 @@ def _as_test_commands(lines: list[str], manifest: Path, site: Path) -> list[str]
             package = line.removeprefix("pip install -e ").strip()
             line = (f"{sys.executable} -m pip install -q --no-deps --no-build-isolation --target {site} "
                     f"{Path(ROOT) / package}")
-        for command in (" submit ", " verify ", " --update "):
+        for command in (" submit ", " verify ", " --update ", " leaderboard "):
             if command in line:
                 line += f" --suite {manifest}"
         out.append(line.replace("AS,IND,layout-9", "AS,layout-9"))
