@@ -35,7 +35,7 @@ from benchmark.errors import UserError
 from benchmark.runner.store import CellResult, pid_alive
 from benchmark.zoo.checkpoint import file_sha256
 
-__all__ = ["SubmitResult", "attack_sources", "find_bundles", "submit"]
+__all__ = ["SubmitResult", "attack_sources", "find_bundles", "images_file", "submit"]
 
 BUNDLE_FORMAT = "mtlbench-bundle"
 BUNDLE_VERSION = 1
@@ -67,9 +67,15 @@ def attack_sources(names: list[str]) -> dict[str, str]:
     return {key: file_sha256(path) for key, path in sorted(files.items())}
 
 
-def _images_file(cell: CellResult) -> str:
-    from benchmark.runner.verify import images_file
+def images_file(model: str, attack: str, eps: float, seed: int) -> str:
+    """Where a bundle keeps the adversarial images of a cell."""
+    def safe(text: str) -> str:
+        return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)
 
+    return f"images/{safe(model)}/{safe(attack)}/eps{eps:g}-seed{seed}.safetensors"
+
+
+def _images_file(cell: CellResult) -> str:
     return images_file(cell.model, cell.attack, cell.eps, cell.seed)
 
 

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from benchmark.errors import UserError
+from benchmark.runner.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, attack_sources, images_file
 from benchmark.runner.store import CellResult, cell_key
 
 __all__ = ["ARP_TOLERANCE", "METRIC_TOLERANCE", "BundleError", "BundleVerdict", "verify_bundle"]
@@ -245,7 +246,6 @@ class _Grid:
 
 def _manifest(raw: Any, path: Path) -> tuple[dict, _Grid]:
     """The manifest, type-checked; the grid of cells it declares."""
-    from benchmark.runner.bundle import BUNDLE_FORMAT, BUNDLE_VERSION
     from benchmark.suites import MAX_EVAL_SIZE, VALID_NAME
 
     check = _Check(f"bundle {path}: manifest.json")
@@ -302,14 +302,6 @@ def _manifest(raw: Any, path: Path) -> tuple[dict, _Grid]:
     if len(grid.cells()) > 100_000:
         raise check.fail("", f"declares {len(grid.cells()):,} cells; a bundle holds at most 100,000")
     return raw, grid
-
-
-def images_file(model: str, attack: str, eps: float, seed: int) -> str:
-    """Where a bundle keeps the adversarial images of a cell."""
-    def safe(text: str) -> str:
-        return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)
-
-    return f"images/{safe(model)}/{safe(attack)}/eps{eps:g}-seed{seed}.safetensors"
 
 
 def _cell(raw: Any, i: int, path: Path, tasks: list[str]) -> tuple[CellResult, str, str]:
@@ -553,7 +545,6 @@ def _check_grid(verdict: BundleVerdict, claimed, grid: _Grid, suite) -> None:
 
 def _check_attacks(verdict: BundleVerdict, manifest: dict) -> None:
     """A built-in attack's sources are mtlbench's own files (and, from this version, the same)."""
-    from benchmark.runner.bundle import attack_sources
     from benchmark.version import __version__
 
     claimed = manifest["attack"]["sources"]
@@ -749,7 +740,6 @@ def _recount(verdict: BundleVerdict, reader: _Reader, claimed, suite, *, device,
     from safetensors.torch import load as load_tensors
 
     from benchmark.attacks.spec import AttackSpec
-    from benchmark.runner.bundle import attack_sources
     from benchmark.runner.cells import Cell, evaluate_cell
     from benchmark.runner.context import prepare_context
     from benchmark.targets import Target
