@@ -26,15 +26,19 @@ def test_grid_expansion():
     profile = suite.profile("quick")
     cells = expand_grid(suite, profile)
     # (25 models + AS with FAT and with bit-depth reduction) x (fgsm:gb-mta, pgd:total, pgd:signtotal,
-    # pgd:gb-mta, 3 x pgd:single-*) x 2 eps x 1 seed, and the budget curves' points: PGD at 1 and 2 steps
-    # on AS and IND (6 PGD attacks x 2 budgets x 2 eps x 2 models)
+    # pgd:gb-mta, 3 x pgd:single-*) x 2 eps x 1 seed, Square (the defense attack) on AS and its two defended
+    # targets at both eps, and the budget curves' points: PGD at 1 and 2 steps on AS and IND
+    # (6 PGD attacks x 2 budgets x 2 eps x 2 models)
     curve = [c for c in cells if c.budget_point]
-    assert len(cells) - len(curve) == (25 + 2) * 7 * 2 and len(curve) == 6 * 2 * 2 * 2
+    square = [c for c in cells if c.attack.name == "square:gb-mta"]
+    assert len(cells) - len(curve) - len(square) == (25 + 2) * 7 * 2 and len(curve) == 6 * 2 * 2 * 2
+    assert sorted({c.target.name for c in square}) == ["AS", "AS+bitdepth:4", "AS+fat:pgd:gb-mta"]
+    assert len(square) == 3 * 2
     assert {c.target.name for c in curve} == {"AS", "IND"} and {dict(c.attack.options)["steps"] for c in curve} == {
         1, 2}
     assert {c.target.name for c in cells if c.target.defense} == {"AS+fat:pgd:gb-mta", "AS+bitdepth:4"}
     pgd = next(c for c in cells if c.attack.name == "pgd:gb-mta")
-    assert dict(pgd.attack.options) == {"steps": 5} and pgd.images == 8
+    assert dict(pgd.attack.options) == {"steps": 5} and pgd.images == 32
     assert dict(next(c for c in cells if c.attack.name == "fgsm:gb-mta").attack.options) == {}
     single = next(c for c in cells if c.attack.name == "pgd:single-depth")
     assert (single.attack.optimizer, single.attack.objective, single.attack.task) == ("pgd", "single-depth",
@@ -45,7 +49,7 @@ def test_grid_expansion():
     assert not any(c.check_determinism for c in cells)
     on_gpu = expand_grid(suite, profile, device="cuda")
     assert {c.eps for c in on_gpu if c.check_determinism} == {4.0}
-    assert len([c for c in on_gpu if c.check_determinism]) == (25 + 2) * 7
+    assert len([c for c in on_gpu if c.check_determinism]) == (25 + 2) * 7 + 3  # + Square on AS's 3 targets
     assert not any(c.check_determinism for c in on_gpu if c.budget_point)
     cells = expand_grid(suite, profile, attacks=["apgd:single-*"], eps=[2, 16], models=["AS"], seeds=[0, 1],
                         defenses=["none"])
@@ -190,14 +194,15 @@ def test_failed_and_invalid_attacks_do_not_stop_the_run(mini, tmp_path, capsys):
     assert by[("AS", "fgsm:total")].status == "valid" and by[("layout-9", "fgsm:total")].arp > 0
 
 
-def test_unpublished_members_are_reported_and_skipped(tmp_path, capsys, monkeypatch):
+def test_a_full_suite_without_data_or_weights_runs_nothing_and_says_why(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MTLBENCH_HOME", str(tmp_path / "home"))
     code = main(["run", "--suite", "nyuv2-resnet34", "--models", "AS,layout-9", "--results", str(tmp_path / "r.db"),
                  "--attacks", "fgsm:total", "--eps", "8", "--device", "cpu"])
-    err = capsys.readouterr().err
-    assert code == 0
-    assert "skipped AS" in err and "skipped layout-9" in err and "no published weights" in err
-    assert "zoo train nyuv2-resnet34" in err
+    err = " ".join(capsys.readouterr().err.split())
+    # a full suite with neither its data nor its weights says both up front, and runs nothing
+    assert code == 2 and not (tmp_path / "r.db").exists()
+    assert "pass --data-root DIR" in err and "2 of its 2 models have no weights here" in err
+    assert "zoo train nyuv2-resnet34" in err and "--weights-dir DIR" in err
 
 
 def _rows(db: Path) -> list[dict]:
