@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from benchmark.errors import UserError
+from benchmark.paths import safe_name
 from benchmark.progress import make_console
 from benchmark.version import __version__
 
@@ -551,7 +552,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from benchmark.runner.bundle import submit
 
     _load_plugins(args.plugins)
-    out = args.out or "bundle-" + "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in args.attack)
+    out = args.out or "bundle-" + safe_name(args.attack)
     result = submit(_csv(args.attack, option="attack"), suite=args.suite, profile=args.profile, out=out,
                     models=_csv(args.models, option="--models"), eps=_csv(args.eps, float, option="--eps"),
                     seeds=_csv(args.seeds, int, option="--seeds"), device=_device(args.device),
@@ -646,10 +647,11 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
 
 
 def _load_plugins(plugins: str | None) -> None:
-    import os
+    """Import the plugin modules of ``--plugins`` (and ``MTLBENCH_PLUGINS``) here; the executors
+    hand them to their worker processes with every task."""
+    from benchmark.registry import load_plugin_modules, plugin_modules
 
-    if plugins:
-        os.environ["MTLBENCH_PLUGINS"] = ",".join(filter(None, [os.environ.get("MTLBENCH_PLUGINS"), plugins]))
+    load_plugin_modules(plugin_modules(plugins))
 
 
 # ---------------------------------------------------------------------- leaderboard

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from benchmark.metric_base import _EPS, IGNORE_INDEX, TaskMetric, _mask, _seg_target
 from benchmark.paper_metrics import paper_metric
+from benchmark.registry import Registry
 
 __all__ = [
     "DATASET_TASKS",
@@ -244,13 +245,6 @@ def _depth_valid(target: torch.Tensor, targets: dict[str, torch.Tensor]) -> torc
     return target > 0
 
 
-def _per_sample_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over ``valid`` pixels of each sample (0 where a sample has none)."""
-    v = valid.to(values.dtype)
-    dims = tuple(range(1, values.dim()))
-    return (values * v).sum(dims) / v.sum(dims).clamp_min(1.0)
-
-
 # ====================================================================== tasks
 @dataclass
 class Task:
@@ -347,29 +341,26 @@ class Task:
 
 
 TaskFactory = Callable[..., list[Task]]
-DATASET_TASKS: dict[str, TaskFactory] = {}
+#: each data set's task list, by data set name
+DATASET_TASKS: Registry[TaskFactory] = Registry("dataset", group="mtlbench.tasks", error=ValueError)
 
 
 def register_dataset_tasks(name: str) -> Callable[[TaskFactory], TaskFactory]:
-    def deco(fn: TaskFactory) -> TaskFactory:
-        DATASET_TASKS[name] = fn
-        return fn
-
-    return deco
+    """Decorator registering a function that returns a data set's tasks in task-id order."""
+    return DATASET_TASKS.register(name)
 
 
 def list_datasets() -> list[str]:
-    return sorted(DATASET_TASKS)
+    return sorted(DATASET_TASKS.names())
 
 
 def get_tasks(dataset: str, *, metrics: str = "ours", **options) -> list[Task]:
     """The tasks of ``dataset`` in task-id order (the layout's task ids index this list), scored
     with our metrics or (``metrics="paper"``) the authors' definitions."""
-    if dataset not in DATASET_TASKS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(list_datasets())}")
+    factory = DATASET_TASKS.get(dataset)
     if metrics not in ("ours", "paper"):
         raise ValueError(f"unknown metric mode {metrics!r}; use 'ours' or 'paper'")
-    tasks = DATASET_TASKS[dataset](**options)
+    tasks = factory(**options)
     for t in tasks:
         t.metric_mode = metrics
     return tasks
@@ -378,7 +369,7 @@ def get_tasks(dataset: str, *, metrics: str = "ours", **options) -> list[Task]:
 def all_tasks() -> list[Task]:
     """Every task of every registered data set (NYUv2's and Taskonomy's), each name once."""
     seen: dict[str, Task] = {}
-    for dataset in DATASET_TASKS:
+    for dataset in DATASET_TASKS.names():
         for t in get_tasks(dataset):
             seen.setdefault(t.name, t)
     return list(seen.values())

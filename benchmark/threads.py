@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from benchmark.errors import UserError
+from benchmark.paths import mtlbench_home
+from benchmark.registry import load_plugin_modules
 
 __all__ = ["MAX_THREADS", "choose_threads", "choose_workers", "die_with_parent", "init_worker", "set_threads",
            "stop_pool", "usable_cores", "worker_env"]
@@ -109,18 +111,18 @@ def die_with_parent() -> None:
 
 
 def worker_env() -> dict[str, str]:
-    """What a worker process must see as this one does: where the zoo lives, the Hub settings,
-    the plugins (``MTLBENCH_*`` and ``HF_*``, with ``MTLBENCH_HOME`` made absolute)."""
-    from benchmark.zoo.hub import mtlbench_home
-
+    """What a worker process must see as this one does: where the zoo lives and the Hub settings
+    (``MTLBENCH_*`` and ``HF_*``, with ``MTLBENCH_HOME`` made absolute)."""
     env = {k: v for k, v in os.environ.items() if k.startswith(("MTLBENCH_", "HF_"))}
     env["MTLBENCH_HOME"] = str(mtlbench_home().resolve())
     return env
 
 
-def init_worker(threads: int, env: dict[str, str]) -> None:
+def init_worker(threads: int, env: dict[str, str], plugins: list[str] | tuple[str, ...] = ()) -> None:
     """The start of a local worker process: it ends with its parent, sees the parent's settings
-    (:func:`worker_env`) and uses ``threads`` torch threads."""
+    (:func:`worker_env`), uses ``threads`` torch threads and imports the parent's plugin modules
+    (:func:`benchmark.registry.imported_plugin_modules`)."""
     die_with_parent()
     os.environ.update(env)
     torch.set_num_threads(threads)
+    load_plugin_modules(plugins)

@@ -48,7 +48,7 @@ def _entry(cells: list[CellResult]) -> dict[str, Any]:
         worst = next((c for c in bad if c.status == "failed"), bad[0])
         return {"status": worst.status, "reason": worst.reason, "arp": None, "task_arp": {}, "seeds": len(cells)}
     task_names = list(cells[0].task_arp)
-    per_image = [p for p in map(_passes, cells) if p is not None]
+    per_image = [p for p in (c.passes_per_image for c in cells) if p is not None]
     return {
         "status": "valid", "reason": "", "seeds": len(cells), "image_ci": _image_ci(cells[0].per_image.get("score")),
         "arp": mean(c.arp for c in cells),
@@ -274,11 +274,6 @@ def _is_curve_point(c: CellResult) -> bool:
     return isinstance(budget, dict) and bool(budget.get("extra"))
 
 
-def _passes(c: CellResult) -> float | None:
-    """Counted forward+backward passes per image: a model call on a batch is one pass of each image."""
-    return (c.forward_passes + c.backward_passes) / c.batches if c.batches else None
-
-
 def _budget_block(cells: list[CellResult], models: list[str], eps: float) -> dict[str, Any] | None:
     """The ARP-at-equal-compute curves and rankings of one eps (None without extra budgets)."""
     here = [c for c in cells if c.eps == eps and c.model in models]
@@ -296,7 +291,7 @@ def _budget_block(cells: list[CellResult], models: list[str], eps: float) -> dic
     series: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for (attack, budget), by_model in points.items():
         per_model = [mean(x.arp for x in by_model[m]) for m in common]
-        passes = [p for m in common for p in map(_passes, by_model[m]) if p is not None]
+        passes = [p for m in common for p in (c.passes_per_image for c in by_model[m]) if p is not None]
         m_arp, low, high = bootstrap_ci(per_model, confidence=0.95, seed=0)
         series[attack].append({"budget": budget, "passes_per_image": mean(passes) if passes else None,
                                "mean_arp": m_arp, "ci_low": low, "ci_high": high})
@@ -319,28 +314,33 @@ def _budget_block(cells: list[CellResult], models: list[str], eps: float) -> dic
             "rankings": rankings}
 
 
-def _label_configurations(cells: list[CellResult]) -> list[CellResult]:
+def _label_configurations(cells: list[CellResult]) -> tuple[list[CellResult], dict[str, list[str]]]:
     """Cells whose attack ran under several configurations (profile, options, images) are kept
     apart: each configuration's attack is labelled ``attack [profile]`` (with its options and
     images when the profile alone does not tell them apart), so that only the same experiment
-    is ever averaged; an attack with one configuration keeps its name."""
+    is ever averaged; an attack with one configuration keeps its name. Also returns each label's
+    ``[attack, configuration]`` (``""`` for an attack with one configuration)."""
     configs: dict[str, set[tuple]] = defaultdict(set)
     for c in cells:
         configs[c.attack].add(_signature(c))
     labels: dict[tuple[str, tuple], str] = {}
+    variants: dict[str, list[str]] = {}
     for attack, sigs in configs.items():
         if len(sigs) == 1:
             labels[(attack, next(iter(sigs)))] = attack
+            variants[attack] = [attack, ""]
             continue
         profiles = [sig[0] for sig in sigs]
         for sig in sigs:
             profile, options, images = sig
             if profiles.count(profile) == 1:
-                labels[(attack, sig)] = f"{attack} [{profile}]"
+                configuration = profile
             else:
                 opts = ", ".join(f"{k}={v}" for k, v in json.loads(options).items())
-                labels[(attack, sig)] = f"{attack} [{profile}; {opts or 'defaults'}; {images or 'all'} images]"
-    return [replace(c, attack=labels[(c.attack, _signature(c))]) for c in cells]
+                configuration = f"{profile}; {opts or 'defaults'}; {images or 'all'} images"
+            labels[(attack, sig)] = f"{attack} [{configuration}]"
+            variants[labels[(attack, sig)]] = [attack, configuration]
+    return [replace(c, attack=labels[(c.attack, _signature(c))]) for c in cells], variants
 
 
 def _model_order(models: list[str], info: dict) -> list[str]:
@@ -358,7 +358,7 @@ def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dic
     for c in cells:
         grouped[c.suite].append(c)
     for suite, suite_cells in sorted(grouped.items()):
-        suite_cells = _label_configurations(suite_cells)
+        suite_cells, variants = _label_configurations(suite_cells)
         info = {m: model_info.get((suite, m), {}) for m in {c.model for c in suite_cells}}
         # attacks are ranked on the suite's own (undefended) models; defended targets have their page,
         # external models (brought by users) their table, neither is ranked
@@ -401,7 +401,7 @@ def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dic
                 row["flags"] = [f"{t}: {f}" if len(row["targets"]) > 1 else f
                                 for t in row["targets"] for f in reliability.get(t, {}).get("flags", [])]
         suites[suite] = {
-            "name": suite, "models": models, "attacks": attacks, "eps": eps_list, "tasks": tasks,
+            "name": suite, "models": models, "attacks": attacks, "variants": variants, "eps": eps_list, "tasks": tasks,
             "default_eps": choose_eps(eps_list, default_eps) if eps_list else None,
             "model_info": {m: {k: v for k, v in info[m].items() if k not in ("clean",)}
                            for m in models + defended + external},

@@ -19,7 +19,6 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import shutil
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -30,6 +29,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from benchmark.errors import UserError
+from benchmark.paths import safe_name
 from benchmark.runner.store import ResultsStore
 from leaderboard import plots
 from leaderboard.aggregate import DEFAULT_EPS, build_board, eps_key
@@ -43,7 +43,7 @@ CURVES_PER_MODEL = 8
 
 def slug(name: str) -> str:
     """A file-name-safe version of ``name`` (a hash keeps distinct names distinct)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    safe = safe_name(name)
     return safe if safe == name else f"{safe}-{zlib.crc32(name.encode()):08x}"
 
 

@@ -43,13 +43,14 @@ def paper_findings() -> dict[str, Any]:
 
 
 
-def _variants(labels: list[str]) -> dict[str, dict[str, str]]:
-    """Attack labels grouped by configuration: the leaderboard labels an attack run under several
-    configurations ``attack [profile]``; {suffix: {attack: label}}, most attacks first."""
+def _variants(suite: dict, labels: list[str] | None = None) -> dict[str, dict[str, str]]:
+    """The suite's attack labels (or ``labels``) grouped by the configuration they ran under (the
+    board's ``variants``: label -> [attack, configuration]); {configuration: {attack: label}},
+    most attacks first."""
     groups: dict[str, dict[str, str]] = defaultdict(dict)
-    for label in labels:
-        base, sep, rest = label.partition(" [")
-        groups[sep + rest][base] = label
+    for label in suite["attacks"] if labels is None else labels:
+        attack, configuration = suite.get("variants", {}).get(label, [label, ""])
+        groups[configuration][attack] = label
     return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
 
 
@@ -87,7 +88,7 @@ def _strongest(suite: dict, cells: list[CellResult], paper: dict) -> list[dict[s
                    "reference": paper["reference"], "paper": f"{theirs.get('k', '?')} of {theirs.get('n', '?')} models",
                    "eps": eps}
         block = suite["by_eps"].get(f"{eps:g}") if eps is not None else None
-        group = next((g for g in _variants(suite["attacks"]).values() if f"{optimizer}:gb-mta" in g), {})
+        group = next((g for g in _variants(suite).values() if f"{optimizer}:gb-mta" in g), {})
         gb = group.get(f"{optimizer}:gb-mta", f"{optimizer}:gb-mta")
         mine = [label for base, label in group.items() if base.startswith(f"{optimizer}:")]
         if block is None or gb not in mine or len(mine) < 2:
@@ -113,7 +114,7 @@ def _strongest(suite: dict, cells: list[CellResult], paper: dict) -> list[dict[s
 
 def _arp_vs_eps(suite: dict, paper: dict) -> list[dict[str, Any]]:
     out = []
-    group = next(iter(_variants(suite["attacks"]).values()), {})
+    group = next(iter(_variants(suite).values()), {})
     optimizers = sorted({a.split(":")[0] for a in group if ":" in a})
     for optimizer in optimizers:
         mine = [label for base, label in group.items() if base.startswith(f"{optimizer}:")]
@@ -182,7 +183,7 @@ def _fat(suite: dict, paper: dict) -> list[dict[str, Any]]:
     rows = {r["defense"]: r for r in defenses.get("rows", [])}
     fat_rows = [d for d in rows if d.startswith("fat:")]
     # the configuration (profile) that ran the most of the paper's attacks on the FAT models
-    group = max(_variants(defenses.get("attacks", [])).values(), default={},
+    group = max(_variants(suite, defenses.get("attacks", [])).values(), default={},
                 key=lambda g: sum(1 for d in fat_rows for a in paper["attacks"]
                                   if rows[d]["cells"].get(g.get(a, ""), {}).get("arp") is not None))
     if "none" not in rows or not fat_rows or not group:

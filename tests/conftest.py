@@ -33,7 +33,7 @@ def tiny_nyu():
     from benchmark.data import SyntheticScenes
     from benchmark.models import BranchedModel
     from benchmark.tasks import get_tasks
-    from benchmark.zoo.train import TrainRecipe, train_model
+    from benchmark.training import TrainRecipe, train_model
 
     torch.manual_seed(0)
     torch.set_num_threads(2)

@@ -32,7 +32,7 @@ class TwoLayerNet(nn.Module):
 
 @pytest.fixture(scope="module")
 def net(mini_suite):
-    from benchmark.zoo.train import TrainRecipe, train_model
+    from benchmark.training import TrainRecipe, train_model
 
     manifest, _ = mini_suite
     suite = load_suite(manifest)

@@ -188,7 +188,7 @@ def test_zoo_train_init_imagenet_from_a_hub_cache(fixture_hub, tmp_path, monkeyp
 def test_a_killed_training_resumes_to_the_same_weights(mini_suite, tmp_path, monkeypatch):
     """A member's training saves its state every checkpoint_every steps; one killed mid-way and
     started again ends with exactly the weights of a run that was never interrupted."""
-    import benchmark.zoo.train as train
+    import benchmark.training as train
     from benchmark.zoo.build import build_member, with_training
 
     manifest, home = mini_suite

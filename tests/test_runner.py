@@ -129,7 +129,10 @@ def test_memory_column_is_what_the_attack_adds(mini, tmp_path, monkeypatch):
     run(RunOptions(suite=str(mini), results=str(db), attacks=["test-hog", "fgsm:total"], eps=[8], models=["AS"]))
     with ResultsStore(db, readonly=True) as store:
         added = {c.attack: c.peak_memory_bytes for c in store.cells()}
-    assert 180e6 < added["test-hog"] < 400e6
+    # VmHWM counts file-backed pages too: code of libtorch that the system had evicted and the cell
+    # faulted back in shows up beside the attack's own 200 MB (up to 421 MB seen on a loaded CI
+    # machine; about 210 MB on an idle one), never less than the attack's allocation
+    assert 180e6 < added["test-hog"] < 600e6
     assert added["fgsm:total"] < 50e6
 
 
@@ -181,10 +184,13 @@ def test_export(mini, tmp_path):
     assert main(["results", "export", str(tmp_path / "missing.db"), str(tmp_path / "x.csv")]) == 2
 
 
-def test_failed_and_invalid_attacks_do_not_stop_the_run(mini, tmp_path, capsys):
+def test_failed_and_invalid_attacks_do_not_stop_the_run(mini, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MTLBENCH_PLUGINS", raising=False)
     db = tmp_path / "r.db"
     code = main(["run", "--suite", str(mini), "--results", str(db), "--attacks", "test-nan,test-crash,fgsm:total",
-                 "--eps", "8", "--plugins", PLUGIN, "--device", "cpu"])
+                 "--eps", "8", "--plugins", PLUGIN, "--device", "cpu", "--workers", "2"])
+    # the plugin module reached the worker processes with their cells, not through the environment
+    assert "MTLBENCH_PLUGINS" not in os.environ
     assert code == 4  # 2 models x (1 invalid + 1 failed); the exit status counts them
     assert "4 cell(s) failed or were invalid" in capsys.readouterr().err
     with ResultsStore(db, readonly=True) as store:

@@ -8,7 +8,7 @@ from benchmark.evaluation import evaluate
 from benchmark.models import BranchedModel
 from benchmark.scoring import task_arp
 from benchmark.tasks import get_tasks
-from benchmark.zoo.train import TrainRecipe, train_model
+from benchmark.training import TrainRecipe, train_model
 
 
 def test_tiny_all_shared_model_beats_a_trivial_predictor():

@@ -29,6 +29,7 @@ from collections.abc import Callable
 import torch
 
 from benchmark.errors import UserError
+from benchmark.registry import Registry
 from benchmark.tasks import Task
 
 __all__ = [
@@ -206,19 +207,27 @@ class GBMTA(Objective):
 
 
 ObjectiveFactory = Callable[[list[Task]], Objective]
-OBJECTIVES: dict[str, ObjectiveFactory] = {"total": Total, "signtotal": SignTotal, "gb-mta": GBMTA}
+
+
+def _check_objective(name: str, factory: ObjectiveFactory) -> None:
+    if name.startswith("single-"):
+        raise ValueError(f"objective name {name!r} is taken: single-<task> names the single-task objectives")
+    if not callable(factory):
+        raise TypeError(f"@register_objective({name!r}) needs a class or function of the task list, got {factory!r}")
+
+
+#: the multi-task objectives by name (``single-<task>`` is built for any task and not registered)
+OBJECTIVES: Registry[ObjectiveFactory] = Registry("objective", group="mtlbench.objectives", check=_check_objective,
+                                                  forbidden=":")
+OBJECTIVES.register("total", Total)
+OBJECTIVES.register("signtotal", SignTotal)
+OBJECTIVES.register("gb-mta", GBMTA)
 
 
 def register_objective(name: str) -> Callable[[ObjectiveFactory], ObjectiveFactory]:
-    """Register a new objective class (constructed with the task list)."""
-
-    def deco(factory: ObjectiveFactory) -> ObjectiveFactory:
-        if name in OBJECTIVES or name.startswith("single-"):
-            raise ValueError(f"objective name {name!r} is taken")
-        OBJECTIVES[name] = factory
-        return factory
-
-    return deco
+    """Register a new objective class (constructed with the task list); ``optimizer:name`` then
+    combines it with every optimizer."""
+    return OBJECTIVES.register(name)
 
 
 def find_task(short: str, tasks: list[Task]) -> Task | None:
@@ -238,11 +247,11 @@ def create_objective(name: str, tasks: list[Task], *, batch_loss: bool = False) 
     elif key not in OBJECTIVES:
         raise UserError(f"unknown objective {name!r}; known: {', '.join(list_objectives(tasks))}")
     else:
-        objective = OBJECTIVES[key](tasks)
+        objective = OBJECTIVES.get(key)(tasks)
     objective.batch_loss = bool(batch_loss)
     return objective
 
 
 def list_objectives(tasks: list[Task], pattern: str = "*") -> list[str]:
-    names = [f"single-{TASK_SHORT_NAMES.get(t.name, t.name)}" for t in tasks] + list(OBJECTIVES)
+    names = [f"single-{TASK_SHORT_NAMES.get(t.name, t.name)}" for t in tasks] + OBJECTIVES.names()
     return [n for n in names if fnmatch.fnmatch(n, pattern)]

@@ -60,7 +60,7 @@ class AttackSpec:
         load_plugins()
         optimizer, sep, objective = text.strip().partition(":")
         if optimizer not in ATTACKS:
-            raise UserError(f"unknown attack {optimizer!r} in {text!r}; known: {', '.join(sorted(ATTACKS))}")
+            raise ATTACKS.unknown(optimizer, text)
         task = None
         if is_optimizer(ATTACKS[optimizer]):
             objective = objective.strip().lower()

@@ -11,6 +11,7 @@ way the verdict carries the reason, and the run goes on.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -21,8 +22,18 @@ from benchmark.attacks.base import Attack, PassCounter
 from benchmark.attacks.sandbox import StateGuard, interrupt_is_the_users
 from benchmark.tasks import Task
 
-__all__ = ["NONDETERMINISTIC", "TOLERANCE", "AttackRun", "Verdict", "WeightSnapshot", "model_fingerprint", "run_attack",
-           "validate_output"]
+__all__ = [
+    "NONDETERMINISTIC",
+    "TOLERANCE",
+    "AttackRun",
+    "OutputProblem",
+    "Verdict",
+    "WeightSnapshot",
+    "model_fingerprint",
+    "output_problem",
+    "run_attack",
+    "validate_output",
+]
 
 #: how a verdict of the determinism check begins (the runner extends it to every eps of the cell)
 NONDETERMINISTIC = "not deterministic"
@@ -100,6 +111,37 @@ class WeightSnapshot:
         return True
 
 
+@dataclass(frozen=True)
+class OutputProblem:
+    """The first image of an attack's output that is not finite, not in [0, 1] or not inside the
+    eps-ball (each up to :data:`TOLERANCE` on the [0, 1] scale): ``kind`` is ``"non-finite"``,
+    ``"range"`` or ``"ball"``; ``low``/``high`` are that image's extreme values and ``delta`` its
+    largest change in 0-255 units."""
+
+    kind: str
+    image: int
+    low: float
+    high: float
+    delta: float
+
+
+def output_problem(adv: torch.Tensor, images: torch.Tensor, eps: float) -> OutputProblem | None:
+    """The output checks every consumer of adversarial images applies (the validator, the bundle
+    verifier, adversarial training), per image; ``eps`` on the [0, 1] scale. None when all pass."""
+    flat = adv.detach().flatten(1)
+    finite = torch.isfinite(flat).all(1)
+    if not bool(finite.all()):
+        i = int((~finite).nonzero()[0])
+        return OutputProblem("non-finite", i, math.nan, math.nan, math.nan)
+    low, high = flat.min(1).values, flat.max(1).values
+    delta = (flat - images.detach().flatten(1).to(flat)).abs().max(1).values
+    for kind, bad in (("range", (low < -TOLERANCE) | (high > 1 + TOLERANCE)), ("ball", delta > eps + TOLERANCE)):
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            return OutputProblem(kind, i, float(low[i]), float(high[i]), float(delta[i]) * 255)
+    return None
+
+
 def validate_output(adv, images: torch.Tensor, eps: float) -> Verdict:
     """Shape/dtype/device, finiteness, range and eps-ball checks of one output (eps on [0, 1])."""
     if not isinstance(adv, torch.Tensor):
@@ -110,15 +152,14 @@ def validate_output(adv, images: torch.Tensor, eps: float) -> Verdict:
         return Verdict("invalid", f"returned dtype {adv.dtype}, expected {images.dtype}")
     if adv.device != images.device:
         return Verdict("invalid", f"returned device {adv.device}, expected {images.device}")
-    finite = torch.isfinite(adv)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
+    problem = output_problem(adv, images, eps)
+    if problem is not None and problem.kind == "non-finite":
+        bad = int((~torch.isfinite(adv)).sum())
         return Verdict("invalid", f"{bad} non-finite values (NaN or inf) in the output")
-    low, high = float(adv.min()), float(adv.max())
-    if low < -TOLERANCE or high > 1 + TOLERANCE:
-        return Verdict("invalid", f"pixels outside [0, 1]: min {low:.6g}, max {high:.6g}")
+    if problem is not None and problem.kind == "range":
+        return Verdict("invalid", f"pixels outside [0, 1]: min {float(adv.min()):.6g}, max {float(adv.max()):.6g}")
     delta = float((adv - images).abs().max())
-    if delta > eps + TOLERANCE:
+    if problem is not None:
         return Verdict("invalid", f"left the eps-ball: max |delta| = {delta * 255:.4f}/255 > eps = {eps * 255:.4f}/255",
                        delta * 255)
     return Verdict("valid", "", delta * 255)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from benchmark.data.synthetic import render_scenes, sample_scene
 from benchmark.errors import UserError
 
-__all__ = ["SPLITS", "SyntheticScenes", "image_ids", "list_datasets", "load_dataset", "make_loader"]
+__all__ = ["SPLITS", "SyntheticScenes", "image_ids", "list_datasets", "load_dataset", "make_loader", "to_device"]
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 _CHUNK_PIXELS = 64 * 64 * 64  # scenes rendered together: 64 at 64x64, 2 at 321x321
@@ -155,3 +155,8 @@ def make_loader(dataset: Dataset, batch_size: int = 16, *, shuffle: bool = False
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=drop_last,
                       num_workers=0)
+
+
+def to_device(batch: dict, device: torch.device | str) -> dict:
+    """A batch (``{"image": ..., task targets, ids}``) with its tensors on ``device``."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

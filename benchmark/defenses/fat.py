@@ -35,12 +35,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from benchmark.attacks.objectives import output_losses
-from benchmark.data.datasets import make_loader
+from benchmark.attacks.validate import output_problem
+from benchmark.data.datasets import make_loader, to_device
 from benchmark.defenses.registry import Defense, register_defense
 from benchmark.errors import UserError
-from benchmark.evaluation import to_device
 from benchmark.tasks import Task, total_loss
-from benchmark.zoo.train import make_optimizer
+from benchmark.training import make_optimizer
 
 __all__ = ["FAT", "FATRecipe", "fat_examples", "fat_recipe", "train_fat"]
 
@@ -168,12 +168,13 @@ def fat_examples(attack, model: nn.Module, batch: dict, tasks: list[Task], recip
         if watch.points is not None:
             x_adv = torch.where(watch.stopped.view(-1, 1, 1, 1), watch.points, x_adv)
     x_adv = x_adv.detach()
-    if not torch.isfinite(x_adv).all():
+    problem = output_problem(x_adv, images, eps)
+    if problem is not None and problem.kind == "non-finite":
         raise UserError(f"FAT: the attack {attack.name!r} returned NaN or inf images")
-    delta = (x_adv - images).abs().max().item()
-    if delta > eps + 1e-5 or x_adv.min() < 0 or x_adv.max() > 1:
-        raise UserError(f"FAT: the attack {attack.name!r} left the eps-ball or [0, 1] (max |delta| "
-                        f"{delta * 255:.3f}/255 for eps {recipe.eps:g}/255)")
+    if problem is not None:
+        raise UserError(f"FAT: the attack {attack.name!r} left the eps-ball or [0, 1] (image {problem.image}: max "
+                        f"|delta| {problem.delta:.3f}/255 for eps {recipe.eps:g}/255, values in "
+                        f"[{problem.low:.6f}, {problem.high:.6f}])")
     return x_adv
 
 

@@ -10,15 +10,12 @@ adversarial training with the attack ``pgd:gb-mta``). ``none`` is the undefended
 from __future__ import annotations
 
 import inspect
-from importlib.metadata import entry_points
 
 from benchmark.errors import UserError
+from benchmark.registry import Registry
 
 __all__ = ["DEFENSES", "Defense", "canonical_defense", "create_defense", "list_defenses", "parse_defense",
            "register_defense"]
-
-DEFENSES: dict[str, type] = {}
-_PLUGINS_LOADED = False
 
 
 class Defense:
@@ -54,52 +51,39 @@ class Defense:
         return f"{self.name}:{self.argument}" if self.argument else self.name
 
 
+def _check_defense(name: str, cls) -> None:
+    if not (inspect.isclass(cls) and issubclass(cls, Defense)):
+        raise TypeError(f"@register_defense({name!r}) needs a subclass of benchmark.defenses.Defense")
+
+
+def _name_defense(name: str, cls) -> None:
+    cls.name = name
+
+
+#: every defense class by name (``none``, the undefended model, is not one)
+DEFENSES: Registry[type] = Registry("defense", group="mtlbench.defenses", check=_check_defense, forbidden=":",
+                                    reserved=["none"], on_register=_name_defense)
+
+
 def register_defense(name: str):
     """Class decorator registering a defense under ``name``."""
-    if not name or ":" in name or name == "none":
-        raise ValueError(f"defense name {name!r} must be non-empty, not 'none', and contain no ':'")
-
-    def deco(cls):
-        if not (inspect.isclass(cls) and issubclass(cls, Defense)):
-            raise TypeError(f"@register_defense({name!r}) needs a subclass of benchmark.defenses.Defense")
-        if DEFENSES.get(name, cls) is not cls:
-            raise ValueError(f"defense {name!r} is already registered by {DEFENSES[name].__module__}")
-        cls.name = name
-        DEFENSES[name] = cls
-        return cls
-
-    return deco
-
-
-def _load_plugins() -> None:
-    global _PLUGINS_LOADED
-    if _PLUGINS_LOADED:
-        return
-    _PLUGINS_LOADED = True
-    for ep in entry_points(group="mtlbench.defenses"):
-        try:
-            obj = ep.load()
-        except Exception as exc:
-            raise UserError(f"defense plugin {ep.name!r} ({ep.value}) failed to import: {exc}") from exc
-        if ep.name not in DEFENSES:
-            register_defense(ep.name)(obj)
+    return DEFENSES.register(name)
 
 
 def create_defense(spec: str) -> Defense:
     """A defense from its name and argument (``"bitdepth:4"``)."""
-    _load_plugins()
     if not isinstance(spec, str) or not spec.strip():
         raise UserError(f"a defense name must be a non-empty string, got {spec!r}")
     name, colon, argument = spec.strip().partition(":")
     if name not in DEFENSES:
-        raise UserError(f"unknown defense {name!r} in {spec!r}; known: none, {', '.join(sorted(DEFENSES))} "
-                        "(see `mtlbench defenses list`)")
+        raise DEFENSES.unknown(name, spec, extra=["none"])
+    cls = DEFENSES.get(name)
     if colon and not argument.strip():
-        default = DEFENSES[name].default_argument
+        default = cls.default_argument
         raise UserError(f"defense {spec!r} has nothing after ':'; write {name!r}"
                         + (f" for its default ({name}:{default})" if default else "") + f" or '{name}:ARGUMENT'")
     try:
-        return DEFENSES[name](argument)
+        return cls(argument)
     except (TypeError, ValueError) as exc:
         raise UserError(f"defense {spec!r}: {exc}") from None
 
@@ -118,5 +102,5 @@ def canonical_defense(spec: str | None) -> str | None:
 
 
 def list_defenses() -> list[type]:
-    _load_plugins()
-    return [DEFENSES[n] for n in sorted(DEFENSES)]
+    """The defense classes, sorted by name."""
+    return [cls for _, cls in DEFENSES.items()]

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from benchmark.registry import Registry
+
 __all__ = ["BACKBONES", "BackboneBlocks", "build_backbone", "list_backbones", "register_backbone"]
 
 
@@ -30,30 +32,25 @@ class BackboneBlocks:
     output_stride: int
 
 
-BACKBONES: dict[str, Callable[..., BackboneBlocks]] = {}
+#: functions ``(width=..., output_stride=...) -> BackboneBlocks`` by name
+BACKBONES: Registry[Callable[..., BackboneBlocks]] = Registry("backbone", group="mtlbench.backbones", error=ValueError)
 
 
 def register_backbone(name: str) -> Callable[[Callable[..., BackboneBlocks]], Callable[..., BackboneBlocks]]:
-    def deco(fn: Callable[..., BackboneBlocks]) -> Callable[..., BackboneBlocks]:
-        if name in BACKBONES:
-            raise ValueError(f"backbone {name!r} is registered twice")
-        BACKBONES[name] = fn
-        return fn
-
-    return deco
+    """Decorator registering a function that builds a backbone's 5 branch blocks."""
+    return BACKBONES.register(name)
 
 
 def list_backbones() -> list[str]:
-    return sorted(BACKBONES)
+    return sorted(BACKBONES.names())
 
 
 def build_backbone(name: str, *, width: float = 1.0, output_stride: int | None = None) -> BackboneBlocks:
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}")
+    factory = BACKBONES.get(name)
     if not 0 < width <= 4:
         raise ValueError(f"width multiplier must be in (0, 4], got {width}")
     kwargs = {} if output_stride is None else {"output_stride": output_stride}
-    return BACKBONES[name](width=width, **kwargs)
+    return factory(width=width, **kwargs)
 
 
 def _ch(channels: int, width: float, divisor: int = 1) -> int:

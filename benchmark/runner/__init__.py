@@ -1,4 +1,8 @@
-"""The runner: evaluation grid of typed cells, SQLite results store with resume, executors (local, Ray)."""
+"""The runner: the evaluation grid of typed cells (``cells``), the clean context of a target
+(``context``), the SQLite results store that resumes after a kill (``store``), the executors
+(``executors``: in this process, a pool of worker processes, Ray), ``mtlbench run`` (``run``),
+result bundles and their verification (``bundle``, ``verify``), the CI gate (``check``) and
+models brought by users (``byom``)."""
 
 from benchmark.runner.cells import Cell, evaluate_cell, expand_grid
 from benchmark.runner.context import CellContext, prepare_context

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmark.errors import UserError
+from benchmark.paths import safe_name
 from benchmark.runner.store import CellResult, pid_alive
 from benchmark.zoo.checkpoint import file_sha256
 
@@ -69,10 +70,7 @@ def attack_sources(names: list[str]) -> dict[str, str]:
 
 def images_file(model: str, attack: str, eps: float, seed: int) -> str:
     """Where a bundle keeps the adversarial images of a cell."""
-    def safe(text: str) -> str:
-        return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)
-
-    return f"images/{safe(model)}/{safe(attack)}/eps{eps:g}-seed{seed}.safetensors"
+    return f"images/{safe_name(model)}/{safe_name(attack)}/eps{eps:g}-seed{seed}.safetensors"
 
 
 def _images_file(cell: CellResult) -> str:

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import torch
 
 from benchmark.attacks.validate import WeightSnapshot, model_fingerprint
-from benchmark.data import image_ids, make_loader
+from benchmark.data import image_ids, make_loader, to_device
 from benchmark.defenses.checks import model_checks
 from benchmark.defenses.inference import deployed, deployed_outputs
 from benchmark.errors import UserError
-from benchmark.evaluation import check_outputs, degenerate_metrics, model_problem, to_device
+from benchmark.evaluation import check_outputs, degenerate_metrics, model_problem
 from benchmark.runner.store import ResultsStore, cell_key
 from benchmark.targets import Target, freeze
 from benchmark.tasks import Task

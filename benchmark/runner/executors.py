@@ -26,6 +26,7 @@ from collections.abc import Hashable, Iterable, Iterator
 import torch
 
 from benchmark.errors import UserError
+from benchmark.registry import imported_plugin_modules, load_plugin_modules
 from benchmark.runner.cells import Cell, evaluate_cell
 from benchmark.runner.context import CellContext, prepare_context
 from benchmark.runner.store import CellResult
@@ -76,17 +77,20 @@ def _worker_cell(cell: Cell, device: str, clean: dict, git_commit: str, env: dic
 
 
 def _ray_cell(cell: Cell, device: str, clean: dict, git_commit: str, threads: int,
-              env: dict[str, str]) -> CellResult:
+              env: dict[str, str], plugins: list[str]) -> CellResult:
     # a worker of a cluster started elsewhere has its own environment: the driver's settings win,
     # so that it loads the same weights (a different copy would be stored under another revision)
     os.environ.update(env)
     torch.set_num_threads(threads)
+    load_plugin_modules(plugins)
     return _worker_cell(cell, device, clean, git_commit, env)
 
 
-def _pool_cell(cell: Cell, device: str, clean: dict, git_commit: str, env: dict[str, str]) -> CellResult:
+def _pool_cell(cell: Cell, device: str, clean: dict, git_commit: str, env: dict[str, str],
+               plugins: list[str]) -> CellResult:
     from benchmark.attacks.sandbox import watch_user_interrupts
 
+    load_plugin_modules(plugins)  # the driver's plugin modules travel with each cell (imported once)
     with watch_user_interrupts():  # an attack's KeyboardInterrupt is its cell's failure, not a Ctrl-C
         return _worker_cell(cell, device, clean, git_commit, env)
 
@@ -105,7 +109,8 @@ class ProcessExecutor(Executor):
 
         self.close()
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=init_worker, initargs=(self.threads, self._env))
+                                         initializer=init_worker,
+                                         initargs=(self.threads, self._env, imported_plugin_modules()))
         return self._pool
 
     def run(self, cells: list[Cell], ctx: CellContext) -> Iterator[CellResult]:
@@ -125,7 +130,8 @@ class ProcessExecutor(Executor):
 
         def submit(key: Hashable, cell: Cell, ctx: CellContext) -> None:
             tries[key, cell] = tries.get((key, cell), 0) + 1
-            future = self._pool.submit(_pool_cell, cell, self.device, ctx.clean, ctx.git_commit, self._env)
+            future = self._pool.submit(_pool_cell, cell, self.device, ctx.clean, ctx.git_commit, self._env,
+                                       imported_plugin_modules())
             pending[future] = (key, cell, ctx)
 
         exhausted = False
@@ -195,8 +201,8 @@ class RayExecutor(Executor):
         remote = ray.remote(_ray_cell).options(
             num_cpus=self.threads, num_gpus=self.gpus_per_cell if self.device == "cuda" else 0,
             max_retries=self.max_retries, retry_exceptions=False)
-        env = worker_env()
-        pending = {remote.remote(cell, self.device, ctx.clean, ctx.git_commit, self.threads, env): cell
+        env, plugins = worker_env(), imported_plugin_modules()
+        pending = {remote.remote(cell, self.device, ctx.clean, ctx.git_commit, self.threads, env, plugins): cell
                    for cell in cells}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

@@ -161,6 +161,12 @@ class CellResult:
     # per image, in batch order: {"ids": [...], "score": [...], "metrics": {task: {metric: [...]}}}
     per_image: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def passes_per_image(self) -> float | None:
+        """Counted forward+backward passes per image: a model call on a batch is one pass of each
+        of its images (the leaderboard and ``mtlbench check`` both count them so)."""
+        return (self.forward_passes + self.backward_passes) / self.batches if self.batches else None
+
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)
         for col in _JSON_COLUMNS:

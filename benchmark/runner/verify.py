@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from benchmark.attacks.validate import output_problem
 from benchmark.errors import UserError
 from benchmark.runner.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, attack_sources, images_file
 from benchmark.runner.store import CellResult, cell_key
@@ -52,7 +53,6 @@ __all__ = ["ARP_TOLERANCE", "METRIC_TOLERANCE", "BundleError", "BundleVerdict", 
 
 ARP_TOLERANCE = 0.01  # ARP points
 METRIC_TOLERANCE = 1e-4  # relative
-BALL_TOLERANCE = 1e-5  # on the [0, 1] scale, as the validator's
 MANIFEST_MAX_BYTES = 16 * 2**20
 #: a safetensors file's header beyond its tensor bytes (the tensor's name, shape and the metadata)
 HEADER_SLACK = 64 * 2**10
@@ -650,20 +650,15 @@ def _rescore(verdict: BundleVerdict, reader: _Reader, claimed, grid: _Grid, suit
 
 
 def _image_problem(adv: torch.Tensor, clean: torch.Tensor, eps: float, ids: list[str]) -> str:
-    if not torch.isfinite(adv).all():
-        bad = int((~torch.isfinite(adv)).flatten(1).any(1).nonzero()[0])
-        return f"image {bad} holds NaN or inf values"
-    low, high = adv.flatten(1).min(1).values, adv.flatten(1).max(1).values
-    outside = ((low < -BALL_TOLERANCE) | (high > 1 + BALL_TOLERANCE)).nonzero()
-    if len(outside):
-        i = int(outside[0])
-        return f"image {i} is outside [0, 1] (values in [{float(low[i]):.6f}, {float(high[i]):.6f}])"
-    delta = (adv - clean).abs().flatten(1).max(1).values * 255.0
-    over = (delta > eps + BALL_TOLERANCE * 255.0).nonzero()
-    if len(over):
-        i = int(over[0])
-        return f"image {i} ({ids[i]}) leaves the eps-ball: max |delta| {float(delta[i]):.4f}/255 > eps {eps:g}/255"
-    return ""
+    """The validator's output checks (:func:`output_problem`), said of a bundle's image (eps 0-255)."""
+    p = output_problem(adv, clean, eps / 255.0)
+    if p is None:
+        return ""
+    if p.kind == "non-finite":
+        return f"image {p.image} holds NaN or inf values"
+    if p.kind == "range":
+        return f"image {p.image} is outside [0, 1] (values in [{p.low:.6f}, {p.high:.6f}])"
+    return f"image {p.image} ({ids[p.image]}) leaves the eps-ball: max |delta| {p.delta:.4f}/255 > eps {eps:g}/255"
 
 
 def _compare_cell(cell: CellResult, ctx, adversarial, per_image, got_arp, got_task_arp, arp_tolerance,

@@ -29,8 +29,10 @@ from benchmark.errors import UserError
 from benchmark.evaluation import evaluate
 from benchmark.models.branched import BranchedModel
 from benchmark.progress import make_console, progress
+from benchmark.registry import imported_plugin_modules
 from benchmark.suites import TRAINING_VERSION, Member, Suite, load_suite
 from benchmark.threads import choose_threads, choose_workers, init_worker, set_threads, stop_pool, worker_env
+from benchmark.training import TrainRecipe, train_model
 from benchmark.zoo.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -57,7 +59,6 @@ from benchmark.zoo.pretext import (
     pretrain_backbone,
     save_pretext,
 )
-from benchmark.zoo.train import TrainRecipe, train_model
 
 __all__ = ["AfterJob", "build_member", "build_pretext", "build_suite", "clean_test_set", "load_model", "member_model",
            "recipe_for", "render_once", "training_set"]
@@ -477,7 +478,8 @@ class _Workers:
         self.ref = suite.ref
         self.workers, self.threads, self.device, self.data_root = workers, threads, device, data_root
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=init_worker, initargs=(threads, worker_env()))
+                                        initializer=init_worker,
+                                        initargs=(threads, worker_env(), imported_plugin_modules()))
         # started now, each worker renders its training set while this process pre-trains
         self.warming = [self.pool.submit(_warm_up, self.ref, data_root) for _ in range(workers)] if warm_up else []
 

@@ -20,6 +20,7 @@ from benchmark.defenses import create_defense
 from benchmark.defenses.fat import RESUME_FILE, FATRecipe, fat_recipe, train_fat
 from benchmark.errors import UserError
 from benchmark.evaluation import evaluate
+from benchmark.paths import defended_root, safe_name
 from benchmark.progress import make_console, progress
 from benchmark.suites import Member, Suite, load_suite
 from benchmark.threads import set_threads
@@ -34,25 +35,21 @@ from benchmark.zoo.checkpoint import (
     round_weights,
     save_checkpoint,
 )
-from benchmark.zoo.hub import mtlbench_home, resolve_weights, shipped_root
+from benchmark.zoo.hub import resolve_weights
 
 __all__ = ["check_defended", "defend_member", "defend_suite", "defended_dir", "defense_job", "find_defended",
            "is_stale_defended", "parent_sha256", "pinned_sha256", "shipped_defended", "shipped_defended_dir"]
 
 
-def _slug(spec: str) -> str:
-    return spec.replace(":", "_")
-
-
 def defended_dir(suite: Suite, member: Member, spec: str) -> Path:
     """Where ``mtlbench defend`` writes ``member`` trained with the defense ``spec``."""
-    return mtlbench_home() / "zoo" / suite.name / "defended" / _slug(spec) / member.name
+    return defended_root(suite.name, spec) / member.name
 
 
 def shipped_defended_dir(suite: Suite, spec: str) -> Path:
     """Where a tiny suite's checkpoints under the training defense ``spec`` ship with mtlbench
     (``<dir>/<member>/``)."""
-    return shipped_root(suite) / "defended" / _slug(spec)
+    return defended_root(suite.name, spec, shipped=True)
 
 
 def shipped_defended(suite: Suite, member: Member, spec: str) -> Path | None:
@@ -74,7 +71,7 @@ def shipped_defended(suite: Suite, member: Member, spec: str) -> Path | None:
 def find_defended(suite: Suite, member: Member, spec: str, *, weights_dir: str | Path | None = None) -> Path | None:
     """The finished checkpoint of ``member`` under the training defense ``spec`` (in
     ``weights_dir``, shipped with mtlbench, or in the local zoo), or None."""
-    candidates = [Path(weights_dir) / "defended" / _slug(spec) / member.name] if weights_dir else []
+    candidates = [Path(weights_dir) / "defended" / safe_name(spec) / member.name] if weights_dir else []
     shipped = shipped_defended(suite, member, spec)
     if shipped is not None:
         candidates.append(shipped)

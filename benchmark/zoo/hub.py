@@ -17,13 +17,9 @@ import re
 from pathlib import Path
 
 from benchmark.errors import UserError
+from benchmark.paths import PRETEXT_DIR, SHIPPED_ZOO, mtlbench_home, zoo_root
 from benchmark.suites import REPO_ID, Member, Suite
 from benchmark.zoo.checkpoint import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, CheckpointError, file_sha256, read_config
-
-PRETEXT_DIR = "_pretext"
-#: the tiny suites' weights that ship with mtlbench, in the local zoo's layout:
-#: ``<suite>/<member>/``, ``<suite>/defended/<defense>/<member>/`` and ``<suite>/_pretext/``
-SHIPPED_ZOO = Path(__file__).parent / "weights"
 
 __all__ = ["PRETEXT_DIR", "SHIPPED_ZOO", "MissingWeightsError", "hub_offline", "is_built", "is_stale",
            "local_checkpoint_dir", "mtlbench_home", "pin_in_manifest", "pin_shipped", "pretext_dir", "push_checkpoint",
@@ -36,28 +32,20 @@ class MissingWeightsError(UserError):
     """A member whose weights are neither local nor published."""
 
 
-def mtlbench_home() -> Path:
-    """mtlbench's cache: ``$MTLBENCH_HOME``, else ``$XDG_CACHE_HOME/mtlbench`` or ``~/.cache/mtlbench``."""
-    if os.environ.get("MTLBENCH_HOME"):
-        return Path(os.environ["MTLBENCH_HOME"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mtlbench"
-
-
 def local_checkpoint_dir(suite: Suite, member: Member) -> Path:
     """Where mtlbench builds or trains ``member`` of ``suite`` locally."""
-    return mtlbench_home() / "zoo" / suite.name / member.name
+    return zoo_root(suite.name) / member.name
 
 
 def pretext_dir(suite: Suite) -> Path:
     """Where a suite's common pre-trained backbone (``init = "pretext"``) is built locally (member
     names start with a letter or digit, so no member has this folder)."""
-    return mtlbench_home() / "zoo" / suite.name / PRETEXT_DIR
+    return zoo_root(suite.name) / PRETEXT_DIR
 
 
 def shipped_root(suite: Suite) -> Path:
     """Where a standard tiny suite's weights ship with mtlbench (the local zoo's layout)."""
-    return SHIPPED_ZOO / suite.name
+    return zoo_root(suite.name, shipped=True)
 
 
 def shipped_dir(suite: Suite, member: Member) -> Path:

@@ -49,8 +49,8 @@ from benchmark.errors import UserError
 from benchmark.models.backbones import build_backbone
 from benchmark.models.branched import PAPER_MEAN, BranchedModel, set_key
 from benchmark.suites import PRETEXT_OBJECTIVES
+from benchmark.training import optimise
 from benchmark.zoo.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, file_sha256
-from benchmark.zoo.train import optimise
 
 __all__ = ["OBJECTIVES", "PretextModel", "PretextRecipe", "head_seed", "init_from_pretext",
            "load_pretext", "pretrain_backbone", "save_pretext"]

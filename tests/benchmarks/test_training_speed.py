@@ -25,7 +25,7 @@ from benchmark.models import BranchedModel
 from benchmark.models import branched as branched_module
 from benchmark.models.heads import ASPPHead
 from benchmark.tasks import IGNORE_INDEX, get_tasks, total_loss
-from benchmark.zoo.train import make_optimizer
+from benchmark.training import make_optimizer
 
 TASKS = get_tasks("nyuv2")
 CHANNELS = {t.name: t.channels for t in TASKS}

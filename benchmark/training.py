@@ -1,4 +1,6 @@
-"""Training a branched multi-task model with the paper's losses (sum of the task losses)."""
+"""Training a model on a loss over a data set: the optimiser, its schedule and a resumable loop
+(the zoo's member training runs on it, FAT uses its optimiser); the paper's multi-task loss is the
+sum of the task losses."""
 
 from __future__ import annotations
 
@@ -13,9 +15,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
-from benchmark.data.datasets import make_loader
+from benchmark.data.datasets import make_loader, to_device
 from benchmark.errors import UserError
-from benchmark.evaluation import to_device
 from benchmark.tasks import Task, total_loss
 
 __all__ = ["TrainRecipe", "make_optimizer", "optimise", "train_model"]
