@@ -32,6 +32,7 @@ from benchmark.errors import UserError
 __all__ = ["Registry", "imported_plugin_modules", "load_plugin_modules", "plugin_modules"]
 
 T = TypeVar("T")
+_MISSING = object()
 
 #: the plugin modules this process has imported, in order (module names, or absolute ``.py`` paths)
 _IMPORTED: dict[str, None] = {}
@@ -85,12 +86,15 @@ class Registry(Generic[T]):
             if ep.name not in self._items:
                 self.register(ep.name, obj)
 
-    def get(self, name: str) -> T:
-        """The object registered under ``name``; an unknown name is :meth:`unknown`'s error."""
+    def get(self, name: str, default=_MISSING) -> T:
+        """The object registered under ``name``; an unknown name is :meth:`unknown`'s error, or
+        ``default`` when one is given (as ``dict.get``)."""
         self.load_plugins()
         try:
             return self._items[name]
         except (KeyError, TypeError):
+            if default is not _MISSING:
+                return default
             raise self.unknown(name) from None
 
     def unknown(self, name: object, where: str = "", *, extra: Iterable[str] = ()) -> Exception:

@@ -4,6 +4,7 @@ import itertools
 import pytest
 import torch
 
+from benchmark import registry as generic_registry
 from benchmark.attacks import create_attack, create_objective, list_attacks, run_attack
 from benchmark.attacks import registry as registry_module
 from benchmark.attacks.objectives import per_task_losses
@@ -172,9 +173,8 @@ def test_plugin_attacks_register_through_entry_points(tiny_nyu, monkeypatch):
     model, tasks, batch = tiny_nyu
     ep = importlib.metadata.EntryPoint(name="random-sign", value="plugin_example:RandomSignNoise",
                                        group="mtlbench.attacks")
-    monkeypatch.setattr(registry_module, "entry_points", lambda group: [ep] if group == "mtlbench.attacks" else [])
-    monkeypatch.setattr(registry_module, "_PLUGINS_LOADED", False)
-    monkeypatch.setitem(registry_module.ATTACKS, "__sentinel__", registry_module.ATTACKS["pgd"])
+    monkeypatch.setattr(generic_registry, "entry_points", lambda group: [ep] if group == "mtlbench.attacks" else [])
+    monkeypatch.setattr(registry_module.ATTACKS, "_plugins_loaded", False)
     try:
         assert "random-sign" in list_attacks()
         run = run_attack(create_attack("random-sign"), model, batch["image"], batch, tasks=tasks, eps=4, seed=1)

@@ -141,13 +141,13 @@ def test_a_build_takes_the_shipped_backbone_of_its_recipe(tmp_path, monkeypatch)
     """A suite whose backbone ships with mtlbench (same suite, recipe, architecture and training
     version) gets a byte-identical copy of it without pre-training; another recipe, or
     ``pretrain=True``, pre-trains here."""
+    import benchmark.paths as paths
     import benchmark.zoo.build as build
-    import benchmark.zoo.hub as hub
 
     suite = load_suite(write(tmp_path))
     monkeypatch.setenv("MTLBENCH_HOME", str(tmp_path / "maker"))
     made = build_pretext(suite)
-    monkeypatch.setattr(hub, "SHIPPED_ZOO", tmp_path / "shipped")
+    monkeypatch.setattr(paths, "SHIPPED_ZOO", tmp_path / "shipped")
     (tmp_path / "shipped" / suite.name).mkdir(parents=True)
     made.rename(tmp_path / "shipped" / suite.name / "_pretext")
     monkeypatch.setenv("MTLBENCH_HOME", str(tmp_path / "user"))

@@ -101,12 +101,12 @@ def test_a_run_of_the_default_suite_trains_nothing(tmp_path, monkeypatch):
 
 
 def test_a_damaged_shipped_file_names_itself_and_the_fix(tmp_path, monkeypatch):
-    import benchmark.zoo.hub as hub
+    import benchmark.paths as paths
 
     suite = load_suite("tiny-nyuv2-resnet34")
     copy = tmp_path / "weights" / suite.name
     shutil.copytree(shipped_root(suite) / "AS", copy / "AS")
-    monkeypatch.setattr(hub, "SHIPPED_ZOO", tmp_path / "weights")
+    monkeypatch.setattr(paths, "SHIPPED_ZOO", tmp_path / "weights")
     raw = bytearray((copy / "AS" / WEIGHTS_FILE).read_bytes())
     raw[-3] ^= 0xFF
     (copy / "AS" / WEIGHTS_FILE).write_bytes(bytes(raw))
