@@ -373,11 +373,11 @@ def load_suite(name_or_path: str | Path, *, _mirrors: tuple[str, ...] = ()) -> S
     profiles = _profiles(c, raw.get("profiles"))
     training = _training(c, raw.get("training", {}), {m.name for m in members})
     fat = raw.get("fat", {})
-    from benchmark.defenses.fat import FATRecipe
+    from benchmark.defenses.training import AdversarialRecipe
 
-    c.keys(fat, {f for f in FATRecipe.__dataclass_fields__ if not f.startswith("_")}, "fat")
+    c.keys(fat, {f for f in AdversarialRecipe.__dataclass_fields__ if not f.startswith("_")}, "fat")
     try:
-        FATRecipe(**fat)
+        AdversarialRecipe(**fat)
     except UserError as exc:
         raise c.fail("fat", str(exc).removeprefix("FAT recipe: ")) from None
     names = {m.name for m in members}

@@ -18,7 +18,8 @@ from safetensors import safe_open
 from benchmark.attacks import create_attack
 from benchmark.attacks.objectives import output_losses
 from benchmark.cli import main
-from benchmark.defenses.fat import RESUME_FILE, FATRecipe, _loss_ratio, fat_examples
+from benchmark.defenses.fat import _loss_ratio, fat_examples
+from benchmark.defenses.training import RESUME_FILE, AdversarialRecipe
 from benchmark.runner import ResultsStore, RunOptions, run
 from benchmark.suites import load_suite
 from benchmark.zoo.checkpoint import CONFIG_FILE, WEIGHTS_FILE, file_sha256, read_config
@@ -84,17 +85,17 @@ def test_early_stop_keeps_the_point_where_a_sample_stopped(tiny_nyu):
     model = copy.deepcopy(model).eval()
     attack = create_attack("pgd:total", steps=4)
     gen = torch.Generator().manual_seed(0)
-    full = fat_examples(attack, model, batch, tasks, FATRecipe(attack_steps=4, tau=4), gen)
+    full = fat_examples(attack, model, batch, tasks, AdversarialRecipe(attack_steps=4, tau=4), gen)
     assert torch.equal(full, attack(model, batch["image"], batch, tasks=tasks, eps=8 / 255, generator=gen))
     # every sample is "fooled" at the clean image (ratio 1) and tau = 0: all stop at the first call
-    stopped = fat_examples(attack, model, batch, tasks, FATRecipe(attack_steps=4, tau=0, fooled_ratio=1.0), gen)
+    stopped = fat_examples(attack, model, batch, tasks, AdversarialRecipe(attack_steps=4, tau=0, fooled_ratio=1.0), gen)
     assert torch.equal(stopped, batch["image"])
     # tau = 1: a sample still fooled after one PGD step stops there (second call); the others go on
     one_step = create_attack("pgd:total", steps=1, step_size=2.0)
     after_one = one_step(model, batch["image"], batch, tasks=tasks, eps=8 / 255, generator=gen)
     four = create_attack("pgd:total", steps=4, step_size=2.0)
     end = four(model, batch["image"], batch, tasks=tasks, eps=8 / 255, generator=gen)
-    got = fat_examples(four, model, batch, tasks, FATRecipe(attack_steps=4, tau=1, fooled_ratio=1.0), gen)
+    got = fat_examples(four, model, batch, tasks, AdversarialRecipe(attack_steps=4, tau=1, fooled_ratio=1.0), gen)
     with torch.no_grad():
         clean = output_losses(model(batch["image"]), batch, tasks)
         still = _loss_ratio(tasks, model(after_one), batch, clean) >= 1.0
@@ -104,8 +105,8 @@ def test_early_stop_keeps_the_point_where_a_sample_stopped(tiny_nyu):
     assert not model.training  # the model is left in the mode it was in
 
 
-def _defend_cmd(manifest) -> list[str]:
-    return [sys.executable, "-m", "benchmark", "defend", str(manifest), "--defense", "fat:pgd:total", "--models",
+def _defend_cmd(manifest, spec: str = "fat:pgd:total") -> list[str]:
+    return [sys.executable, "-m", "benchmark", "defend", str(manifest), "--defense", spec, "--models",
             "AS", "--steps", "16", "--checkpoint-every", "2", "--device", "cpu"]
 
 
@@ -116,20 +117,22 @@ def _resume_step(path: Path) -> int:
         return json.loads(f.metadata()["mtlbench-fat"])["step"]
 
 
-def test_kill_minus_9_of_defend_resumes_to_the_same_weights(home, tmp_path):
+@pytest.mark.parametrize("spec", ["fat:pgd:total", "pgdat:pgd:total"])
+def test_kill_minus_9_of_defend_resumes_to_the_same_weights(home, tmp_path, spec):
+    """Every training defense trains on the same resumable loop."""
     manifest, copy = home
     other = tmp_path / "home-uninterrupted"
     shutil.copytree(copy, other)
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    whole = subprocess.run(_defend_cmd(manifest), env={**env, "MTLBENCH_HOME": str(other)}, capture_output=True,
+    whole = subprocess.run(_defend_cmd(manifest, spec), env={**env, "MTLBENCH_HOME": str(other)}, capture_output=True,
                            text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr
     suite = load_suite(manifest)
-    rel = defended_dir(suite, suite.member("AS"), "fat:pgd:total").relative_to(copy)
+    rel = defended_dir(suite, suite.member("AS"), spec).relative_to(copy)
     reference = file_sha256(other / rel / WEIGHTS_FILE)
 
     resume = copy / rel / RESUME_FILE
-    proc = subprocess.Popen(_defend_cmd(manifest), env={**env, "MTLBENCH_HOME": str(copy)},
+    proc = subprocess.Popen(_defend_cmd(manifest, spec), env={**env, "MTLBENCH_HOME": str(copy)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
@@ -143,7 +146,7 @@ def test_kill_minus_9_of_defend_resumes_to_the_same_weights(home, tmp_path):
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     assert not (copy / rel / CONFIG_FILE).exists()  # no finished-looking checkpoint after the kill
-    again = subprocess.run(_defend_cmd(manifest), env={**env, "MTLBENCH_HOME": str(copy)}, capture_output=True,
+    again = subprocess.run(_defend_cmd(manifest, spec), env={**env, "MTLBENCH_HOME": str(copy)}, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     info = read_config(copy / rel)
@@ -195,3 +198,32 @@ def test_defenses_train_in_the_build_workers_once_their_member_is_built(mini, tm
     monkeypatch.setenv("MTLBENCH_HOME", str(again))
     assert main(["defend", str(manifest), "--defense", "fat:pgd:gb-mta", "--models", "AS", "--device", "cpu"]) == 0
     assert file_sha256(defended_dir(suite, suite.member("AS"), "fat:pgd:gb-mta") / WEIGHTS_FILE) == in_worker
+
+
+def test_pgd_adversarial_training_is_a_second_training_defense(home, tmp_path):
+    """PGD-AT (Madry et al.) is one file on the training-defense protocol: `mtlbench defend` trains
+    it from the suite's recipe with PGD from a random start, `--defenses` attacks it, and the
+    defenses page lists it beside the undefended model."""
+    from leaderboard import render_leaderboard
+
+    manifest, _ = home
+    assert main(["defend", str(manifest), "--defense", "pgdat:pgd:total", "--models", "AS", "--steps", "24",
+                 "--device", "cpu"]) == 0
+    suite = load_suite(manifest)
+    info = read_config(defended_dir(suite, suite.member("AS"), "pgdat:pgd:total"))
+    assert info.defense["spec"] == "pgdat:pgd:total" and info.defense["attack"] == "pgd:total"
+    assert info.defense["attack_options"] == {"preset": "madry", "steps": 2}
+    db = tmp_path / "r.db"
+    summary = run(RunOptions(suite=str(manifest), attacks=["pgd:gb-mta", "pgd:total"], eps=[8], models=["AS"],
+                             defenses=["none", "pgdat:pgd:total"], results=str(db)))
+    assert summary.done == {"valid": 4}
+    with ResultsStore(db, readonly=True) as store:
+        arps = {(c.model, c.attack): c.arp for c in store.cells()}
+        record = next(m for m in store.models() if m["model"] == "AS+pgdat:pgd:total")
+    assert record["defense_kind"] == "training" and record["trained_with"] == "pgd:total"
+    assert arps[("AS+pgdat:pgd:total", "pgd:total")] < arps[("AS", "pgd:total")]
+    site = render_leaderboard(db, tmp_path / "site")
+    page = (site.parent / "defenses-mini-run.html").read_text()
+    assert 'data-defense="pgdat:pgd:total"' in page
+    # an inference-time defense is not something `defend` trains
+    assert main(["defend", str(manifest), "--defense", "bitdepth:4", "--models", "AS"]) == 2

@@ -84,8 +84,8 @@ def test_the_stored_clean_metrics_are_those_of_the_stored_weights():
 
 def test_a_run_of_the_default_suite_trains_nothing(tmp_path, monkeypatch):
     """The demo's targets (every member, FAT on AS) are all there in a fresh MTLBENCH_HOME."""
+    import benchmark.defenses.training as adversarial
     import benchmark.zoo.build as build
-    import benchmark.zoo.defend as defend
     from benchmark.runner import RunOptions
     from benchmark.runner.run import build_targets
 
@@ -95,7 +95,7 @@ def test_a_run_of_the_default_suite_trains_nothing(tmp_path, monkeypatch):
         raise AssertionError("trained a model")
 
     monkeypatch.setattr(build, "train_model", refuse)
-    monkeypatch.setattr(defend, "train_fat", refuse)
+    monkeypatch.setattr(adversarial, "adversarial_training", refuse)
     build_targets(RunOptions(suite="tiny-nyuv2-resnet34", profile="quick"), whole_suite=True)
     assert not (tmp_path / "fresh" / "zoo" / "tiny-nyuv2-resnet34").exists()
 

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from benchmark.data import make_loader
 from benchmark.defenses import create_defense
-from benchmark.defenses.fat import RESUME_FILE, FATRecipe, fat_recipe, train_fat
+from benchmark.defenses.training import RESUME_FILE, AdversarialRecipe, TrainingDefense
 from benchmark.errors import UserError
 from benchmark.evaluation import evaluate
 from benchmark.paths import defended_root, safe_name
@@ -39,6 +39,16 @@ from benchmark.zoo.hub import resolve_weights
 
 __all__ = ["check_defended", "defend_member", "defend_suite", "defended_dir", "defense_job", "find_defended",
            "is_stale_defended", "parent_sha256", "pinned_sha256", "shipped_defended", "shipped_defended_dir"]
+
+
+def training_defense(spec: str) -> TrainingDefense:
+    """The training defense ``spec`` names; an inference-time one is a message."""
+    defense = create_defense(spec)
+    if not isinstance(defense, TrainingDefense):
+        raise UserError(f"{defense.spec!r} is an inference-time defense: it wraps a model at evaluation time "
+                        f"(`mtlbench run --defenses {defense.spec}`); `mtlbench defend` trains training defenses "
+                        "such as fat:pgd:gb-mta or pgdat:pgd:total")
+    return defense
 
 
 def defended_dir(suite: Suite, member: Member, spec: str) -> Path:
@@ -65,7 +75,7 @@ def shipped_defended(suite: Suite, member: Member, spec: str) -> Path | None:
         recorded = read_config(directory).defense.get("recipe")
     except CheckpointError:
         return directory  # damaged: loading it says what is wrong
-    return directory if recorded == fat_recipe(suite).to_dict() else None
+    return directory if recorded == training_defense(spec).recipe(suite).to_dict() else None
 
 
 def find_defended(suite: Suite, member: Member, spec: str, *, weights_dir: str | Path | None = None) -> Path | None:
@@ -132,17 +142,11 @@ def check_defended(directory: Path, suite: Suite, member: Member, spec: str, *,
             f"`mtlbench defend {suite.name} --defense {spec} --models {member.name} --rebuild`")
 
 
-def defend_member(suite: Suite, member: Member, spec: str, recipe: FATRecipe, *, device: str = "cpu",
+def defend_member(suite: Suite, member: Member, spec: str, recipe: AdversarialRecipe, *, device: str = "cpu",
                   data_root: str | None = None, weights_dir: str | None = None, out_dir: str | Path | None = None,
                   restart: bool = False, console: Console | None = None, bar=None) -> Path:
     """Train ``member`` with the training defense ``spec`` (resuming a killed run) and save it."""
-    defense = create_defense(spec)
-    if defense.kind != "training":
-        raise UserError(f"{defense.spec!r} is an inference-time defense: it wraps a model at evaluation time "
-                        f"(`mtlbench run --defenses {defense.spec}`); `mtlbench defend` trains training defenses "
-                        "such as fat:pgd:gb-mta")
-    attack_spec = defense.attack.with_budget({defense.attack.optimizer: recipe.attack_steps})
-    attack = attack_spec.create()
+    defense = training_defense(spec)
     out = Path(out_dir) if out_dir is not None else defended_dir(suite, member, defense.spec)
     model, _ = load_model(suite, member, weights_dir=weights_dir, device=device, console=console)
     parent = parent_sha256(suite, member, weights_dir=weights_dir)
@@ -155,9 +159,9 @@ def defend_member(suite: Suite, member: Member, spec: str, recipe: FATRecipe, *,
     render_once(train_set)
     label = f"  {member.name} {defense.spec}"
     task = bar.add_task(label, total=recipe.steps, loss=float("nan")) if bar is not None else None
-    stats = train_fat(model, suite.tasks, train_set, attack, recipe, device=torch.device(device), resume=resume,
-                      meta=meta, progress=None if bar is None else
-                      (lambda s, lo: bar.update(task, completed=s, loss=lo)))
+    stats, attack_spec = defense.train(model, suite.tasks, train_set, recipe, device=torch.device(device),
+                                       resume=resume, meta=meta, progress=None if bar is None else
+                                       (lambda s, lo: bar.update(task, completed=s, loss=lo)))
     dtype = suite.training.get("weights_dtype", "float32")
     round_weights(model, dtype)  # stored as the member is; the clean metrics are those of the stored values
     test_set = clean_test_set(suite, data_root=data_root)
@@ -187,8 +191,8 @@ def defend_suite(suite: Suite | str, spec: str, members: list[str] | None = None
     ``out``: write ``out/<member>/`` instead of the local zoo (members finished there are kept)."""
     suite = load_suite(suite) if isinstance(suite, str | Path) else suite
     console = console or make_console(stderr=True)
-    defense = create_defense(spec)
-    recipe = fat_recipe(suite, **overrides)
+    defense = training_defense(spec)
+    recipe = defense.recipe(suite, **overrides)
     wanted = [suite.member(m) for m in members] if members else list(suite.members)
     done: dict[str, Path] = {}
     todo = []
@@ -220,7 +224,7 @@ def defend_suite(suite: Suite | str, spec: str, members: list[str] | None = None
     return done
 
 
-def _defend_missing(suite: Suite, member: Member, spec: str, recipe: FATRecipe, *, rebuild: bool = False,
+def _defend_missing(suite: Suite, member: Member, spec: str, recipe: AdversarialRecipe, *, rebuild: bool = False,
                     restart: bool = False, out_dir: Path | None = None, **kwargs) -> Path:
     """Train ``member`` with ``spec`` where it has no (current) defended checkpoint: a tiny member's
     checkpoint of older parent weights (or any, with ``rebuild``) is trained again from the start."""
@@ -249,5 +253,5 @@ def _defend_in_worker(suite_ref: str, member: str, spec: str, device: str, data_
     found = find_defended(suite, m, spec, weights_dir=weights_dir)
     if found is not None:
         return str(found)
-    return str(_defend_missing(suite, m, spec, fat_recipe(suite), device=device, data_root=data_root,
+    return str(_defend_missing(suite, m, spec, training_defense(spec).recipe(suite), device=device, data_root=data_root,
                                weights_dir=weights_dir))
