@@ -49,11 +49,14 @@ def tiny_nyu():
 @pytest.fixture
 def wide_console(monkeypatch):
     """The CLI's rich console at a fixed wide width, so table cells are not wrapped in captures."""
-    from benchmark import cli
+    import benchmark.cli as package
+    from benchmark.cli import common, explore, report, run, zoo
     from benchmark.progress import make_console
 
-    monkeypatch.setattr(cli, "console", make_console(width=300))
-    monkeypatch.setattr(cli, "err_console", make_console(width=300, stderr=True))
+    out, err = make_console(width=300), make_console(width=300, stderr=True)
+    for module in (package, common, explore, report, run, zoo):  # each command group prints through its own binding
+        monkeypatch.setattr(module, "console", out, raising=False)
+        monkeypatch.setattr(module, "err_console", err, raising=False)
 
 
 MINI_SUITE = """
