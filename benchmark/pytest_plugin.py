@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import pytest
 
+from benchmark.enums import Status
+
 __all__ = ["attack_strength", "mtl_model", "mtl_suite"]
 
 
@@ -56,7 +58,7 @@ def attack_strength(mtl_suite, pytestconfig, tmp_path_factory):
                                  workers=1))
         with ResultsStore(store, readonly=True) as results:
             cells = [c for c in map(results.get, summary.keys) if c is not None]
-        bad = [c for c in cells if c.status != "valid"]
+        bad = [c for c in cells if c.status != Status.VALID]
         if bad:
             pytest.fail(f"{attack} at eps {eps:g} on {bad[0].model}: {bad[0].status}: {bad[0].reason}", pytrace=False)
         if not cells:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from benchmark.enums import DefenseKind, Origin
 from benchmark.errors import UserError
 from benchmark.suites import Member, Suite, load_suite
 
@@ -125,7 +126,7 @@ class Target:
             raise UserError(f"{name!r} is the name of a member of {suite_obj.name}; give the external model "
                             "another name (name=... / --name)")
         d = parse_defense(defense)
-        if d is not None and d.kind == "training":
+        if d is not None and d.kind == DefenseKind.TRAINING:
             raise UserError(f"{d.spec} trains suite members (`mtlbench defend`); an external model can be run "
                             "behind an inference-time defense only")
         randomised = d is not None and getattr(d, "randomised", False)
@@ -160,7 +161,7 @@ class Target:
         """Whether the defense produced new weights (FAT), rather than wrapping the member."""
         from benchmark.defenses import create_defense
 
-        return self.defense is not None and create_defense(self.defense).kind == "training"
+        return self.defense is not None and create_defense(self.defense).kind == DefenseKind.TRAINING
 
     def is_built(self) -> bool:
         """Whether the weights are on this machine (loading neither trains nor downloads)."""
@@ -193,7 +194,7 @@ class Target:
                                      console=console)
         freeze(model)
         member = self.member_spec
-        revision = member.revision if info.origin == "hub" else f"local-sha256:{model_fingerprint(model)[:16]}"
+        revision = member.revision if info.origin == Origin.HUB else f"local-sha256:{model_fingerprint(model)[:16]}"
         return LoadedTarget(model=self.wrap(_fast_layout(model, device)), revision=revision, origin=info.origin,
                             info=info)
 
@@ -213,7 +214,7 @@ class Target:
         model, info = load_checkpoint(directory, device=device)
         freeze(model)
         revision = f"local-sha256:{model_fingerprint(model)[:16]}"
-        return LoadedTarget(model=self.wrap(_fast_layout(model, device)), revision=revision, origin="external",
+        return LoadedTarget(model=self.wrap(_fast_layout(model, device)), revision=revision, origin=Origin.EXTERNAL,
                             info=info)
 
     def _load_defended(self, device, console=None):
@@ -236,7 +237,7 @@ class Target:
         model, info = load_checkpoint(directory, expect=expected_config(member, suite), device=device,
                                       sha256=pinned_sha256(suite, member, self.defense, directory),
                                       remedy="it ships with mtlbench, so reinstall mtlbench")
-        info.origin = "defended"
+        info.origin = Origin.DEFENDED
         return model, info
 
     def describe(self) -> dict[str, Any]:
@@ -283,7 +284,7 @@ class Target:
         from benchmark.defenses import create_defense
 
         d = create_defense(self.defense)
-        if d.kind == "training":
+        if d.kind == DefenseKind.TRAINING:
             return {"defense": d.spec, "defense_kind": "training", "randomised": False, "differentiable": True,
                     "eot": 1, "gradient": "exact", "trained_with": d.attack.name, **self._defended_record()}
         gradient = []

@@ -28,6 +28,7 @@ from statistics import mean
 from typing import Any
 
 from benchmark.defenses.checks import evaluation_flags, target_checks
+from benchmark.enums import Status
 from benchmark.runner.store import CellResult, ResultsStore
 from benchmark.scoring import bootstrap_ci, transferability
 from benchmark.version import __version__
@@ -43,9 +44,9 @@ def choose_eps(available: list[float], wanted: float = DEFAULT_EPS) -> float:
 
 
 def _entry(cells: list[CellResult]) -> dict[str, Any]:
-    bad = [c for c in cells if c.status != "valid"]
+    bad = [c for c in cells if c.status != Status.VALID]
     if bad:
-        worst = next((c for c in bad if c.status == "failed"), bad[0])
+        worst = next((c for c in bad if c.status == Status.FAILED), bad[0])
         return {"status": worst.status, "reason": worst.reason, "arp": None, "task_arp": {}, "seeds": len(cells)}
     task_names = list(cells[0].task_arp)
     per_image = [p for p in (c.passes_per_image for c in cells) if p is not None]
@@ -221,7 +222,7 @@ def _worst_case(cells: list[CellResult], dataset: str | None) -> dict[str, Any] 
     from benchmark.scoring import arp, task_arp
     from benchmark.tasks import get_tasks
 
-    usable = [c for c in cells if c.status == "valid" and c.per_image.get("state") and not _is_curve_point(c)]
+    usable = [c for c in cells if c.status == Status.VALID and c.per_image.get("state") and not _is_curve_point(c)]
     if dataset is None or len({c.attack for c in usable}) < 2:
         return None
     ids = usable[0].per_image.get("ids")
@@ -279,13 +280,24 @@ def _budget_block(cells: list[CellResult], models: list[str], eps: float) -> dic
     here = [c for c in cells if c.eps == eps and c.model in models]
     if not any(_is_curve_point(c) for c in here):
         return None
+    # the curves' models are those the profile gave budget points (its budget_models)
+    common = [m for m in models if any(_is_curve_point(c) and c.model == m for c in here)]
     points: dict[tuple[str, Any], dict[str, list[CellResult]]] = defaultdict(lambda: defaultdict(list))
     for c in here:
-        budget = c.config.get("budget") or {}
-        points[(c.attack, budget.get("value"))][c.model].append(c)
-    # the models on which every point is valid: each curve averages the same models
-    common = [m for m in models if all(cs.get(m) and all(x.status == "valid" for x in cs[m])
-                                       for cs in points.values())]
+        if c.model in common:
+            budget = c.config.get("budget") or {}
+            points[(c.attack, budget.get("value"))][c.model].append(c)
+    # an attack with a point missing or not valid on one of them (one that ran on some models only,
+    # such as a defense's black-box attack) is left out of the curves: each curve averages the same
+    # models; when no attack is left on every model, the models where every point is valid remain
+    complete = {k: all(cs.get(m) and all(x.status == Status.VALID for x in cs[m]) for m in common)
+                for k, cs in points.items()}
+    left_out = {attack for (attack, _), ok in complete.items() if not ok}
+    if left_out == {attack for attack, _ in points}:
+        common = [m for m in common if all(cs.get(m) and all(x.status == Status.VALID for x in cs[m])
+                                           for cs in points.values())]
+    else:
+        points = {k: cs for k, cs in points.items() if k[0] not in left_out}
     if not common:
         return {"models": [], "series": {}, "levels": [], "rankings": {}}
     series: dict[str, list[dict[str, Any]]] = defaultdict(list)

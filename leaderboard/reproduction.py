@@ -27,6 +27,7 @@ from typing import Any
 
 import tomllib
 
+from benchmark.enums import Status
 from benchmark.runner.store import CellResult
 from benchmark.scoring import paired_bootstrap, spearman
 from leaderboard.aggregate import choose_eps
@@ -63,7 +64,7 @@ def paired_difference(cells: list[CellResult], better: str, other: str, models: 
     """Paired bootstrap over (model, image) of ``better`` - ``other`` at ``eps``: the cells of the
     same model, seed and profile on the same images."""
     by = {(c.model, c.seed, c.profile, c.attack): c for c in cells
-          if c.eps == eps and c.status == "valid" and c.per_image.get("score")}
+          if c.eps == eps and c.status == Status.VALID and c.per_image.get("score")}
     before, after = [], []
     for (model, seed, profile, attack), c in by.items():
         if attack != better or model not in models:

@@ -81,3 +81,19 @@ def test_bad_budgets_are_refused_naming_the_key(mini, tmp_path):
     bad.write_text(mini.read_text() + BUDGET_PROFILE.replace("pgd = [1, 3]", "pgd = [0, 3]"))
     with pytest.raises(UserError, match=r"profiles\.budget\.budgets\.pgd"):
         load_suite(str(bad))
+
+
+def test_an_attack_run_on_some_budget_models_only_leaves_the_curves_not_their_models(budget_suite, tmp_path):
+    """The curves average every budget model; an attack that ran on some of them only (a defense's
+    black-box attack on the defended member) is left out of the curves instead of dropping models."""
+    manifest = tmp_path / "two.toml"
+    text = budget_suite.read_text().replace('budget_models = ["AS"]', 'budget_models = ["AS", "layout-9"]')
+    manifest.write_text(text)
+    db = tmp_path / "r.db"
+    run(RunOptions(suite=str(manifest), profile="budget", results=str(db)))
+    run(RunOptions(suite=str(manifest), profile="budget", attacks=["pgd:total"], models=["AS"], results=str(db)))
+    site = tmp_path / "site"
+    render_leaderboard(db, site)
+    budget = json.loads((site / "leaderboard.json").read_text())["suites"]["mini-run"]["by_eps"]["8"]["budget"]
+    assert sorted(budget["models"]) == ["AS", "layout-9"]
+    assert "pgd:total" not in budget["series"] and "pgd:gb-mta" in budget["series"]

@@ -20,6 +20,7 @@ import torch
 
 from benchmark.attacks.base import Attack, PassCounter
 from benchmark.attacks.sandbox import StateGuard, interrupt_is_the_users
+from benchmark.enums import Status
 from benchmark.tasks import Task
 
 __all__ = [
@@ -49,7 +50,7 @@ class Verdict:
 
     @property
     def valid(self) -> bool:
-        return self.status == "valid"
+        return self.status == Status.VALID
 
 
 @dataclass
@@ -145,24 +146,25 @@ def output_problem(adv: torch.Tensor, images: torch.Tensor, eps: float) -> Outpu
 def validate_output(adv, images: torch.Tensor, eps: float) -> Verdict:
     """Shape/dtype/device, finiteness, range and eps-ball checks of one output (eps on [0, 1])."""
     if not isinstance(adv, torch.Tensor):
-        return Verdict("invalid", f"returned {type(adv).__name__}, not a tensor")
+        return Verdict(Status.INVALID, f"returned {type(adv).__name__}, not a tensor")
     if adv.shape != images.shape:
-        return Verdict("invalid", f"returned shape {tuple(adv.shape)}, expected {tuple(images.shape)}")
+        return Verdict(Status.INVALID, f"returned shape {tuple(adv.shape)}, expected {tuple(images.shape)}")
     if adv.dtype != images.dtype:
-        return Verdict("invalid", f"returned dtype {adv.dtype}, expected {images.dtype}")
+        return Verdict(Status.INVALID, f"returned dtype {adv.dtype}, expected {images.dtype}")
     if adv.device != images.device:
-        return Verdict("invalid", f"returned device {adv.device}, expected {images.device}")
+        return Verdict(Status.INVALID, f"returned device {adv.device}, expected {images.device}")
     problem = output_problem(adv, images, eps)
     if problem is not None and problem.kind == "non-finite":
         bad = int((~torch.isfinite(adv)).sum())
-        return Verdict("invalid", f"{bad} non-finite values (NaN or inf) in the output")
+        return Verdict(Status.INVALID, f"{bad} non-finite values (NaN or inf) in the output")
     if problem is not None and problem.kind == "range":
-        return Verdict("invalid", f"pixels outside [0, 1]: min {float(adv.min()):.6g}, max {float(adv.max()):.6g}")
+        return Verdict(Status.INVALID, f"pixels outside [0, 1]: min {float(adv.min()):.6g}, max {float(adv.max()):.6g}")
     delta = float((adv - images).abs().max())
     if problem is not None:
-        return Verdict("invalid", f"left the eps-ball: max |delta| = {delta * 255:.4f}/255 > eps = {eps * 255:.4f}/255",
+        return Verdict(Status.INVALID,
+                       f"left the eps-ball: max |delta| = {delta * 255:.4f}/255 > eps = {eps * 255:.4f}/255",
                        delta * 255)
-    return Verdict("valid", "", delta * 255)
+    return Verdict(Status.VALID, "", delta * 255)
 
 
 def run_attack(attack: Attack, model: torch.nn.Module, images: torch.Tensor, targets: dict[str, torch.Tensor], *,
@@ -178,7 +180,7 @@ def run_attack(attack: Attack, model: torch.nn.Module, images: torch.Tensor, tar
     attack's own wall time (first run, synchronised on CUDA) is in ``extra["attack_s"]``."""
     scale = eps / 255.0
     before = snapshot or WeightSnapshot(model)
-    run = AttackRun(None, Verdict("valid"))
+    run = AttackRun(None, Verdict(Status.VALID))
     adv, verdict = _sandboxed(attack, model, images, targets, tasks, scale, seed, before, run)
     if verdict is not None:
         run.verdict = verdict
@@ -194,7 +196,7 @@ def run_attack(attack: Attack, model: torch.nn.Module, images: torch.Tensor, tar
             run.verdict = Verdict(problem.status, f"on the repeat run: {problem.reason}")
             return run
         if not (isinstance(again, torch.Tensor) and again.shape == adv.shape and torch.equal(again, adv)):
-            run.verdict = Verdict("invalid", f"{NONDETERMINISTIC}: the same seed gave a different output")
+            run.verdict = Verdict(Status.INVALID, f"{NONDETERMINISTIC}: the same seed gave a different output")
             return run
     run.adversarial, run.verdict = adv.detach(), verdict
     return run
@@ -224,12 +226,12 @@ def _sandboxed(attack, model, images, targets, tasks, scale, seed, before: Weigh
     except KeyboardInterrupt:
         if interrupt_is_the_users():
             raise
-        failure = Verdict("failed", "attack raised KeyboardInterrupt (not the user's Ctrl-C)")
+        failure = Verdict(Status.FAILED, "attack raised KeyboardInterrupt (not the user's Ctrl-C)")
     except SystemExit as exc:
-        failure = Verdict("failed", f"attack called sys.exit({exc.code!r})")
+        failure = Verdict(Status.FAILED, f"attack called sys.exit({exc.code!r})")
     except Exception as exc:  # an attack's crash is a failed cell, never a crashed run
         tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        failure = Verdict("failed", f"attack raised {tb}")
+        failure = Verdict(Status.FAILED, f"attack raised {tb}")
     finally:
         counter.detach()
         run.forward_passes += counter.forward
@@ -248,7 +250,7 @@ def _sandboxed(attack, model, images, targets, tasks, scale, seed, before: Weigh
     if changed:
         problems.append(f"the attack changed the targets in place ({', '.join(changed)})")
     if problems:
-        return None, Verdict("invalid", "; ".join(problems))
+        return None, Verdict(Status.INVALID, "; ".join(problems))
     return adv, None
 
 

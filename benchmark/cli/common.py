@@ -153,3 +153,16 @@ def selection(args: argparse.Namespace) -> dict:
     return {"models": csv_list(args.models, option="--models"), "eps": csv_list(args.eps, float, option="--eps"),
             "seeds": csv_list(args.seeds, int, option="--seeds"), "device": resolve_device(args.device),
             "threads": args.threads, "workers": args.workers}
+
+
+def print_table(title: str, columns: list[str], rows, *, right: tuple[str, ...] = ()) -> None:
+    """Every ``... list`` command's output: a table with ``columns`` (those in ``right`` right-aligned,
+    the others folding long values) and one row per item of ``rows``."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="right" if col in right else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    console.print(table)

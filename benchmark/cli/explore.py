@@ -12,8 +12,10 @@ from benchmark.cli.common import (
     bounded,
     console,
     parse_layout,
+    print_table,
     tasks_for,
 )
+from benchmark.enums import DefenseKind
 from benchmark.errors import UserError
 
 
@@ -25,14 +27,11 @@ def cmd_layouts_list(args: argparse.Namespace) -> int:
         raise UserError(f"{args.tasks} tasks over {args.blocks} blocks have {total:,} layouts; listing enumerates "
                         f"them all, which is refused above {MAX_ENUMERATED_LAYOUTS:,} (fewer tasks or blocks)")
     layouts = enumerate_layouts(args.tasks, args.blocks)
-    table = Table(title=f"TreeMTL layouts: {args.tasks} tasks, {args.blocks} blocks ({len(layouts)} in all)")
-    table.add_column("index", justify="right")
-    table.add_column("layout")
-    table.add_column("shared blocks", justify="right")
-    table.add_column("block copies", justify="right")
-    for i, layout in enumerate(layouts[args.offset: args.offset + args.limit], start=args.offset):
-        table.add_row(str(i), layout.name, str(layout.shared_blocks), str(layout.num_block_copies))
-    console.print(table)
+    print_table(f"TreeMTL layouts: {args.tasks} tasks, {args.blocks} blocks ({len(layouts)} in all)",
+                ["index", "layout", "shared blocks", "block copies"],
+                ((i, layout.name, layout.shared_blocks, layout.num_block_copies)
+                 for i, layout in enumerate(layouts[args.offset: args.offset + args.limit], start=args.offset)),
+                right=("index", "shared blocks", "block copies"))
     return 0
 
 
@@ -63,15 +62,11 @@ def cmd_attacks_list(args: argparse.Namespace) -> int:
     names = list_attacks(args.pattern)
     if not names:
         raise UserError(f"no attack matches {args.pattern!r}; try 'mtlbench attacks list'")
-    table = Table(title=f"attacks ({len(names)})")
-    table.add_column("attack")
-    table.add_column("optimizer")
-    table.add_column("objective")
-    table.add_column("defined in")
+    rows = []
     for name in names:
         opt, _, obj = name.partition(":")
-        table.add_row(name, opt, obj or "(complete attack)", ATTACKS[opt].__module__)
-    console.print(table)
+        rows.append((name, opt, obj or "(complete attack)", ATTACKS[opt].__module__))
+    print_table(f"attacks ({len(names)})", ["attack", "optimizer", "objective", "defined in"], rows)
     return 0
 
 
@@ -89,9 +84,7 @@ def cmd_suites_list(args: argparse.Namespace) -> int:
     from benchmark.suites import list_suites, load_suite
     from benchmark.zoo.hub import is_built, shipped_weights
 
-    table = Table(title="suites")
-    for col in ("suite", "dataset", "backbone", "models", "weights", "profiles", "description"):
-        table.add_column(col, overflow="fold")
+    rows = []
     for name in list_suites():
         suite = load_suite(name)
         if suite.tiny:
@@ -102,9 +95,9 @@ def cmd_suites_list(args: argparse.Namespace) -> int:
         else:
             published = sum(m.published for m in suite.members)
             weights = f"Hub: {published}/{len(suite.members)} published"
-        table.add_row(name, suite.data_source, suite.backbone, str(len(suite.members)), weights,
-                      ", ".join(suite.profiles), suite.description)
-    console.print(table)
+        rows.append((name, suite.data_source, suite.backbone, len(suite.members), weights, ", ".join(suite.profiles),
+                     suite.description))
+    print_table("suites", ["suite", "dataset", "backbone", "models", "weights", "profiles", "description"], rows)
     return 0
 
 
@@ -146,17 +139,16 @@ def cmd_suites_show(args: argparse.Namespace) -> int:
 def cmd_defenses_list(args: argparse.Namespace) -> int:
     from benchmark.defenses import list_defenses
 
-    table = Table(title="defenses (name:argument; 'none' is the undefended model)")
-    for col in ("defense", "kind", "argument (default)", "randomised", "differentiable", "attacked with",
-                "defined in"):
-        table.add_column(col, overflow="fold")
+    rows = []
     for cls in list_defenses():
         randomised, differentiable = getattr(cls, "randomised", False), getattr(cls, "differentiable", True)
         how = ", ".join(filter(None, ["EOT" if randomised else "", "BPDA" if not differentiable else ""])) or "exact"
-        table.add_row(cls.name, cls.kind, f"{cls.argument_help} ({cls.default_argument})" if cls.argument_help else "",
-                      "yes" if randomised else "no", "yes" if differentiable else "no",
-                      how if cls.kind == "inference" else "(new weights)", cls.__module__)
-    console.print(table)
+        rows.append((cls.name, cls.kind, f"{cls.argument_help} ({cls.default_argument})" if cls.argument_help else "",
+                     "yes" if randomised else "no", "yes" if differentiable else "no",
+                     how if cls.kind == DefenseKind.INFERENCE else "(new weights)", cls.__module__))
+    print_table("defenses (name:argument; 'none' is the undefended model)",
+                ["defense", "kind", "argument (default)", "randomised", "differentiable", "attacked with",
+                 "defined in"], rows)
     return 0
 
 

@@ -29,6 +29,8 @@ from collections.abc import Mapping
 
 import torch
 
+from benchmark.enums import Status
+
 __all__ = ["VANISHING", "evaluation_flags", "model_checks", "result_checks", "target_checks"]
 
 #: an image's input gradient counts as vanishing below this (largest absolute component)
@@ -133,7 +135,7 @@ def target_checks(cells, infos: Mapping[str, Mapping]) -> dict[str, dict]:
     values: dict[str, dict[tuple[str, float], list[float]]] = {}
     for c in cells:
         budget = c.config.get("budget")
-        if c.status != "valid" or c.arp is None or (isinstance(budget, dict) and budget.get("extra")):
+        if c.status != Status.VALID or c.arp is None or (isinstance(budget, dict) and budget.get("extra")):
             continue
         values.setdefault(c.model, {}).setdefault((c.config.get("attack", c.attack), c.eps), []).append(c.arp)
     out = {}

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.defenses.registry import Defense, register_defense
+from benchmark.enums import DefenseKind
 
 __all__ = [
     "BitDepth",
@@ -56,7 +57,7 @@ def straight_through(x: torch.Tensor, transformed: torch.Tensor) -> torch.Tensor
 
 
 class InferenceDefense(Defense):
-    kind = "inference"
+    kind = DefenseKind.INFERENCE
     randomised: bool = False
     differentiable: bool = True
 

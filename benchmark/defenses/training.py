@@ -33,6 +33,7 @@ from torch import nn
 from benchmark.attacks.validate import output_problem
 from benchmark.data.datasets import make_loader, to_device
 from benchmark.defenses.registry import Defense
+from benchmark.enums import DefenseKind
 from benchmark.errors import UserError
 from benchmark.tasks import Task, total_loss
 from benchmark.training import make_optimizer
@@ -51,7 +52,7 @@ class TrainingDefense(Defense, ABC):
     """A defense that trains new weights with adversarial examples of the attack its argument
     names (``fat:pgd:gb-mta``). Subclasses say how a batch's examples are made."""
 
-    kind = "training"
+    kind = DefenseKind.TRAINING
     randomised = False
     differentiable = True
     argument_help = "the attack it trains with"

@@ -31,6 +31,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from benchmark.enums import Status
 from benchmark.errors import UserError
 from benchmark.paths import safe_name
 from benchmark.runner.store import CellResult, pid_alive
@@ -136,7 +137,7 @@ def submit(attacks: list[str], *, suite: str = "tiny-nyuv2-resnet34", profile: s
         with ResultsStore(options.results, readonly=True) as store:
             cells = [c for c in map(store.get, summary.keys) if c is not None]
         failures = [f"{c.model} {c.attack} eps {c.eps:g} seed {c.seed}: {c.status}: {c.reason}"
-                    for c in cells if c.status != "valid"]
+                    for c in cells if c.status != Status.VALID]
         failures += [f"{name}: not run ({why})" for name, why in summary.missing_models.items()]
         if failures or not cells:
             report = target.parent / f"{target.name}-report.json"

@@ -82,6 +82,10 @@ class Cell:
             **({"metrics": ctx.tasks[0].metric_mode} if ctx.tasks and ctx.tasks[0].metric_mode != "ours" else {}),
         }
 
+    def store_key(self, ctx: CellContext) -> str:
+        """The cell's key in the results store on ``ctx``'s loaded target."""
+        return cell_key(self.key_config(ctx))
+
     def new_result(self, ctx: CellContext, status: str = "valid", reason: str = "") -> CellResult:
         """An empty result of this cell on ``ctx``'s target, with its key and provenance."""
         config = self.key_config(ctx)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.enums import Status
 from benchmark.errors import UserError
 from benchmark.runner.store import CellResult, ResultsStore
 from benchmark.scoring import paired_bootstrap
@@ -150,7 +151,7 @@ def _summarise(cells: list[CellResult], reference: list[CellResult]) -> dict[str
     ref = {(c.model, c.eps, c.seed): c for c in reference}
     ratios = [c.attack_s / ref[k].attack_s for c in cells
               if (k := (c.model, c.eps, c.seed)) in ref and ref[k].attack_s > 0 and c.attack_s > 0]
-    valid = [c for c in cells if c.status == "valid"]
+    valid = [c for c in cells if c.status == Status.VALID]
     return {
         "options": cells[0].config.get("options", {}) if cells else {},
         "arp": sum(c.arp for c in valid) / len(valid) if valid and len(valid) == len(cells) else None,

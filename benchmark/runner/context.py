@@ -13,6 +13,7 @@ from benchmark.attacks.validate import WeightSnapshot, model_fingerprint
 from benchmark.data import image_ids, make_loader, to_device
 from benchmark.defenses.checks import model_checks
 from benchmark.defenses.inference import deployed, deployed_outputs
+from benchmark.enums import Origin
 from benchmark.errors import UserError
 from benchmark.evaluation import check_outputs, degenerate_metrics, model_problem
 from benchmark.runner.store import ResultsStore, cell_key
@@ -66,7 +67,7 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
     to the store's cache when a store is given, else computed). An external model's outputs are
     checked against the suite's tasks first."""
     suite = target.suite_spec
-    origin = "module"
+    origin = Origin.MODULE
     if target.in_memory:
         if module is None:
             raise ValueError(f"{target.name}: an in-memory target needs its module")
@@ -104,7 +105,7 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
             store.put_clean(clean_key, suite=suite.name, model=target.name, model_revision=revision,
                             split=suite.split, images=count, metrics=clean, device=str(device),
                             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    if target.weights_dir and not target.in_memory and origin == "weights-dir":
+    if target.weights_dir and not target.in_memory and origin == Origin.WEIGHTS_DIR:
         problems = degenerate_metrics(clean, tasks, batches)
         if problems:  # before any attack is spent on it
             from rich.text import Text

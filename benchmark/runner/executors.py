@@ -25,6 +25,7 @@ from collections.abc import Hashable, Iterable, Iterator
 
 import torch
 
+from benchmark.enums import Status
 from benchmark.errors import UserError
 from benchmark.registry import imported_plugin_modules, load_plugin_modules
 from benchmark.runner.cells import Cell, evaluate_cell
@@ -167,7 +168,7 @@ class ProcessExecutor(Executor):
                 self._new_pool()
                 for key, cell, ctx in broken:
                     if tries[key, cell] > self.max_retries:
-                        yield key, cell.new_result(ctx, "failed", f"the worker process running it died "
+                        yield key, cell.new_result(ctx, Status.FAILED, f"the worker process running it died "
                                                                   f"{tries[key, cell]} times (killed, out of memory, "
                                                                   "or a crash)")
                     else:
@@ -212,5 +213,5 @@ class RayExecutor(Executor):
                     yield ray.get(ref)
                 except ray.exceptions.RayError as exc:
                     # the task died more often than it may be retried: a failed cell, the run goes on
-                    yield cell.new_result(ctx, "failed", f"Ray task lost after {self.max_retries} retries: "
+                    yield cell.new_result(ctx, Status.FAILED, f"Ray task lost after {self.max_retries} retries: "
                                                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")

@@ -15,13 +15,14 @@ from rich.text import Text
 
 from benchmark.attacks.sandbox import watch_user_interrupts
 from benchmark.attacks.validate import NONDETERMINISTIC
+from benchmark.enums import Status
 from benchmark.errors import UserError
 from benchmark.progress import make_console, progress
 from benchmark.provenance import git_commit
 from benchmark.runner.cells import Cell, expand_grid
 from benchmark.runner.context import CellContext, prepare_context
 from benchmark.runner.executors import Executor, LocalExecutor, ProcessExecutor, RayExecutor
-from benchmark.runner.store import CellResult, Owner, ResultsStore, cell_key
+from benchmark.runner.store import CellResult, Owner, ResultsStore
 from benchmark.suites import load_suite
 from benchmark.targets import Target
 from benchmark.threads import choose_threads, choose_workers, set_threads
@@ -75,7 +76,7 @@ class RunSummary:
 def _todo(cells: list[Cell], store: ResultsStore, ctx: CellContext) -> list[Cell]:
     """Cells whose key (which includes the weights version) is not in the store yet."""
     done = store.done_keys()
-    return [cell for cell in cells if cell_key(cell.key_config(ctx)) not in done]
+    return [cell for cell in cells if cell.store_key(ctx) not in done]
 
 
 def _verdict_key(cell: Cell) -> tuple:
@@ -92,20 +93,20 @@ def _spread_nondeterminism(group: list[Cell], ctx: CellContext, store: ResultsSt
     seed, so their stored valid cells become invalid too (``ran``: keys of the cells this run
     evaluated, counted in ``summary``). Returns how many cells changed."""
     def stored(cell: Cell) -> CellResult | None:
-        return store.get(cell_key(cell.key_config(ctx)))
+        return store.get(cell.store_key(ctx))
 
     failed = {}
     for cell in group:
         if cell.check_determinism:
             r = stored(cell)
-            if r is not None and r.status == "invalid" and NONDETERMINISTIC in r.reason:
+            if r is not None and r.status == Status.INVALID and NONDETERMINISTIC in r.reason:
                 failed[_verdict_key(cell)] = cell
     changed = 0
     for cell in group:
         if cell.check_determinism or _verdict_key(cell) not in failed:
             continue
         r = stored(cell)
-        if r is None or r.status != "valid":
+        if r is None or r.status != Status.VALID:
             continue
         checked = failed[_verdict_key(cell)]
         budget = "" if checked.attack == cell.attack else f" at {dict(checked.attack.options)}"
@@ -338,12 +339,12 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
                         summary.missing_models[target.name] = str(exc)
                         bar.update(overall, advance=len(group))
                         continue
-                    summary.keys += [cell_key(cell.key_config(ctx)) for cell in group]
+                    summary.keys += [cell.store_key(ctx) for cell in group]
                     todo = _todo(group, store, ctx)
                     summary.skipped += len(group) - len(todo)
                     bar.update(overall, advance=len(group) - len(todo))
                     if todo:  # cells another run is computing are left to it
-                        keyed = {cell_key(cell.key_config(ctx)): cell for cell in todo}
+                        keyed = {cell.store_key(ctx): cell for cell in todo}
                         claimed = set(store.claim(list(keyed), owner, stale_after_s=stale_after + 120.0))
                         summary.elsewhere += len(keyed) - len(claimed)
                         bar.update(overall, advance=len(keyed) - len(claimed))

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.enums import Status
 from benchmark.errors import UserError
 
 __all__ = ["CellResult", "Owner", "ResultsStore", "cell_key", "storage_error"]
@@ -54,10 +55,17 @@ CREATE TABLE IF NOT EXISTS clean (
 _JSON_COLUMNS = ("task_arp", "clean", "adversarial", "config", "per_image")
 
 
+#: entries of a cell's stored configuration that describe it without keying it (which option is the
+#: step budget and whether the cell is a budget curve's point)
+UNKEYED = frozenset({"budget"})
+
+
 def cell_key(config: dict[str, Any]) -> str:
-    """Stable key of a cell: sha256 of its canonical JSON configuration (which includes the code
-    and weights versions)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """The one store key of a cell: sha256 of its canonical JSON configuration (which includes the
+    code and weights versions) without the :data:`UNKEYED` entries. The runner, the resume and the
+    bundle verifier all key cells with it."""
+    keyed = {k: v for k, v in config.items() if k not in UNKEYED}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def storage_error(path: Path, exc: sqlite3.OperationalError) -> str:
@@ -193,7 +201,7 @@ class CellResult:
                                                          for v in data["task_arp"].values())):
             damaged.append(f"ARP is not a finite number ({arp!r})")
         if damaged:
-            data.update(status="invalid", arp=None, task_arp={},
+            data.update(status=Status.INVALID, arp=None, task_arp={},
                         reason=f"damaged row in the results database: {'; '.join(damaged)}")
         return cls(**data)
 

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from benchmark.attacks.validate import output_problem
+from benchmark.enums import Status
 from benchmark.errors import UserError
 from benchmark.runner.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, attack_sources, images_file
 from benchmark.runner.store import CellResult, cell_key
@@ -522,7 +523,7 @@ def _check_grid(verdict: BundleVerdict, claimed, grid: _Grid, suite) -> None:
         config = cell.config
         if cell.suite != suite.name:
             reasons.append(f"{where}: suite is {cell.suite!r}, the bundle's is {suite.name}")
-        if cell.status != "valid":
+        if cell.status != Status.VALID:
             reasons.append(f"{where}: the bundle holds a {cell.status} cell ({cell.reason})")
         mine = {"suite": cell.suite, "model": cell.model, "attack": cell.attack, "eps": cell.eps, "seed": cell.seed,
                 "profile": cell.profile, "model_revision": cell.model_revision,
@@ -531,7 +532,7 @@ def _check_grid(verdict: BundleVerdict, claimed, grid: _Grid, suite) -> None:
         for key, value in mine.items():
             if config.get(key) != value:
                 reasons.append(f"{where}: config.{key} is {_show(config.get(key))}, the manifest says {_show(value)}")
-        if cell_key({k: v for k, v in config.items() if k != "budget"}) != cell.key:
+        if cell_key(config) != cell.key:
             reasons.append(f"{where}: key is not the hash of the cell's configuration")
         if cell.images != grid.images:
             reasons.append(f"{where}: images is {cell.images}, the manifest says {grid.images}")

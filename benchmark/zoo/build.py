@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.text import Text
 
 from benchmark.data import make_loader
+from benchmark.enums import Origin
 from benchmark.errors import UserError
 from benchmark.evaluation import evaluate
 from benchmark.models.branched import BranchedModel
@@ -547,9 +548,9 @@ def load_model(suite: Suite | str, member: Member | str, *, weights_dir: str | P
     # the pinned hash identifies the published (or shipped) weights: a full suite's copy in the local
     # zoo must be them too (it would otherwise silently stand in for them); a tiny suite's local
     # build is its own model, as --weights-dir is the user's
-    pinned = source in ("hub", "shipped") or (source == "local" and not suite.tiny)
+    pinned = source in ("hub", "shipped") or (source == Origin.LOCAL and not suite.tiny)
     remedy = (f"it ships with mtlbench, so reinstall mtlbench (in a checkout: `git checkout -- {directory}`)"
-              if source == "shipped" else "delete it and download again (or rebuild it)")
+              if source == Origin.SHIPPED else "delete it and download again (or rebuild it)")
     model, info = load_checkpoint(directory, sha256=member.sha256 if pinned else "",
                                   expect=expected_config(member, suite), device=device, remedy=remedy)
     info.origin = source

@@ -18,6 +18,7 @@ from rich.console import Console
 from benchmark.data import make_loader
 from benchmark.defenses import create_defense
 from benchmark.defenses.training import RESUME_FILE, AdversarialRecipe, TrainingDefense
+from benchmark.enums import Origin
 from benchmark.errors import UserError
 from benchmark.evaluation import evaluate
 from benchmark.paths import defended_root, safe_name
@@ -123,7 +124,7 @@ def parent_sha256(suite: Suite, member: Member, *, weights_dir: str | Path | Non
         return None
     if directory is None:
         return None
-    return member.sha256 if source == "hub" and member.sha256 else file_sha256(directory / WEIGHTS_FILE)
+    return member.sha256 if source == Origin.HUB and member.sha256 else file_sha256(directory / WEIGHTS_FILE)
 
 
 def check_defended(directory: Path, suite: Suite, member: Member, spec: str, *,

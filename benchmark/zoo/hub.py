@@ -16,6 +16,7 @@ import os
 import re
 from pathlib import Path
 
+from benchmark.enums import Origin
 from benchmark.errors import UserError
 from benchmark.paths import PRETEXT_DIR, SHIPPED_ZOO, mtlbench_home, zoo_root
 from benchmark.suites import REPO_ID, Member, Suite
@@ -119,15 +120,15 @@ def resolve_weights(suite: Suite, member: Member, *, weights_dir: str | Path | N
             raise MissingWeightsError(f"--weights-dir {wd} does not exist")
         found = _in_weights_dir(wd, suite, member)
         if found is not None:
-            return found, "weights-dir"
+            return found, Origin.WEIGHTS_DIR
     shipped = shipped_weights(suite, member)
     if shipped is not None:
-        return shipped, "shipped"
+        return shipped, Origin.SHIPPED
     local = local_checkpoint_dir(suite, member)
     if (local / CONFIG_FILE).exists() and not (suite.tiny and is_stale(suite, local)):
-        return local, "local"
+        return local, Origin.LOCAL
     if suite.tiny:
-        return None, "local"  # not built yet, or built with another recipe: the caller builds it
+        return None, Origin.LOCAL  # not built yet, or built with another recipe: the caller builds it
     if not member.published:
         where = f" (looked in {weights_dir} and {local})" if weights_dir else f" (looked in {local})"
         raise MissingWeightsError(f"{suite.name}/{member.name}: no published weights yet: the manifest has no "
@@ -135,7 +136,7 @@ def resolve_weights(suite: Suite, member: Member, *, weights_dir: str | Path | N
                                   f"{_how_to_get(suite, member)}")
     path = _download(suite, member, cache_dir=cache_dir,
                      local_files_only=hub_offline() if local_files_only is None else local_files_only)
-    return path, "hub"
+    return path, Origin.HUB
 
 
 def _download(suite: Suite, member: Member, *, cache_dir, local_files_only: bool) -> Path:
