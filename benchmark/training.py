@@ -19,7 +19,8 @@ from benchmark.data.datasets import make_loader, to_device
 from benchmark.errors import UserError
 from benchmark.tasks import Task, total_loss
 
-__all__ = ["TrainRecipe", "make_optimizer", "optimise", "train_model"]
+__all__ = ["TrainRecipe", "make_optimizer", "optimise", "restore_training_state", "train_model", "training_state",
+           "write_resume"]
 
 
 @dataclass
@@ -119,12 +120,11 @@ def optimise(model: torch.nn.Module, dataset: Dataset, loss_fn: Callable[[dict],
             "resumed_at": resumed}
 
 
-def _save_state(path: Path, model, opt, sched, step: int, epoch: int, batch: int, identity: dict) -> None:
-    """The training state after ``step`` steps (``batch`` batches into ``epoch``), in one
-    safetensors file written under a temporary name and renamed (a kill never leaves half of it)."""
+def training_state(model, opt) -> tuple[dict[str, torch.Tensor], dict]:
+    """A model's and its optimiser's state as safetensors tensors (``model.*``, ``opt.<i>.*``) and
+    the JSON-able rest (``param_groups``, ``scalars``): what every resume file holds."""
     state = opt.state_dict()
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tensors["rng"] = torch.get_rng_state()
     scalars: dict[str, dict] = {}
     for idx, entry in state["state"].items():
         for key, value in entry.items():
@@ -132,12 +132,38 @@ def _save_state(path: Path, model, opt, sched, step: int, epoch: int, batch: int
                 tensors[f"opt.{idx}.{key}"] = value.detach().contiguous().cpu()
             else:
                 scalars.setdefault(str(idx), {})[key] = value
-    info = {"identity": identity, "step": step, "epoch": epoch, "batch": batch, "sched": sched.state_dict(),
-            "param_groups": state["param_groups"], "scalars": scalars}
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def restore_training_state(model, opt, tensors: dict[str, torch.Tensor], info: dict, device) -> None:
+    """Put back what :func:`training_state` took."""
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value.to(device)
+    for idx, entry in info["scalars"].items():
+        state.setdefault(int(idx), {}).update(entry)
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+
+
+def write_resume(path: Path, tensors: dict[str, torch.Tensor], key: str, info: dict) -> None:
+    """One safetensors resume file with ``info`` as JSON under the metadata ``key``, written under a
+    temporary name and renamed (a kill never leaves half of it)."""
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(tmp), metadata={"mtlbench-training": json.dumps(info, default=_jsonable)})
+    save_file(tensors, str(tmp), metadata={key: json.dumps(info, default=_jsonable)})
     tmp.replace(path)
+
+
+def _save_state(path: Path, model, opt, sched, step: int, epoch: int, batch: int, identity: dict) -> None:
+    """The training state after ``step`` steps (``batch`` batches into ``epoch``)."""
+    tensors, rest = training_state(model, opt)
+    tensors["rng"] = torch.get_rng_state()
+    write_resume(path, tensors, "mtlbench-training",
+                 {"identity": identity, "step": step, "epoch": epoch, "batch": batch, "sched": sched.state_dict(),
+                  **rest})
 
 
 def _jsonable(value):
@@ -158,15 +184,7 @@ def _load_state(path: Path, model, opt, sched, identity: dict, device) -> tuple[
     if info.get("identity") != json.loads(json.dumps(identity, default=_jsonable)):
         raise UserError(f"{path}: this resume file is of another training (another recipe, member or start); delete "
                         "it to train from the start")
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value.to(device)
-    for idx, entry in info["scalars"].items():
-        state.setdefault(int(idx), {}).update(entry)
-    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    restore_training_state(model, opt, tensors, info, device)
     sched.load_state_dict(info["sched"])
     torch.set_rng_state(tensors["rng"])
     return int(info["step"]), int(info["epoch"]), int(info["batch"])

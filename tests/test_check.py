@@ -97,12 +97,11 @@ def test_a_missing_baseline_says_how_to_write_one(tmp_path, capsys, wide_console
     assert "--update --attacks" in capsys.readouterr().err
 
 
-def test_the_example_ci_workflow_caches_the_zoo_and_runs_the_check():
+def test_the_example_ci_workflow_installs_a_cpu_torch_and_runs_the_check():
     yaml = pytest.importorskip("yaml")
     workflow = yaml.safe_load((Path(__file__).parents[1] / "examples" / "ci" / "mtlbench-check.yml").read_text())
     steps = workflow["jobs"]["mtlbench-check"]["steps"]
     runs = " ".join(s.get("run", "") for s in steps)
     assert "mtlbench check --baseline baseline.json" in runs
     assert "--index-url https://download.pytorch.org/whl/cpu" in runs  # a CPU torch, not the CUDA build
-    cache = next(s for s in steps if s.get("uses", "").startswith("actions/cache"))
-    assert cache["with"]["path"].endswith("/zoo")
+    assert "zoo build" not in runs  # the tiny members ship with mtlbench: nothing to train or cache

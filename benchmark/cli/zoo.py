@@ -271,9 +271,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--private", action="store_true")
     p.set_defaults(func=cmd_zoo_push)
 
-    p = sub.add_parser("defend", help="adversarially train suite members with a training defense (FAT)",
+    p = sub.add_parser("defend", help="adversarially train suite members with a training defense (FAT, PGD-AT)",
                        description="Train suite members with a training defense, e.g. fat:pgd:gb-mta (FAT with "
-                                   "GB-MTA-PGD), into new checkpoints in the same Hub format. A killed run started "
+                                   "GB-MTA-PGD) or pgdat:pgd:total (PGD-AT), into new checkpoints in the same Hub "
+                                   "format. A killed run started "
                                    "again resumes from its last checkpoint. The recipe is the suite's [fat] table; "
                                    "the options below override it.")
     p.add_argument("suite", help="suite name or manifest path")

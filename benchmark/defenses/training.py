@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from benchmark.attacks.validate import output_problem
@@ -36,7 +36,7 @@ from benchmark.defenses.registry import Defense
 from benchmark.enums import DefenseKind
 from benchmark.errors import UserError
 from benchmark.tasks import Task, total_loss
-from benchmark.training import make_optimizer
+from benchmark.training import make_optimizer, restore_training_state, training_state, write_resume
 
 __all__ = ["RESUME_FILE", "AdversarialRecipe", "TrainingDefense", "adversarial_recipe", "adversarial_training",
            "checked_examples"]
@@ -187,19 +187,8 @@ def _cosine(recipe: AdversarialRecipe, step: int) -> float:
 def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, meta: dict) -> None:
     """Model and optimiser state after ``step`` steps, in one safetensors file (written under a
     temporary name and renamed, so a kill never leaves half a file)."""
-    state = opt.state_dict()
-    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, entry in state["state"].items():
-        for key, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"opt.{idx}.{key}"] = value.detach().contiguous().cpu()
-            else:
-                scalars.setdefault(str(idx), {})[key] = value
-    info = {**meta, "step": step, "param_groups": state["param_groups"], "scalars": scalars}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={RESUME_KEY: json.dumps(info)})
-    tmp.replace(path)
+    tensors, rest = training_state(model, opt)
+    write_resume(path, tensors, RESUME_KEY, {**meta, "step": step, **rest})
 
 
 def _load_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, meta: dict, device, label: str) -> int:
@@ -216,15 +205,7 @@ def _load_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, meta:
         if info.get(key) != meta[key]:
             raise UserError(f"{path}: this resume file is of another training ({key} was {info.get(key)!r}, now "
                             f"{meta[key]!r}); pass --restart to train from the start")
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value.to(device)
-    for idx, entry in info["scalars"].items():
-        state.setdefault(int(idx), {}).update(entry)
-    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    restore_training_state(model, opt, tensors, info, device)
     return int(info["step"])
 
 
