@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["DefenseKind", "Origin", "Status"]
+__all__ = ["DefenseKind", "ExternalKind", "Origin", "Status"]
 
 
 class Status(StrEnum):
@@ -33,3 +33,10 @@ class Origin(StrEnum):
     DEFENDED = "defended"  # a member's checkpoint under a training defense
     EXTERNAL = "external"  # a checkpoint directory brought by the user (--model DIR)
     MODULE = "module"  # an nn.Module brought by the user (benchmark.evaluate)
+
+
+class ExternalKind(StrEnum):
+    """What an external model (not a suite member) is."""
+
+    DIR = "dir"  # a Hub-format checkpoint directory (--model DIR)
+    MODULE = "module"  # an nn.Module of this process (benchmark.evaluate)

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from benchmark.enums import DefenseKind, Origin
+from benchmark.enums import DefenseKind, ExternalKind, Origin
 from benchmark.errors import UserError
 from benchmark.suites import Member, Suite, load_suite
 
-__all__ = ["LoadedTarget", "Target", "freeze", "suite_ref"]
+__all__ = ["External", "LoadedTarget", "Target", "freeze", "suite_ref"]
 
 
 def suite_ref(name_or_path: str | Path) -> str:
@@ -68,6 +68,15 @@ def _fast_layout(model: torch.nn.Module, device) -> torch.nn.Module:
 
 
 @dataclass(frozen=True)
+class External:
+    """An external model: a Hub-format checkpoint directory (``where``: its absolute path) or an
+    ``nn.Module`` given in this process (``where``: its class), which cannot be rebuilt elsewhere."""
+
+    kind: ExternalKind
+    where: str
+
+
+@dataclass(frozen=True)
 class Target:
     """A suite member as an attack target.
 
@@ -79,10 +88,8 @@ class Target:
     weights_dir: str | None = None
     defense: str | None = None  # canonical defense (``bitdepth:4``, ``fat:pgd:gb-mta``), None: undefended
     eot: int = 1  # EOT samples per model call while attacking a randomised defense
-    #: an external model (not a suite member; ``member`` is then its name): ``dir:<absolute path>``
-    #: of a Hub-format checkpoint directory, or ``module:<class>`` for an ``nn.Module`` given in
-    #: this process (:func:`benchmark.evaluate`), which cannot be rebuilt elsewhere
-    external: str | None = None
+    #: an external model (not a suite member; ``member`` is then its name), None for a member
+    external: External | None = None
     draws: int = 1  # draws of a randomised defense over which its images are scored
 
     @classmethod
@@ -108,7 +115,8 @@ class Target:
         from benchmark.suites import VALID_NAME
 
         if isinstance(source, torch.nn.Module):
-            external, default = f"module:{type(source).__module__}.{type(source).__qualname__}", type(source).__name__
+            external = External(ExternalKind.MODULE, f"{type(source).__module__}.{type(source).__qualname__}")
+            default = type(source).__name__
         else:
             directory = Path(source)
             if not directory.is_dir():
@@ -117,7 +125,7 @@ class Target:
             from benchmark.zoo.checkpoint import read_config
 
             read_config(directory)  # refuses a directory that is not a checkpoint, naming the file
-            external, default = f"dir:{directory.resolve()}", directory.resolve().name
+            external, default = External(ExternalKind.DIR, str(directory.resolve())), directory.resolve().name
         name = name or default
         if not VALID_NAME.fullmatch(name):
             raise UserError(f"model name {name!r} is not valid (letters, digits, '.', '_', '-')")
@@ -136,7 +144,7 @@ class Target:
     @property
     def in_memory(self) -> bool:
         """An ``nn.Module`` given in this process: it is loaded by the caller, never rebuilt."""
-        return bool(self.external and self.external.startswith("module:"))
+        return self.external is not None and self.external.kind == ExternalKind.MODULE
 
     @property
     def input_size(self) -> int:
@@ -210,7 +218,7 @@ class Target:
         from benchmark.attacks.validate import model_fingerprint
         from benchmark.zoo.checkpoint import load_checkpoint
 
-        directory = Path(self.external.removeprefix("dir:"))
+        directory = Path(self.external.where)
         model, info = load_checkpoint(directory, device=device)
         freeze(model)
         revision = f"local-sha256:{model_fingerprint(model)[:16]}"
@@ -265,14 +273,14 @@ class Target:
         suite = self.suite_spec
         out: dict[str, Any] = {"kind": "external", "member": self.member, "tasks": [t.name for t in suite.tasks],
                                "dataset": suite.dataset, "data": suite.data_source, "input_size": self.input_size,
-                               "source": self.external.removeprefix("dir:").removeprefix("module:"),
-                               "loaded_from": "checkpoint directory" if self.external.startswith("dir:")
+                               "source": self.external.where,
+                               "loaded_from": "checkpoint directory" if self.external.kind == ExternalKind.DIR
                                else "nn.Module (benchmark.evaluate)"}
-        if self.external.startswith("dir:"):
+        if self.external.kind == ExternalKind.DIR:
             from benchmark.models.layouts import Layout
             from benchmark.zoo.checkpoint import read_config
 
-            info = read_config(self.external.removeprefix("dir:"))
+            info = read_config(self.external.where)
             layout = Layout.parse(info.model.layout, num_tasks=len(info.model.tasks))
             out.update(layout=info.model.layout, backbone=info.model.backbone, width=info.model.width,
                        shared_blocks=layout.shared_blocks, layout_sets=layout.to_json())

@@ -77,7 +77,7 @@ class Cell:
             # an undefended cell keeps the key it had before defenses existed
             **({"defense": self.target.defense, "eot": self.target.eot} if self.target.defense else {}),
             **({"score_draws": self.target.draws} if self.target.draws > 1 else {}),
-            **({"external": self.target.external.partition(":")[0]} if self.target.external else {}),
+            **({"external": str(self.target.external.kind)} if self.target.external else {}),
             # a suite scored with the authors' metric definitions (cells of our default keep their keys)
             **({"metrics": ctx.tasks[0].metric_mode} if ctx.tasks and ctx.tasks[0].metric_mode != "ours" else {}),
         }
