@@ -139,7 +139,10 @@ class Suite:
     members: tuple[Member, ...]
     profiles: dict[str, Profile]
     training: dict[str, Any] = field(default_factory=dict)
-    fat: dict[str, Any] = field(default_factory=dict)  # the FAT recipe (``[fat]``; see benchmark.defenses.fat)
+    #: the adversarial training recipe (``[fat]``): FAT's, and every training defense's defaults
+    fat: dict[str, Any] = field(default_factory=dict)
+    #: a training defense's own recipe over ``fat`` (``[defenses.<name>]``, e.g. ``[defenses.pgdat]``)
+    defense_recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
     mirror_of: str | None = None
     selection: str = ""
     path: Path | None = None
@@ -230,9 +233,37 @@ _MEMBER_KEYS = {"name", "index", "layout", "backbone", "width", "input_size", "r
 _PROFILE_KEYS = {"eps", "attacks", "steps", "eval_size", "seeds", "batch_size", "description", "cell_timeout",
                  "defenses", "eot_samples", "defended_models", "models", "budgets", "budget_models", "options",
                  "score_draws", "defense_attacks"}
-_TOP_KEYS = {"suite", "models", "profiles", "training", "fat", "weights"}
+_TOP_KEYS = {"suite", "models", "profiles", "training", "fat", "defenses", "weights"}
 _MEMBER_OVERRIDES = {"backbone": str, "width": (int, float), "input_size": int, "head_hidden": int}
 _DATASETS = {"nyuv2": 3, "taskonomy": 5}
+
+
+def _recipe_table(c: _Checker, table: Any, where: str, base: dict[str, Any]) -> dict[str, Any]:
+    """An adversarial training recipe table, its keys and values checked by the recipe class
+    (over ``base``: the ``[fat]`` table a defense's own table refines)."""
+    from benchmark.defenses.training import AdversarialRecipe
+
+    c.keys(table, {f for f in AdversarialRecipe.__dataclass_fields__ if not f.startswith("_")}, where)
+    try:
+        AdversarialRecipe(**{**base, **table})
+    except UserError as exc:
+        raise c.fail(where, str(exc).removeprefix("training recipe: ")) from None
+    return dict(table)
+
+
+def _defense_recipes(c: _Checker, table: Any, fat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``[defenses.<name>]``: the recipe of the training defense ``name`` over ``[fat]``."""
+    from benchmark.defenses.registry import DEFENSES
+
+    c.keys(table, set(table) if isinstance(table, dict) else set(), "defenses")
+    out = {}
+    for name, recipe in table.items():
+        cls = DEFENSES.get(name, None)
+        if cls is None or getattr(cls, "kind", "") != "training":
+            training = [n for n, k in DEFENSES.items() if getattr(k, "kind", "") == "training"]
+            raise c.fail(f"defenses.{name}", f"not a training defense (those are: {', '.join(training)})")
+        out[name] = _recipe_table(c, recipe, f"defenses.{name}", fat)
+    return out
 
 
 class _Checker:
@@ -372,14 +403,8 @@ def load_suite(name_or_path: str | Path, *, _mirrors: tuple[str, ...] = ()) -> S
         members = _members(c, raw.get("models"), defaults, dataset, head.get("hub_org"), name)
     profiles = _profiles(c, raw.get("profiles"))
     training = _training(c, raw.get("training", {}), {m.name for m in members})
-    fat = raw.get("fat", {})
-    from benchmark.defenses.training import AdversarialRecipe
-
-    c.keys(fat, {f for f in AdversarialRecipe.__dataclass_fields__ if not f.startswith("_")}, "fat")
-    try:
-        AdversarialRecipe(**fat)
-    except UserError as exc:
-        raise c.fail("fat", str(exc).removeprefix("FAT recipe: ")) from None
+    fat = _recipe_table(c, raw.get("fat", {}), "fat", {})
+    defense_recipes = _defense_recipes(c, raw.get("defenses", {}), fat)
     names = {m.name for m in members}
     pins, defended_pins = _weights(c, raw.get("weights"), names, tiny=bool(mirror) or data.startswith("synthetic-"))
     members = tuple(replace(m, sha256=pins[m.name]) if m.name in pins else m for m in members)
@@ -391,7 +416,8 @@ def load_suite(name_or_path: str | Path, *, _mirrors: tuple[str, ...] = ()) -> S
     return Suite(name=name, description=c.typed(head, "description", str, "suite", ""), dataset=dataset,
                  data_source=data,
                  split=c.typed(head, "split", str, "suite", "test"), backbone=defaults["backbone"],
-                 members=members, profiles=profiles, training=dict(training), fat=dict(fat), mirror_of=mirror,
+                 members=members, profiles=profiles, training=dict(training), fat=dict(fat),
+                 defense_recipes=defense_recipes, mirror_of=mirror,
                  selection=c.typed(head, "selection", str, "suite", ""), path=path, metrics=metrics,
                  defended_sha256=defended_pins)
 

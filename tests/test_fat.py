@@ -227,3 +227,25 @@ def test_pgd_adversarial_training_is_a_second_training_defense(home, tmp_path):
     assert 'data-defense="pgdat:pgd:total"' in page
     # an inference-time defense is not something `defend` trains
     assert main(["defend", str(manifest), "--defense", "bitdepth:4", "--models", "AS"]) == 2
+
+
+def test_a_training_defense_takes_its_own_recipe_table_over_fat(home, tmp_path):
+    """``[defenses.<name>]`` refines ``[fat]`` for one training defense, validated by the recipe
+    class; FAT keeps ``[fat]``."""
+    from benchmark.defenses import create_defense
+    from benchmark.suites import SuiteError
+
+    manifest, _ = home
+    own = tmp_path / "own.toml"
+    own.write_text(manifest.read_text() + "\n[defenses.pgdat]\nsteps = 7\nattack_steps = 1\n")
+    suite, plain = load_suite(own), load_suite(manifest)
+    pgdat, fat = create_defense("pgdat:pgd:total"), create_defense("fat:pgd:total")
+    assert (pgdat.recipe(suite).steps, pgdat.recipe(suite).attack_steps) == (7, 1)
+    assert pgdat.recipe(suite, steps=3).steps == 3  # --steps still overrides
+    assert fat.recipe(suite) == fat.recipe(plain) and pgdat.recipe(plain) == fat.recipe(plain)
+    for table, words in (("[defenses.bitdepth]\nsteps = 3", "defenses.bitdepth: not a training defense"),
+                         ("[defenses.pgdat]\nepochs = 3", "defenses.pgdat.epochs: unknown key"),
+                         ("[defenses.pgdat]\nsteps = 0", "defenses.pgdat: steps must be in")):
+        own.write_text(manifest.read_text() + "\n" + table + "\n")
+        with pytest.raises(SuiteError, match=words):
+            load_suite(own)

@@ -75,8 +75,10 @@ class TrainingDefense(Defense, ABC):
         return spec
 
     def recipe(self, suite, **overrides: Any) -> AdversarialRecipe:
-        """The suite's recipe for this defense, with ``overrides``."""
-        return adversarial_recipe(suite, **overrides)
+        """The suite's recipe for this defense (its ``[defenses.<name>]`` table over ``[fat]``),
+        with ``overrides``."""
+        own = getattr(suite, "defense_recipes", {}).get(self.name, {})
+        return adversarial_recipe(suite, **{**own, **{k: v for k, v in overrides.items() if v is not None}})
 
     @abstractmethod
     def examples(self, attack, model: nn.Module, batch: dict, tasks: list[Task], recipe: AdversarialRecipe,
