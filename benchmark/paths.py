@@ -35,7 +35,7 @@ def zoo_root(suite: str, *, shipped: bool = False) -> Path:
 
 def defended_root(suite: str, defense: str, *, shipped: bool = False) -> Path:
     """The folder of a suite's checkpoints under the training defense ``defense``."""
-    return zoo_root(suite, shipped=shipped) / "defended" / safe_name(defense, keep="._-")
+    return zoo_root(suite, shipped=shipped) / "defended" / safe_name(defense)
 
 
 def safe_name(text: str, *, keep: str = "._-") -> str:

@@ -81,7 +81,7 @@ class Registry(Generic[T]):
         for ep in entry_points(group=self.group):
             try:
                 obj = ep.load()
-            except Exception as exc:  # a broken plugin is reported, and never breaks the others
+            except Exception as exc:  # a broken plugin is the user's error, named, not our traceback
                 raise UserError(f"{self.kind} plugin {ep.name!r} ({ep.value}) failed to import: {exc}") from exc
             if ep.name not in self._items:
                 self.register(ep.name, obj)
@@ -159,7 +159,7 @@ def load_plugin_modules(modules: Iterable[str]) -> None:
         _IMPORTED[spec] = None
         try:
             if spec.endswith(".py"):
-                path = Path(spec).resolve()
+                path = Path(spec)
                 if not path.exists():
                     raise FileNotFoundError(f"no file {path}")
                 module_spec = importlib.util.spec_from_file_location(f"mtlbench_plugin_{path.stem}", path)

@@ -25,6 +25,7 @@ from typing import Any
 
 import tomllib
 
+from benchmark.enums import DefenseKind
 from benchmark.errors import UserError
 
 __all__ = ["Member", "Profile", "Suite", "SuiteError", "list_suites", "load_suite", "suites_dir"]
@@ -255,12 +256,13 @@ def _defense_recipes(c: _Checker, table: Any, fat: dict[str, Any]) -> dict[str, 
     """``[defenses.<name>]``: the recipe of the training defense ``name`` over ``[fat]``."""
     from benchmark.defenses.registry import DEFENSES
 
-    c.keys(table, set(table) if isinstance(table, dict) else set(), "defenses")
+    if not isinstance(table, dict):
+        raise c.fail("defenses", f"expected a table, got {type(table).__name__}")
     out = {}
     for name, recipe in table.items():
         cls = DEFENSES.get(name, None)
-        if cls is None or getattr(cls, "kind", "") != "training":
-            training = [n for n, k in DEFENSES.items() if getattr(k, "kind", "") == "training"]
+        if cls is None or getattr(cls, "kind", "") != DefenseKind.TRAINING:
+            training = [n for n, k in DEFENSES.items() if getattr(k, "kind", "") == DefenseKind.TRAINING]
             raise c.fail(f"defenses.{name}", f"not a training defense (those are: {', '.join(training)})")
         out[name] = _recipe_table(c, recipe, f"defenses.{name}", fat)
     return out

@@ -1,23 +1,15 @@
 """What every command group of the ``mtlbench`` command shares: the consoles, argument
 types and options, and the small parsers of comma-separated values."""
 
-
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 from benchmark.errors import UserError
 from benchmark.progress import make_console
 
 console = make_console()
 err_console = make_console(stderr=True)
-
-Handler = Callable[[argparse.Namespace], int]
-
-#: `layouts list` enumerates every layout to index them: 5 tasks over 5 blocks have 7,556, 6 tasks 120,196
-MAX_ENUMERATED_LAYOUTS = 200_000
-
 
 THREADS_HELP = ("torch threads per process (default: 1 for the tiny suites, whose models are too small for more "
                 "to pay off; else the cores this process may use)")

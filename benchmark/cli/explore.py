@@ -8,7 +8,6 @@ from rich.table import Table
 from rich.text import Text
 
 from benchmark.cli.common import (
-    MAX_ENUMERATED_LAYOUTS,
     bounded,
     console,
     parse_layout,
@@ -17,6 +16,9 @@ from benchmark.cli.common import (
 )
 from benchmark.enums import DefenseKind
 from benchmark.errors import UserError
+
+#: `layouts list` enumerates every layout to index them: 5 tasks over 5 blocks have 7,556, 6 tasks 120,196
+MAX_ENUMERATED_LAYOUTS = 200_000
 
 
 def cmd_layouts_list(args: argparse.Namespace) -> int:

@@ -77,8 +77,7 @@ class TrainingDefense(Defense, ABC):
     def recipe(self, suite, **overrides: Any) -> AdversarialRecipe:
         """The suite's recipe for this defense (its ``[defenses.<name>]`` table over ``[fat]``),
         with ``overrides``."""
-        own = getattr(suite, "defense_recipes", {}).get(self.name, {})
-        return adversarial_recipe(suite, **{**own, **{k: v for k, v in overrides.items() if v is not None}})
+        return adversarial_recipe(suite, self.name, **overrides)
 
     @abstractmethod
     def examples(self, attack, model: nn.Module, batch: dict, tasks: list[Task], recipe: AdversarialRecipe,
@@ -160,10 +159,11 @@ class AdversarialRecipe:
         return asdict(self)
 
 
-def adversarial_recipe(suite, **overrides: Any) -> AdversarialRecipe:
-    """The suite's adversarial training recipe (its manifest's ``[fat]`` table) with ``overrides``
-    (those not None)."""
-    values = {**getattr(suite, "fat", {}), **{k: v for k, v in overrides.items() if v is not None}}
+def adversarial_recipe(suite, defense: str | None = None, **overrides: Any) -> AdversarialRecipe:
+    """The suite's adversarial training recipe (its manifest's ``[fat]`` table, refined by the
+    ``[defenses.<defense>]`` table) with ``overrides`` (those not None)."""
+    own = getattr(suite, "defense_recipes", {}).get(defense, {}) if defense else {}
+    values = {**getattr(suite, "fat", {}), **own, **{k: v for k, v in overrides.items() if v is not None}}
     unknown = set(values) - {f.name for f in fields(AdversarialRecipe)}
     if unknown:
         raise UserError(f"adversarial training recipe of {suite.name}: unknown key(s) {', '.join(sorted(unknown))}")

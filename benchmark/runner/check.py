@@ -155,9 +155,8 @@ def _summarise(cells: list[CellResult], reference: list[CellResult]) -> dict[str
     return {
         "options": cells[0].config.get("options", {}) if cells else {},
         "arp": sum(c.arp for c in valid) / len(valid) if valid and len(valid) == len(cells) else None,
-        # weighted by each cell's batches: the passes of every batch over the batches
-        "passes_per_image": (sum(c.passes_per_image * c.batches for c in cells if c.batches) / batches
-                             if batches else None),
+        # pooled over the cells: a model call on a batch is one pass of each of its images
+        "passes_per_image": (sum(c.forward_passes + c.backward_passes for c in cells) / batches) if batches else None,
         "time_per_image_s": sum(c.attack_s for c in cells) / images if images else None,
         "time_ratio": statistics.median(ratios) if ratios else None,
         "cells": [{"model": c.model, "eps": c.eps, "seed": c.seed, "status": c.status, "reason": c.reason,

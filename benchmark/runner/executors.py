@@ -110,8 +110,7 @@ class ProcessExecutor(Executor):
 
         self.close()
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=init_worker,
-                                         initargs=(self.threads, self._env, imported_plugin_modules()))
+                                         initializer=init_worker, initargs=(self.threads, self._env))
         return self._pool
 
     def run(self, cells: list[Cell], ctx: CellContext) -> Iterator[CellResult]:

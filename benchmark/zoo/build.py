@@ -548,7 +548,7 @@ def load_model(suite: Suite | str, member: Member | str, *, weights_dir: str | P
     # the pinned hash identifies the published (or shipped) weights: a full suite's copy in the local
     # zoo must be them too (it would otherwise silently stand in for them); a tiny suite's local
     # build is its own model, as --weights-dir is the user's
-    pinned = source in ("hub", "shipped") or (source == Origin.LOCAL and not suite.tiny)
+    pinned = source in (Origin.HUB, Origin.SHIPPED) or (source == Origin.LOCAL and not suite.tiny)
     remedy = (f"it ships with mtlbench, so reinstall mtlbench (in a checkout: `git checkout -- {directory}`)"
               if source == Origin.SHIPPED else "delete it and download again (or rebuild it)")
     model, info = load_checkpoint(directory, sha256=member.sha256 if pinned else "",
