@@ -19,7 +19,8 @@ import fnmatch
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ import tomllib
 
 from benchmark.enums import DefenseKind
 from benchmark.errors import UserError
+from benchmark.schema import TableError, check_table, read_table, setting
 
-__all__ = ["Member", "Profile", "Suite", "SuiteError", "list_suites", "load_suite", "suites_dir"]
+__all__ = ["ImagenetTable", "Member", "PretextRecipe", "Profile", "Suite", "SuiteError", "Training", "list_suites",
+           "load_suite", "suites_dir"]
 
 #: the longest cell time limit a profile or --cell-timeout may set (a week), in seconds
 MAX_CELL_TIMEOUT = 7 * 86400
@@ -129,6 +132,90 @@ class Profile:
     defense_attacks: tuple[str, ...] = ()
 
 
+def _pinned(pattern: re.Pattern, what: str) -> Callable[[str], str | None]:
+    return lambda value: None if not value or pattern.fullmatch(value) else f"{value!r} is not {what}"
+
+
+@dataclass(frozen=True)
+class PretextRecipe:
+    """How a suite's common backbone is pre-trained (the manifest's ``[training.pretext]`` table)."""
+
+    objective: str = setting(PRETEXT_OBJECTIVES[0], choices=PRETEXT_OBJECTIVES)
+    steps: int = setting(150, low=1, high=10_000_000)
+    batch_size: int = setting(8, low=1, high=65_536)  # images per step (rotation shows each in its 4 rotations)
+    lr: float = setting(3e-3, low=1e-12, high=10)
+    weight_decay: float = setting(1e-4, low=0, high=10)
+    train_size: int = setting(512, low=1, high=MAX_EVAL_SIZE)
+    #: the seed of the pretext scenes (a different draw from the training scenes' seed 0) and of
+    #: the initial weights and batch order
+    seed: int = setting(7, low=0, high=2**62)
+
+    @classmethod
+    def from_table(cls, table: dict | None) -> PretextRecipe:
+        return read_table(cls, table or {}, "training.pretext")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ImagenetTable:
+    """Where a full suite's ImageNet backbone weights are (``[training.imagenet]``; each entry
+    defaults to the backbone's known source)."""
+
+    repo_id: str = setting("", check=_pinned(REPO_ID, "a Hub repo id ('owner/name')"))
+    revision: str = setting("", check=_pinned(_REVISION, "a pinned commit (40 lowercase hex digits)"))
+    sha256: str = setting("", check=_pinned(_SHA256, "a sha256 (64 lowercase hex digits)"))
+    file: str = setting("model.safetensors")
+
+
+@dataclass(frozen=True)
+class Training:
+    """How a suite's members are trained: the manifest's ``[training]`` table, every entry checked
+    by its field's rule. ``table`` keeps the entries as written: they identify the recipe
+    (:attr:`Suite.training_id`), so a default spelled out or left out is the same recipe only when
+    it is the same text."""
+
+    steps: int = setting(300, low=1, high=10_000_000)
+    batch_size: int = setting(16, low=1, high=65_536)
+    lr: float = setting(2e-3, low=1e-12, high=10)
+    weight_decay: float = setting(1e-4, low=0, high=10)
+    optimizer: str = setting("adam", choices=("adam", "sgd"))
+    schedule: str = setting("cosine", choices=("cosine", "constant"))
+    seed: int = setting(0, low=0, high=2**62)
+    train_size: int = setting(512, low=1, high=MAX_EVAL_SIZE)  # synthetic scenes members train on
+    warm_start: str | None = setting(None)  # the member every other one is fine-tuned from
+    finetune_steps: int | None = setting(None, low=0, high=10_000_000)
+    finetune_lr: float | None = setting(None, low=1e-12, high=10)
+    init: str = setting("scratch", choices=("scratch", "pretext", "imagenet"))
+    pretext: dict | None = setting(None, nested=PretextRecipe)
+    imagenet: dict | None = setting(None, nested=ImagenetTable)
+    #: the precision the weights are stored (and shipped) in
+    weights_dtype: str = setting("float32", choices=("float32", "float16", "bfloat16"))
+    checkpoint_every: int | None = setting(None, low=1, high=10_000_000)  # steps between resume files
+    table: dict = setting(factory=dict, table=False)
+
+    @classmethod
+    def from_table(cls, table: Any, where: str = "training") -> Training:
+        """The recipe a ``[training]`` table says, with the cross-entry rules: the warm-start member
+        and a common backbone exclude each other, and each sub-table needs its ``init``."""
+        recipe = read_table(cls, table, where, table=dict(table) if isinstance(table, dict) else {})
+        if recipe.init != "scratch" and recipe.warm_start is not None:
+            raise TableError(f"{where}.init", f"a suite's members start either from a common backbone (init = "
+                                              f"{recipe.init!r}) or from a warm-start member (warm_start), not both")
+        for sub in ("pretext", "imagenet"):
+            if getattr(recipe, sub) is not None and recipe.init != sub:
+                raise TableError(f"{where}.{sub}", f"a [training.{sub}] table needs init = {sub!r}")
+        return recipe
+
+    def replace(self, **changes: Any) -> Training:
+        """This recipe with entries replaced (a recipe of its own: another :attr:`Suite.training_id`)."""
+        return Training.from_table({**self.table, **changes})
+
+    def pretext_recipe(self) -> PretextRecipe:
+        return PretextRecipe.from_table(self.pretext)
+
+
 @dataclass(frozen=True)
 class Suite:
     name: str
@@ -139,7 +226,7 @@ class Suite:
     backbone: str
     members: tuple[Member, ...]
     profiles: dict[str, Profile]
-    training: dict[str, Any] = field(default_factory=dict)
+    training: Training = field(default_factory=Training)
     #: the adversarial training recipe (``[fat]``): FAT's, and every training defense's defaults
     fat: dict[str, Any] = field(default_factory=dict)
     #: a training defense's own recipe over ``fat`` (``[defenses.<name>]``, e.g. ``[defenses.pgdat]``)
@@ -166,7 +253,7 @@ class Suite:
         """A short hash of the training recipe (the manifest's ``[training]`` table, the data it
         trains on, and :data:`TRAINING_VERSION`), recorded in every member built locally: a tiny
         member whose recorded id differs was built with another recipe and is rebuilt."""
-        text = json.dumps({"training": self.training, "data": self.data_source, "version": TRAINING_VERSION},
+        text = json.dumps({"training": self.training.table, "data": self.data_source, "version": TRAINING_VERSION},
                           sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -239,16 +326,21 @@ _MEMBER_OVERRIDES = {"backbone": str, "width": (int, float), "input_size": int, 
 _DATASETS = {"nyuv2": 3, "taskonomy": 5}
 
 
+def _table(path: Path, read: Callable[..., Any], *args: Any) -> Any:
+    """``read(*args)`` with a rule broken named as a manifest error (the file and the key)."""
+    try:
+        return read(*args)
+    except TableError as exc:
+        raise SuiteError(f"{path}: {exc}") from None
+
+
 def _recipe_table(c: _Checker, table: Any, where: str, base: dict[str, Any]) -> dict[str, Any]:
-    """An adversarial training recipe table, its keys and values checked by the recipe class
-    (over ``base``: the ``[fat]`` table a defense's own table refines)."""
+    """An adversarial training recipe table, its keys and values checked by the recipe class's
+    rules (over ``base``: the ``[fat]`` table a defense's own table refines)."""
     from benchmark.defenses.training import AdversarialRecipe
 
-    c.keys(table, {f for f in AdversarialRecipe.__dataclass_fields__ if not f.startswith("_")}, where)
-    try:
-        AdversarialRecipe(**{**base, **table})
-    except UserError as exc:
-        raise c.fail(where, str(exc).removeprefix("training recipe: ")) from None
+    given = _table(c.path, check_table, AdversarialRecipe, table, where)
+    _table(c.path, read_table, AdversarialRecipe, {**base, **given}, where)
     return dict(table)
 
 
@@ -404,7 +496,9 @@ def load_suite(name_or_path: str | Path, *, _mirrors: tuple[str, ...] = ()) -> S
     else:
         members = _members(c, raw.get("models"), defaults, dataset, head.get("hub_org"), name)
     profiles = _profiles(c, raw.get("profiles"))
-    training = _training(c, raw.get("training", {}), {m.name for m in members})
+    training = _table(path, Training.from_table, raw.get("training", {}))
+    if training.warm_start is not None and training.warm_start not in {m.name for m in members}:
+        raise c.fail("training.warm_start", f"no model {training.warm_start!r} in the suite")
     fat = _recipe_table(c, raw.get("fat", {}), "fat", {})
     defense_recipes = _defense_recipes(c, raw.get("defenses", {}), fat)
     names = {m.name for m in members}
@@ -418,7 +512,7 @@ def load_suite(name_or_path: str | Path, *, _mirrors: tuple[str, ...] = ()) -> S
     return Suite(name=name, description=c.typed(head, "description", str, "suite", ""), dataset=dataset,
                  data_source=data,
                  split=c.typed(head, "split", str, "suite", "test"), backbone=defaults["backbone"],
-                 members=members, profiles=profiles, training=dict(training), fat=dict(fat),
+                 members=members, profiles=profiles, training=training, fat=dict(fat),
                  defense_recipes=defense_recipes, mirror_of=mirror,
                  selection=c.typed(head, "selection", str, "suite", ""), path=path, metrics=metrics,
                  defended_sha256=defended_pins)
@@ -453,65 +547,6 @@ def _weights(c: _Checker, table: Any, names: set[str], *, tiny: bool) -> tuple[d
             raise c.fail(f"weights.defended.{spec}", f"write the defense as {canonical!r}")
         defended[spec] = pins(entries, f"weights.defended.{spec}")
     return pins(c.typed(table, "sha256", dict, "weights", {}), "weights.sha256"), defended
-
-
-def _training(c: _Checker, table: Any, members: set[str]) -> dict[str, Any]:
-    """The ``[training]`` recipe, every number in its range (a member trains on it)."""
-    c.keys(table, {"steps", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "seed", "train_size",
-                   "warm_start", "finetune_steps", "finetune_lr", "init", "pretext", "imagenet", "weights_dtype",
-                   "checkpoint_every"}, "training")
-    for key, types, low, high in (("steps", int, 1, 10_000_000), ("batch_size", int, 1, 65_536),
-                                  ("lr", (int, float), 1e-12, 10), ("weight_decay", (int, float), 0, 10),
-                                  ("seed", int, 0, 2**62), ("train_size", int, 1, MAX_EVAL_SIZE),
-                                  ("finetune_steps", int, 0, 10_000_000), ("finetune_lr", (int, float), 1e-12, 10)):
-        c.typed(table, key, types, "training", None, low=low, high=high)
-    for key, allowed in (("optimizer", ("adam", "sgd")), ("schedule", ("cosine", "constant")),
-                         ("weights_dtype", ("float32", "float16", "bfloat16"))):
-        if c.typed(table, key, str, "training", allowed[0]) not in allowed:
-            raise c.fail(f"training.{key}", f"expected one of {', '.join(allowed)}, got {table[key]!r}")
-    warm = c.typed(table, "warm_start", str, "training", None)
-    if warm is not None and warm not in members:
-        raise c.fail("training.warm_start", f"no model {warm!r} in the suite")
-    init = c.typed(table, "init", str, "training", "scratch")
-    if init not in ("scratch", "pretext", "imagenet"):
-        raise c.fail("training.init", f"expected 'scratch', 'pretext' or 'imagenet', got {init!r}")
-    if init != "scratch" and warm is not None:
-        raise c.fail("training.init", f"a suite's members start either from a common backbone (init = {init!r}) or "
-                                      "from a warm-start member (warm_start), not both")
-    c.typed(table, "checkpoint_every", int, "training", None, low=1, high=10_000_000)
-    if "imagenet" in table:
-        if init != "imagenet":
-            raise c.fail("training.imagenet", "an [training.imagenet] source needs init = 'imagenet'")
-        where = "training.imagenet"
-        c.keys(table["imagenet"], {"repo_id", "revision", "sha256", "file"}, where)
-        repo = c.typed(table["imagenet"], "repo_id", str, where, "")
-        if repo and not REPO_ID.fullmatch(repo):
-            raise c.fail(f"{where}.repo_id", f"{repo!r} is not a Hub repo id ('owner/name')")
-        revision = c.typed(table["imagenet"], "revision", str, where, "")
-        if revision and not _REVISION.fullmatch(revision):
-            raise c.fail(f"{where}.revision", f"{revision!r} is not a pinned commit (40 lowercase hex digits)")
-        sha = c.typed(table["imagenet"], "sha256", str, where, "")
-        if sha and not _SHA256.fullmatch(sha):
-            raise c.fail(f"{where}.sha256", f"{sha!r} is not a sha256 (64 lowercase hex digits)")
-        c.typed(table["imagenet"], "file", str, where, "model.safetensors")
-    if "pretext" in table:
-        if init != "pretext":
-            raise c.fail("training.pretext", "a [training.pretext] recipe needs init = 'pretext'")
-        _pretext(c, table["pretext"])
-    return dict(table)
-
-
-def _pretext(c: _Checker, table: Any) -> None:
-    """The ``[training.pretext]`` recipe of the common pre-trained backbone."""
-    where = "training.pretext"
-    c.keys(table, {"objective", "steps", "batch_size", "lr", "weight_decay", "train_size", "seed"}, where)
-    for key, types, low, high in (("steps", int, 1, 10_000_000), ("batch_size", int, 1, 65_536),
-                                  ("lr", (int, float), 1e-12, 10), ("weight_decay", (int, float), 0, 10),
-                                  ("seed", int, 0, 2**62), ("train_size", int, 1, MAX_EVAL_SIZE)):
-        c.typed(table, key, types, where, None, low=low, high=high)
-    objective = c.typed(table, "objective", str, where, PRETEXT_OBJECTIVES[0])
-    if objective not in PRETEXT_OBJECTIVES:
-        raise c.fail(f"{where}.objective", f"expected one of {', '.join(PRETEXT_OBJECTIVES)}, got {objective!r}")
 
 
 def _members(c: _Checker, models: Any, defaults: dict, dataset: str, org: str | None, suite: str) -> tuple[Member, ...]:

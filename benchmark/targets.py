@@ -24,7 +24,7 @@ from benchmark.enums import DefenseKind, ExternalKind, Origin
 from benchmark.errors import UserError
 from benchmark.suites import Member, Suite, load_suite
 
-__all__ = ["External", "LoadedTarget", "Target", "freeze", "suite_ref"]
+__all__ = ["External", "LoadedTarget", "Target", "freeze", "resolve", "suite_ref"]
 
 
 def suite_ref(name_or_path: str | Path) -> str:
@@ -55,7 +55,7 @@ class LoadedTarget:
 
     model: torch.nn.Module
     revision: str  # the pinned Hub revision, or local-sha256:<tensor hash> of local weights
-    origin: str  # hub, local or weights-dir
+    origin: Origin  # where the weights came from
     info: Any = None  # the checkpoint's CheckpointInfo
 
 
@@ -176,35 +176,20 @@ class Target:
         if self.external:
             return True
         if self.trained_defense:
-            from benchmark.zoo.defend import find_defended
+            from benchmark.zoo.locate import locate_defended
 
-            found = find_defended(self.suite_spec, self.member_spec, self.defense, weights_dir=self.weights_dir)
-            return found is not None
-        from benchmark.zoo.hub import is_built
+            return locate_defended(self.suite_spec, self.member_spec, self.defense, weights_dir=self.weights_dir).found
+        from benchmark.zoo.locate import is_built
 
         return is_built(self.suite_spec, self.member_spec, weights_dir=self.weights_dir)
 
     def load(self, device: str | torch.device = "cpu", *, console=None) -> LoadedTarget:
-        """The model on ``device`` (a tiny member is built on first use; a published one comes
-        from the Hub at its pinned revision, its sha256 checked)."""
-        from benchmark.attacks.validate import model_fingerprint
-        from benchmark.zoo.build import load_model
-
-        if self.in_memory:
-            raise UserError(f"{self.name} is an nn.Module of the process that created it: evaluate it there "
-                            "(benchmark.evaluate, local executor), or save it as a checkpoint directory")
-        if self.external:
-            return self._load_external(device)
-        if self.trained_defense:
-            model, info = self._load_defended(device, console)
-        else:
-            model, info = load_model(self.suite_spec, self.member_spec, weights_dir=self.weights_dir, device=device,
-                                     console=console)
-        freeze(model)
-        member = self.member_spec
-        revision = member.revision if info.origin == Origin.HUB else f"local-sha256:{model_fingerprint(model)[:16]}"
-        return LoadedTarget(model=self.wrap(_fast_layout(model, device)), revision=revision, origin=info.origin,
-                            info=info)
+        """The model on ``device`` as it is attacked: :func:`resolve`'s, frozen (eval mode, no
+        parameter gradients), in the CPU's fast memory layout, behind the target's inference-time
+        defense."""
+        loaded = resolve(self, device, console=console)
+        model = self.wrap(_fast_layout(freeze(loaded.model), device))
+        return LoadedTarget(model=model, revision=loaded.revision, origin=loaded.origin, info=loaded.info)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` behind the target's inference-time defense (unchanged without one)."""
@@ -213,40 +198,6 @@ class Target:
         from benchmark.defenses import DefendedModel, create_defense
 
         return DefendedModel(model, create_defense(self.defense), eot_samples=self.eot).eval()
-
-    def _load_external(self, device) -> LoadedTarget:
-        from benchmark.attacks.validate import model_fingerprint
-        from benchmark.zoo.checkpoint import load_checkpoint
-
-        directory = Path(self.external.where)
-        model, info = load_checkpoint(directory, device=device)
-        freeze(model)
-        revision = f"local-sha256:{model_fingerprint(model)[:16]}"
-        return LoadedTarget(model=self.wrap(_fast_layout(model, device)), revision=revision, origin=Origin.EXTERNAL,
-                            info=info)
-
-    def _load_defended(self, device, console=None):
-        from benchmark.zoo.build import expected_config
-        from benchmark.zoo.checkpoint import load_checkpoint
-        from benchmark.zoo.defend import check_defended, find_defended, pinned_sha256
-        from benchmark.zoo.hub import MissingWeightsError
-
-        suite, member = self.suite_spec, self.member_spec
-        directory = find_defended(suite, member, self.defense, weights_dir=self.weights_dir)
-        if directory is None and suite.tiny:  # tiny mirrors are trained on first use, as their members are built
-            from benchmark.zoo.defend import defend_suite
-
-            directory = defend_suite(suite, self.defense, [member.name], device=str(device), console=console,
-                                     weights_dir=self.weights_dir)[member.name]
-        if directory is None:
-            raise MissingWeightsError(f"{suite.name}/{self.name} is not trained yet: run `mtlbench defend {suite.name} "
-                                      f"--defense {self.defense} --models {member.name}`")
-        check_defended(directory, suite, member, self.defense, weights_dir=self.weights_dir)
-        model, info = load_checkpoint(directory, expect=expected_config(member, suite), device=device,
-                                      sha256=pinned_sha256(suite, member, self.defense, directory),
-                                      remedy="it ships with mtlbench, so reinstall mtlbench")
-        info.origin = Origin.DEFENDED
-        return model, info
 
     def describe(self) -> dict[str, Any]:
         """What the store and the leaderboard show about the target (no weights needed)."""
@@ -307,10 +258,40 @@ class Target:
     def _defended_record(self) -> dict[str, Any]:
         """The recipe and parent hash of a trained defense, from its checkpoint's config."""
         from benchmark.zoo.checkpoint import read_config
-        from benchmark.zoo.defend import find_defended
+        from benchmark.zoo.locate import locate_defended
 
-        directory = find_defended(self.suite_spec, self.member_spec, self.defense, weights_dir=self.weights_dir)
-        if directory is None:
+        location = locate_defended(self.suite_spec, self.member_spec, self.defense, weights_dir=self.weights_dir)
+        if not location.found:
             return {}
-        record = read_config(directory).defense
+        record = read_config(location.directory).defense
         return {"recipe": record.get("recipe", {}), "parent_sha256": record.get("parent_sha256")}
+
+
+def resolve(target: Target, device: str | torch.device = "cpu", *, build: bool = True, console=None) -> LoadedTarget:
+    """The one way a target's model is loaded, whatever its kind: a suite member
+    (:func:`~benchmark.zoo.build.ensure_member`: ``--weights-dir``, shipped, the local zoo or the Hub
+    at the pinned revision; a tiny one built on first use), a member under a training defense
+    (:func:`~benchmark.zoo.defend.ensure_defended`; a tiny one trained on first use), or an external
+    checkpoint directory. The weights' sha256 is checked where the manifest pins it; the model comes
+    in eval mode, as stored (:meth:`Target.load` makes it ready to attack). ``build=False``: an error
+    instead of training what is missing."""
+    from benchmark.attacks.validate import model_fingerprint
+    from benchmark.zoo.build import ensure_member
+    from benchmark.zoo.defend import ensure_defended
+    from benchmark.zoo.locate import load_location, locate_external
+
+    if target.in_memory:
+        raise UserError(f"{target.name} is an nn.Module of the process that created it: evaluate it there "
+                        "(benchmark.evaluate, local executor), or save it as a checkpoint directory")
+    if target.external:
+        location = locate_external(target.external.where)
+    elif target.trained_defense:
+        location = ensure_defended(target.suite_spec, target.member_spec, target.defense,
+                                   weights_dir=target.weights_dir, device=str(device), build=build, console=console)
+    else:
+        location = ensure_member(target.suite_spec, target.member_spec, weights_dir=target.weights_dir, build=build,
+                                 console=console)
+    model, info = load_location(location, device)
+    revision = (target.member_spec.revision if location.origin == Origin.HUB
+                else f"local-sha256:{model_fingerprint(model)[:16]}")
+    return LoadedTarget(model=model, revision=revision, origin=location.origin, info=info)

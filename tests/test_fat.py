@@ -23,7 +23,7 @@ from benchmark.defenses.training import RESUME_FILE, AdversarialRecipe
 from benchmark.runner import ResultsStore, RunOptions, run
 from benchmark.suites import load_suite
 from benchmark.zoo.checkpoint import CONFIG_FILE, WEIGHTS_FILE, file_sha256, read_config
-from benchmark.zoo.defend import defended_dir
+from benchmark.zoo.locate import defended_dir
 
 
 @pytest.fixture
@@ -161,7 +161,7 @@ def test_defend_refuses_what_it_cannot_train(home, tmp_path, capsys):
     assert main(["defend", str(manifest), "--defense", "fat:pgd:nope", "--models", "AS"]) == 2
     assert "unknown objective 'nope'" in capsys.readouterr().err
     assert main(["defend", str(manifest), "--models", "AS", "--steps", "0"]) == 2
-    assert "steps must be in [1" in capsys.readouterr().err
+    assert "recipe.steps: expected an integer in [1" in capsys.readouterr().err
     # a resume file of another training is not silently continued
     suite = load_suite(manifest)
     out = defended_dir(suite, suite.member("AS"), "fat:pgd:gb-mta")
@@ -245,7 +245,7 @@ def test_a_training_defense_takes_its_own_recipe_table_over_fat(home, tmp_path):
     assert fat.recipe(suite) == fat.recipe(plain) and pgdat.recipe(plain) == fat.recipe(plain)
     for table, words in (("[defenses.bitdepth]\nsteps = 3", "defenses.bitdepth: not a training defense"),
                          ("[defenses.pgdat]\nepochs = 3", "defenses.pgdat.epochs: unknown key"),
-                         ("[defenses.pgdat]\nsteps = 0", "defenses.pgdat: steps must be in")):
+                         ("[defenses.pgdat]\nsteps = 0", "defenses.pgdat.steps: expected an integer in")):
         own.write_text(manifest.read_text() + "\n" + table + "\n")
         with pytest.raises(SuiteError, match=words):
             load_suite(own)

@@ -228,7 +228,7 @@ def test_checkpoints_that_do_not_fit_are_messages(mini, tmp_path):
     cfg["model"]["tasks"] = [[name, 4 if name == "normal" else ch] for name, ch in cfg["model"]["tasks"]]
     (d / CONFIG_FILE).write_text(json.dumps(cfg))
     suite = load_suite(mini)
-    from benchmark.zoo.build import expected_config
+    from benchmark.zoo.locate import expected_config
 
     with pytest.raises(UserError, match=r"model\.tasks is .*'normal': 4.*the suite manifest says"):
         load_checkpoint(d, expect=expected_config(suite.member("AS"), suite))

@@ -126,7 +126,7 @@ def test_a_changed_recipe_rebuilds_the_pretext_backbone_and_the_members(tmp_path
     old_digest = load_pretext(pretext_dir(first))[1]["sha256"]
     changed = load_suite(write(tmp_path, objective="rotation"))  # same suite name, other pretext
     assert changed.training_id != first.training_id
-    from benchmark.zoo.hub import is_built
+    from benchmark.zoo.locate import is_built
 
     assert not is_built(changed, changed.member("AS"))  # built with another recipe: stale
     build_suite(changed, ["AS"], workers=1)
@@ -339,8 +339,8 @@ def test_written_out_cross_entropy_and_normalisation_equal_the_library():
 
 # ---------------------------------------------------------------- the manifest says how members start
 @pytest.mark.parametrize(("edit", "message"), [
-    (('init = "pretext"', 'init = "vgg"'), "training.init: expected 'scratch', 'pretext' or 'imagenet'"),
-    (('init = "pretext"', 'init = "imagenet"'), "a [training.pretext] recipe needs init = 'pretext'"),
+    (('init = "pretext"', 'init = "vgg"'), "training.init: expected one of scratch, pretext, imagenet"),
+    (('init = "pretext"', 'init = "imagenet"'), "a [training.pretext] table needs init = 'pretext'"),
     (('init = "pretext"', 'init = "pretext"\nwarm_start = "AS"'), "not both"),
     (('objective = "masked"', 'objective = "jigsaw"'), "training.pretext.objective: expected one of rotation, masked"),
     (('objective = "masked"', 'objective = "masked"\nepochs = 3'), "training.pretext.epochs: unknown key"),
@@ -357,6 +357,6 @@ def test_the_tiny_suites_train_every_member_alike_from_a_pretext_backbone():
     for name in ("tiny-nyuv2-resnet34", "tiny-nyuv2-mobilenetv2", "tiny-taskonomy-resnet34"):
         suite = load_suite(name)
         training = suite.training
-        assert training["init"] == "pretext" and "warm_start" not in training and "finetune_steps" not in training
-        assert training["pretext"]["objective"] in ("masked", "rotation")
-        assert json.dumps(training)  # the recipe is data, recorded as it is in every member's card
+        assert training.init == "pretext" and training.warm_start is None and training.finetune_steps is None
+        assert training.pretext["objective"] in ("masked", "rotation")
+        assert json.dumps(training.table)  # the recipe is data, recorded as it is in every member's card

@@ -17,7 +17,8 @@ from benchmark.evaluation import evaluate
 from benchmark.suites import load_suite
 from benchmark.zoo.build import build_member, clean_test_set, load_model, training_set
 from benchmark.zoo.checkpoint import WEIGHTS_FILE, CheckpointError, file_sha256, read_config
-from benchmark.zoo.hub import resolve_weights, shipped_pretext_dir, shipped_root
+from benchmark.zoo.hub import shipped_pretext_dir, shipped_root
+from benchmark.zoo.locate import locate_member
 
 TINY = ("tiny-nyuv2-resnet34", "tiny-nyuv2-mobilenetv2", "tiny-taskonomy-resnet34")
 SHIPPED = [name for name in TINY if any(m.sha256 for m in load_suite(name).members)]
@@ -57,8 +58,10 @@ def test_every_shipped_member_loads_through_its_pin(name):
     trivial = _constant_predictor(suite)
     for member in suite.members:
         assert member.sha256, f"{name}/{member.name} is not pinned"
-        directory, source = resolve_weights(suite, member)
-        assert source == "shipped" and directory == shipped_root(suite) / member.name
+        location = locate_member(suite, member)
+        directory = location.directory
+        assert location.origin == "shipped" and directory == shipped_root(suite) / member.name
+        assert location.sha256 == member.sha256
         assert file_sha256(directory / WEIGHTS_FILE) == member.sha256
         info = read_config(directory)
         assert info.training["recipe_id"] == suite.training_id and info.training["weights_dtype"] == "float16"
@@ -123,7 +126,8 @@ def test_an_edited_recipe_builds_locally_instead_of_using_the_shipped_weights(tm
     (tmp_path / "edited.toml").write_text(text)
     edited = load_suite(tmp_path / "edited.toml")
     assert edited.member("AS").sha256  # the pins are still there...
-    assert resolve_weights(edited, edited.member("AS")) == (None, "local")  # ...but not for this recipe
+    location = locate_member(edited, edited.member("AS"))
+    assert (location.directory, location.origin) == (None, "local")  # ...but not for this recipe
 
 
 def _reference_build(out: Path) -> dict:

@@ -84,7 +84,7 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
 
 def cmd_suites_list(args: argparse.Namespace) -> int:
     from benchmark.suites import list_suites, load_suite
-    from benchmark.zoo.hub import is_built, shipped_weights
+    from benchmark.zoo.locate import is_built, shipped_weights
 
     rows = []
     for name in list_suites():
@@ -105,7 +105,7 @@ def cmd_suites_list(args: argparse.Namespace) -> int:
 
 def cmd_suites_show(args: argparse.Namespace) -> int:
     from benchmark.suites import load_suite
-    from benchmark.zoo.hub import is_built, shipped_weights
+    from benchmark.zoo.locate import is_built, shipped_weights
 
     suite = load_suite(args.suite)
     num_tasks = len(suite.tasks)

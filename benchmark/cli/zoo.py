@@ -202,7 +202,8 @@ def cmd_zoo_push(args: argparse.Namespace) -> int:
 def cmd_defend(args: argparse.Namespace) -> int:
     from benchmark.defenses import canonical_defense
     from benchmark.suites import load_suite
-    from benchmark.zoo.defend import defend_suite, shipped_defended_dir
+    from benchmark.zoo.defend import defend_suite
+    from benchmark.zoo.locate import shipped_defended_dir
 
     overrides = {"steps": args.steps, "attack_steps": args.attack_steps, "tau": args.tau, "eps": args.eps,
                  "checkpoint_every": args.checkpoint_every, "seed": args.seed}

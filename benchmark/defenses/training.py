@@ -21,9 +21,9 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -35,6 +35,7 @@ from benchmark.data.datasets import make_loader, to_device
 from benchmark.defenses.registry import Defense
 from benchmark.enums import DefenseKind
 from benchmark.errors import UserError
+from benchmark.schema import check_fields, read_table, setting
 from benchmark.tasks import Task, total_loss
 from benchmark.training import make_optimizer, restore_training_state, training_state, write_resume
 
@@ -121,39 +122,23 @@ class AdversarialRecipe:
     every adversarial training (stored in the checkpoint's config). ``tau`` and ``fooled_ratio``
     are FAT's early stop; a defense without one ignores them."""
 
-    steps: int = 200  # optimiser steps
-    batch_size: int = 16
-    lr: float = 5e-4  # cosine-annealed to 0 over the steps
-    weight_decay: float = 1e-4
-    eps: float = 8.0  # 0-255 units
-    attack_steps: int = 20  # K
-    tau: int = 20  # model calls after a sample is first fooled before it stops
-    fooled_ratio: float = 1.5  # a sample is fooled when its adversarial/clean loss ratio reaches this
-    clean_weight: float = 0.0  # weight of a clean-loss term beside the adversarial one (FAT: 0)
-    seed: int = 0
-    checkpoint_every: int = 20  # steps between resume files
-    train_size: int | None = None  # synthetic suites: training scenes (None: the suite's train_size)
-
-    _RANGES: ClassVar[dict[str, tuple[float, float]]] = {
-        "steps": (1, 10_000_000), "batch_size": (1, 65_536), "lr": (0.0, 10.0), "weight_decay": (0.0, 10.0),
-        "eps": (0.0, 255.0), "attack_steps": (1, 100_000), "tau": (0, 100_000), "fooled_ratio": (1.0, 1e6),
-        "clean_weight": (0.0, 1e3), "seed": (0, 2**62), "checkpoint_every": (1, 10_000_000),
-        "train_size": (1, 10_000_000)}
+    steps: int = setting(200, low=1, high=10_000_000)  # optimiser steps
+    batch_size: int = setting(16, low=1, high=65_536)
+    lr: float = setting(5e-4, low=0, high=10, open_low=True)  # cosine-annealed to 0 over the steps
+    weight_decay: float = setting(1e-4, low=0, high=10)
+    eps: float = setting(8.0, low=0, high=255, open_low=True)  # 0-255 units
+    attack_steps: int = setting(20, low=1, high=100_000)  # K
+    tau: int = setting(20, low=0, high=100_000)  # model calls after a sample is first fooled before it stops
+    #: a sample is fooled when its adversarial/clean loss ratio reaches this
+    fooled_ratio: float = setting(1.5, low=1, high=1e6)
+    clean_weight: float = setting(0.0, low=0, high=1e3)  # weight of a clean-loss term beside the adversarial one
+    seed: int = setting(0, low=0, high=2**62)
+    checkpoint_every: int = setting(20, low=1, high=10_000_000)  # steps between resume files
+    #: synthetic suites: training scenes (None: the suite's train_size)
+    train_size: int | None = setting(None, low=1, high=10_000_000)
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None and f.name == "train_size":
-                continue
-            want = int if f.type in ("int", "int | None") else float
-            if isinstance(value, bool) or not isinstance(value, int | float) or (want is int and value != int(value)):
-                raise UserError(f"training recipe: {f.name} must be {'an integer' if want is int else 'a number'}, "
-                                f"got {value!r}")
-            low, high = self._RANGES[f.name]
-            if not low <= value <= high or (f.name in ("eps", "lr") and value <= 0):
-                raise UserError(f"training recipe: {f.name} must be in {'(' if f.name in ('eps', 'lr') else '['}"
-                                f"{low:g}, {high:g}], got {value!r}")
-            setattr(self, f.name, want(value))
+        check_fields(self, "")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,10 +149,7 @@ def adversarial_recipe(suite, defense: str | None = None, **overrides: Any) -> A
     ``[defenses.<defense>]`` table) with ``overrides`` (those not None)."""
     own = getattr(suite, "defense_recipes", {}).get(defense, {}) if defense else {}
     values = {**getattr(suite, "fat", {}), **own, **{k: v for k, v in overrides.items() if v is not None}}
-    unknown = set(values) - {f.name for f in fields(AdversarialRecipe)}
-    if unknown:
-        raise UserError(f"adversarial training recipe of {suite.name}: unknown key(s) {', '.join(sorted(unknown))}")
-    return AdversarialRecipe(**values)
+    return read_table(AdversarialRecipe, values, "adversarial training recipe")
 
 
 def _batches(dataset, batch_size: int, seed: int, start: int) -> Iterator[dict]:

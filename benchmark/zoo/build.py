@@ -25,7 +25,6 @@ from rich.console import Console
 from rich.text import Text
 
 from benchmark.data import make_loader
-from benchmark.enums import Origin
 from benchmark.errors import UserError
 from benchmark.evaluation import evaluate
 from benchmark.models.branched import BranchedModel
@@ -43,14 +42,9 @@ from benchmark.zoo.checkpoint import (
     round_weights,
     save_checkpoint,
 )
-from benchmark.zoo.hub import (
-    is_stale,
-    local_checkpoint_dir,
-    pretext_dir,
-    resolve_weights,
-    shipped_pretext_dir,
-)
+from benchmark.zoo.hub import local_checkpoint_dir, pretext_dir, shipped_pretext_dir
 from benchmark.zoo.imagenet import ImagenetSource, download_imagenet, imagenet_blocks
+from benchmark.zoo.locate import Location, is_stale, load_location, locate_member
 from benchmark.zoo.pretext import (
     PretextModel,
     PretextRecipe,
@@ -61,8 +55,8 @@ from benchmark.zoo.pretext import (
     save_pretext,
 )
 
-__all__ = ["AfterJob", "build_member", "build_pretext", "build_suite", "clean_test_set", "load_model", "member_model",
-           "recipe_for", "render_once", "training_set"]
+__all__ = ["AfterJob", "build_member", "build_pretext", "build_suite", "clean_test_set", "ensure_member", "load_model",
+           "member_model", "recipe_for", "render_once", "training_set"]
 
 _RECIPE_KEYS = set(TrainRecipe.__dataclass_fields__)
 
@@ -77,47 +71,36 @@ def with_training(suite: Suite, **changes) -> Suite:
     """``suite`` with entries of its ``[training]`` recipe replaced (those not None): the members
     it trains record the changed recipe, and are kept apart from the manifest's by its id."""
     changes = {k: v for k, v in changes.items() if v is not None}
-    return replace(suite, training={**suite.training, **changes}) if changes else suite
+    return replace(suite, training=suite.training.replace(**changes)) if changes else suite
 
 
 def training_seed(suite: Suite, member: Member) -> int:
     """The seed of ``member``'s training run: the recipe's ``seed`` (a million apart, so two seeds'
     reshuffled epochs never coincide) and the member's name."""
-    return int(suite.training.get("seed", 0)) * 1_000_000 + zlib.crc32(member.name.encode()) % 1000
+    return suite.training.seed * 1_000_000 + zlib.crc32(member.name.encode()) % 1000
 
 
 def member_model(suite: Suite, member: Member) -> BranchedModel:
     """A freshly initialised model of ``member``: seeded by the suite's name (and the recipe's
     seed) when its members share one initialisation (``init = "pretext"``: the same heads for
     every member), else by the member's name."""
-    common = suite.training.get("init") in ("pretext", "imagenet")
-    seed = int(suite.training.get("seed", 0))
-    torch.manual_seed(head_seed(suite.name, seed) if common else zlib.crc32(f"{suite.name}/{member.name}".encode()))
+    common = suite.training.init in ("pretext", "imagenet")
+    torch.manual_seed(head_seed(suite.name, suite.training.seed) if common
+                      else zlib.crc32(f"{suite.name}/{member.name}".encode()))
     tasks = suite.tasks
     return BranchedModel(member.layout, {t.name: t.channels for t in tasks}, backbone=member.backbone,
                          width=member.width, head_hidden=member.head_hidden, head_rates=member.head_rates,
                        output_stride=member.output_stride)
 
 
-def expected_config(member: Member, suite: Suite | None = None) -> dict:
-    """The ModelConfig fields a member's checkpoint must have (its tasks and their channels too,
-    given the suite)."""
-    exp = {"layout": member.layout, "backbone": member.backbone, "width": member.width,
-           "head_rates": list(member.head_rates)}
-    if suite is not None:
-        exp["tasks"] = {t.name: t.channels for t in suite.tasks}
-    for key in ("head_hidden", "output_stride"):
-        if getattr(member, key) is not None:
-            exp[key] = getattr(member, key)
-    return exp
-
-
 def recipe_for(suite: Suite, *, finetune: bool = False, steps: int | None = None) -> TrainRecipe:
+    """The optimiser's recipe of a member of ``suite`` (``finetune``: one fine-tuned from the
+    warm-start member, with the recipe's ``finetune_steps`` and ``finetune_lr`` where it has them)."""
     t = suite.training
-    recipe = TrainRecipe(**{k: v for k, v in t.items() if k in _RECIPE_KEYS})
+    recipe = TrainRecipe(**{k: getattr(t, k) for k in _RECIPE_KEYS})
     if finetune:
-        recipe.steps = int(t.get("finetune_steps", recipe.steps))
-        recipe.lr = float(t.get("finetune_lr", recipe.lr))
+        recipe.steps = t.finetune_steps if t.finetune_steps is not None else recipe.steps
+        recipe.lr = t.finetune_lr if t.finetune_lr is not None else recipe.lr
     if steps is not None:
         recipe.steps = steps
     return recipe
@@ -126,7 +109,7 @@ def recipe_for(suite: Suite, *, finetune: bool = False, steps: int | None = None
 def training_set(suite: Suite, data_root: str | None = None, *, size: int | None = None):
     """The images members are trained on: ``size`` synthetic scenes (default: the recipe's
     ``train_size``, 512 unless it says otherwise), or a real data set's whole train split."""
-    size = (size or int(suite.training.get("train_size", 512))) if suite.synthetic else None
+    size = (size or suite.training.train_size) if suite.synthetic else None
     return suite.data("train", size=size, data_root=data_root)
 
 
@@ -154,7 +137,7 @@ def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | Non
         init = {"init": "pretext", "pretext": {"objective": meta["recipe"]["objective"], "sha256": meta["sha256"],
                                                "steps": meta["recipe"]["steps"]}}
     elif imagenet is not None:
-        source = ImagenetSource.from_table(member.backbone, suite.training.get("imagenet"))
+        source = ImagenetSource.from_table(member.backbone, suite.training.imagenet)
         init_from_pretext(model, _imagenet_blocks(str(imagenet), member.backbone, member.width, member.output_stride))
         init = {"init": "imagenet", "imagenet": source.to_dict()}
     elif init_from is not None:
@@ -163,7 +146,7 @@ def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | Non
     recipe = recipe_for(suite, finetune=init_from is not None, steps=steps)
     recipe.seed = training_seed(suite, member)
     out = Path(out_dir) if out_dir is not None else local_checkpoint_dir(suite, member)
-    every = suite.training.get("checkpoint_every")
+    every = suite.training.checkpoint_every
     train_set = train_set if train_set is not None else training_set(suite, data_root)
     stats = train_model(model, tasks, train_set, recipe, device=device, progress=progress,
                         resume=out / RESUME_FILE if every else None, checkpoint_every=every,
@@ -174,7 +157,7 @@ def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | Non
     info = CheckpointInfo(model=model.config, dataset=suite.data_source, suite=suite.name, member=member.name,
                           input_size=member.input_size,
                           training={**recipe.to_dict(), **init,
-                                    "warm_start": suite.training.get("warm_start") if init_from is not None else None,
+                                    "warm_start": suite.training.warm_start if init_from is not None else None,
                                     "recipe_id": suite.training_id,
                                     "train_size": len(train_set), "seconds": round(stats["seconds"], 1),
                                     "final_loss": stats["final_loss"],
@@ -201,7 +184,7 @@ def imagenet_weights(suite: Suite) -> Path:
     if len(backbones) != 1:
         raise UserError(f"{suite.name}: init = 'imagenet' needs one backbone for every member, got {sorted(backbones)}")
     backbone = backbones.pop()
-    return download_imagenet(ImagenetSource.from_table(backbone, suite.training.get("imagenet")))
+    return download_imagenet(ImagenetSource.from_table(backbone, suite.training.imagenet))
 
 
 def machine(device: str | torch.device) -> dict[str, str | int]:
@@ -247,7 +230,7 @@ def _build_in_worker(suite_ref: str, member: str, init_dir: str | None, pretext:
 
 
 def pretext_recipe(suite: Suite) -> PretextRecipe:
-    return PretextRecipe.from_table(suite.training.get("pretext", {}))
+    return suite.training.pretext_recipe()
 
 
 def build_pretext(suite: Suite, *, device: str = "cpu", data_root: str | None = None, pretrain: bool = False,
@@ -352,7 +335,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
         """The member's checkpoint if it is already there (shipped, local or downloaded)."""
         if out is None:
             try:
-                return resolve_weights(suite, m, local_files_only=True)[0]
+                return locate_member(suite, m, local_files_only=True).directory
             except UserError:
                 return None
         fresh = (where(m) / CONFIG_FILE).exists() and not (suite.tiny and is_stale(suite, where(m)))
@@ -363,7 +346,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
 
     done = {} if rebuild else {m.name: found(m) for m in wanted if built(m)}
     todo = [m for m in wanted if m.name not in done]
-    common = suite.training.get("init") == "pretext"
+    common = suite.training.init == "pretext"
     if pretrain and common and not todo:
         build_pretext(suite, device=device, data_root=data_root, pretrain=True)
         console.print(f"pre-trained the common backbone of {suite.name} under {pretext_dir(suite)}")
@@ -378,7 +361,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
         console.print(Text(f"{suite.name}: {len(stale)} local model(s) were built with another training recipe "
                            f"and are rebuilt: {', '.join(stale)}"), soft_wrap=True)
     set_threads(threads, small_model=suite.tiny)
-    warm = suite.training.get("warm_start")
+    warm = suite.training.warm_start
     root = suite.member(warm) if warm else None
     start = time.perf_counter()
     # the most expensive members first, so the last ones to finish are short (less idle time); the
@@ -397,7 +380,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
             overall = bar.add_task(f"build {suite.name}", total=len(todo) + len(then), loss=float("nan"))
             init = None
             pretext = imagenet = None
-            if suite.training.get("init") == "imagenet" and rest:
+            if suite.training.init == "imagenet" and rest:
                 imagenet = imagenet_weights(suite)  # downloaded once, here: the workers read the cache
             if common and rest:
                 task = bar.add_task("  pretext backbone", total=pretext_recipe(suite).steps, loss=float("nan"))
@@ -533,25 +516,24 @@ class _Workers:
         stop_pool(self.pool)
 
 
+def ensure_member(suite: Suite, member: Member, *, weights_dir: str | Path | None = None, build: bool = True,
+                  console: Console | None = None) -> Location:
+    """Where ``member``'s checkpoint is (:func:`~benchmark.zoo.locate.locate_member`), a tiny member
+    that is not on this machine yet built first (not with ``build=False``: then it is an error)."""
+    location = locate_member(suite, member, weights_dir=weights_dir)
+    if location.found:
+        return location
+    if not build:
+        raise UserError(f"{suite.name}/{member.name} is not built yet; run `mtlbench zoo build {suite.name}`")
+    return replace(location, directory=build_suite(suite, [member.name], console=console)[member.name])
+
+
 def load_model(suite: Suite | str, member: Member | str, *, weights_dir: str | Path | None = None,
                device: str | torch.device = "cpu", build: bool = True,
                console: Console | None = None) -> tuple[BranchedModel, CheckpointInfo]:
-    """A suite member in eval mode, from a local directory, the Hub cache, or (tiny mirrors)
-    built on first use."""
+    """A suite member in eval mode and its info, from a local directory, the shipped weights, the
+    Hub cache, or (tiny mirrors) built on first use: the member case of :func:`benchmark.targets.resolve`,
+    for a suite given as an object (one of :func:`with_training`'s too)."""
     suite = load_suite(suite) if isinstance(suite, str | Path) else suite
     member = suite.member(member) if isinstance(member, str) else member
-    directory, source = resolve_weights(suite, member, weights_dir=weights_dir)
-    if directory is None:
-        if not build:
-            raise UserError(f"{suite.name}/{member.name} is not built yet; run `mtlbench zoo build {suite.name}`")
-        directory = build_suite(suite, [member.name], console=console)[member.name]
-    # the pinned hash identifies the published (or shipped) weights: a full suite's copy in the local
-    # zoo must be them too (it would otherwise silently stand in for them); a tiny suite's local
-    # build is its own model, as --weights-dir is the user's
-    pinned = source in (Origin.HUB, Origin.SHIPPED) or (source == Origin.LOCAL and not suite.tiny)
-    remedy = (f"it ships with mtlbench, so reinstall mtlbench (in a checkout: `git checkout -- {directory}`)"
-              if source == Origin.SHIPPED else "delete it and download again (or rebuild it)")
-    model, info = load_checkpoint(directory, sha256=member.sha256 if pinned else "",
-                                  expect=expected_config(member, suite), device=device, remedy=remedy)
-    info.origin = source
-    return model, info
+    return load_location(ensure_member(suite, member, weights_dir=weights_dir, build=build, console=console), device)

@@ -1,12 +1,7 @@
-"""Where a suite member's weights come from, and how they get onto the Hugging Face Hub.
-
-* a local directory (``--weights-dir DIR``: ``DIR/<member>/`` or ``DIR/<suite>/<member>/`` in the
-  checkpoint format),
-* a tiny mirror: shipped with mtlbench (``benchmark/zoo/weights/<suite>/<member>/``, the sha256
-  pinned in the manifest's ``[weights]``), or ``$MTLBENCH_HOME/zoo/<suite>/<member>/``, built on
-  first use for members that are not shipped (a manifest of one's own, another recipe),
-* a full suite: the Hub repo at the manifest's pinned revision, through huggingface_hub's cache
-  (``HF_HUB_OFFLINE=1`` or ``local_files_only`` never touches the network).
+"""The Hugging Face Hub side of the zoo: downloading a member at its pinned revision, pushing a
+checkpoint and pinning it in a manifest, and the folders members are built in or ship in (the
+local zoo ``$MTLBENCH_HOME/zoo/<suite>/<member>/``, mtlbench's own ``benchmark/zoo/weights/``).
+Which of them a model is loaded from is :mod:`benchmark.zoo.locate`'s.
 """
 
 from __future__ import annotations
@@ -16,15 +11,14 @@ import os
 import re
 from pathlib import Path
 
-from benchmark.enums import Origin
 from benchmark.errors import UserError
 from benchmark.paths import PRETEXT_DIR, SHIPPED_ZOO, mtlbench_home, zoo_root
 from benchmark.suites import REPO_ID, Member, Suite
 from benchmark.zoo.checkpoint import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, CheckpointError, file_sha256, read_config
 
-__all__ = ["PRETEXT_DIR", "SHIPPED_ZOO", "MissingWeightsError", "hub_offline", "is_built", "is_stale",
+__all__ = ["PRETEXT_DIR", "SHIPPED_ZOO", "MissingWeightsError", "download_member", "hub_offline",
            "local_checkpoint_dir", "mtlbench_home", "pin_in_manifest", "pin_shipped", "pretext_dir", "push_checkpoint",
-           "resolve_weights", "shipped_dir", "shipped_pretext_dir", "shipped_root", "shipped_weights"]
+           "shipped_dir", "shipped_pretext_dir", "shipped_root"]
 
 CHECKPOINT_FILES = [WEIGHTS_FILE, CONFIG_FILE, CARD_FILE]
 
@@ -54,92 +48,19 @@ def shipped_dir(suite: Suite, member: Member) -> Path:
     return shipped_root(suite) / member.name
 
 
-def shipped_weights(suite: Suite, member: Member) -> Path | None:
-    """The shipped checkpoint of ``member`` when the manifest pins it (``[weights.sha256]``) and it
-    was trained with the manifest's recipe (an edited ``[training]`` makes the suite build locally)."""
-    if not (suite.tiny and member.sha256):
-        return None
-    directory = shipped_dir(suite, member)
-    if (directory / CONFIG_FILE).exists() and not is_stale(suite, directory):
-        return directory
-    return None
-
-
 def shipped_pretext_dir(suite: Suite) -> Path:
     """Where the pre-trained backbone of a standard tiny suite ships with mtlbench."""
     return shipped_root(suite) / PRETEXT_DIR
-
-
-def is_stale(suite: Suite, directory: Path) -> bool:
-    """Whether a locally built tiny member was trained with another recipe than the manifest's
-    (an older mtlbench, an edited ``[training]``): it is rebuilt rather than silently used."""
-    try:
-        recorded = read_config(directory).training.get("recipe_id")
-    except CheckpointError:
-        return False  # damaged: loading it says what is wrong
-    return recorded != suite.training_id
-
-
-def is_built(suite: Suite, member: Member, *, weights_dir: str | Path | None = None) -> bool:
-    """Whether ``member``'s weights are on this machine (in ``weights_dir``, the local zoo, or the
-    Hugging Face cache at the pinned revision), so loading it neither trains nor downloads."""
-    try:
-        directory, _ = resolve_weights(suite, member, weights_dir=weights_dir, local_files_only=True)
-    except UserError:
-        return False
-    return directory is not None
 
 
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _how_to_get(suite: Suite, member: Member) -> str:
-    return (f"get them by one of: `mtlbench zoo train {suite.name} --model {member.name} --data-root DIR` "
-            f"(train it), `mtlbench zoo import {suite.name} WEIGHTROOT` (convert the paper authors' "
-            f"checkpoints), or `--weights-dir DIR` with a local checkpoint directory DIR/{member.name}/")
-
-
-def _in_weights_dir(weights_dir: Path, suite: Suite, member: Member) -> Path | None:
-    for candidate in (weights_dir / member.name, weights_dir / suite.name / member.name):
-        if (candidate / CONFIG_FILE).exists():
-            return candidate
-    return None
-
-
-def resolve_weights(suite: Suite, member: Member, *, weights_dir: str | Path | None = None,
-                    cache_dir: str | Path | None = None,
-                    local_files_only: bool | None = None) -> tuple[Path | None, str]:
-    """The checkpoint directory of ``member`` and where it came from (``weights-dir``,
-    ``shipped``, ``local`` or ``hub``), downloading it from the Hub when needed. A tiny suite's
-    pinned members ship with mtlbench; the directory is ``None`` for a tiny member that is neither
-    shipped nor built yet (the caller builds it)."""
-    if weights_dir is not None:
-        wd = Path(weights_dir)
-        if not wd.is_dir():
-            raise MissingWeightsError(f"--weights-dir {wd} does not exist")
-        found = _in_weights_dir(wd, suite, member)
-        if found is not None:
-            return found, Origin.WEIGHTS_DIR
-    shipped = shipped_weights(suite, member)
-    if shipped is not None:
-        return shipped, Origin.SHIPPED
-    local = local_checkpoint_dir(suite, member)
-    if (local / CONFIG_FILE).exists() and not (suite.tiny and is_stale(suite, local)):
-        return local, Origin.LOCAL
-    if suite.tiny:
-        return None, Origin.LOCAL  # not built yet, or built with another recipe: the caller builds it
-    if not member.published:
-        where = f" (looked in {weights_dir} and {local})" if weights_dir else f" (looked in {local})"
-        raise MissingWeightsError(f"{suite.name}/{member.name}: no published weights yet: the manifest has no "
-                                  f"pinned revision for {member.repo_id or 'its Hub repo'}{where}; "
-                                  f"{_how_to_get(suite, member)}")
-    path = _download(suite, member, cache_dir=cache_dir,
-                     local_files_only=hub_offline() if local_files_only is None else local_files_only)
-    return path, Origin.HUB
-
-
-def _download(suite: Suite, member: Member, *, cache_dir, local_files_only: bool) -> Path:
+def download_member(suite: Suite, member: Member, *, cache_dir: str | Path | None = None, local_files_only: bool,
+                    remedy: str) -> Path:
+    """``member``'s checkpoint files at the pinned revision, through huggingface_hub's cache
+    (``local_files_only``: from the cache or not at all); ``remedy`` says how else to get them."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -156,10 +77,10 @@ def _download(suite: Suite, member: Member, *, cache_dir, local_files_only: bool
     except LocalEntryNotFoundError:
         raise MissingWeightsError(
             f"{label}: not in the Hugging Face cache and downloads are off (HF_HUB_OFFLINE=1 or local_files_only); "
-            f"download it once with network access (unset HF_HUB_OFFLINE), or {_how_to_get(suite, member)}") from None
+            f"download it once with network access (unset HF_HUB_OFFLINE), or {remedy}") from None
     except RepositoryNotFoundError:
         raise MissingWeightsError(f"{label}: the Hub has no repo {member.repo_id!r} (or it is private: "
-                                  f"log in with `hf auth login`); {_how_to_get(suite, member)}") from None
+                                  f"log in with `hf auth login`); {remedy}") from None
     except RevisionNotFoundError:
         raise MissingWeightsError(f"{label}: the Hub repo has no revision {member.revision}; the manifest pins a "
                                   "commit that does not exist there") from None

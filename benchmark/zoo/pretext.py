@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -48,7 +47,7 @@ from torch import nn
 from benchmark.errors import UserError
 from benchmark.models.backbones import build_backbone
 from benchmark.models.branched import PAPER_MEAN, BranchedModel, set_key
-from benchmark.suites import PRETEXT_OBJECTIVES
+from benchmark.suites import PRETEXT_OBJECTIVES, PretextRecipe
 from benchmark.training import optimise
 from benchmark.zoo.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, file_sha256
 
@@ -56,29 +55,6 @@ __all__ = ["OBJECTIVES", "PretextModel", "PretextRecipe", "head_seed", "init_fro
            "load_pretext", "pretrain_backbone", "save_pretext"]
 
 OBJECTIVES = PRETEXT_OBJECTIVES  # the first is the default
-
-
-@dataclass
-class PretextRecipe:
-    """How the common backbone is pre-trained (the manifest's ``[training.pretext]`` table)."""
-
-    objective: str = "rotation"
-    steps: int = 150
-    batch_size: int = 8  # images per step (rotation shows each in its 4 rotations)
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    train_size: int = 512
-    #: the seed of the pretext scenes (a different draw from the training scenes' seed 0) and of
-    #: the initial weights and batch order
-    seed: int = 7
-
-    @classmethod
-    def from_table(cls, table: dict) -> PretextRecipe:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in table.items() if k in known})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class PretextModel(nn.Module):

@@ -1,0 +1,162 @@
+"""A manifest table read into a dataclass, its rules declared once on the dataclass's fields.
+
+Each field of a table's dataclass carries its rule in its metadata (:func:`setting`): the types it
+takes (by default from its annotation: ``int``, ``float``, ``str``, ``bool``, ``list``, ``dict``,
+``X | None``), a range, the allowed values, or a check of its own. :func:`read_table` derives from
+them what the table may hold (an unknown key names the allowed ones), checks every value given and
+fills in the field defaults; :func:`check_fields` checks a constructed instance the same way (a
+recipe given in Python, or a manifest's table refined on the command line).
+
+>>> from dataclasses import dataclass
+>>> @dataclass
+... class Recipe:
+...     steps: int = setting(100, low=1)
+...     optimizer: str = setting("adam", choices=("adam", "sgd"))
+>>> read_table(Recipe, {"steps": 5}, "training")
+Recipe(steps=5, optimizer='adam')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field
+from typing import Any
+
+from benchmark.errors import UserError
+
+__all__ = ["TableError", "check_fields", "check_table", "check_value", "read_table", "setting"]
+
+_RULE = "mtlbench.rule"
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+                                       "list": (list, tuple), "dict": (dict,)}
+
+
+class TableError(UserError):
+    """A table value that breaks its field's rule; ``key`` is the field (``where.key``)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key, self.reason = key, message
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    types: tuple[type, ...] | None = None  # None: from the field's annotation
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False  # the low bound itself is not allowed (a learning rate, an eps)
+    choices: tuple | None = None
+    check: Callable[[Any], str | None] | None = None  # a message when the value is wrong, else None
+    table: bool = True  # read from a manifest table (False: a field the code fills in)
+    nested: type | None = None  # a table of its own, with the rules of this dataclass (kept as written)
+
+
+def setting(default: Any = MISSING, *, types: type | tuple[type, ...] | None = None, low: float | None = None,
+            high: float | None = None, open_low: bool = False, choices: tuple | None = None,
+            check: Callable[[Any], str | None] | None = None, factory: Callable[[], Any] | None = None,
+            table: bool = True, nested: type | None = None) -> Any:
+    """A dataclass field with its rule: ``types`` (default: the annotation's), ``[low, high]``
+    (``open_low``: ``(low, high]``), ``choices``, ``check(value)`` returning a message, or
+    ``nested``: a sub-table with the rules of that dataclass. ``table=False``: filled in by the
+    code, not read from a manifest."""
+    rule = Rule(types if isinstance(types, tuple) or types is None else (types,), low, high, open_low,
+                None if choices is None else tuple(choices), check, table, nested)
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={_RULE: rule})
+    return dataclasses.field(default=default, metadata={_RULE: rule})
+
+
+def _rule(f: Field) -> Rule:
+    return f.metadata.get(_RULE) or Rule()
+
+
+def _types(f: Field) -> tuple[tuple[type, ...], bool]:
+    """The types a field takes, and whether it may be None."""
+    rule = _rule(f)
+    annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    parts = [p.strip() for p in annotation.split("|")]
+    optional = "None" in parts
+    if rule.types is not None:
+        return rule.types, optional
+    names = [p.split("[")[0] for p in parts if p != "None"]
+    out: tuple[type, ...] = ()
+    for name in names:
+        out += _TYPES.get(name, (object,))
+    return out or (object,), optional
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    if set(types) >= {int, float} and len(set(types)) == 2:
+        return "a number"
+    names = {"str": "a string", "int": "an integer", "float": "a number", "list": "a list", "tuple": "a list",
+             "dict": "a table", "bool": "true/false"}
+    return " or ".join(dict.fromkeys(names.get(t.__name__, t.__name__) for t in types))
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else format(x, "g")
+
+
+def check_value(f: Field, value: Any, key: str) -> Any:
+    """``value`` checked against ``f``'s rule (a :class:`TableError` naming ``key``), an integer
+    given for a ``float`` field made a float."""
+    types, optional = _types(f)
+    rule = _rule(f)
+    if value is None:
+        if optional:
+            return None
+        raise TableError(key, f"expected {_type_names(types)}, got nothing")
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        raise TableError(key, f"expected {_type_names(types)}, got {value!r}")
+    if rule.choices is not None and value not in rule.choices:
+        raise TableError(key, f"expected one of {', '.join(map(str, rule.choices))}, got {value!r}")
+    bounded = rule.low is not None or rule.high is not None
+    if bounded and isinstance(value, int | float) and not isinstance(value, bool):
+        low_ok = rule.low is None or (value > rule.low if rule.open_low else value >= rule.low)
+        high_ok = rule.high is None or value <= rule.high
+        if not (low_ok and high_ok):
+            low = "-inf" if rule.low is None else _number(rule.low)
+            high = "inf" if rule.high is None else _number(rule.high)
+            raise TableError(key, f"expected {_type_names(types)} in {'(' if rule.open_low else '['}{low}, {high}], "
+                                  f"got {value!r}")
+    if rule.nested is not None:
+        return dict(check_table(rule.nested, value, key))
+    if rule.check is not None and (message := rule.check(value)):
+        raise TableError(key, message)
+    if types == _TYPES["float"] and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def read_table(cls, entries: Any, where: str, /, **computed: Any):
+    """An instance of ``cls`` from a manifest table's ``entries`` (keys and values checked,
+    defaults filled in); ``computed``: the fields the code fills in. Errors name ``where.key``."""
+    values = check_table(cls, entries, where)
+    return cls(**values, **computed)
+
+
+def check_table(cls, table: Any, where: str) -> dict[str, Any]:
+    """The entries of ``table`` checked against the fields of ``cls`` (only those given)."""
+    if not isinstance(table, Mapping):
+        raise TableError(where, f"expected a table, got {type(table).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if _rule(f).table and not f.name.startswith("_")}
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise TableError(f"{where}.{unknown[0]}" if where else unknown[0],
+                         f"unknown key (allowed: {', '.join(sorted(fields))})")
+    missing = [n for n, f in fields.items() if n not in table and f.default is MISSING
+               and f.default_factory is MISSING]
+    if missing:
+        raise TableError(f"{where}.{missing[0]}", "missing")
+    return {k: check_value(fields[k], v, f"{where}.{k}") for k, v in table.items()}
+
+
+def check_fields(instance: Any, where: str) -> None:
+    """Every field of a constructed dataclass ``instance`` checked against its rule (in place: an
+    integer of a ``float`` field becomes a float)."""
+    for f in dataclasses.fields(instance):
+        if f.name.startswith("_") or _RULE not in f.metadata:
+            continue
+        value = check_value(f, getattr(instance, f.name), f"{where}.{f.name}" if where else f.name)
+        object.__setattr__(instance, f.name, value)

@@ -1,0 +1,280 @@
+"""Where a model's weights are on this machine, for every kind of target, and loading them.
+
+One :class:`Location` answers "where, from what, and which sha256 must it have" for
+
+* a suite member (:func:`locate_member`): ``--weights-dir DIR`` (``DIR/<member>/`` or
+  ``DIR/<suite>/<member>/``), the weights that ship with mtlbench (a standard tiny suite, the
+  sha256 pinned in the manifest's ``[weights]``), the local zoo ``$MTLBENCH_HOME/zoo/<suite>/<member>/``,
+  or a full suite's Hub repo at the pinned revision (through huggingface_hub's cache;
+  ``HF_HUB_OFFLINE=1`` or ``local_files_only`` never touches the network);
+* a member under a training defense (:func:`locate_defended`): ``DIR/defended/<defense>/<member>/``,
+  shipped with mtlbench, or ``$MTLBENCH_HOME/zoo/<suite>/defended/<defense>/<member>/``;
+* an external checkpoint directory (:func:`locate_external`).
+
+:func:`load_location` loads any of them, checking the pin. Building what is missing (a tiny
+member, a tiny member's defended checkpoint) is the zoo's (:mod:`benchmark.zoo.build`,
+:mod:`benchmark.zoo.defend`); :func:`benchmark.targets.resolve` puts the two together for any target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmark.defenses import create_defense
+from benchmark.defenses.training import TrainingDefense
+from benchmark.enums import Origin
+from benchmark.errors import UserError
+from benchmark.models.branched import BranchedModel
+from benchmark.paths import defended_root, safe_name
+from benchmark.suites import Member, Suite
+from benchmark.zoo.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    CheckpointInfo,
+    file_sha256,
+    load_checkpoint,
+    read_config,
+)
+from benchmark.zoo.hub import MissingWeightsError, download_member, hub_offline, local_checkpoint_dir, shipped_dir
+
+__all__ = ["Location", "check_defended", "defended_dir", "expected_config", "is_built", "is_stale",
+           "load_location", "locate_defended", "locate_external", "locate_member", "parent_sha256",
+           "shipped_defended_dir", "shipped_weights", "training_defense"]
+
+_REDOWNLOAD = "delete it and download again (or rebuild it)"
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a model's checkpoint is (``directory``; None when it is not on this machine yet) and
+    what it must be: ``sha256`` pins the weights file ("" for the user's own, or a local build),
+    ``expect`` the model config fields a suite's manifest requires; ``remedy`` says what to do when
+    the pinned file does not match."""
+
+    directory: Path | None
+    origin: Origin
+    sha256: str = ""
+    expect: dict | None = None
+    remedy: str = _REDOWNLOAD
+
+    @property
+    def found(self) -> bool:
+        return self.directory is not None
+
+
+def load_location(location: Location, device: str | torch.device = "cpu") -> tuple[BranchedModel, CheckpointInfo]:
+    """The model at ``location`` (in eval mode) and its info, its sha256 and config checked."""
+    if location.directory is None:
+        raise MissingWeightsError(f"no checkpoint to load ({location.origin} weights are not on this machine)")
+    model, info = load_checkpoint(location.directory, sha256=location.sha256, expect=location.expect, device=device,
+                                  remedy=location.remedy)
+    info.origin = location.origin
+    return model, info
+
+
+def expected_config(member: Member, suite: Suite | None = None) -> dict:
+    """The ModelConfig fields a member's checkpoint must have (its tasks and their channels too,
+    given the suite)."""
+    exp = {"layout": member.layout, "backbone": member.backbone, "width": member.width,
+           "head_rates": list(member.head_rates)}
+    if suite is not None:
+        exp["tasks"] = {t.name: t.channels for t in suite.tasks}
+    for key in ("head_hidden", "output_stride"):
+        if getattr(member, key) is not None:
+            exp[key] = getattr(member, key)
+    return exp
+
+
+# -- suite members -----------------------------------------------------------------------------
+
+def shipped_weights(suite: Suite, member: Member) -> Path | None:
+    """The shipped checkpoint of ``member`` when the manifest pins it (``[weights.sha256]``) and it
+    was trained with the manifest's recipe (an edited ``[training]`` makes the suite build locally)."""
+    if not (suite.tiny and member.sha256):
+        return None
+    directory = shipped_dir(suite, member)
+    if (directory / CONFIG_FILE).exists() and not is_stale(suite, directory):
+        return directory
+    return None
+
+
+def is_stale(suite: Suite, directory: Path) -> bool:
+    """Whether a locally built tiny member was trained with another recipe than the manifest's
+    (an older mtlbench, an edited ``[training]``): it is rebuilt rather than silently used."""
+    try:
+        recorded = read_config(directory).training.get("recipe_id")
+    except CheckpointError:
+        return False  # damaged: loading it says what is wrong
+    return recorded != suite.training_id
+
+
+def _how_to_get(suite: Suite, member: Member) -> str:
+    return (f"get them by one of: `mtlbench zoo train {suite.name} --model {member.name} --data-root DIR` "
+            f"(train it), `mtlbench zoo import {suite.name} WEIGHTROOT` (convert the paper authors' "
+            f"checkpoints), or `--weights-dir DIR` with a local checkpoint directory DIR/{member.name}/")
+
+
+def _in_weights_dir(weights_dir: Path, suite: Suite, member: Member) -> Path | None:
+    for candidate in (weights_dir / member.name, weights_dir / suite.name / member.name):
+        if (candidate / CONFIG_FILE).exists():
+            return candidate
+    return None
+
+
+def locate_member(suite: Suite, member: Member, *, weights_dir: str | Path | None = None,
+                  cache_dir: str | Path | None = None, local_files_only: bool | None = None) -> Location:
+    """Where ``member``'s checkpoint is, downloading it from the Hub when needed (not with
+    ``local_files_only``). Not found (``directory`` None) only for a tiny member that is neither
+    shipped nor built yet (it is built on first use); a full member that is nowhere is an error
+    that says how to get it."""
+    expect = expected_config(member, suite)
+    if weights_dir is not None:
+        wd = Path(weights_dir)
+        if not wd.is_dir():
+            raise MissingWeightsError(f"--weights-dir {wd} does not exist")
+        found = _in_weights_dir(wd, suite, member)
+        if found is not None:
+            return Location(found, Origin.WEIGHTS_DIR, expect=expect)
+    shipped = shipped_weights(suite, member)
+    if shipped is not None:
+        return Location(shipped, Origin.SHIPPED, member.sha256, expect,
+                        f"it ships with mtlbench, so reinstall mtlbench (in a checkout: `git checkout -- {shipped}`)")
+    local = local_checkpoint_dir(suite, member)
+    if (local / CONFIG_FILE).exists() and not (suite.tiny and is_stale(suite, local)):
+        # the pinned hash identifies the published weights: a full suite's copy in the local zoo
+        # must be them (it would otherwise silently stand in for them); a tiny suite's local build
+        # is its own model, as --weights-dir is the user's
+        return Location(local, Origin.LOCAL, "" if suite.tiny else member.sha256, expect)
+    if suite.tiny:
+        return Location(None, Origin.LOCAL, expect=expect)  # not built yet, or with another recipe
+    if not member.published:
+        where = f" (looked in {weights_dir} and {local})" if weights_dir else f" (looked in {local})"
+        raise MissingWeightsError(f"{suite.name}/{member.name}: no published weights yet: the manifest has no "
+                                  f"pinned revision for {member.repo_id or 'its Hub repo'}{where}; "
+                                  f"{_how_to_get(suite, member)}")
+    path = download_member(suite, member, cache_dir=cache_dir, remedy=_how_to_get(suite, member),
+                           local_files_only=hub_offline() if local_files_only is None else local_files_only)
+    return Location(path, Origin.HUB, member.sha256, expect)
+
+
+def is_built(suite: Suite, member: Member, *, weights_dir: str | Path | None = None) -> bool:
+    """Whether ``member``'s weights are on this machine (in ``weights_dir``, shipped, the local zoo,
+    or the Hugging Face cache at the pinned revision), so loading it neither trains nor downloads."""
+    try:
+        return locate_member(suite, member, weights_dir=weights_dir, local_files_only=True).found
+    except UserError:
+        return False
+
+
+def parent_sha256(suite: Suite, member: Member, *, weights_dir: str | Path | None = None) -> str | None:
+    """The sha256 of ``member``'s weights file on this machine (None when it is not there)."""
+    try:
+        location = locate_member(suite, member, weights_dir=weights_dir, local_files_only=True)
+    except UserError:
+        return None
+    if not location.found:
+        return None
+    return location.sha256 if location.origin == Origin.HUB and location.sha256 else \
+        file_sha256(location.directory / WEIGHTS_FILE)
+
+
+# -- members under a training defense ----------------------------------------------------------
+
+def training_defense(spec: str) -> TrainingDefense:
+    """The training defense ``spec`` names; an inference-time one is a message."""
+    defense = create_defense(spec)
+    if not isinstance(defense, TrainingDefense):
+        raise UserError(f"{defense.spec!r} is an inference-time defense: it wraps a model at evaluation time "
+                        f"(`mtlbench run --defenses {defense.spec}`); `mtlbench defend` trains training defenses "
+                        "such as fat:pgd:gb-mta or pgdat:pgd:total")
+    return defense
+
+
+def defended_dir(suite: Suite, member: Member, spec: str) -> Path:
+    """Where ``mtlbench defend`` writes ``member`` trained with the defense ``spec``."""
+    return defended_root(suite.name, spec) / member.name
+
+
+def shipped_defended_dir(suite: Suite, spec: str) -> Path:
+    """Where a tiny suite's checkpoints under the training defense ``spec`` ship with mtlbench
+    (``<dir>/<member>/``)."""
+    return defended_root(suite.name, spec, shipped=True)
+
+
+def _shipped_defended(suite: Suite, member: Member, spec: str) -> Path | None:
+    """The checkpoint of ``member`` under ``spec`` that ships with mtlbench, when the manifest
+    pins it (``[weights.defended."<spec>"]``) and it was trained with the manifest's recipe from
+    the member's current weights."""
+    if not suite.defended_sha256.get(spec, {}).get(member.name):
+        return None
+    directory = shipped_defended_dir(suite, spec) / member.name
+    if not (directory / CONFIG_FILE).exists() or _is_stale_defended(directory, suite, member):
+        return None
+    try:
+        recorded = read_config(directory).defense.get("recipe")
+    except CheckpointError:
+        return directory  # damaged: loading it says what is wrong
+    return directory if recorded == training_defense(spec).recipe(suite).to_dict() else None
+
+
+def _is_stale_defended(directory: Path, suite: Suite, member: Member) -> bool:
+    """Whether a tiny member's defended checkpoint was trained from other weights than the
+    member's current local ones (or the member is not built, or was built with another recipe, so
+    that it will be rebuilt): then it is trained again rather than refused."""
+    if not suite.tiny:
+        return False
+    try:
+        recorded = read_config(directory).defense.get("parent_sha256")
+    except CheckpointError:
+        return False  # damaged: loading it says what is wrong
+    return recorded != parent_sha256(suite, member)
+
+
+def locate_defended(suite: Suite, member: Member, spec: str, *, weights_dir: str | Path | None = None) -> Location:
+    """Where the finished checkpoint of ``member`` under the training defense ``spec`` is (in
+    ``weights_dir``, shipped with mtlbench, or in the local zoo); not found when it is in none (a
+    tiny member's stale one in the local zoo is trained again)."""
+    expect = expected_config(member, suite)
+    if weights_dir is not None:
+        mine = Path(weights_dir) / "defended" / safe_name(spec) / member.name
+        if (mine / CONFIG_FILE).exists():
+            return Location(mine, Origin.DEFENDED, expect=expect)
+    shipped = _shipped_defended(suite, member, spec)
+    if shipped is not None:
+        return Location(shipped, Origin.DEFENDED, suite.defended_sha256[spec][member.name], expect,
+                        "it ships with mtlbench, so reinstall mtlbench")
+    local = defended_dir(suite, member, spec)
+    if (local / CONFIG_FILE).exists() and not _is_stale_defended(local, suite, member):
+        return Location(local, Origin.DEFENDED, expect=expect)
+    return Location(None, Origin.DEFENDED, expect=expect)
+
+
+def check_defended(directory: Path, suite: Suite, member: Member, spec: str, *,
+                   weights_dir: str | Path | None = None) -> None:
+    """Refuse a defended checkpoint of another defense, or one trained from other parent weights
+    than the member's current ones (a rebuilt member makes its defended checkpoints stale)."""
+    info = read_config(directory)
+    if info.defense.get("spec") != spec:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: defense.spec is {info.defense.get('spec')!r}, expected "
+                              f"{spec!r}")
+    parent = parent_sha256(suite, member, weights_dir=weights_dir)
+    if parent is not None and info.defense.get("parent_sha256") != parent:
+        raise CheckpointError(
+            f"{directory}: trained from parent weights sha256 {str(info.defense.get('parent_sha256'))[:12]}..., but "
+            f"{suite.name}/{member.name} is now {parent[:12]}...; train it again with "
+            f"`mtlbench defend {suite.name} --defense {spec} --models {member.name} --rebuild`")
+
+
+# -- external models ---------------------------------------------------------------------------
+
+def locate_external(directory: str | Path) -> Location:
+    """A checkpoint directory the user brings (``--model DIR``): loaded as it is, no pin."""
+    d = Path(directory)
+    if not (d / CONFIG_FILE).exists():
+        raise CheckpointError(f"{d}: no {CONFIG_FILE}; a Hub-format checkpoint directory holds model.safetensors, "
+                              "config.json and README.md")
+    return Location(d, Origin.EXTERNAL)
