@@ -86,9 +86,9 @@ def test_no_import_cycle_between_the_package_modules():
 #: above (a module's layer is that of its longest listed prefix)
 LAYERS = [
     # the foundations: errors, enums, versions, paths under $MTLBENCH_HOME, the registry, the
-    # manifest tables' rules, threads, console
+    # manifest tables' rules, threads and the worker processes' scheduler, console
     {"benchmark.errors", "benchmark.enums", "benchmark.version", "benchmark.paths", "benchmark.registry",
-     "benchmark.schema", "benchmark.threads", "benchmark.progress", "benchmark.provenance"},
+     "benchmark.schema", "benchmark.threads", "benchmark.workers", "benchmark.progress", "benchmark.provenance"},
     # what a model is and how it is scored
     {"benchmark.metric_base", "benchmark.paper_metrics", "benchmark.tasks", "benchmark.scoring", "benchmark.models"},
     # data and attacks

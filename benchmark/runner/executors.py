@@ -10,7 +10,8 @@ and the data is in the cell itself.
   cores, 30 PGD cells of the tiny AS took 21.9 s in 2 processes of 1 thread, 31.0 s in 1 process
   of 2 threads, 37.9 s in 1 of 1). The cells of consecutive targets share one queue
   (:meth:`Executor.run_groups`): a worker that finishes a target's last cell starts on the next
-  target's. A worker that dies is replaced and its cells are retried once.
+  target's. It runs on :class:`benchmark.workers.WorkerPool`, the scheduler the zoo's builds use:
+  a worker that dies is replaced and its cells are retried once.
 * :class:`RayExecutor` (``--executor ray``): each cell is a Ray task with ``gpus_per_cell`` GPUs
   (a fraction shares one GPU) on a cluster (``--address``, or a local one). A worker keeps the
   last target it loaded; a worker that dies is replaced and its cells are retried.
@@ -31,7 +32,8 @@ from benchmark.registry import imported_plugin_modules, load_plugin_modules
 from benchmark.runner.cells import Cell, evaluate_cell
 from benchmark.runner.context import CellContext, prepare_context
 from benchmark.runner.store import CellResult
-from benchmark.threads import init_worker, stop_pool, worker_env
+from benchmark.threads import worker_env
+from benchmark.workers import WorkerPool
 
 __all__ = ["Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor"]
 
@@ -97,21 +99,12 @@ def _pool_cell(cell: Cell, device: str, clean: dict, git_commit: str, env: dict[
 
 
 class ProcessExecutor(Executor):
-    """Cells in ``workers`` spawned processes of this machine, ``threads`` torch threads each."""
+    """Cells in ``workers`` spawned processes of this machine, ``threads`` torch threads each (the
+    :class:`~benchmark.workers.WorkerPool` the zoo's builds run on too)."""
 
     def __init__(self, workers: int, *, device: str = "cpu", threads: int = 1, max_retries: int = 1) -> None:
-        self.workers, self.device, self.threads, self.max_retries = workers, device, threads, max_retries
-        self._pool = None
-        self._env = worker_env()
-
-    def _new_pool(self):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        self.close()
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=init_worker, initargs=(self.threads, self._env))
-        return self._pool
+        self.workers, self.device = workers, device
+        self._pool = WorkerPool(workers, threads=threads, max_retries=max_retries)
 
     def run(self, cells: list[Cell], ctx: CellContext) -> Iterator[CellResult]:
         for _, result in self.run_groups([(None, cells, ctx)]):
@@ -121,62 +114,38 @@ class ProcessExecutor(Executor):
         """The cells of every group through one queue: the next group is asked for (and its
         context prepared by the caller) while the workers still run the cells of the previous
         ones, so no worker waits at the end of a target for the other's last cell."""
-        from concurrent.futures import FIRST_COMPLETED, wait
-        from concurrent.futures.process import BrokenProcessPool
-
         groups = iter(groups)
-        tries: dict[tuple[Hashable, Cell], int] = {}
-        pending: dict = {}  # future -> (key, cell, ctx)
-
-        def submit(key: Hashable, cell: Cell, ctx: CellContext) -> None:
-            tries[key, cell] = tries.get((key, cell), 0) + 1
-            future = self._pool.submit(_pool_cell, cell, self.device, ctx.clean, ctx.git_commit, self._env,
-                                       imported_plugin_modules())
-            pending[future] = (key, cell, ctx)
-
+        contexts: dict[tuple[Hashable, Cell], CellContext] = {}
         exhausted = False
         while True:
             # keep every worker busy and two more cells each queued: ask for the next group then
-            while not exhausted and len(pending) < 3 * self.workers:
+            while not exhausted and len(self._pool) < 3 * self.workers:
                 try:
                     key, cells, ctx = next(groups)
                 except StopIteration:
                     exhausted = True
                     break
-                if self._pool is None and len(cells) < 2:  # not worth a process: the same code path here
+                if not self._pool.started and len(cells) < 2:  # not worth a process: the same code path here
                     for result in LocalExecutor().run(cells, ctx):
                         yield key, result
                     continue
-                if self._pool is None:
-                    self._new_pool()
                 for cell in cells:
-                    submit(key, cell, ctx)
-            if not pending:
+                    contexts[key, cell] = ctx
+                    self._pool.submit((key, cell), _pool_cell, cell, self.device, ctx.clean, ctx.git_commit,
+                                      self._pool.env, imported_plugin_modules())
+            if not len(self._pool):
                 return
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            broken = []
-            for future in done:
-                key, cell, ctx = pending.pop(future)
-                try:
-                    yield key, future.result()
-                except BrokenProcessPool:
-                    broken.append((key, cell, ctx))
-            if broken:  # a worker died: every cell in flight is lost with the pool; retry them in a new one
-                broken += list(pending.values())
-                pending.clear()
-                self._new_pool()
-                for key, cell, ctx in broken:
-                    if tries[key, cell] > self.max_retries:
-                        yield key, cell.new_result(ctx, Status.FAILED, f"the worker process running it died "
-                                                                  f"{tries[key, cell]} times (killed, out of memory, "
-                                                                  "or a crash)")
-                    else:
-                        submit(key, cell, ctx)
+            for done in self._pool.wait():
+                key, cell = done.tag
+                ctx = contexts.pop(done.tag)
+                if done.lost:
+                    yield key, cell.new_result(ctx, Status.FAILED, f"the worker process running it died {done.lost} "
+                                                                   "times (killed, out of memory, or a crash)")
+                else:
+                    yield key, done.result
 
     def close(self) -> None:
-        if self._pool is not None:
-            stop_pool(self._pool)
-            self._pool = None
+        self._pool.close()
 
 
 class RayExecutor(Executor):

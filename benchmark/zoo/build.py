@@ -31,8 +31,9 @@ from benchmark.models.branched import BranchedModel
 from benchmark.progress import make_console, progress
 from benchmark.registry import imported_plugin_modules
 from benchmark.suites import TRAINING_VERSION, Member, Suite, load_suite
-from benchmark.threads import choose_threads, choose_workers, init_worker, set_threads, stop_pool, worker_env
+from benchmark.threads import choose_threads, choose_workers, set_threads
 from benchmark.training import TrainRecipe, train_model
+from benchmark.workers import WorkerPool
 from benchmark.zoo.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -450,62 +451,65 @@ def _job_done(bar, job: AfterJob, started: float) -> None:
 
 
 class _Workers:
-    """The build's worker processes (spawned, ``threads`` torch threads each): members and
-    :class:`AfterJob` s, at most one per worker at a time; each finished member is saved by its
-    worker at once (an interrupted build resumes with the members left)."""
+    """The build's worker processes (on :class:`benchmark.workers.WorkerPool`, the scheduler the
+    runner's cells use too; ``threads`` torch threads each): members and jobs go to the next free
+    worker, each member saved by its worker at once (an interrupted build resumes with the members
+    left); a worker that dies is replaced and what it was training starts again once (a member
+    resumes from its last resume file)."""
 
     def __init__(self, suite: Suite, workers: int, threads: int, device: str, data_root: str | None, *,
                  warm_up: bool) -> None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         self.ref = suite.ref
         self.workers, self.threads, self.device, self.data_root = workers, threads, device, data_root
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=init_worker,
-                                        initargs=(threads, worker_env(), imported_plugin_modules()))
-        # started now, each worker renders its training set while this process pre-trains
-        self.warming = [self.pool.submit(_warm_up, self.ref, data_root) for _ in range(workers)] if warm_up else []
+        self.pool = WorkerPool(workers, threads=threads, plugins=imported_plugin_modules())
+        if warm_up:  # started now, each worker renders its training set while this process pre-trains
+            for i in range(workers):
+                self.pool.submit(("warm-up", i), _warm_up, self.ref, data_root)
 
     def run(self, members: list[Member], jobs: Sequence[AfterJob], init_dir: Path | None, pretext: Path | None,
             imagenet: Path | None, bar, overall, *, training: dict,
             where: Callable[[Member], Path]) -> dict[str, Path]:
-        from concurrent.futures import FIRST_COMPLETED, wait
-
-        for future in self.warming:
-            future.result()  # a worker that cannot render its data says so here
         out: dict[str, Path] = {}
         task = bar.add_task(f"  {len(members) + len(jobs)} models in {self.workers} processes of {self.threads} "
                             "thread(s)", total=len(members) + len(jobs), loss=float("nan"))
         building = {m.name for m in members}
         queue: list = [j for j in jobs if j.after not in building] + list(members)
         waiting = [j for j in jobs if j.after in building]
-        running: dict = {}  # future -> (member or job, when it was submitted)
-        while queue or running:
-            while queue and len(running) < self.workers:
+        started: dict = {}  # member or job -> when it was submitted
+        while queue or started:
+            while queue and len(self.pool) < self.workers:
                 item = queue.pop(0)
-                future = (self.pool.submit(item.fn, *item.args) if isinstance(item, AfterJob) else
-                          self.pool.submit(_build_in_worker, self.ref, item.name,
-                                           None if init_dir is None else str(init_dir),
-                                           None if pretext is None else str(pretext),
-                                           None if imagenet is None else str(imagenet), self.device, self.data_root,
-                                           training, str(where(item))))
-                running[future] = item, time.perf_counter()
+                if isinstance(item, AfterJob):
+                    self.pool.submit(item, item.fn, *item.args)
+                else:
+                    self.pool.submit(item, _build_in_worker, self.ref, item.name,
+                                     None if init_dir is None else str(init_dir),
+                                     None if pretext is None else str(pretext),
+                                     None if imagenet is None else str(imagenet), self.device, self.data_root,
+                                     training, str(where(item)))
+                started[item] = time.perf_counter()
             # wake every few seconds: off a terminal, the bar prints a line with the count and an ETA
-            finished, _ = wait(running, timeout=5.0, return_when=FIRST_COMPLETED)
+            finished = self.pool.wait(timeout=5.0)
             bar.update(task)
-            for future in finished:
-                item, started = running.pop(future)
-                result = future.result()
+            for done in finished:
+                item = done.tag
+                if item not in started:
+                    continue  # a worker's warm-up (its failure is raised by wait)
+                t0 = started.pop(item)
+                label = item.label if isinstance(item, AfterJob) else item.name
+                if done.lost:
+                    raise UserError(f"{label}: the worker process training it died {done.lost} times (killed, out "
+                                    "of memory, or a crash); the models finished so far are saved, and the build "
+                                    "started again resumes with the rest")
                 if not isinstance(item, AfterJob):
-                    out[item.name] = Path(result[1])
-                    bar.console.print(f"{item.name}: trained in {time.perf_counter() - started:.0f} s",
-                                      highlight=False, markup=False)
+                    out[item.name] = Path(done.result[1])
+                    bar.console.print(f"{item.name}: trained in {time.perf_counter() - t0:.0f} s", highlight=False,
+                                      markup=False)
                     ready = [j for j in waiting if j.after == item.name]  # next, before the other members
                     waiting = [j for j in waiting if j.after != item.name]
                     queue[:0] = ready
                 else:
-                    _job_done(bar, item, started)
+                    _job_done(bar, item, t0)
                 bar.update(task, advance=1)
                 bar.update(overall, advance=1)
         bar.remove_task(task)
@@ -513,7 +517,7 @@ class _Workers:
 
     def close(self) -> None:
         # members finished so far are saved; an interrupted build stops now and resumes with the rest
-        stop_pool(self.pool)
+        self.pool.close()
 
 
 def ensure_member(suite: Suite, member: Member, *, weights_dir: str | Path | None = None, build: bool = True,
