@@ -47,21 +47,24 @@ class Rule:
     high: float | None = None
     open_low: bool = False  # the low bound itself is not allowed (a learning rate, an eps)
     choices: tuple | None = None
-    check: Callable[[Any], str | None] | None = None  # a message when the value is wrong, else None
+    #: a message when the value is wrong (or ``(entry, message)`` for an entry of a table value), else None
+    check: Callable[[Any], str | tuple[str, str] | None] | None = None
     table: bool = True  # read from a manifest table (False: a field the code fills in)
     nested: type | None = None  # a table of its own, with the rules of this dataclass (kept as written)
+    convert: Callable[[Any], Any] | None = None  # the checked value as the dataclass holds it (a list as a tuple)
 
 
 def setting(default: Any = MISSING, *, types: type | tuple[type, ...] | None = None, low: float | None = None,
             high: float | None = None, open_low: bool = False, choices: tuple | None = None,
-            check: Callable[[Any], str | None] | None = None, factory: Callable[[], Any] | None = None,
-            table: bool = True, nested: type | None = None) -> Any:
+            check: Callable[[Any], str | tuple[str, str] | None] | None = None,
+            factory: Callable[[], Any] | None = None, table: bool = True, nested: type | None = None,
+            convert: Callable[[Any], Any] | None = None) -> Any:
     """A dataclass field with its rule: ``types`` (default: the annotation's), ``[low, high]``
     (``open_low``: ``(low, high]``), ``choices``, ``check(value)`` returning a message, or
-    ``nested``: a sub-table with the rules of that dataclass. ``table=False``: filled in by the
-    code, not read from a manifest."""
+    ``nested``: a sub-table with the rules of that dataclass; ``convert``: how the checked value is
+    held (a list as a tuple). ``table=False``: filled in by the code, not read from a manifest."""
     rule = Rule(types if isinstance(types, tuple) or types is None else (types,), low, high, open_low,
-                None if choices is None else tuple(choices), check, table, nested)
+                None if choices is None else tuple(choices), check, table, nested, convert)
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata={_RULE: rule})
     return dataclasses.field(default=default, metadata={_RULE: rule})
@@ -123,7 +126,12 @@ def check_value(f: Field, value: Any, key: str) -> Any:
     if rule.nested is not None:
         return dict(check_table(rule.nested, value, key))
     if rule.check is not None and (message := rule.check(value)):
+        if isinstance(message, tuple):  # (the entry of a table value that is wrong, the message)
+            sub, message = message
+            key = f"{key}.{sub}"
         raise TableError(key, message)
+    if rule.convert is not None:
+        return rule.convert(value)
     if types == _TYPES["float"] and isinstance(value, int):
         return float(value)
     return value

@@ -99,37 +99,121 @@ class Member:
         return bool(self.repo_id and self.revision and self.sha256)
 
 
+def _each(ok: Callable[[Any], bool], what: str, *, empty: bool = True) -> Callable[[list], str | None]:
+    """A check that every item of a list is ``ok`` (and, unless ``empty``, that there is one)."""
+    return lambda items: None if (items or empty) and all(ok(v) for v in items) else f"expected {what}, got {items!r}"
+
+
+def _integer(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _attack_patterns(patterns: list) -> str | None:
+    from benchmark.attacks import list_attacks
+
+    known = list_attacks()
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not any(fnmatch.fnmatch(a, pattern) for a in known):
+            return f"{pattern!r} matches no registered attack (see `mtlbench attacks list`)"
+    return None
+
+
+def _defense_names(names: list) -> str | None:
+    from benchmark.defenses import canonical_defense
+
+    for d in names:
+        if not isinstance(d, str):
+            return f"expected defense names such as 'bitdepth:4', got {d!r}"
+        try:
+            canonical_defense(d)
+        except UserError as exc:
+            return str(exc)
+    return None
+
+
+def _step_budgets(table: dict) -> tuple[str, str] | None:
+    for key, values in table.items():
+        if not isinstance(values, list) or not values or not all(map(_integer(1, 100_000), values)):
+            return key, f"expected a list of step counts in [1, 100000], got {values!r}"
+    return None
+
+
+def _steps(table: dict) -> tuple[str, str] | None:
+    for key, value in table.items():
+        if not _integer(1, 2**31)(value):
+            return key, f"expected a positive integer, got {value!r}"
+    return None
+
+
+def _attack_options(table: dict) -> tuple[str, str] | None:
+    """Each optimizer's options: scalars the attack takes (it is created with them)."""
+    from benchmark.attacks import create_attack, list_attacks
+
+    known = list_attacks()
+    for key, values in table.items():
+        if not (isinstance(values, dict) and all(isinstance(v, str | int | float | bool) for v in values.values())):
+            return key, f"expected a table of option = value (string, number or boolean), got {values!r}"
+        name = next((a for a in known if a == key or a.startswith(f"{key}:")), None)
+        if name is None:
+            return key, f"{key!r} is not a registered attack"
+        try:
+            create_attack(name, **values)
+        except UserError as exc:
+            return key, str(exc)
+    return None
+
+
+def _names(items: list | None) -> tuple[str, ...] | None:
+    return None if items is None else tuple(items)
+
+
+_MODEL_NAMES = _each(lambda m: isinstance(m, str), "a list of model names")
+
+
 @dataclass(frozen=True)
 class Profile:
-    """How a suite is evaluated: eps grid (0-255 units), attacks (patterns such as ``pgd:*``),
-    steps per optimizer, evaluation images, seeds and batch size."""
+    """How a suite is evaluated (a manifest's ``[profiles.<name>]`` table, every entry checked by
+    its field's rule): eps grid (0-255 units), attacks (patterns such as ``pgd:*``), steps per
+    optimizer, evaluation images, seeds and batch size."""
 
-    name: str
-    eps: tuple[float, ...]
-    attacks: tuple[str, ...]
-    steps: dict[str, int]
-    eval_size: int | None  # None: the whole split
-    seeds: tuple[int, ...] = (0,)
-    batch_size: int = 8
-    description: str = ""
-    cell_timeout: float = 1800.0  # seconds one cell may take before it is stored as failed (0: no limit)
-    defenses: tuple[str, ...] = ("none",)  # targets per member: undefended, inference-time and FAT defenses
-    eot_samples: int = 4  # EOT draws per model call when attacking a randomised defense
+    name: str = setting(table=False)
+    eps: tuple[float, ...] = setting(types=list, convert=lambda v: tuple(float(e) for e in v),
+                                     check=_each(lambda e: isinstance(e, int | float) and not isinstance(e, bool)
+                                                 and 0 < e <= 255, "a list of numbers in (0, 255] (0-255 pixel units)",
+                                                 empty=False))
+    attacks: tuple[str, ...] = setting(types=list, convert=tuple, check=_attack_patterns)
+    steps: dict[str, int] = setting(factory=dict, types=dict, check=_steps, convert=dict)
+    eval_size: int | None = setting(None, low=1, high=MAX_EVAL_SIZE)  # None: the whole split
+    seeds: tuple[int, ...] = setting((0,), types=list, convert=tuple,
+                                     check=_each(_integer(-2**63, 2**63 - 1), "a list of integers", empty=False))
+    batch_size: int = setting(8, low=1, high=4096)
+    description: str = setting("")
+    #: seconds one cell may take before it is stored as failed (0: no limit)
+    cell_timeout: float = setting(1800.0, low=0, high=MAX_CELL_TIMEOUT)
+    #: targets per member: undefended, inference-time and FAT defenses
+    defenses: tuple[str, ...] = setting(("none",), types=list, convert=tuple, check=_defense_names)
+    eot_samples: int = setting(4, low=1, high=1000)  # EOT draws per model call when attacking a randomised defense
     #: draws of a randomised defense over which its clean and adversarial images are scored (the
     #: metrics pooled over the draws: what a user of the deployed defense sees on average)
-    score_draws: int = 8
-    defended_models: tuple[str, ...] | None = None  # members that get the defended targets (None: all)
-    models: tuple[str, ...] | None = None  # the members the profile evaluates (None: all)
+    score_draws: int = setting(8, low=1, high=1000)
+    #: members that get the defended targets (None: all)
+    defended_models: tuple[str, ...] | None = setting(None, types=list, convert=_names, check=_MODEL_NAMES)
+    #: the members the profile evaluates (None: all)
+    models: tuple[str, ...] | None = setting(None, types=list, convert=_names,
+                                             check=_each(lambda m: isinstance(m, str), "a non-empty list of model "
+                                                         "names", empty=False))
     #: extra step budgets per optimizer (``{"pgd": (1, 2, 10)}``) for the ARP-at-equal-compute curves,
     #: run on ``budget_models`` (None: every member) besides the ``steps`` of the protocol
-    budgets: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    budget_models: tuple[str, ...] | None = None
+    budgets: dict[str, tuple[int, ...]] = setting(factory=dict, types=dict, check=_step_budgets,
+                                                  convert=lambda t: {k: tuple(dict.fromkeys(v)) for k, v in t.items()})
+    budget_models: tuple[str, ...] | None = setting(None, types=list, convert=_names, check=_MODEL_NAMES)
     #: each optimizer's preset and options (``{"apgd": {"preset": "paper", "random_start": False}}``),
     #: applied to every attack of that optimizer and stored in its cells' configuration
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    options: dict[str, dict[str, Any]] = setting(factory=dict, types=dict, check=_attack_options,
+                                                 convert=lambda t: {k: dict(v) for k, v in t.items()})
     #: attacks run only on the members that get defenses (each of their targets, the undefended
     #: one included): the black-box attack of the gradient-masking checks
-    defense_attacks: tuple[str, ...] = ()
+    defense_attacks: tuple[str, ...] = setting((), types=list, convert=tuple, check=_attack_patterns)
 
 
 def _pinned(pattern: re.Pattern, what: str) -> Callable[[str], str | None]:
@@ -314,93 +398,91 @@ class Suite:
 
 
 # ---------------------------------------------------------------------- loading
-_SUITE_KEYS = {"name", "description", "dataset", "data", "split", "backbone", "width", "input_size",
-               "head_hidden", "head_rates", "output_stride", "mirror", "selection", "hub_org", "metrics"}
-_MEMBER_KEYS = {"name", "index", "layout", "backbone", "width", "input_size", "repo_id", "revision", "sha256",
-                "head_hidden", "head_rates"}
-_PROFILE_KEYS = {"eps", "attacks", "steps", "eval_size", "seeds", "batch_size", "description", "cell_timeout",
-                 "defenses", "eot_samples", "defended_models", "models", "budgets", "budget_models", "options",
-                 "score_draws", "defense_attacks"}
-_TOP_KEYS = {"suite", "models", "profiles", "training", "fat", "defenses", "weights"}
-_MEMBER_OVERRIDES = {"backbone": str, "width": (int, float), "input_size": int, "head_hidden": int}
 _DATASETS = {"nyuv2": 3, "taskonomy": 5}
+_TOP_KEYS = ("suite", "models", "profiles", "training", "fat", "defenses", "weights")
 
 
-def _table(path: Path, read: Callable[..., Any], *args: Any) -> Any:
-    """``read(*args)`` with a rule broken named as a manifest error (the file and the key)."""
-    try:
-        return read(*args)
-    except TableError as exc:
-        raise SuiteError(f"{path}: {exc}") from None
+def _valid_name(value: str) -> str | None:
+    return None if VALID_NAME.fullmatch(value) else f"{value!r} is not a valid name (letters, digits, '.', '_', '-')"
 
 
-def _recipe_table(c: _Checker, table: Any, where: str, base: dict[str, Any]) -> dict[str, Any]:
+def _known_backbone(value: str) -> str | None:
+    from benchmark.models.backbones import list_backbones
+
+    return None if value in list_backbones() else f"unknown backbone {value!r}; known: {', '.join(list_backbones())}"
+
+
+_RATES = _each(_integer(1, 1024), "a list of dilation rates (integers in [1, 1024])", empty=False)
+
+
+@dataclass(frozen=True)
+class SuiteTable:
+    """A manifest's ``[suite]`` table: the data set and the members' common architecture (the
+    defaults that depend on the data set or on a mirrored suite are filled in by :func:`load_suite`)."""
+
+    name: str = setting(check=_valid_name)
+    dataset: str = setting(check=lambda v: None if v in _DATASETS else f"unknown dataset {v!r}; use "
+                                                                       f"{' or '.join(_DATASETS)}")
+    description: str = setting("")
+    data: str | None = setting(None)  # default: the data set (a mirror: its synthetic scenes)
+    split: str = setting("test")
+    backbone: str | None = setting(None, check=_known_backbone)  # default: resnet34 (a mirror: its suite's)
+    width: float = setting(1.0, low=0.01, high=8)
+    input_size: int | None = setting(None, low=8, high=2048)  # default: 321 on NYUv2, 224 on Taskonomy
+    head_hidden: int | None = setting(None, low=1, high=4096)
+    head_rates: list = setting(factory=lambda: [6, 12, 18, 24], check=_RATES)
+    output_stride: int | None = setting(None, choices=OUTPUT_STRIDES)
+    mirror: str | None = setting(None, check=lambda v: None if VALID_NAME.fullmatch(v) else
+                                 f"{v!r} is not a suite name (letters, digits, '.', '_', '-'; the mirrored manifest "
+                                 "is looked up beside this one or among the standard suites)")
+    selection: str = setting("")
+    hub_org: str | None = setting(None)  # members' Hub repos default to <hub_org>/<suite>-<member>
+    metrics: str = setting("ours", choices=("ours", "paper"))  # pooled, or the paper authors' code
+
+
+@dataclass(frozen=True)
+class MemberTable:
+    """A manifest's ``[[models]]`` entry: a layout (or its paper index), its name, where its
+    weights are published, and what it changes of the suite's architecture."""
+
+    layout: str = setting()
+    name: str | None = setting(None, check=_valid_name)  # default: AS, IND or layout-<index>
+    index: int | None = setting(None)
+    backbone: str | None = setting(None, check=_known_backbone)
+    width: float | None = setting(None, low=0.01, high=8)
+    input_size: int | None = setting(None, low=8, high=2048)
+    head_hidden: int | None = setting(None, low=1, high=4096)
+    head_rates: list | None = setting(None, check=_RATES)
+    repo_id: str | None = setting(None, check=_pinned(REPO_ID, "a Hub repo id ('owner/name')"))
+    revision: str = setting("", check=_pinned(_REVISION, "a pinned commit (40 lowercase hex digits); branch and "
+                                                         "tag names move, so they are not accepted"))
+    sha256: str = setting("", check=_pinned(_SHA256, "a sha256 (64 lowercase hex digits)"))
+
+
+def _recipe_table(table: Any, where: str, base: dict[str, Any]) -> dict[str, Any]:
     """An adversarial training recipe table, its keys and values checked by the recipe class's
     rules (over ``base``: the ``[fat]`` table a defense's own table refines)."""
     from benchmark.defenses.training import AdversarialRecipe
 
-    given = _table(c.path, check_table, AdversarialRecipe, table, where)
-    _table(c.path, read_table, AdversarialRecipe, {**base, **given}, where)
+    given = check_table(AdversarialRecipe, table, where)
+    read_table(AdversarialRecipe, {**base, **given}, where)
     return dict(table)
 
 
-def _defense_recipes(c: _Checker, table: Any, fat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _defense_recipes(table: Any, fat: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``[defenses.<name>]``: the recipe of the training defense ``name`` over ``[fat]``."""
     from benchmark.defenses.registry import DEFENSES
 
     if not isinstance(table, dict):
-        raise c.fail("defenses", f"expected a table, got {type(table).__name__}")
+        raise TableError("defenses", f"expected a table, got {type(table).__name__}")
     out = {}
     for name, recipe in table.items():
         cls = DEFENSES.get(name, None)
         if cls is None or getattr(cls, "kind", "") != DefenseKind.TRAINING:
             training = [n for n, k in DEFENSES.items() if getattr(k, "kind", "") == DefenseKind.TRAINING]
-            raise c.fail(f"defenses.{name}", f"not a training defense (those are: {', '.join(training)})")
-        out[name] = _recipe_table(c, recipe, f"defenses.{name}", fat)
+            raise TableError(f"defenses.{name}", f"not a training defense (those are: {', '.join(training)})")
+        out[name] = _recipe_table(recipe, f"defenses.{name}", fat)
     return out
-
-
-class _Checker:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def fail(self, key: str, message: str) -> SuiteError:
-        return SuiteError(f"{self.path}: {key}: {message}")
-
-    def keys(self, table: Any, allowed: set[str], where: str) -> dict:
-        if not isinstance(table, dict):
-            raise self.fail(where, f"expected a table, got {type(table).__name__}")
-        unknown = sorted(set(table) - allowed)
-        if unknown:
-            raise self.fail(f"{where}.{unknown[0]}" if where else unknown[0],
-                            f"unknown key (allowed: {', '.join(sorted(allowed))})")
-        return table
-
-    def typed(self, table: dict, key: str, types, where: str, default: Any = ..., *,
-              low: float | None = None, high: float | None = None) -> Any:
-        """``table[key]`` checked to be of ``types`` (and, for a number, in [low, high])."""
-        if key not in table:
-            if default is ...:
-                raise self.fail(f"{where}.{key}", "missing")
-            return default
-        value = table[key]
-        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-            raise self.fail(f"{where}.{key}", f"expected {_type_names(types)}, got {value!r}")
-        if not isinstance(value, types):
-            raise self.fail(f"{where}.{key}", f"expected {_type_names(types)}, got {value!r}")
-        if isinstance(value, int | float) and ((low is not None and not value >= low)
-                                               or (high is not None and not value <= high)):
-            raise self.fail(f"{where}.{key}", f"expected {_type_names(types)} in [{low:g}, "
-                                              f"{'any' if high is None else format(high, 'g')}], got {value!r}")
-        return value
-
-
-def _type_names(types) -> str:
-    types = types if isinstance(types, tuple) else (types,)
-    if set(types) == {int, float}:
-        return "a number"
-    return " or ".join({"str": "a string", "int": "an integer", "float": "a number", "list": "a list",
-                        "dict": "a table", "bool": "true/false"}.get(t.__name__, t.__name__) for t in types)
 
 
 def _read(path: Path) -> dict:
@@ -439,264 +521,151 @@ def list_suites() -> list[str]:
 
 
 def load_suite(name_or_path: str | Path, *, _mirrors: tuple[str, ...] = ()) -> Suite:
-    """Load and validate a manifest by suite name (``tiny-nyuv2-resnet34``) or path."""
+    """Load and validate a manifest by suite name (``tiny-nyuv2-resnet34``) or path; a value that
+    breaks its table's rules is a :class:`SuiteError` naming the file and the key."""
     path = _resolve(name_or_path)
     raw = _read(path)
-    c = _Checker(path)
-    c.keys(raw, _TOP_KEYS, "")
-    head = c.keys(raw.get("suite"), _SUITE_KEYS, "suite")
-    name = c.typed(head, "name", str, "suite")
-    if not VALID_NAME.fullmatch(name):
-        raise c.fail("suite.name", f"{name!r} is not a valid name (letters, digits, '.', '_', '-')")
-    dataset = c.typed(head, "dataset", str, "suite")
-    if dataset not in _DATASETS:
-        raise c.fail("suite.dataset", f"unknown dataset {dataset!r}; use {' or '.join(_DATASETS)}")
-    mirror = c.typed(head, "mirror", str, "suite", None)
-    metrics = c.typed(head, "metrics", str, "suite", "ours")
-    if metrics not in ("ours", "paper"):
-        raise c.fail("suite.metrics", f"expected 'ours' (pooled metrics) or 'paper' (the authors' code), "
-                                      f"got {metrics!r}")
-    if mirror is not None and not VALID_NAME.fullmatch(mirror):
-        raise c.fail("suite.mirror", f"{mirror!r} is not a suite name (letters, digits, '.', '_', '-'; the "
-                                     "mirrored manifest is looked up beside this one or among the standard suites)")
-    data = c.typed(head, "data", str, "suite", f"synthetic-{dataset}" if mirror else dataset)
-    if data not in (dataset, f"synthetic-{dataset}"):
-        raise c.fail("suite.data", f"{data!r} does not fit dataset {dataset!r} (use {dataset!r} or "
-                                   f"'synthetic-{dataset}')")
-    defaults = {
-        "backbone": c.typed(head, "backbone", str, "suite", "resnet34"),
-        "width": float(c.typed(head, "width", (int, float), "suite", 1.0, low=0.01, high=8)),
-        "input_size": c.typed(head, "input_size", int, "suite", 321 if dataset == "nyuv2" else 224, low=8, high=2048),
-        "head_hidden": c.typed(head, "head_hidden", int, "suite", None, low=1, high=4096),
-        "head_rates": tuple(c.typed(head, "head_rates", list, "suite", [6, 12, 18, 24])),
-        "output_stride": c.typed(head, "output_stride", int, "suite", None),
-    }
-    if defaults["output_stride"] not in (None, *OUTPUT_STRIDES):
-        raise c.fail("suite.output_stride", f"expected one of {', '.join(map(str, OUTPUT_STRIDES))} (the backbones' "
-                                            f"strides), got {defaults['output_stride']!r}")
-    from benchmark.models.backbones import list_backbones
+    try:
+        return _load(path, raw, _mirrors)
+    except TableError as exc:
+        raise SuiteError(f"{path}: {exc}") from None
 
-    if defaults["backbone"] not in list_backbones():
-        raise c.fail("suite.backbone", f"unknown backbone {defaults['backbone']!r}; known: "
-                                       f"{', '.join(list_backbones())}")
+
+def _load(path: Path, raw: dict, _mirrors: tuple[str, ...]) -> Suite:
+    unknown = sorted(set(raw) - set(_TOP_KEYS))
+    if unknown:
+        raise TableError(unknown[0], f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})")
+    head = read_table(SuiteTable, raw.get("suite"), "suite")
+    name, dataset, mirror = head.name, head.dataset, head.mirror
+    data = head.data or (f"synthetic-{dataset}" if mirror else dataset)
+    if data not in (dataset, f"synthetic-{dataset}"):
+        raise TableError("suite.data", f"{data!r} does not fit dataset {dataset!r} (use {dataset!r} or "
+                                       f"'synthetic-{dataset}')")
+    defaults = {"backbone": head.backbone or "resnet34", "width": head.width,
+                "input_size": head.input_size or (321 if dataset == "nyuv2" else 224),
+                "head_hidden": head.head_hidden, "head_rates": tuple(head.head_rates),
+                "output_stride": head.output_stride}
     if "models" in raw and mirror:
-        raise c.fail("models", "a mirror suite takes its models from the suite it mirrors; remove [[models]]")
+        raise TableError("models", "a mirror suite takes its models from the suite it mirrors; remove [[models]]")
     if mirror:
         if mirror == name or mirror in _mirrors:
             chain = " -> ".join([*_mirrors, name, mirror])
-            raise c.fail("suite.mirror", f"{mirror!r} mirrors back to this suite ({chain}); a mirror takes its "
-                                         "models from a suite with [[models]]")
+            raise TableError("suite.mirror", f"{mirror!r} mirrors back to this suite ({chain}); a mirror takes its "
+                                             "models from a suite with [[models]]")
         sibling = path.parent / f"{mirror}.toml"
         parent = load_suite(sibling if sibling.exists() else mirror, _mirrors=(*_mirrors, name))
         if parent.dataset != dataset:
-            raise c.fail("suite.mirror", f"mirrors {mirror!r} of dataset {parent.dataset!r}, not {dataset!r}")
-        if "backbone" not in head:
+            raise TableError("suite.mirror", f"mirrors {mirror!r} of dataset {parent.dataset!r}, not {dataset!r}")
+        if head.backbone is None:
             defaults["backbone"] = parent.backbone
         members = tuple(replace(m, repo_id="", revision="", sha256="", **defaults) for m in parent.members)
     else:
-        members = _members(c, raw.get("models"), defaults, dataset, head.get("hub_org"), name)
-    profiles = _profiles(c, raw.get("profiles"))
-    training = _table(path, Training.from_table, raw.get("training", {}))
-    if training.warm_start is not None and training.warm_start not in {m.name for m in members}:
-        raise c.fail("training.warm_start", f"no model {training.warm_start!r} in the suite")
-    fat = _recipe_table(c, raw.get("fat", {}), "fat", {})
-    defense_recipes = _defense_recipes(c, raw.get("defenses", {}), fat)
+        members = _members(raw.get("models"), defaults, dataset, head.hub_org, name)
+    profiles = _profiles(raw.get("profiles"))
+    training = Training.from_table(raw.get("training", {}))
     names = {m.name for m in members}
-    pins, defended_pins = _weights(c, raw.get("weights"), names, tiny=bool(mirror) or data.startswith("synthetic-"))
+    if training.warm_start is not None and training.warm_start not in names:
+        raise TableError("training.warm_start", f"no model {training.warm_start!r} in the suite")
+    fat = _recipe_table(raw.get("fat", {}), "fat", {})
+    defense_recipes = _defense_recipes(raw.get("defenses", {}), fat)
+    pins, defended_pins = _weights(raw.get("weights"), names, tiny=bool(mirror) or data.startswith("synthetic-"))
     members = tuple(replace(m, sha256=pins[m.name]) if m.name in pins else m for m in members)
     for profile in profiles.values():
         for key in ("defended_models", "models"):
             for m in getattr(profile, key) or ():
                 if m not in names:
-                    raise c.fail(f"profiles.{profile.name}.{key}", f"no model {m!r} in the suite")
-    return Suite(name=name, description=c.typed(head, "description", str, "suite", ""), dataset=dataset,
-                 data_source=data,
-                 split=c.typed(head, "split", str, "suite", "test"), backbone=defaults["backbone"],
-                 members=members, profiles=profiles, training=training, fat=dict(fat),
-                 defense_recipes=defense_recipes, mirror_of=mirror,
-                 selection=c.typed(head, "selection", str, "suite", ""), path=path, metrics=metrics,
-                 defended_sha256=defended_pins)
+                    raise TableError(f"profiles.{profile.name}.{key}", f"no model {m!r} in the suite")
+    return Suite(name=name, description=head.description, dataset=dataset, data_source=data, split=head.split,
+                 backbone=defaults["backbone"], members=members, profiles=profiles, training=training,
+                 fat=dict(fat), defense_recipes=defense_recipes, mirror_of=mirror, selection=head.selection,
+                 path=path, metrics=head.metrics, defended_sha256=defended_pins)
 
 
-def _weights(c: _Checker, table: Any, names: set[str], *, tiny: bool) -> tuple[dict[str, str], dict[str, dict]]:
+def _weights(table: Any, names: set[str], *, tiny: bool) -> tuple[dict[str, str], dict[str, dict]]:
     """A tiny suite's ``[weights]`` table: the sha256 of each shipped member's weights file
     (``[weights.sha256]``, member = sha256) and of each shipped defended checkpoint
     (``[weights.defended."<defense>"]``, member = sha256)."""
     if table is None:
         return {}, {}
     if not tiny:
-        raise c.fail("weights", "a full suite pins each member's revision and sha256 in its [[models]] entry")
+        raise TableError("weights", "a full suite pins each member's revision and sha256 in its [[models]] entry")
     from benchmark.defenses import canonical_defense
 
-    c.keys(table, {"sha256", "defended"}, "weights")
+    def keys(entries: Any, allowed: set[str], where: str) -> dict:
+        if not isinstance(entries, dict):
+            raise TableError(where, f"expected a table, got {type(entries).__name__}")
+        unknown = sorted(set(entries) - allowed)
+        if unknown:
+            raise TableError(f"{where}.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        return entries
 
     def pins(entries: Any, where: str) -> dict[str, str]:
-        c.keys(entries, names, where)
-        for member, sha in entries.items():
+        for member, sha in keys(entries, names, where).items():
             if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
-                raise c.fail(f"{where}.{member}", f"{sha!r} is not a sha256 (64 lowercase hex digits)")
+                raise TableError(f"{where}.{member}", f"{sha!r} is not a sha256 (64 lowercase hex digits)")
         return dict(entries)
 
+    keys(table, {"sha256", "defended"}, "weights")
     defended = {}
-    for spec, entries in c.typed(table, "defended", dict, "weights", {}).items():
+    for spec, entries in keys(table.get("defended", {}), set(table.get("defended", {})), "weights.defended").items():
         try:
             canonical = canonical_defense(spec)
         except UserError as exc:
-            raise c.fail(f"weights.defended.{spec}", str(exc)) from None
+            raise TableError(f"weights.defended.{spec}", str(exc)) from None
         if canonical != spec:
-            raise c.fail(f"weights.defended.{spec}", f"write the defense as {canonical!r}")
+            raise TableError(f"weights.defended.{spec}", f"write the defense as {canonical!r}")
         defended[spec] = pins(entries, f"weights.defended.{spec}")
-    return pins(c.typed(table, "sha256", dict, "weights", {}), "weights.sha256"), defended
+    return pins(table.get("sha256", {}), "weights.sha256"), defended
 
 
-def _members(c: _Checker, models: Any, defaults: dict, dataset: str, org: str | None, suite: str) -> tuple[Member, ...]:
+def _members(models: Any, defaults: dict, dataset: str, org: str | None, suite: str) -> tuple[Member, ...]:
     from benchmark.models.layouts import Layout as _Layout
     from benchmark.models.layouts import LayoutError, layout_from_index, layout_index
 
     if not isinstance(models, list) or not models:
-        raise c.fail("models", "a suite needs at least one [[models]] entry")
+        raise TableError("models", "a suite needs at least one [[models]] entry")
     num_tasks = _DATASETS[dataset]
     seen: set[str] = set()
     out = []
-    for i, entry in enumerate(models):
+    for i, table in enumerate(models):
         where = f"models[{i}]"
-        c.keys(entry, _MEMBER_KEYS, where)
-        layout_text = c.typed(entry, "layout", str, where)
+        entry = read_table(MemberTable, table, where)
         try:
-            layout = _Layout.parse(layout_text, num_tasks=num_tasks, num_blocks=5)
+            layout = _Layout.parse(entry.layout, num_tasks=num_tasks, num_blocks=5)
         except LayoutError as exc:
-            raise c.fail(f"{where}.layout", str(exc)) from None
-        index = c.typed(entry, "index", int, where, None)
-        if index is not None:
+            raise TableError(f"{where}.layout", str(exc)) from None
+        if entry.index is not None:
             try:
-                expected = layout_from_index(index, num_tasks)
+                expected = layout_from_index(entry.index, num_tasks)
             except LayoutError as exc:
-                raise c.fail(f"{where}.index", str(exc)) from None
+                raise TableError(f"{where}.index", str(exc)) from None
             if expected != layout:
-                raise c.fail(f"{where}.index", f"paper index {index} is {expected}, not the layout {layout}")
+                raise TableError(f"{where}.index", f"paper index {entry.index} is {expected}, not the layout {layout}")
         extreme = layout.is_all_shared or layout.is_independent
         index = None if extreme else layout_index(layout)  # the paper names the extremes IND and AS
         canonical = ("AS" if layout.is_all_shared else "IND") if extreme else str(layout)
-        name = c.typed(entry, "name", str, where, canonical if index is None else f"layout-{index}")
-        if not VALID_NAME.fullmatch(name):
-            raise c.fail(f"{where}.name", f"{name!r} is not a valid name")
+        name = entry.name or (canonical if index is None else f"layout-{index}")
         if name.isdigit():
-            raise c.fail(f"{where}.name", f"{name!r}: a model name of digits only would read as a paper index "
-                                          f"(`--models {name}` picks the model with paper index {name}); name it e.g. "
-                                          f"'layout-{name}'")
+            raise TableError(f"{where}.name", f"{name!r}: a model name of digits only would read as a paper index "
+                                              f"(`--models {name}` picks the model with paper index {name}); name it "
+                                              f"e.g. 'layout-{name}'")
         if name in seen:
-            raise c.fail(f"{where}.name", f"duplicate model name {name!r}")
+            raise TableError(f"{where}.name", f"duplicate model name {name!r}")
         seen.add(name)
-        revision = c.typed(entry, "revision", str, where, "")
-        if revision and not _REVISION.fullmatch(revision):
-            raise c.fail(f"{where}.revision", f"{revision!r} is not a pinned commit (40 lowercase hex digits); "
-                                              "branch and tag names move, so they are not accepted")
-        sha = c.typed(entry, "sha256", str, where, "")
-        if sha and not _SHA256.fullmatch(sha):
-            raise c.fail(f"{where}.sha256", f"{sha!r} is not a sha256 (64 lowercase hex digits)")
-        if bool(revision) != bool(sha):
-            raise c.fail(f"{where}.revision" if not revision else f"{where}.sha256",
-                         "revision and sha256 are published together: give both or neither")
-        repo_id = c.typed(entry, "repo_id", str, where, f"{org}/{suite}-{name}" if org else "")
-        if repo_id and not REPO_ID.fullmatch(repo_id):
-            raise c.fail(f"{where}.repo_id", f"{repo_id!r} is not a Hub repo id ('owner/name')")
-        values = dict(defaults)
-        for key, types in _MEMBER_OVERRIDES.items():
-            if key in entry:
-                values[key] = c.typed(entry, key, types, where)
-        from benchmark.models.backbones import list_backbones
-
-        if values["backbone"] not in list_backbones():
-            raise c.fail(f"{where}.backbone", f"unknown backbone {values['backbone']!r}; known: "
-                                              f"{', '.join(list_backbones())}")
-        values["width"] = float(values["width"])
-        out.append(Member(name=name, layout=canonical, index=index, repo_id=repo_id, revision=revision,
-                          sha256=sha, **values))
+        if bool(entry.revision) != bool(entry.sha256):
+            raise TableError(f"{where}.revision" if not entry.revision else f"{where}.sha256",
+                             "revision and sha256 are published together: give both or neither")
+        overrides = {k: getattr(entry, k) for k in ("backbone", "width", "input_size", "head_hidden", "head_rates")
+                     if getattr(entry, k) is not None}
+        if "head_rates" in overrides:
+            overrides["head_rates"] = tuple(overrides["head_rates"])
+        repo_id = entry.repo_id if entry.repo_id is not None else (f"{org}/{suite}-{name}" if org else "")
+        out.append(Member(name=name, layout=canonical, index=index, repo_id=repo_id, revision=entry.revision,
+                          sha256=entry.sha256, **{**defaults, **overrides}))
     return tuple(out)
 
 
-def _profiles(c: _Checker, profiles: Any) -> dict[str, Profile]:
-    from benchmark.attacks import create_attack, list_attacks
-    from benchmark.defenses import canonical_defense
-
+def _profiles(profiles: Any) -> dict[str, Profile]:
     if not isinstance(profiles, dict) or not profiles:
-        raise c.fail("profiles", "a suite needs at least one [profiles.NAME] table (e.g. quick, paper)")
-    out = {}
-    known = list_attacks()
-    for pname, table in profiles.items():
-        where = f"profiles.{pname}"
-        c.keys(table, _PROFILE_KEYS, where)
-        eps = c.typed(table, "eps", list, where)
-        if not eps or not all(isinstance(e, int | float) and not isinstance(e, bool) and 0 < e <= 255 for e in eps):
-            raise c.fail(f"{where}.eps", f"expected a list of numbers in (0, 255] (0-255 pixel units), got {eps!r}")
-        attacks = c.typed(table, "attacks", list, where)
-        for pattern in attacks:
-            if not isinstance(pattern, str) or not any(fnmatch.fnmatch(a, pattern) for a in known):
-                raise c.fail(f"{where}.attacks", f"{pattern!r} matches no registered attack "
-                                                 "(see `mtlbench attacks list`)")
-        steps = c.typed(table, "steps", dict, where, {})
-        for key, value in steps.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise c.fail(f"{where}.steps.{key}", f"expected a positive integer, got {value!r}")
-        eval_size = c.typed(table, "eval_size", int, where, None, low=1, high=MAX_EVAL_SIZE)
-        seeds = c.typed(table, "seeds", list, where, [0])
-        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-            raise c.fail(f"{where}.seeds", f"expected a list of integers, got {seeds!r}")
-        timeout = c.typed(table, "cell_timeout", (int, float), where, 1800)
-        if not 0 <= timeout <= MAX_CELL_TIMEOUT:
-            raise c.fail(f"{where}.cell_timeout",
-                         f"expected seconds in [0, {MAX_CELL_TIMEOUT}] (0: no limit), got {timeout!r}")
-        defenses = c.typed(table, "defenses", list, where, ["none"])
-        for d in defenses:
-            if not isinstance(d, str):
-                raise c.fail(f"{where}.defenses", f"expected defense names such as 'bitdepth:4', got {d!r}")
-            try:
-                canonical_defense(d)
-            except UserError as exc:
-                raise c.fail(f"{where}.defenses", str(exc)) from None
-        defended = c.typed(table, "defended_models", list, where, None)
-        if defended is not None and not all(isinstance(m, str) for m in defended):
-            raise c.fail(f"{where}.defended_models", f"expected a list of model names, got {defended!r}")
-        chosen = c.typed(table, "models", list, where, None)
-        if chosen is not None and (not chosen or not all(isinstance(m, str) for m in chosen)):
-            raise c.fail(f"{where}.models", f"expected a non-empty list of model names, got {chosen!r}")
-        eot = c.typed(table, "eot_samples", int, where, 4)
-        if not 1 <= eot <= 1000:
-            raise c.fail(f"{where}.eot_samples", f"expected an integer in [1, 1000], got {eot!r}")
-        draws = c.typed(table, "score_draws", int, where, 8, low=1, high=1000)
-        extra = c.typed(table, "defense_attacks", list, where, [])
-        for pattern in extra:
-            if not isinstance(pattern, str) or not any(fnmatch.fnmatch(a, pattern) for a in known):
-                raise c.fail(f"{where}.defense_attacks", f"{pattern!r} matches no registered attack")
-        budgets = c.typed(table, "budgets", dict, where, {})
-        for key, values in budgets.items():
-            if (not isinstance(values, list) or not values
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 100_000 for v in values)):
-                raise c.fail(f"{where}.budgets.{key}", f"expected a list of step counts in [1, 100000], got {values!r}")
-        options = c.typed(table, "options", dict, where, {})
-        for key, values in options.items():
-            scalars = isinstance(values, dict) and all(isinstance(v, str | int | float | bool) for v in values.values())
-            if not scalars:
-                raise c.fail(f"{where}.options.{key}", "expected a table of option = value (string, number or "
-                                                        f"boolean), got {values!r}")
-            try:  # the attack exists and takes these options
-                create_attack(next(a for a in known if a == key or a.startswith(f"{key}:")), **values)
-            except StopIteration:
-                raise c.fail(f"{where}.options.{key}", f"{key!r} is not a registered attack") from None
-            except UserError as exc:
-                raise c.fail(f"{where}.options.{key}", str(exc)) from None
-        budget_models = c.typed(table, "budget_models", list, where, None)
-        if budget_models is not None and not all(isinstance(m, str) for m in budget_models):
-            raise c.fail(f"{where}.budget_models", f"expected a list of model names, got {budget_models!r}")
-        out[pname] = Profile(name=pname, eps=tuple(float(e) for e in eps), attacks=tuple(attacks),
-                             steps=dict(steps), eval_size=eval_size, seeds=tuple(seeds),
-                             batch_size=c.typed(table, "batch_size", int, where, 8, low=1, high=4096),
-                             description=c.typed(table, "description", str, where, ""),
-                             cell_timeout=float(timeout), defenses=tuple(defenses), eot_samples=eot,
-                             score_draws=draws, defense_attacks=tuple(extra),
-                             defended_models=None if defended is None else tuple(defended),
-                             models=None if chosen is None else tuple(chosen),
-                             budgets={k: tuple(dict.fromkeys(v)) for k, v in budgets.items()},
-                             budget_models=None if budget_models is None else tuple(budget_models),
-                             options={k: dict(v) for k, v in options.items()})
-    return out
+        raise TableError("profiles", "a suite needs at least one [profiles.NAME] table (e.g. quick, paper)")
+    return {name: read_table(Profile, table, f"profiles.{name}", name=name) for name, table in profiles.items()}
