@@ -24,7 +24,10 @@ def test_every_optimizer_objective_combination_is_listed():
             assert f"{opt}:{obj}" in names
     assert "autoattack" in names
     assert list_attacks("apgd:*") == [n for n in names if n.startswith("apgd:")]
-    assert len(list_attacks("*:gb-mta")) == 6
+    # every optimizer with GB-MTA: the six built-in ones (and any a plugin registered before)
+    gb_mta = list_attacks("*:gb-mta")
+    assert gb_mta == [n for n in names if n.endswith(":gb-mta")]
+    assert {f"{opt}:gb-mta" for opt in optimizers} <= set(gb_mta)
 
 
 @pytest.mark.parametrize(("spec", "options", "message"), [
