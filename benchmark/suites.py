@@ -311,9 +311,11 @@ class Suite:
     members: tuple[Member, ...]
     profiles: dict[str, Profile]
     training: Training = field(default_factory=Training)
-    #: the adversarial training recipe (``[fat]``): FAT's, and every training defense's defaults
-    fat: dict[str, Any] = field(default_factory=dict)
-    #: a training defense's own recipe over ``fat`` (``[defenses.<name>]``, e.g. ``[defenses.pgdat]``)
+    #: the adversarial training recipe of every training defense (FAT, PGD-AT): the ``[defenses]``
+    #: table's own entries
+    defense_defaults: dict[str, Any] = field(default_factory=dict)
+    #: a training defense's own recipe over ``defense_defaults`` (``[defenses.<name>]``, e.g.
+    #: ``[defenses.pgdat]``)
     defense_recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
     mirror_of: str | None = None
     selection: str = ""
@@ -399,7 +401,7 @@ class Suite:
 
 # ---------------------------------------------------------------------- loading
 _DATASETS = {"nyuv2": 3, "taskonomy": 5}
-_TOP_KEYS = ("suite", "models", "profiles", "training", "fat", "defenses", "weights")
+_TOP_KEYS = ("suite", "models", "profiles", "training", "defenses", "weights")
 
 
 def _valid_name(value: str) -> str | None:
@@ -461,7 +463,7 @@ class MemberTable:
 
 def _recipe_table(table: Any, where: str, base: dict[str, Any]) -> dict[str, Any]:
     """An adversarial training recipe table, its keys and values checked by the recipe class's
-    rules (over ``base``: the ``[fat]`` table a defense's own table refines)."""
+    rules (over ``base``: the common recipe a defense's own table refines)."""
     from benchmark.defenses.training import AdversarialRecipe
 
     given = check_table(AdversarialRecipe, table, where)
@@ -469,20 +471,24 @@ def _recipe_table(table: Any, where: str, base: dict[str, Any]) -> dict[str, Any
     return dict(table)
 
 
-def _defense_recipes(table: Any, fat: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``[defenses.<name>]``: the recipe of the training defense ``name`` over ``[fat]``."""
+def _defenses(table: Any) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The ``[defenses]`` table: its own entries are every training defense's adversarial training
+    recipe; a ``[defenses.<name>]`` sub-table refines it for the training defense ``name``."""
     from benchmark.defenses.registry import DEFENSES
 
     if not isinstance(table, dict):
         raise TableError("defenses", f"expected a table, got {type(table).__name__}")
-    out = {}
+    common = _recipe_table({k: v for k, v in table.items() if not isinstance(v, dict)}, "defenses", {})
+    own = {}
     for name, recipe in table.items():
+        if not isinstance(recipe, dict):
+            continue
         cls = DEFENSES.get(name, None)
         if cls is None or getattr(cls, "kind", "") != DefenseKind.TRAINING:
             training = [n for n, k in DEFENSES.items() if getattr(k, "kind", "") == DefenseKind.TRAINING]
             raise TableError(f"defenses.{name}", f"not a training defense (those are: {', '.join(training)})")
-        out[name] = _recipe_table(recipe, f"defenses.{name}", fat)
-    return out
+        own[name] = _recipe_table(recipe, f"defenses.{name}", common)
+    return common, own
 
 
 def _read(path: Path) -> dict:
@@ -532,6 +538,9 @@ def load_suite(name_or_path: str | Path, *, _mirrors: tuple[str, ...] = ()) -> S
 
 
 def _load(path: Path, raw: dict, _mirrors: tuple[str, ...]) -> Suite:
+    if "fat" in raw:
+        raise TableError("fat", "the adversarial training recipe is the [defenses] table (every training defense's, "
+                                "FAT's and PGD-AT's; [defenses.<name>] refines it for one): rename [fat] to [defenses]")
     unknown = sorted(set(raw) - set(_TOP_KEYS))
     if unknown:
         raise TableError(unknown[0], f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})")
@@ -566,8 +575,7 @@ def _load(path: Path, raw: dict, _mirrors: tuple[str, ...]) -> Suite:
     names = {m.name for m in members}
     if training.warm_start is not None and training.warm_start not in names:
         raise TableError("training.warm_start", f"no model {training.warm_start!r} in the suite")
-    fat = _recipe_table(raw.get("fat", {}), "fat", {})
-    defense_recipes = _defense_recipes(raw.get("defenses", {}), fat)
+    defense_defaults, defense_recipes = _defenses(raw.get("defenses", {}))
     pins, defended_pins = _weights(raw.get("weights"), names, tiny=bool(mirror) or data.startswith("synthetic-"))
     members = tuple(replace(m, sha256=pins[m.name]) if m.name in pins else m for m in members)
     for profile in profiles.values():
@@ -577,8 +585,8 @@ def _load(path: Path, raw: dict, _mirrors: tuple[str, ...]) -> Suite:
                     raise TableError(f"profiles.{profile.name}.{key}", f"no model {m!r} in the suite")
     return Suite(name=name, description=head.description, dataset=dataset, data_source=data, split=head.split,
                  backbone=defaults["backbone"], members=members, profiles=profiles, training=training,
-                 fat=dict(fat), defense_recipes=defense_recipes, mirror_of=mirror, selection=head.selection,
-                 path=path, metrics=head.metrics, defended_sha256=defended_pins)
+                 defense_defaults=defense_defaults, defense_recipes=defense_recipes, mirror_of=mirror,
+                 selection=head.selection, path=path, metrics=head.metrics, defended_sha256=defended_pins)
 
 
 def _weights(table: Any, names: set[str], *, tiny: bool) -> tuple[dict[str, str], dict[str, dict]]:

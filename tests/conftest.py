@@ -77,7 +77,7 @@ train_size = 64
 warm_start = "AS"
 finetune_steps = 5
 
-[fat]
+[defenses]
 steps = 12
 batch_size = 8
 lr = 0.001

@@ -230,8 +230,9 @@ def test_pgd_adversarial_training_is_a_second_training_defense(home, tmp_path):
 
 
 def test_a_training_defense_takes_its_own_recipe_table_over_fat(home, tmp_path):
-    """``[defenses.<name>]`` refines ``[fat]`` for one training defense, validated by the recipe
-    class; FAT keeps ``[fat]``."""
+    """``[defenses.<name>]`` refines the ``[defenses]`` table's own entries (every training
+    defense's recipe) for one training defense, validated by the recipe class; FAT keeps the
+    common recipe. The former ``[fat]`` table is a message that says where it went."""
     from benchmark.defenses import create_defense
     from benchmark.suites import SuiteError
 
@@ -249,3 +250,9 @@ def test_a_training_defense_takes_its_own_recipe_table_over_fat(home, tmp_path):
         own.write_text(manifest.read_text() + "\n" + table + "\n")
         with pytest.raises(SuiteError, match=words):
             load_suite(own)
+    own.write_text(manifest.read_text().replace("[defenses]\n", "[defenses]\nepochs = 3\n"))
+    with pytest.raises(SuiteError, match="defenses.epochs: unknown key"):
+        load_suite(own)
+    own.write_text(manifest.read_text().replace("[defenses]", "[fat]"))
+    with pytest.raises(SuiteError, match=r"fat: .*rename \[fat\] to \[defenses\]"):
+        load_suite(own)

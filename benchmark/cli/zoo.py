@@ -275,9 +275,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("defend", help="adversarially train suite members with a training defense (FAT, PGD-AT)",
                        description="Train suite members with a training defense, e.g. fat:pgd:gb-mta (FAT with "
                                    "GB-MTA-PGD) or pgdat:pgd:total (PGD-AT), into new checkpoints in the same Hub "
-                                   "format. A killed run started "
-                                   "again resumes from its last checkpoint. The recipe is the suite's [fat] table; "
-                                   "the options below override it.")
+                                   "format. A killed run started again resumes from its last checkpoint. The recipe "
+                                   "is the suite's [defenses] table; the options below override it.")
     p.add_argument("suite", help="suite name or manifest path")
     p.add_argument("--defense", default="fat:pgd:gb-mta", help="training defense (default: fat:pgd:gb-mta)")
     p.add_argument("--models", help="comma-separated member names (default: all)")

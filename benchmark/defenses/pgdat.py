@@ -7,7 +7,7 @@ adversarial training with the GB-MTA objective and ``pgdat:pgd:total`` the usual
 any other registered attack runs as it is.
 
 ``mtlbench defend SUITE --defense pgdat:pgd:total`` trains it with the suite's recipe (the
-manifest's ``[fat]`` table: steps, batch size, learning rate, eps, K); its checkpoint is a target
+manifest's ``[defenses]`` table: steps, batch size, learning rate, eps, K); its checkpoint is a target
 like any other (``AS+pgdat:pgd:total``).
 """
 

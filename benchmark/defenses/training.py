@@ -3,7 +3,7 @@ adversarial training loop they share.
 
 A :class:`TrainingDefense` is named ``name:ATTACK`` (any registered attack spec); it says how the
 adversarial examples of a batch are made (:meth:`TrainingDefense.examples`) and trains with
-:func:`adversarial_training` on the suite's recipe (the manifest's ``[fat]`` table,
+:func:`adversarial_training` on the suite's recipe (the manifest's ``[defenses]`` table,
 :class:`AdversarialRecipe`). FAT (``fat.py``) stops each sample early; PGD-AT (``pgdat.py``) runs
 the attack's every step. A new training defense is one such class with ``@register_defense``.
 
@@ -76,7 +76,8 @@ class TrainingDefense(Defense, ABC):
         return spec
 
     def recipe(self, suite, **overrides: Any) -> AdversarialRecipe:
-        """The suite's recipe for this defense (its ``[defenses.<name>]`` table over ``[fat]``),
+        """The suite's recipe for this defense (its ``[defenses.<name>]`` table over the
+        ``[defenses]`` table's own entries),
         with ``overrides``."""
         return adversarial_recipe(suite, self.name, **overrides)
 
@@ -118,8 +119,8 @@ def checked_examples(x_adv: torch.Tensor, images: torch.Tensor, recipe: Adversar
 
 @dataclass
 class AdversarialRecipe:
-    """How a training defense's checkpoint is trained: the manifest's ``[fat]`` table, the recipe of
-    every adversarial training (stored in the checkpoint's config). ``tau`` and ``fooled_ratio``
+    """How a training defense's checkpoint is trained: the manifest's ``[defenses]`` table, the recipe
+    of every adversarial training (stored in the checkpoint's config). ``tau`` and ``fooled_ratio``
     are FAT's early stop; a defense without one ignores them."""
 
     steps: int = setting(200, low=1, high=10_000_000)  # optimiser steps
@@ -145,10 +146,11 @@ class AdversarialRecipe:
 
 
 def adversarial_recipe(suite, defense: str | None = None, **overrides: Any) -> AdversarialRecipe:
-    """The suite's adversarial training recipe (its manifest's ``[fat]`` table, refined by the
-    ``[defenses.<defense>]`` table) with ``overrides`` (those not None)."""
+    """The suite's adversarial training recipe (its manifest's ``[defenses]`` table's own
+    entries, refined by the ``[defenses.<defense>]`` table) with ``overrides`` (those not None)."""
     own = getattr(suite, "defense_recipes", {}).get(defense, {}) if defense else {}
-    values = {**getattr(suite, "fat", {}), **own, **{k: v for k, v in overrides.items() if v is not None}}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values = {**getattr(suite, "defense_defaults", {}), **own, **given}
     return read_table(AdversarialRecipe, values, "adversarial training recipe")
 
 
