@@ -3,8 +3,8 @@
 A target is a suite member (optionally wrapped or retrained by a defense) or an external model.
 It is plain data (strings), so it pickles and a Ray worker rebuilds the same model from it; it
 knows whether its weights are on this machine, loads itself on a device with the revision or hash
-that identifies its weights, and describes itself (layout, parameters, sharing level, defense) for
-the store and the leaderboard.
+that identifies its weights (:func:`resolve`: the one way any kind of target is loaded), and
+describes itself (layout, parameters, sharing level, defense) for the store and the leaderboard.
 
 >>> target = Target("tiny-nyuv2-resnet34", "AS")
 >>> target.name, target.describe()["shared_blocks"]

@@ -69,14 +69,3 @@ def test_the_suite_tables_are_their_dataclasses():
     assert isinstance(suite.profile("quick"), Profile) and isinstance(suite.profile("quick").eps, tuple)
     for cls in (SuiteTable, MemberTable, Profile, Training):
         assert all("mtlbench.rule" in f.metadata for f in dataclasses.fields(cls)), cls
-
-
-def test_a_member_entry_s_head_rates_are_its_own(tmp_path):
-    """``head_rates`` of a [[models]] entry was accepted and then ignored; it now sets the member's."""
-    import textwrap
-
-    from tests.test_suites import GOOD, _write
-
-    text = textwrap.dedent(GOOD).replace('name = "AS"', 'name = "AS"\nhead_rates = [1, 2]', 1)
-    suite = load_suite(_write(tmp_path, text))
-    assert suite.member("AS").head_rates == (1, 2) and suite.member("layout-9").head_rates != (1, 2)

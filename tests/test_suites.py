@@ -120,6 +120,13 @@ def test_bad_manifests_name_the_file_and_key(tmp_path, edit, key, message):
     assert str(path) in text and key in text and message in text
 
 
+def test_a_member_entry_s_head_rates_are_its_own(tmp_path):
+    """``head_rates`` of a [[models]] entry was accepted and then ignored; it now sets the member's."""
+    text = textwrap.dedent(GOOD).replace('name = "AS"', 'name = "AS"\nhead_rates = [1, 2]', 1)
+    suite = load_suite(_write(tmp_path, text))
+    assert suite.member("AS").head_rates == (1, 2) and suite.member("layout-9").head_rates != (1, 2)
+
+
 def test_unknown_suite_and_toml_syntax(tmp_path):
     with pytest.raises(SuiteError, match="unknown suite 'nope'.*tiny-nyuv2-resnet34"):
         load_suite("nope")
