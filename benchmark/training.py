@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from benchmark.data.datasets import make_loader, to_device
 from benchmark.errors import UserError
 from benchmark.tasks import Task, total_loss
+from benchmark.threads import deterministic_kernels
 
 __all__ = ["TrainRecipe", "make_optimizer", "optimise", "restore_training_state", "train_model", "training_state",
            "write_resume"]
@@ -80,6 +81,7 @@ def optimise(model: torch.nn.Module, dataset: Dataset, loss_fn: Callable[[dict],
     started again ends with the weights of a run that was never interrupted. ``meta`` identifies
     the training (a resume file of another is refused)."""
     torch.manual_seed(recipe.seed)
+    deterministic_kernels(device)
     model.to(device).train()
     opt = make_optimizer(model.parameters(), getattr(recipe, "optimizer", "adam"), lr=recipe.lr,
                          weight_decay=recipe.weight_decay)

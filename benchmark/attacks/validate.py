@@ -22,6 +22,7 @@ from benchmark.attacks.base import Attack, PassCounter
 from benchmark.attacks.sandbox import StateGuard, interrupt_is_the_users
 from benchmark.enums import Status
 from benchmark.tasks import Task
+from benchmark.threads import deterministic_kernels
 
 __all__ = [
     "NONDETERMINISTIC",
@@ -178,6 +179,7 @@ def run_attack(attack: Attack, model: torch.nn.Module, images: torch.Tensor, tar
     :class:`WeightSnapshot` of the model when the caller keeps one; ``extra["model_restored"]``
     is ``False`` when the model could not be put back in place (the caller must reload it). The
     attack's own wall time (first run, synchronised on CUDA) is in ``extra["attack_s"]``."""
+    deterministic_kernels(images.device)  # the same seed gives the same output on a GPU too
     scale = eps / 255.0
     before = snapshot or WeightSnapshot(model)
     run = AttackRun(None, Verdict(Status.VALID))

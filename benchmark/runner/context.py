@@ -19,6 +19,7 @@ from benchmark.evaluation import check_outputs, degenerate_metrics, model_proble
 from benchmark.runner.store import ResultsStore, cell_key
 from benchmark.targets import Target, freeze
 from benchmark.tasks import Task
+from benchmark.threads import deterministic_kernels
 from benchmark.version import __version__
 
 __all__ = ["CellContext", "device_name", "prepare_context"]
@@ -66,6 +67,7 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
     evaluation batches and its clean metrics (from ``clean`` when given, else read from / written
     to the store's cache when a store is given, else computed). An external model's outputs are
     checked against the suite's tasks first."""
+    deterministic_kernels(device)  # before the model's first matrix product on a GPU
     suite = target.suite_spec
     origin = Origin.MODULE
     if target.in_memory:
