@@ -19,13 +19,13 @@ Recipe(steps=5, optimizer='adam')
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, Field
 from typing import Any
 
 from benchmark.errors import UserError
 
-__all__ = ["TableError", "check_fields", "check_table", "check_value", "read_table", "setting"]
+__all__ = ["TableError", "check_fields", "check_keys", "check_table", "check_value", "read_table", "setting"]
 
 _RULE = "mtlbench.rule"
 _TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
@@ -144,15 +144,23 @@ def read_table(cls, entries: Any, where: str, /, **computed: Any):
     return cls(**values, **computed)
 
 
-def check_table(cls, table: Any, where: str) -> dict[str, Any]:
-    """The entries of ``table`` checked against the fields of ``cls`` (only those given)."""
+def check_keys(table: Any, allowed: Iterable[str], where: str) -> Mapping:
+    """``table`` itself: a table whose keys are all ``allowed`` (else a :class:`TableError` that
+    names the first unknown key and lists the allowed ones)."""
     if not isinstance(table, Mapping):
         raise TableError(where, f"expected a table, got {type(table).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if _rule(f).table and not f.name.startswith("_")}
-    unknown = sorted(set(table) - set(fields))
+    allowed = set(allowed)
+    unknown = sorted(set(table) - allowed)
     if unknown:
         raise TableError(f"{where}.{unknown[0]}" if where else unknown[0],
-                         f"unknown key (allowed: {', '.join(sorted(fields))})")
+                         f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    return table
+
+
+def check_table(cls, table: Any, where: str) -> dict[str, Any]:
+    """The entries of ``table`` checked against the fields of ``cls`` (only those given)."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if _rule(f).table and not f.name.startswith("_")}
+    check_keys(table, fields, where)
     missing = [n for n, f in fields.items() if n not in table and f.default is MISSING
                and f.default_factory is MISSING]
     if missing:

@@ -28,7 +28,7 @@ import tomllib
 
 from benchmark.enums import DefenseKind
 from benchmark.errors import UserError
-from benchmark.schema import TableError, check_table, read_table, setting
+from benchmark.schema import TableError, check_keys, check_table, read_table, setting
 
 __all__ = ["ImagenetTable", "Member", "PretextRecipe", "Profile", "Suite", "SuiteError", "Training", "list_suites",
            "load_suite", "suites_dir"]
@@ -541,9 +541,7 @@ def _load(path: Path, raw: dict, _mirrors: tuple[str, ...]) -> Suite:
     if "fat" in raw:
         raise TableError("fat", "the adversarial training recipe is the [defenses] table (every training defense's, "
                                 "FAT's and PGD-AT's; [defenses.<name>] refines it for one): rename [fat] to [defenses]")
-    unknown = sorted(set(raw) - set(_TOP_KEYS))
-    if unknown:
-        raise TableError(unknown[0], f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})")
+    check_keys(raw, _TOP_KEYS, "")
     head = read_table(SuiteTable, raw.get("suite"), "suite")
     name, dataset, mirror = head.name, head.dataset, head.mirror
     data = head.data or (f"synthetic-{dataset}" if mirror else dataset)
@@ -599,23 +597,15 @@ def _weights(table: Any, names: set[str], *, tiny: bool) -> tuple[dict[str, str]
         raise TableError("weights", "a full suite pins each member's revision and sha256 in its [[models]] entry")
     from benchmark.defenses import canonical_defense
 
-    def keys(entries: Any, allowed: set[str], where: str) -> dict:
-        if not isinstance(entries, dict):
-            raise TableError(where, f"expected a table, got {type(entries).__name__}")
-        unknown = sorted(set(entries) - allowed)
-        if unknown:
-            raise TableError(f"{where}.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
-        return entries
-
     def pins(entries: Any, where: str) -> dict[str, str]:
-        for member, sha in keys(entries, names, where).items():
+        for member, sha in check_keys(entries, names, where).items():
             if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
                 raise TableError(f"{where}.{member}", f"{sha!r} is not a sha256 (64 lowercase hex digits)")
         return dict(entries)
 
-    keys(table, {"sha256", "defended"}, "weights")
+    check_keys(table, ("sha256", "defended"), "weights")
     defended = {}
-    for spec, entries in keys(table.get("defended", {}), set(table.get("defended", {})), "weights.defended").items():
+    for spec, entries in check_keys(table.get("defended", {}), table.get("defended", {}), "weights.defended").items():
         try:
             canonical = canonical_defense(spec)
         except UserError as exc:

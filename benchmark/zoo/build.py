@@ -45,7 +45,7 @@ from benchmark.zoo.checkpoint import (
 )
 from benchmark.zoo.hub import local_checkpoint_dir, pretext_dir, shipped_pretext_dir
 from benchmark.zoo.imagenet import ImagenetSource, download_imagenet, imagenet_blocks
-from benchmark.zoo.locate import Location, is_stale, load_location, locate_member
+from benchmark.zoo.locate import Location, is_current, load_location, locate_member
 from benchmark.zoo.pretext import (
     PretextModel,
     PretextRecipe,
@@ -339,8 +339,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
                 return locate_member(suite, m, local_files_only=True).directory
             except UserError:
                 return None
-        fresh = (where(m) / CONFIG_FILE).exists() and not (suite.tiny and is_stale(suite, where(m)))
-        return where(m) if fresh else None
+        return where(m) if is_current(suite, where(m)) else None
 
     def built(m: Member) -> bool:
         return found(m) is not None

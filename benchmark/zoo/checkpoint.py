@@ -201,9 +201,13 @@ def _check_model_config(cfg: ModelConfig, path: Path) -> None:
         raise bad("head_rates", "a list of dilation rates (integers in [1, 1024])", cfg.head_rates)
 
 
+#: what to do about a downloaded or built weights file that does not match its pinned sha256
+REDOWNLOAD = "delete it and download again (or rebuild it)"
+
+
 def load_checkpoint(directory: str | Path, *, sha256: str = "", expect: dict[str, Any] | None = None,
-                    device: str | torch.device = "cpu", remedy: str = "delete it and download again (or rebuild it)",
-                    ) -> tuple[BranchedModel, CheckpointInfo]:
+                    device: str | torch.device = "cpu",
+                    remedy: str = REDOWNLOAD) -> tuple[BranchedModel, CheckpointInfo]:
     """Load a checkpoint directory. ``sha256`` (when given) must match the weights file (else the
     error says ``remedy``); ``expect`` maps ModelConfig fields (layout, backbone, width, ...) to the
     values a manifest requires. Returns the model in eval mode and its info."""

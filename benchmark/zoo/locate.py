@@ -32,6 +32,7 @@ from benchmark.paths import defended_root, safe_name
 from benchmark.suites import Member, Suite
 from benchmark.zoo.checkpoint import (
     CONFIG_FILE,
+    REDOWNLOAD,
     WEIGHTS_FILE,
     CheckpointError,
     CheckpointInfo,
@@ -41,12 +42,9 @@ from benchmark.zoo.checkpoint import (
 )
 from benchmark.zoo.hub import MissingWeightsError, download_member, hub_offline, local_checkpoint_dir, shipped_dir
 
-__all__ = ["Location", "check_defended", "defended_dir", "expected_config", "is_built", "is_stale",
+__all__ = ["Location", "check_defended", "defended_dir", "expected_config", "is_built", "is_current",
            "load_location", "locate_defended", "locate_external", "locate_member", "parent_sha256",
            "shipped_defended_dir", "shipped_weights", "training_defense"]
-
-_REDOWNLOAD = "delete it and download again (or rebuild it)"
-
 
 @dataclass(frozen=True)
 class Location:
@@ -59,7 +57,7 @@ class Location:
     origin: Origin
     sha256: str = ""
     expect: dict | None = None
-    remedy: str = _REDOWNLOAD
+    remedy: str = REDOWNLOAD
 
     @property
     def found(self) -> bool:
@@ -97,14 +95,18 @@ def shipped_weights(suite: Suite, member: Member) -> Path | None:
     if not (suite.tiny and member.sha256):
         return None
     directory = shipped_dir(suite, member)
-    if (directory / CONFIG_FILE).exists() and not is_stale(suite, directory):
-        return directory
-    return None
+    return directory if is_current(suite, directory) else None
 
 
-def is_stale(suite: Suite, directory: Path) -> bool:
-    """Whether a locally built tiny member was trained with another recipe than the manifest's
-    (an older mtlbench, an edited ``[training]``): it is rebuilt rather than silently used."""
+def is_current(suite: Suite, directory: Path) -> bool:
+    """Whether ``directory`` holds a member's checkpoint of ``suite``'s recipe: one is there and,
+    for a tiny suite, it was not trained with another recipe (an older mtlbench, an edited
+    ``[training]``; such a member is rebuilt rather than silently used)."""
+    return (directory / CONFIG_FILE).exists() and not (suite.tiny and _is_stale(suite, directory))
+
+
+def _is_stale(suite: Suite, directory: Path) -> bool:
+    """Whether the checkpoint in ``directory`` records another recipe id than the suite's."""
     try:
         recorded = read_config(directory).training.get("recipe_id")
     except CheckpointError:
@@ -144,7 +146,7 @@ def locate_member(suite: Suite, member: Member, *, weights_dir: str | Path | Non
         return Location(shipped, Origin.SHIPPED, member.sha256, expect,
                         f"it ships with mtlbench, so reinstall mtlbench (in a checkout: `git checkout -- {shipped}`)")
     local = local_checkpoint_dir(suite, member)
-    if (local / CONFIG_FILE).exists() and not (suite.tiny and is_stale(suite, local)):
+    if is_current(suite, local):
         # the pinned hash identifies the published weights: a full suite's copy in the local zoo
         # must be them (it would otherwise silently stand in for them); a tiny suite's local build
         # is its own model, as --weights-dir is the user's
