@@ -253,6 +253,10 @@ class ImagenetTable:
     file: str = setting("model.safetensors")
 
 
+#: ``[training]`` entries that say how a training runs, not what it trains (left out of the recipe's id)
+RUN_ONLY_KEYS = frozenset({"checkpoint_every"})
+
+
 @dataclass(frozen=True)
 class Training:
     """How a suite's members are trained: the manifest's ``[training]`` table, every entry checked
@@ -276,7 +280,8 @@ class Training:
     imagenet: dict | None = setting(None, nested=ImagenetTable)
     #: the precision the weights are stored (and shipped) in
     weights_dtype: str = setting("float32", choices=("float32", "float16", "bfloat16"))
-    checkpoint_every: int | None = setting(None, low=1, high=10_000_000)  # steps between resume files
+    #: steps between resume files (how the training runs, not what it trains: not part of the recipe's id)
+    checkpoint_every: int = setting(500, low=1, high=10_000_000)
     table: dict = setting(factory=dict, table=False)
 
     @classmethod
@@ -339,8 +344,8 @@ class Suite:
         """A short hash of the training recipe (the manifest's ``[training]`` table, the data it
         trains on, and :data:`TRAINING_VERSION`), recorded in every member built locally: a tiny
         member whose recorded id differs was built with another recipe and is rebuilt."""
-        text = json.dumps({"training": self.training.table, "data": self.data_source, "version": TRAINING_VERSION},
-                          sort_keys=True)
+        recipe = {k: v for k, v in self.training.table.items() if k not in RUN_ONLY_KEYS}
+        text = json.dumps({"training": recipe, "data": self.data_source, "version": TRAINING_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property

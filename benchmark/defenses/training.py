@@ -37,7 +37,7 @@ from benchmark.enums import DefenseKind
 from benchmark.errors import UserError
 from benchmark.schema import check_fields, read_table, setting
 from benchmark.tasks import Task, total_loss
-from benchmark.training import make_optimizer, restore_training_state, training_state, write_resume
+from benchmark.training import make_optimizer, restore_training_state, training_layout, training_state, write_resume
 
 __all__ = ["RESUME_FILE", "AdversarialRecipe", "TrainingDefense", "adversarial_recipe", "adversarial_training",
            "checked_examples"]
@@ -205,8 +205,15 @@ def adversarial_training(model: nn.Module, tasks: list[Task], dataset, examples:
     ``checkpoint_every`` steps. ``label`` names the defense in messages. Returns training statistics."""
     if len(dataset) == 0:
         raise UserError(f"{label}: the training set is empty")
-    batch_size = min(recipe.batch_size, len(dataset))
     model.to(device)
+    with training_layout(model, device):
+        return _adversarial_training(model, tasks, dataset, examples, recipe, device=device, resume=resume,
+                                     meta=meta, progress=progress, label=label)
+
+
+def _adversarial_training(model, tasks, dataset, examples, recipe, *, device, resume, meta, progress,
+                          label) -> dict[str, Any]:
+    batch_size = min(recipe.batch_size, len(dataset))
     for p in model.parameters():
         p.requires_grad_(True)
     opt = make_optimizer(model.parameters(), "adam", lr=recipe.lr, weight_decay=recipe.weight_decay)

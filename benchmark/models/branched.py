@@ -137,6 +137,8 @@ class BranchedModel(nn.Module):
         last = layout.num_blocks - 1
         self._head_input = {name: set_key(layout.task_set(last, t)) for t, name in enumerate(self.task_names)}
         self.channels_last = False
+        #: the backbone trains faster in channels-last order on the CPU (:func:`train_layout`)
+        self.channels_last_training = spec.channels_last_training
 
     def use_channels_last(self, enabled: bool = True) -> BranchedModel:
         """Run the convolutions in channels-last memory order (weights and activations; inputs,
