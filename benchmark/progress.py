@@ -10,6 +10,7 @@ line every ``every_s`` seconds with its count, the elapsed time and an estimate 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,16 @@ def make_console(*, stderr: bool = False, **options: Any) -> Console:
     """The console every command prints on. Markup is off: names, paths and messages a user
     wrote are printed literally (``[/x]`` or ``[bold red]x`` in a model name is text, never a
     style or a MarkupError); our own styling is passed as :class:`rich.text.Text` spans."""
-    return Console(stderr=stderr, markup=False, highlight=False, **options)
+    console = Console(stderr=stderr, markup=False, highlight=False, **options)
+    if "width" not in options and not console.is_terminal and not os.environ.get("COLUMNS"):
+        # off a terminal (a log, a pipe, CI) rich would squeeze tables into 80 columns, a word per line:
+        # a log has room for wide lines
+        console.width = NOT_A_TERMINAL_WIDTH
+    return console
+
+
+#: the width of a console whose output is not a terminal (``COLUMNS`` sets another)
+NOT_A_TERMINAL_WIDTH = 200
 
 
 def _clock(seconds: float) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 from benchmark.tasks import Task, TaskMetric
 
 __all__ = ["arp", "bootstrap_ci", "image_scores", "kendall_tau", "metric_drop", "paired_bootstrap", "spearman",
-           "task_arp", "transferability"]
+           "stratified_bootstrap_ci", "task_arp", "transferability"]
 
 Metrics = Mapping[str, Mapping[str, float]]  # task -> metric -> value
 
@@ -155,13 +155,44 @@ def bootstrap_ci(values: Sequence[float], *, confidence: float = 0.95, n_resampl
     return mean, float(low), float(high)
 
 
+def stratified_bootstrap_ci(groups: Sequence[Sequence[float]], *, confidence: float = 0.95, n_resamples: int = 2000,
+                            seed: int = 0) -> tuple[float, float, float]:
+    """The mean over groups of each group's mean (e.g. the mean over models of each model's ARP
+    from its images' scores) and a percentile-bootstrap interval that resamples the units within
+    each group (the images of each model): the interval of a mean over a few fixed groups, where a
+    bootstrap over the groups themselves would have too few to resample. NaN-free groups only."""
+    arrays = [np.asarray([v for v in g if v is not None and math.isfinite(v)], dtype=np.float64) for g in groups]
+    arrays = [a for a in arrays if a.size]
+    if not arrays:
+        return (float("nan"),) * 3
+    point = float(np.mean([a.mean() for a in arrays]))
+    if max(a.size for a in arrays) < 2:
+        return point, float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = np.zeros(n_resamples)
+    for a in arrays:
+        means += a[rng.integers(0, a.size, size=(n_resamples, a.size))].mean(axis=1)
+    means /= len(arrays)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return point, float(low), float(high)
+
+
 def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Spearman's rank correlation of two equally long sequences (NaN with fewer than 2 values)."""
+    """Spearman's rank correlation of two equally long sequences: Pearson's correlation of their
+    ranks, tied values sharing the mean of their ranks (as ``scipy.stats.spearmanr``). NaN with
+    fewer than 2 values or when either sequence is constant (a flat curve has no trend)."""
     def ranks(v):
         order = sorted(range(len(v)), key=lambda i: v[i])
         r = [0.0] * len(v)
-        for rank, i in enumerate(order):
-            r[i] = float(rank)
+        start = 0
+        while start < len(order):
+            end = start
+            while end + 1 < len(order) and v[order[end + 1]] == v[order[start]]:
+                end += 1
+            for k in range(start, end + 1):
+                r[order[k]] = (start + end) / 2.0
+            start = end + 1
         return r
 
     if len(xs) < 2:

@@ -43,7 +43,12 @@ SYNTHETIC_SPLIT_SIZE = 256
 _REVISION = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: a Hugging Face Hub repo id, ``owner/name``
-REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+#: a Hub repo id as the Hub accepts it: owner/name, each starting and ending with a letter or digit,
+#: without ".." or "--" (huggingface_hub refuses those with a traceback of its own)
+REPO_ID = re.compile(r"(?!.*(\.\.|--))[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?")
+_HUB_NAME = re.compile(r"(?!.*(\.\.|--))[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?")
+#: a file inside a Hub repo: a relative path of plain names (no "..", no leading "/")
+_REPO_FILE = re.compile(r"(?!.*(^|/)\.\.?(/|$))[\w.-]+(/[\w.-]+)*")
 #: Bumped when the way members are trained changes beyond what the manifest says (2: members
 #: of a tiny suite start from a common pre-trained backbone instead of a warm-start member; 3: the
 #: heads' dropout masks are drawn with ``rand`` in one call per layer, another random stream)
@@ -250,7 +255,7 @@ class ImagenetTable:
     repo_id: str = setting("", check=_pinned(REPO_ID, "a Hub repo id ('owner/name')"))
     revision: str = setting("", check=_pinned(_REVISION, "a pinned commit (40 lowercase hex digits)"))
     sha256: str = setting("", check=_pinned(_SHA256, "a sha256 (64 lowercase hex digits)"))
-    file: str = setting("model.safetensors")
+    file: str = setting("model.safetensors", check=_pinned(_REPO_FILE, "a file of the repo (a relative path, no '..')"))
 
 
 #: ``[training]`` entries that say how a training runs, not what it trains (left out of the recipe's id)
@@ -394,6 +399,11 @@ class Suite:
         raise UserError(f"suite {self.name!r} has no model {name!r}; models: "
                         f"{', '.join(m.name for m in self.members)}")
 
+    @property
+    def headline_profile(self) -> str:
+        """The profile a suite's leaderboard pages open on: the manifest's first one."""
+        return next(iter(self.profiles))
+
     def profile(self, name: str) -> Profile:
         if name not in self.profiles:
             raise UserError(f"suite {self.name!r} has no profile {name!r}; profiles: {', '.join(self.profiles)}")
@@ -443,7 +453,8 @@ class SuiteTable:
                                  f"{v!r} is not a suite name (letters, digits, '.', '_', '-'; the mirrored manifest "
                                  "is looked up beside this one or among the standard suites)")
     selection: str = setting("")
-    hub_org: str | None = setting(None)  # members' Hub repos default to <hub_org>/<suite>-<member>
+    #: members' Hub repos default to <hub_org>/<suite>-<member>
+    hub_org: str | None = setting(None, check=_pinned(_HUB_NAME, "a Hub user or organisation name"))
     metrics: str = setting("ours", choices=("ours", "paper"))  # pooled, or the paper authors' code
 
 
@@ -617,6 +628,12 @@ def _weights(table: Any, names: set[str], *, tiny: bool) -> tuple[dict[str, str]
             raise TableError(f"weights.defended.{spec}", str(exc)) from None
         if canonical != spec:
             raise TableError(f"weights.defended.{spec}", f"write the defense as {canonical!r}")
+        from benchmark.defenses import create_defense
+        from benchmark.defenses.training import TrainingDefense
+
+        if not isinstance(create_defense(spec), TrainingDefense):
+            raise TableError(f"weights.defended.{spec}", f"{spec} is an inference-time defense: it wraps a member at "
+                                                         "evaluation time and has no weights of its own to pin")
         defended[spec] = pins(entries, f"weights.defended.{spec}")
     return pins(table.get("sha256", {}), "weights.sha256"), defended
 

@@ -27,15 +27,17 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from benchmark.defenses.checks import evaluation_flags, target_checks
+from benchmark.defenses.checks import check_rows, evaluation_flags, target_checks
 from benchmark.enums import Status
 from benchmark.runner.store import CellResult, ResultsStore
-from benchmark.scoring import bootstrap_ci, transferability
+from benchmark.scoring import bootstrap_ci, stratified_bootstrap_ci, transferability
 from benchmark.version import __version__
 
-__all__ = ["DEFAULT_EPS", "build_board", "choose_eps", "eps_key"]
+__all__ = ["DEFAULT_EPS", "build_board", "choose_eps", "eps_key", "headline_view", "views_of"]
 
 DEFAULT_EPS = 8.0
+#: fewer models than this get an interval over their images, not a bootstrap over the models
+MIN_MODELS_FOR_CI = 5
 
 
 def choose_eps(available: list[float], wanted: float = DEFAULT_EPS) -> float:
@@ -75,19 +77,36 @@ def _image_ci(scores: list | None) -> list[float] | None:
     return [low, high]
 
 
-def _rankings(entries: dict[tuple[str, str], dict], models: list[str], attacks: list[str]) -> tuple[list, list]:
-    """Ranked attacks (valid on every model) and the others; wins count among ranked attacks."""
+def _rankings(entries: dict[tuple[str, str], dict], models: list[str], attacks: list[str]) -> tuple[list, list, list]:
+    """Ranked attacks (valid on every ranked model), the others, and the models left out of the
+    ranking. A model on which no attack has a valid result (a degenerate member: its clean
+    metrics make every ARP undefined) is left out with its reason, and the attacks are ranked over
+    the other models; attacks that ran on none of the models (only on defended or external
+    targets) are not listed. Wins count among ranked attacks."""
+    present_models = [m for m in models if any((m, a) in entries for a in attacks)]
+    left_out = []
+    for m in present_models:
+        mine = [entries[(m, a)] for a in attacks if (m, a) in entries]
+        if mine and all(e["status"] != "valid" for e in mine) and len(present_models) > 1:
+            left_out.append({"model": m, "reason": mine[0]["reason"] or mine[0]["status"]})
+    gone = {x["model"] for x in left_out}
+    models = [m for m in models if m not in gone]
     ranked, unranked = [], []
     for a in attacks:
         present = [entries[(m, a)] for m in models if (m, a) in entries]
+        if not present:
+            continue
         bad = [e for e in present if e["status"] != "valid"]
         if bad or len(present) < len(models):
             unranked.append({
                 "attack": a, "models": len(present), "invalid": sum(e["status"] == "invalid" for e in bad),
                 "failed": sum(e["status"] == "failed" for e in bad), "missing": len(models) - len(present),
-                "reason": bad[0]["reason"] if bad else f"not run on {len(models) - len(present)} model(s)",
+                # "partial": ran validly on some models only (by design, e.g. a defense's black-box attack)
+                "kind": "bad" if bad else "partial",
+                "reason": bad[0]["reason"] if bad else f"run on {len(present)} of {len(models)} models",
             })
-    eligible = [a for a in attacks if a not in {u["attack"] for u in unranked}]
+    listed = {u["attack"] for u in unranked}
+    eligible = [a for a in attacks if a not in listed and all((m, a) in entries for m in models)]
     best = {m: max(entries[(m, a)]["arp"] for a in eligible) for m in models} if eligible else {}
     for a in eligible:
         present = [entries[(m, a)] for m in models]
@@ -106,9 +125,7 @@ def _rankings(entries: dict[tuple[str, str], dict], models: list[str], attacks: 
     ranked.sort(key=lambda r: (-r["mean_arp"], r["attack"]))
     for i, r in enumerate(ranked, start=1):
         r["rank"] = i
-    return ranked, unranked
-
-
+    return ranked, unranked, left_out
 
 
 def _transfer(entries, models: list[str], attacks: list[str], targets: dict[str, str], info: dict) -> dict[str, Any]:
@@ -299,12 +316,17 @@ def _budget_block(cells: list[CellResult], models: list[str], eps: float) -> dic
     else:
         points = {k: cs for k, cs in points.items() if k[0] not in left_out}
     if not common:
-        return {"models": [], "series": {}, "levels": [], "rankings": {}}
+        return {"models": [], "series": {}, "levels": [], "rankings": {}, "ci_over": "models"}
     series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    over_images = len(common) < MIN_MODELS_FOR_CI
     for (attack, budget), by_model in points.items():
         per_model = [mean(x.arp for x in by_model[m]) for m in common]
         passes = [p for m in common for p in (c.passes_per_image for c in by_model[m]) if p is not None]
         m_arp, low, high = bootstrap_ci(per_model, confidence=0.95, seed=0)
+        if over_images:  # a few models: the interval of their mean over each model's images
+            scores = [[v for x in by_model[m] for v in (x.per_image.get("score") or [])] for m in common]
+            centre, low, high = stratified_bootstrap_ci(scores, seed=0)
+            low, high = (low + m_arp - centre, high + m_arp - centre) if math.isfinite(centre) else (None, None)
         series[attack].append({"budget": budget, "passes_per_image": mean(passes) if passes else None,
                                "mean_arp": m_arp, "ci_low": low, "ci_high": high})
     for attack in series:
@@ -323,7 +345,7 @@ def _budget_block(cells: list[CellResult], models: list[str], eps: float) -> dic
             r["rank"] = i
         rankings[f"{level:g}"] = rows
     return {"models": common, "series": dict(sorted(series.items())), "levels": [f"{v:g}" for v in levels],
-            "rankings": rankings}
+            "rankings": rankings, "ci_over": "images" if over_images else "models"}
 
 
 def _label_configurations(cells: list[CellResult]) -> tuple[list[CellResult], dict[str, list[str]]]:
@@ -360,7 +382,71 @@ def _model_order(models: list[str], info: dict) -> list[str]:
     return sorted(models, key=lambda m: (-(info.get(m, {}).get("backbone_params") or 0), m))
 
 
+def views_of(cells: list[CellResult]) -> dict[str, list[CellResult]]:
+    """A suite's cells split by the evaluation they belong to: the profile they ran under and the
+    images they were scored on. A result's identity includes them, so rankings, paired differences,
+    verdicts and curves never mix two views. A view is named by its profile, and by its image count
+    too where one profile ran on several."""
+    by: dict[tuple[str, int], list[CellResult]] = defaultdict(list)
+    for c in cells:
+        by[(c.profile or "custom", _requested_images(c))].append(c)
+    counts: dict[str, int] = defaultdict(int)
+    for profile, _ in by:
+        counts[profile] += 1
+    return {(profile if counts[profile] == 1 else f"{profile}, {images or 'all'} images"): cs
+            for (profile, images), cs in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))}
+
+
+def _requested_images(c: CellResult) -> int | None:
+    """The images a cell was asked to score (its configuration's; a failed cell scored none)."""
+    return c.config.get("images", c.images) if "images" in c.config else (c.images or None)
+
+
+def _headline(suite: str, views: dict[str, list[CellResult]]) -> str:
+    """The view a suite's pages open on: its manifest's headline profile (the first one) when that
+    ran, else the view with the most cells."""
+    from benchmark.errors import UserError
+    from benchmark.suites import load_suite
+
+    try:
+        headline = load_suite(suite).headline_profile
+    except (UserError, OSError, ValueError):
+        headline = None
+    named = [v for v, cs in views.items() if cs[0].profile == headline]
+    if named:
+        return max(named, key=lambda v: (len(views[v]), v))
+    return max(views, key=lambda v: (len(views[v]), v))
+
+
+def _settings(cells: list[CellResult]) -> dict[str, Any]:
+    """What a view's numbers come from: the profile, step budgets, images, seeds, batch size,
+    metric mode and data (with the data root where a real data set was read)."""
+    steps: dict[str, set] = defaultdict(set)
+    for c in cells:
+        budget = c.config.get("budget")
+        if isinstance(budget, dict) and not budget.get("extra"):
+            steps[f"{c.attack.partition(':')[0]} ({budget.get('option')})"].add(budget.get("value"))
+
+    def distinct(values) -> list:
+        return sorted({v for v in values if v is not None}, key=str)
+
+    return {
+        "profile": cells[0].profile or "custom",
+        "images": distinct(c.images for c in cells if c.status == Status.VALID) or distinct(
+            _requested_images(c) for c in cells),
+        "seeds": distinct(c.seed for c in cells),
+        "steps": {k: sorted(v, key=str) for k, v in sorted(steps.items())},
+        "batch_size": distinct(c.config.get("batch_size") for c in cells),
+        "metrics": distinct(c.config.get("metrics", "ours") for c in cells),
+        "data": distinct(c.config.get("data") for c in cells),
+        "data_root": distinct(c.config.get("data_root") for c in cells),
+    }
+
+
 def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dict[str, Any]:
+    """Every number of the leaderboard: ``{"provenance", "suites": {suite: {"name", "headline",
+    "views": {view: <the view's numbers>}}}}``, one view per evaluation (profile and images) that
+    ran on the suite, its headline view first (:func:`headline_view`)."""
     cells = store.cells()
     model_info: dict[tuple[str, str], dict] = {}
     for row in store.models():
@@ -370,73 +456,94 @@ def build_board(store: ResultsStore, *, default_eps: float = DEFAULT_EPS) -> dic
     for c in cells:
         grouped[c.suite].append(c)
     for suite, suite_cells in sorted(grouped.items()):
-        suite_cells, variants = _label_configurations(suite_cells)
-        info = {m: model_info.get((suite, m), {}) for m in {c.model for c in suite_cells}}
-        # attacks are ranked on the suite's own (undefended) models; defended targets have their page,
-        # external models (brought by users) their table, neither is ranked
-        external = sorted(m for m in info if info[m].get("kind") == "external")
-        models = _model_order([m for m in info if not info[m].get("defense") and m not in external], info)
-        defended = sorted(m for m in info if info[m].get("defense") and m not in external)
-        attacks = sorted({c.attack for c in suite_cells})
-        eps_list = sorted({c.eps for c in suite_cells})
-        tasks = next((list(c.task_arp) for c in suite_cells if c.task_arp), [])
-        # the task a SINGLE-X attack targets, as the runner's AttackSpec stored it (never re-parsed)
-        targets = {c.attack: c.config["task"] for c in suite_cells if c.config.get("task") in tasks}
-        by_key: dict[tuple[str, str, float], list[CellResult]] = defaultdict(list)
-        for c in suite_cells:
-            if not _is_curve_point(c):  # a budget curve's extra points are not the protocol's cells
-                by_key[(c.model, c.attack, c.eps)].append(c)
-        per_eps: dict[str, Any] = {}
-        for eps in eps_list:
-            entries = {(m, a): _entry(by_key[(m, a, eps)]) for m in models + defended + external for a in attacks
-                       if by_key.get((m, a, eps))}
-            worst = {m: _worst_case([c for a in attacks for c in by_key.get((m, a, eps), [])],
-                                    info[m].get("dataset")) for m in models + defended + external}
-            worst = {m: w for m, w in worst.items() if w is not None}
-            ranked, unranked = _rankings(entries, models, attacks)
-            per_eps[eps_key(eps)] = {
-                "eps": eps, "ranking": ranked, "unranked": unranked,
-                "table": {m: {a: entries[(m, a)] for a in attacks if (m, a) in entries} for m in models},
-                "transfer": _transfer(entries, models, attacks, targets, info),
-                "worst": worst,
-                "defenses": _defenses(entries, defended, attacks, info, worst) if defended else None,
-                "external": {m: {a: entries[(m, a)] for a in attacks if (m, a) in entries} for m in external},
-                "budget": _budget_block(suite_cells, models, eps),
-            }
-        clean = {m: info[m].get("clean") or next((c.clean for c in suite_cells if c.model == m and c.clean), {})
-                 for m in models}
-        checks = target_checks(suite_cells, info)
-        reliability = {m: {"checks": checks.get(m, {}), "flags": evaluation_flags(checks.get(m, {}))}
-                       for m in models + defended + external}
-        for block in per_eps.values():
-            for row in (block["defenses"] or {}).get("rows", []):
-                row["flags"] = [f"{t}: {f}" if len(row["targets"]) > 1 else f
-                                for t in row["targets"] for f in reliability.get(t, {}).get("flags", [])]
-        suites[suite] = {
-            "name": suite, "models": models, "attacks": attacks, "variants": variants, "eps": eps_list, "tasks": tasks,
-            "default_eps": choose_eps(eps_list, default_eps) if eps_list else None,
-            "model_info": {m: {k: v for k, v in info[m].items() if k not in ("clean",)}
-                           for m in models + defended + external},
-            "defended": defended, "external": external,
-            "clean": clean, "by_eps": per_eps, "reliability": reliability,
-            "images": sorted({c.images for c in suite_cells if c.images}),
-            "inference": _inference(info, defended + external),
-            "statuses": dict(sorted(_count(suite_cells).items())),
-        }
+        views = views_of(suite_cells)
+        headline = _headline(suite, views)
+        order = [headline, *sorted(v for v in views if v != headline)]
+        suites[suite] = {"name": suite, "headline": headline,
+                         "views": {v: {**_view_board(suite, views[v], model_info, default_eps), "view": v,
+                                       "headline": v == headline} for v in order}}
     return {"provenance": _provenance(cells, store.path), "suites": suites}
+
+
+def headline_view(board: dict[str, Any], suite: str) -> dict[str, Any]:
+    """The numbers of ``suite``'s headline view in ``board``."""
+    entry = board["suites"][suite]
+    return entry["views"][entry["headline"]]
+
+
+def _view_board(suite: str, suite_cells: list[CellResult], model_info: dict, default_eps: float) -> dict[str, Any]:
+    """One view's numbers: rankings, tables, transferability, defenses, checks per eps."""
+    settings = _settings(suite_cells)
+    suite_cells, variants = _label_configurations(suite_cells)
+    info = {m: model_info.get((suite, m), {}) for m in {c.model for c in suite_cells}}
+    # attacks are ranked on the suite's own (undefended) models; defended targets have their page,
+    # external models (brought by users) their table, neither is ranked
+    external = sorted(m for m in info if info[m].get("kind") == "external")
+    models = _model_order([m for m in info if not info[m].get("defense") and m not in external], info)
+    defended = sorted(m for m in info if info[m].get("defense") and m not in external)
+    attacks = sorted({c.attack for c in suite_cells})
+    eps_list = sorted({c.eps for c in suite_cells})
+    tasks = next((list(c.task_arp) for c in suite_cells if c.task_arp), [])
+    # the task a SINGLE-X attack targets, as the runner's AttackSpec stored it (never re-parsed)
+    targets = {c.attack: c.config["task"] for c in suite_cells if c.config.get("task") in tasks}
+    by_key: dict[tuple[str, str, float], list[CellResult]] = defaultdict(list)
+    for c in suite_cells:
+        if not _is_curve_point(c):  # a budget curve's extra points are not the protocol's cells
+            by_key[(c.model, c.attack, c.eps)].append(c)
+    per_eps: dict[str, Any] = {}
+    for eps in eps_list:
+        entries = {(m, a): _entry(by_key[(m, a, eps)]) for m in models + defended + external for a in attacks
+                   if by_key.get((m, a, eps))}
+        worst = {m: _worst_case([c for a in attacks for c in by_key.get((m, a, eps), [])],
+                                info[m].get("dataset")) for m in models + defended + external}
+        worst = {m: w for m, w in worst.items() if w is not None}
+        ranked, unranked, left_out = _rankings(entries, models, attacks)
+        per_eps[eps_key(eps)] = {
+            "eps": eps, "ranking": ranked, "unranked": unranked, "left_out": left_out,
+            "table": {m: {a: entries[(m, a)] for a in attacks if (m, a) in entries} for m in models},
+            "transfer": _transfer(entries, models, attacks, targets, info),
+            "worst": worst,
+            "defenses": _defenses(entries, defended, attacks, info, worst) if defended else None,
+            "external": {m: {a: entries[(m, a)] for a in attacks if (m, a) in entries} for m in external},
+            "budget": _budget_block(suite_cells, models, eps),
+        }
+    clean = {m: info[m].get("clean") or next((c.clean for c in suite_cells if c.model == m and c.clean), {})
+             for m in models}
+    checks = target_checks(suite_cells, info)
+    reliability = {m: {"checks": checks.get(m, {}), "flags": evaluation_flags(checks.get(m, {})),
+                       "rows": check_rows(checks.get(m, {}))}
+                   for m in models + defended + external}
+    for block in per_eps.values():
+        for row in (block["defenses"] or {}).get("rows", []):
+            row["flags"] = [f"{t}: {f}" if len(row["targets"]) > 1 else f
+                            for t in row["targets"] for f in reliability.get(t, {}).get("flags", [])]
+    return {
+        "name": suite, "settings": settings, "models": models, "attacks": attacks, "variants": variants,
+        "eps": eps_list, "tasks": tasks, "default_eps": choose_eps(eps_list, default_eps) if eps_list else None,
+        # the members' own task order (config.json's): a layout's task numbers index it
+        "task_order": next((info[m]["tasks"] for m in models if info[m].get("tasks")), tasks),
+        "model_info": {m: {k: v for k, v in info[m].items() if k not in ("clean",)}
+                       for m in models + defended + external},
+        "defended": defended, "external": external,
+        # the members behind the defended targets (their undefended rows are the defenses page's reference)
+        "defended_members": sorted({info[t].get("member") for t in defended if info[t].get("member") in info}),
+        "clean": clean, "by_eps": per_eps, "reliability": reliability,
+        "images": sorted({c.images for c in suite_cells if c.images}),
+        "inference": _inference(info, defended + external),
+        "statuses": dict(sorted(_count(suite_cells).items())),
+    }
 
 
 def _inference(info: dict, targets: list[str]) -> dict[str, dict[str, Any]]:
     """Each defended (or external) target's inference cost: forward passes of the network per
-    prediction and clean time per image, relative to its undefended member's (one run's timing)."""
+    prediction, clean time per image and that time relative to the bare network's, as measured
+    when the target was loaded (interleaved in one process; ``time_ratio_how`` says how). A target
+    loaded before that was measured has no ratio (a ratio of two runs' timings is their load)."""
     out = {}
     for t in targets:
         mine = info[t].get("inference") or {}
-        base = (info.get(info[t].get("member"), {}) or {}).get("inference") or {}
-        ratio = (mine["s_per_image"] / base["s_per_image"]
-                 if mine.get("s_per_image") and base.get("s_per_image") else None)
         out[t] = {"passes_per_prediction": mine.get("passes_per_prediction"), "s_per_image": mine.get("s_per_image"),
-                  "time_ratio": ratio}
+                  "time_ratio": mine.get("time_ratio"), "time_ratio_how": mine.get("time_ratio_how", "")}
     return out
 
 
@@ -453,6 +560,11 @@ def eps_key(eps: float) -> str:
 
 
 def _provenance(cells: list[CellResult], path: Path) -> dict[str, Any]:
+    """Where the results database's own results come from (a submitted bundle's cells have their
+    provenance in the bundles table, never here)."""
+    bundled = sum(1 for c in cells if c.config.get("source"))
+    cells = [c for c in cells if not c.config.get("source")]
+
     def distinct(attr: str) -> list[str]:
         return sorted({str(getattr(c, attr)) for c in cells if getattr(c, attr)})
 
@@ -464,4 +576,5 @@ def _provenance(cells: list[CellResult], path: Path) -> dict[str, Any]:
                                                                                   default=""),
         "rendered": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "results database": Path(path).name,  # a published page names the file, not where it lives
+        **({"cells of submitted bundles": f"{bundled} (their provenance: the bundles table)"} if bundled else {}),
     }

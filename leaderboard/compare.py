@@ -24,15 +24,18 @@ from typing import Any
 from benchmark.errors import UserError
 from benchmark.runner.store import ResultsStore
 from benchmark.scoring import kendall_tau, spearman
-from leaderboard.aggregate import build_board, choose_eps, eps_key
+from leaderboard.aggregate import build_board, choose_eps, eps_key, views_of
 from leaderboard.reproduction import paired_difference
 
 __all__ = ["compare_results"]
 
 
 def compare_results(paths: list[str | Path], *, eps: float = 8.0, better: str = "pgd:gb-mta",
-                    other: str = "pgd:total") -> dict[str, Any]:
-    """Each run's conclusions (see the module docstring) and Kendall's tau between their rankings."""
+                    other: str = "pgd:total", profile: str | None = None) -> dict[str, Any]:
+    """Each run's conclusions (see the module docstring) and Kendall's tau between their rankings,
+    on one view of the suite (``profile``: default, the first run's headline one). ``differences``
+    names every setting in which the runs' views differ (profile, images, seeds, step budgets,
+    batch size, metrics, data): conclusions of runs that differ in them are not the same experiment."""
     if len(paths) < 2:
         raise UserError("compare needs two or more results databases")
     runs = []
@@ -43,24 +46,42 @@ def compare_results(paths: list[str | Path], *, eps: float = 8.0, better: str = 
     if not suites:
         raise UserError("the results databases have no suite in common")
     suite = sorted(suites)[0]
-    models = sorted(set.intersection(*(set(board["suites"][suite]["models"]) for _, board, _ in runs)))
-    chosen = choose_eps(sorted(set.intersection(*(set(board["suites"][suite]["eps"]) for _, board, _ in runs))), eps)
+    views = []
+    for path, board, _ in runs:
+        entry = board["suites"][suite]
+        wanted = profile or runs[0][1]["suites"][suite]["headline"]
+        name = next((v for v in entry["views"] if v == wanted or v.startswith(f"{wanted}, ")), None)
+        if name is None:
+            name = entry["headline"] if profile is None else None
+        if name is None:
+            raise UserError(f"{path} has no results of profile {profile!r} for {suite}; it has "
+                            f"{', '.join(entry['views'])}")
+        views.append(entry["views"][name])
+    models = sorted(set.intersection(*(set(v["models"]) for v in views)))
+    chosen = choose_eps(sorted(set.intersection(*(set(v["eps"]) for v in views))), eps)
     key = eps_key(chosen)
-    attacks = sorted(set.intersection(*(set(board["suites"][suite]["attacks"]) for _, board, _ in runs)))
-    out: dict[str, Any] = {"suite": suite, "eps": chosen, "models": models, "attacks": attacks, "runs": []}
-    for path, board, cells in runs:
-        table = board["suites"][suite]["by_eps"][key]["table"]
-        info = board["suites"][suite]["model_info"]
+    attacks = sorted(set.intersection(*(set(v["attacks"]) for v in views)))
+    differences = {}
+    for name in sorted(views[0]["settings"]):
+        values = [v["settings"].get(name) for v in views]
+        if any(x != values[0] for x in values):
+            differences[name] = values
+    out: dict[str, Any] = {"suite": suite, "eps": chosen, "models": models, "attacks": attacks, "runs": [],
+                           "differences": differences, "views": [v["view"] for v in views]}
+    for (path, _, cells), view in zip(runs, views, strict=True):
+        table = view["by_eps"][key]["table"]
+        info = view["model_info"]
         ranking = {}
         for attack in attacks:
             values = [table.get(m, {}).get(attack, {}).get("arp") for m in models]
             if all(v is not None for v in values):
                 ranking[attack] = mean(values)
         order = sorted(ranking, key=lambda a: -ranking[a])
-        paired = paired_difference(cells, better, other, models, chosen) if {better, other} <= set(attacks) else {}
+        mine = views_of([c for c in cells if c.suite == suite]).get(view["view"], [])
+        paired = paired_difference(mine, better, other, models, chosen) if {better, other} <= set(attacks) else {}
         trends = {}
-        for attack in board["suites"][suite]["by_eps"][key]["transfer"]["targets"]:
-            per_model = board["suites"][suite]["by_eps"][key]["transfer"]["per_model"].get(attack, {})
+        for attack in view["by_eps"][key]["transfer"]["targets"]:
+            per_model = view["by_eps"][key]["transfer"]["per_model"].get(attack, {})
             levels: dict[int, list[float]] = {}
             for m in models:
                 value = per_model.get(m)
@@ -69,7 +90,7 @@ def compare_results(paths: list[str | Path], *, eps: float = 8.0, better: str = 
             by_level = {lvl: mean(v) for lvl, v in sorted(levels.items())}
             trends[attack] = {"by_level": by_level, "spearman": spearman(list(by_level), list(by_level.values()))}
         out["runs"].append({"path": path, "ranking": ranking, "order": order, "top3": order[:3], "paired": paired,
-                            "transfer": trends})
+                            "transfer": trends, "view": view["view"]})
     common = [a for a in attacks if all(a in r["ranking"] for r in out["runs"])]
     out["tau"] = {(i, j): kendall_tau([out["runs"][i]["ranking"][a] for a in common],
                                       [out["runs"][j]["ranking"][a] for a in common])

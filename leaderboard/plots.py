@@ -12,7 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-__all__ = ["arp_curves", "budget_curves", "defense_tradeoff", "layout_tree_svg", "ranking_chart", "transfer_heatmap"]
+__all__ = ["arp_curves", "attack_style", "budget_curves", "defense_tradeoff", "layout_tree_svg", "ranking_chart",
+           "transfer_heatmap"]
 
 #: our style, applied per figure (never to the global rcParams of the process)
 STYLE = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False, "figure.constrained_layout.use": True,
@@ -26,6 +27,27 @@ def _styled(fn):
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+#: one colour per objective and one marker and line style per optimizer, the same on every page
+#: and in every render (an attack's look depends on its name only)
+OBJECTIVE_COLOURS = {"gb-mta": "#c0392b", "total": "#2e6fb7", "signtotal": "#2a9d5b", "single-segment": "#8e44ad",
+                     "single-normal": "#8c6d31", "single-depth": "#e67e22", "single-keypoint": "#17a2b8",
+                     "single-edge": "#6c757d"}
+OPTIMIZER_STYLES = {"fgsm": ("s", ":"), "pgd": ("o", "-"), "mim": ("^", "--"), "apgd": ("D", "-."),
+                    "autosaga": ("v", (0, (3, 1, 1, 1))), "square": ("x", (0, (1, 2))), "autoattack": ("*", "-")}
+_SPARE = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
+
+
+def attack_style(name: str) -> dict:
+    """Colour, marker and line style of an attack (``optimizer:objective [configuration]``)."""
+    import zlib
+
+    base = name.partition(" [")[0]
+    optimizer, _, objective = base.partition(":")
+    colour = OBJECTIVE_COLOURS.get(objective) or _SPARE[zlib.crc32(objective.encode()) % len(_SPARE)]
+    marker, line = OPTIMIZER_STYLES.get(optimizer, ("P", "-"))
+    return {"color": colour, "marker": marker, "linestyle": line}
 
 
 def _save(fig, path: Path) -> Path:
@@ -57,7 +79,7 @@ def arp_curves(series: dict[str, list[tuple[float, float]]], title: str, path: P
     for name, points in series.items():
         if points:
             xs, ys = zip(*sorted(points), strict=True)
-            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.4, label=name)
+            ax.plot(xs, ys, markersize=3.5, linewidth=1.4, label=name, **attack_style(name))
     ax.set_xlabel("eps (0-255)")
     ax.set_ylabel("ARP (%)")
     ax.set_title(title, loc="left")
@@ -69,18 +91,37 @@ def arp_curves(series: dict[str, list[tuple[float, float]]], title: str, path: P
 @_styled
 def budget_curves(series: dict[str, list[dict]], title: str, path: Path) -> dict[str, list[tuple[float, float]]]:
     """Mean ARP against counted forward+backward passes per image, one line per attack (a single
-    marker for an attack without a step budget). Returns the (passes, ARP) points drawn, as read
-    back from the figure's lines."""
+    marker for an attack without a step budget), with each point's 95% interval as an error bar.
+    Points at the same pass count are nudged apart sideways so that none hides another. Returns
+    the (passes, ARP) points drawn, as read back from the figure's lines (their true pass counts)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     drawn = {}
-    for name, points in series.items():
-        pts = [(p["passes_per_image"], p["mean_arp"]) for p in points if p["passes_per_image"] is not None]
-        if not pts:
-            continue
-        xs, ys = zip(*sorted(pts), strict=True)
-        (line,) = ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.4, label=name)
-        drawn[name] = list(zip(map(float, line.get_xdata()), map(float, line.get_ydata()), strict=True))
+    taken: dict[float, int] = {}
+    names = [n for n, pts in series.items() if any(p["passes_per_image"] is not None for p in pts)]
+    for name in names:
+        pts = sorted((p for p in series[name] if p["passes_per_image"] is not None),
+                     key=lambda p: p["passes_per_image"])
+        xs = [p["passes_per_image"] for p in pts]
+        ys = [p["mean_arp"] for p in pts]
+        # a pass count another attack already has a point at: drawn 4% to the side per earlier point
+        shown = []
+        for x in xs:
+            k = taken.get(x, 0)
+            taken[x] = k + 1
+            shown.append(x * (1.04 ** k))
+        style = attack_style(name)
+        low = [p["mean_arp"] - p["ci_low"] if p.get("ci_low") is not None else 0 for p in pts]
+        high = [p["ci_high"] - p["mean_arp"] if p.get("ci_high") is not None else 0 for p in pts]
+        ax.errorbar(shown, ys, yerr=[low, high], fmt="none", ecolor=style["color"], alpha=0.45, capsize=2,
+                    linewidth=0.9)
+        (line,) = ax.plot(shown, ys, markersize=4.5, linewidth=1.4, label=name, **style)
+        drawn[name] = list(zip(map(float, xs), map(float, line.get_ydata()), strict=True))
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("forward + backward passes per image (counted, log scale)")
     ax.set_ylabel("mean ARP over models (%)")
     ax.set_title(title, loc="left")
@@ -150,15 +191,25 @@ def layout_tree_svg(layout_sets: list[list[list[int]]], tasks: list[str]) -> str
 
 @_styled
 def defense_tradeoff(rows: list[dict], title: str, path: Path) -> Path:
-    """Each defense's clean cost (x) against the ARP of the strongest attack on it (y)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    """Each defense's clean cost (x) against its best-known ARP (y: the worst case per image over
+    every attack, the number the defenses table sorts by; the strongest single attack's ARP where
+    no best known was scored), labelled by a numbered legend so that close points never overlap."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    shown = 0
     for row in rows:
-        if row["clean_cost"] is None or row["robust_arp"] is None:
+        best = (row.get("best_known") or {}).get("arp")
+        y = best if best is not None else row["robust_arp"]
+        if row["clean_cost"] is None or y is None:
             continue
-        ax.scatter([row["clean_cost"]], [row["robust_arp"]], s=28)
-        ax.annotate(f"{row['defense']} ({row['strongest']})", (row["clean_cost"], row["robust_arp"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+        shown += 1
+        marker = "*" if row["defense"] == "none" else "o"
+        ax.scatter([row["clean_cost"]], [y], s=60 if marker == "*" else 30, marker=marker, zorder=3,
+                   label=f"{shown}: {row['defense']}" + ("" if best is not None else " (strongest single attack)"))
+        ax.annotate(str(shown), (row["clean_cost"], y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("clean cost: relative clean-metric drop (%)")
-    ax.set_ylabel("ARP of the strongest attack (%)")
+    ax.set_ylabel("best-known ARP (%)")
     ax.set_title(f"{title}: lower left is better", fontsize=9)
+    ax.grid(alpha=0.3)
+    if shown:
+        ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)

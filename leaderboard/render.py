@@ -22,6 +22,7 @@ import os
 import shutil
 import zlib
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +71,26 @@ def _bytes(value: Any) -> str:
     return f"{value / 2**20:.0f} MiB"
 
 
+def _params(value: Any) -> str:
+    """Parameters in millions: 3 decimals below 10M (tiny members differ in the third), else 2."""
+    if not value:
+        return "–"
+    m = value / 1e6
+    return f"{m:.2f}" if m >= 10 else f"{m:.3f}"
+
+
+def _breakable(name: str) -> Markup:
+    """An attack name for a narrow column header: it may wrap after ':' and never inside a
+    hyphenated word ("gb-mta", "single-depth" keep their hyphen: a non-breaking one)."""
+    from markupsafe import escape
+
+    return Markup(str(escape(name)).replace("-", "\u2011").replace(":", ":<wbr>"))
+
+
 def _env() -> Environment:
     env = Environment(loader=PackageLoader("leaderboard", "templates"), autoescape=select_autoescape(["html", "j2"]),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(fmt=_fmt, num=_num, mib=_bytes, slug=slug)
+    env.filters.update(fmt=_fmt, num=_num, mib=_bytes, slug=slug, mparams=_params, breakable=_breakable)
     return env
 
 
@@ -82,8 +99,11 @@ def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps:
                        suites: list[str] | None = None, console=None) -> Path:
     """Render the site for ``results`` (a results database) into ``out_dir``; returns index.html.
     ``bundles``: a folder of result bundles, each re-scored here (:func:`~benchmark.runner.verify.verify_bundle`):
-    the cells of a verified one join the ranking, a rejected one is listed as self-reported;
-    ``suites``: manifests of the suites that are not standard ones which bundles may name."""
+    the cells of a verified one join the ranking (with their re-scored numbers), a rejected one is
+    listed as self-reported. A bundle never overrides the host's results: its attack joins under a
+    name of its own where the host (or another bundle) has an attack of that name, and two bundles
+    with cells of the same key are both refused, each naming the other. ``suites``: manifests of the
+    suites that are not standard ones which bundles may name."""
     if bundles is None:
         with ResultsStore(results, readonly=True) as store:
             board = build_board(store, default_eps=default_eps)
@@ -94,34 +114,71 @@ def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps:
     from benchmark.runner.bundle import find_bundles
     from benchmark.runner.verify import verify_bundle
 
-    verdicts = [verify_bundle(p, suite=list(suites or []), device=device, console=console)
-                for p in find_bundles(bundles)]
+    found = find_bundles(bundles)
+    verdicts = []
+    for i, p in enumerate(found):
+        if console is not None:
+            console.print(f"bundle {i + 1} of {len(found)}: verifying {p.name}", highlight=False, markup=False)
+        verdicts.append(verify_bundle(p, suite=list(suites or []), device=device, console=console))
+    _refuse_collisions(verdicts)
     with tempfile.TemporaryDirectory(prefix="mtlbench-board-") as tmp:
         merged = Path(tmp) / Path(results).name
         with ResultsStore(merged) as store:
+            host: set[tuple[str, str]] = set()  # (suite, attack) of the host's results
+            host_models: set[tuple[str, str]] = set()
             if Path(results).exists():
                 with ResultsStore(results, readonly=True) as source:
                     for cell in source.cells():
                         store.put(cell)
+                        host.add((cell.suite, cell.attack))
                     for row in source.models():
+                        host_models.add((row["suite"], row["model"]))
                         store.put_model(row.pop("suite"), row.pop("model"), row.pop("model_revision"), row)
+            taken = set(host)
             for v in verdicts:
                 if not v.verified:
                     continue
+                v.labels = {}
                 for model, m in v.models.items():
-                    store.put_model(v.manifest["suite"]["name"], model, m["revision"], m["info"])
+                    if (v.manifest["suite"]["name"], model) not in host_models:  # the host's description stays
+                        store.put_model(v.manifest["suite"]["name"], model, m["revision"], m["info"])
                 for cell in v.cells:
-                    store.put(cell)
+                    label = (cell.attack if (cell.suite, cell.attack) not in taken
+                             else f"{cell.attack} (bundle {v.name})")
+                    v.labels[cell.attack] = label
+                    store.put(replace(cell, attack=label, key=f"bundle:{v.name}:{cell.key}",
+                                      config={**cell.config, "source": f"bundle {v.name}"}))
+                taken |= {(v.manifest["suite"]["name"], label) for label in v.labels.values()}
             board = build_board(store, default_eps=default_eps)
             board["reproduction"] = reproduction(board, store.cells())
     board["bundles"] = [_bundle_row(v) for v in verdicts]
-    for suite in board["suites"].values():
-        mine = [v for v in verdicts if v.verified and v.manifest["suite"]["name"] == suite["name"]]
-        suite["verified_attacks"] = {a: v.name for v in mine for a in v.manifest["attack"]["names"]}
-        # time, memory and (unless re-counted) passes of a bundle are its own claims
-        suite["self_reported"] = {a: [k for k in v.self_reported if k != "passes per image" or a not in v.recounted]
-                                  for v in mine for a in v.manifest["attack"]["names"]}
+    for entry in board["suites"].values():
+        mine = [v for v in verdicts if v.verified and v.manifest["suite"]["name"] == entry["name"]]
+        for suite in entry["views"].values():
+            suite["verified_attacks"] = {v.labels[a]: {"bundle": v.name, "level": v.level(a)}
+                                         for v in mine for a in v.manifest["attack"]["names"]}
+            # time, memory and (unless re-counted) passes of a bundle are its own claims
+            suite["self_reported"] = {v.labels[a]: [k for k in v.self_reported
+                                                    if k != "passes per image" or a not in v.recounted]
+                                      for v in mine for a in v.manifest["attack"]["names"]}
     return render_board(board, out_dir, plots_enabled=plots_enabled)
+
+
+def _refuse_collisions(verdicts: list) -> None:
+    """Two verified bundles with cells of the same key (the same configuration) cannot both be
+    believed: both are refused, each naming the other."""
+    owner: dict[str, Any] = {}
+    for v in verdicts:
+        if not v.verified:
+            continue
+        for cell in v.cells:
+            other = owner.setdefault(cell.key, v)
+            if other is not v:
+                for a, b in ((v, other), (other, v)):
+                    a.reasons.append(f"its cell {cell.model} {cell.attack} eps {cell.eps:g} seed {cell.seed} has the "
+                                     f"key of a cell of the bundle {b.name}: two bundles of the same experiment "
+                                     "cannot both be ranked")
+                    a.checked = 0
 
 
 def _bundle_row(v) -> dict[str, Any]:
@@ -134,8 +191,16 @@ def _bundle_row(v) -> dict[str, Any]:
             "attacks": v.manifest.get("attack", {}).get("names", []), "verified": v.verified,
             "cells": len(v.cells), "checked": v.checked, "reason": "" if v.verified else (v.reasons or ["no cells"])[0],
             "self_reported": v.self_reported if v.verified else [],
+            "levels": {a: v.level(a) for a in v.manifest.get("attack", {}).get("names", [])} if v.verified else {},
+            "torch": v.manifest.get("torch"),
             "problems": len(v.reasons), "device": v.manifest.get("device"), "created": v.manifest.get("created"),
             "claimed": {k: sum(x) / len(x) for k, x in sorted(claimed.items())}}
+
+
+def view_page(suite: str, view: str, headline: bool) -> str:
+    """The file-name stem of a view's pages: the suite's slug for its headline view, with the
+    view's slug after ``--`` for the others (``suite-<stem>.html``, ``model-<stem>-<model>.html``)."""
+    return slug(suite) if headline else f"{slug(suite)}--{slug(view)}"
 
 
 def render_board(board: dict[str, Any], out_dir: str | Path, *, plots_enabled: bool = True) -> Path:
@@ -148,79 +213,98 @@ def render_board(board: dict[str, Any], out_dir: str | Path, *, plots_enabled: b
         raise UserError(f"leaderboard output {out}: cannot create it ({exc.strerror})") from None
     shutil.copytree(STATIC, out / "static", dirs_exist_ok=True)
     board = _finite(board)
+    for entry in board["suites"].values():
+        for name, view in entry["views"].items():
+            view["page"] = view_page(entry["name"], name, view["headline"])
     (out / "leaderboard.json").write_text(json.dumps(board, sort_keys=True, allow_nan=False, separators=(",", ":")))
     env = _env()
     common = {"board": board, "provenance": board["provenance"], "suites": board["suites"]}
-    figures: dict[str, Any] = {}
+    figures: dict[str, dict[str, Any]] = {}
     jobs: list[tuple] = []
-    for name, suite in board["suites"].items():
-        rep = board.get("reproduction", {}).get(name)
-        figures[name], suite_jobs = _suite_plots(suite, out, rep) if plots_enabled else ({}, [])
-        jobs += suite_jobs
+    for name, entry in board["suites"].items():
+        for view_name, view in entry["views"].items():
+            rep = board.get("reproduction", {}).get(name, {}).get(view_name)
+            fig, view_jobs = _suite_plots(view, out, rep) if plots_enabled else ({}, [])
+            figures.setdefault(name, {})[view_name] = fig
+            jobs += view_jobs
     _draw_all(jobs)
     _write(out / "index.html", env.get_template("index.html.j2").render(**common, figures=figures, page="index"))
-    for name, suite in board["suites"].items():
-        ctx = {**common, "suite": suite, "figures": figures[name]}
-        _write(out / f"suite-{slug(name)}.html", env.get_template("suite.html.j2").render(**ctx, page="suite"))
-        _write(out / f"transfer-{slug(name)}.html", env.get_template("transfer.html.j2").render(**ctx, page="transfer"))
-        if board.get("reproduction", {}).get(name):
-            _write(out / f"reproduction-{slug(name)}.html",
-                   env.get_template("reproduction.html.j2").render(**ctx, reproduction=board["reproduction"],
-                                                                   page="reproduction"))
-        if suite["defended"]:
-            _write(out / f"defenses-{slug(name)}.html",
-                   env.get_template("defenses.html.j2").render(**ctx, page="defenses"))
-        for model in suite["models"]:
-            info = suite["model_info"].get(model, {})
-            tree = Markup(plots.layout_tree_svg(info["layout_sets"], suite["tasks"])) if info.get("layout_sets") else ""
-            curve = figures[name].get("curves", {}).get(model)
-            _write(out / f"model-{slug(name)}-{slug(model)}.html",
-                   env.get_template("model.html.j2").render(**ctx, model=model, info=info, tree=tree, curve=curve,
-                                                             page="model"))
+    for name, entry in board["suites"].items():
+        for view_name, view in entry["views"].items():
+            _render_view(env, out, common, entry, view, figures[name][view_name],
+                         board.get("reproduction", {}).get(name, {}).get(view_name))
     return out / "index.html"
+
+
+def _render_view(env: Environment, out: Path, common: dict, entry: dict, suite: dict, figures: dict,
+                 rep: dict | None) -> None:
+    """The pages of one view of a suite (``suite``: the view's numbers)."""
+    page = suite["page"]
+    ctx = {**common, "suite": suite, "entry": entry, "figures": figures, "rep": rep}
+    _write(out / f"suite-{page}.html", env.get_template("suite.html.j2").render(**ctx, page="suite"))
+    _write(out / f"transfer-{page}.html", env.get_template("transfer.html.j2").render(**ctx, page="transfer"))
+    if rep:
+        _write(out / f"reproduction-{page}.html", env.get_template("reproduction.html.j2").render(**ctx,
+                                                                                                  page="reproduction"))
+    if suite["defended"]:
+        _write(out / f"defenses-{page}.html", env.get_template("defenses.html.j2").render(**ctx, page="defenses"))
+    for model in suite["models"]:
+        info = suite["model_info"].get(model, {})
+        # the tree labels each task by its index in the model's own task order (config.json's)
+        tasks = info.get("tasks") or suite["tasks"]
+        tree = Markup(plots.layout_tree_svg(info["layout_sets"], tasks)) if info.get("layout_sets") else ""
+        curve = figures.get("curves", {}).get(model)
+        _write(out / f"model-{page}-{slug(model)}.html",
+               env.get_template("model.html.j2").render(**ctx, model=model, info=info, tree=tree, curve=curve,
+                                                         model_tasks=tasks, page="model"))
 
 
 def _suite_plots(suite: dict[str, Any], out: Path,
                  board_reproduction: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[tuple]]:
-    """File names of the suite's figures, and the jobs that draw them."""
-    sid = slug(suite["name"])
+    """File names of a view's figures (``suite``: the view's numbers), and the jobs that draw them."""
+    sid = suite["page"]
+    title = suite["name"] if suite["headline"] else f"{suite['name']} [{suite['view']}]"
     figs: dict[str, Any] = {"curves": {}, "heatmaps": {}, "defenses": {}}
     jobs: list[tuple] = []
     default = suite["default_eps"]
     block = suite["by_eps"].get(eps_key(default)) if default is not None else None
     if block and block["ranking"]:
         figs["ranking"] = f"ranking-{sid}.svg"
-        jobs.append(("ranking_chart", block["ranking"], f"{suite['name']}, eps={default:g}",
+        jobs.append(("ranking_chart", block["ranking"], f"{title}, eps={default:g}",
                      out / "plots" / figs["ranking"]))
-    top = [r["attack"] for r in (block["ranking"] if block else [])][:CURVES_PER_MODEL]
+    ranked = [r["attack"] for r in (block["ranking"] if block else [])]
+    top = ranked[:CURVES_PER_MODEL]
+    which = (f"the {len(top)} strongest of {len(ranked)} ranked attacks" if len(top) < len(ranked)
+             else f"the {len(top)} ranked attacks")
     if len(suite["eps"]) > 1 and top:
         for model in suite["models"]:
             series = {a: [(float(k), b["table"][model][a]["arp"]) for k, b in suite["by_eps"].items()
                           if a in b["table"].get(model, {}) and b["table"][model][a]["arp"] is not None] for a in top}
             figs["curves"][model] = f"curves-{sid}-{slug(model)}.svg"
-            jobs.append(("arp_curves", series, f"{model}: ARP vs eps (the {len(top)} strongest attacks)",
+            jobs.append(("arp_curves", series, f"{model}: ARP vs eps ({which})",
                          out / "plots" / figs["curves"][model]))
+    figs["curve_attacks"] = which
     for f in (board_reproduction or {}).get("findings", []):
         if f["id"].startswith("arp-vs-eps") and f.get("curves") and f["status"] != "not run":
             figs.setdefault("reproduction", {})[f["id"]] = f"{f['id']}-{sid}.svg"
             jobs.append(("arp_curves", {a: [tuple(p) for p in pts] for a, pts in f["curves"].items()},
-                         f"{suite['name']}: mean ARP over models vs eps (paper Figures 2/3)",
+                         f"{title}: mean ARP over models vs eps (paper Figures 2/3)",
                          out / "plots" / figs["reproduction"][f["id"]]))
     for key, b in suite["by_eps"].items():
         if b.get("budget") and b["budget"]["series"]:
             figs.setdefault("budget", {})[key] = f"budget-{sid}-{slug(key)}.svg"
             jobs.append(("budget_curves", b["budget"]["series"],
-                         f"{suite['name']}, eps={key}: ARP at equal compute ({len(b['budget']['models'])} models)",
+                         f"{title}, eps={key}: ARP at equal compute ({len(b['budget']['models'])} models)",
                          out / "plots" / figs["budget"][key]))
         if b.get("defenses"):
             figs["defenses"][key] = f"defenses-{sid}-{slug(key)}.svg"
-            jobs.append(("defense_tradeoff", b["defenses"]["rows"], f"{suite['name']}, eps={key}",
+            jobs.append(("defense_tradeoff", b["defenses"]["rows"], f"{title}, eps={key}",
                          out / "plots" / figs["defenses"][key]))
         t = b["transfer"]
         if t["attacks"]:
             figs["heatmaps"][key] = f"transfer-{sid}-{slug(key)}.svg"
             jobs.append(("transfer_heatmap", t["matrix"], t["attacks"], suite["tasks"],
-                         f"{suite['name']}, eps={key}: ARP of each task", out / "plots" / figs["heatmaps"][key]))
+                         f"{title}, eps={key}: ARP of each task", out / "plots" / figs["heatmaps"][key]))
     return figs, jobs
 
 

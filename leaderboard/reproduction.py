@@ -1,6 +1,9 @@
 """The reproduction page: each of the paper's findings, the paper's numbers (data:
 ``leaderboard/data/paper_findings.toml``) beside ours from the results store, and a verdict that is
-computed, never written by hand: ``reproduced``, ``not reproduced`` or ``not run``.
+computed, never written by hand: ``reproduced``, ``not reproduced``, ``too little evidence``
+(below :data:`MIN_EVIDENCE`: fewer than 16 images per cell, or fewer than 3 models or sharing
+levels for a finding over models) or ``not run``. Each view (profile and images) of a suite gets
+its own verdicts, from its own cells. The rules (:data:`RULES`, shown on the page):
 
 * **strongest**: per optimizer (PGD, APGD), the models on which GB-MTA gives the highest ARP of
   that optimizer's attacks at eps 8, and the paired differences GB-MTA - TOTAL and GB-MTA -
@@ -30,12 +33,37 @@ import tomllib
 from benchmark.enums import Status
 from benchmark.runner.store import CellResult
 from benchmark.scoring import paired_bootstrap, spearman
-from leaderboard.aggregate import choose_eps
+from leaderboard.aggregate import choose_eps, views_of
 
-__all__ = ["PAPER_FINDINGS", "paper_findings", "reproduction"]
+__all__ = ["MIN_EVIDENCE", "PAPER_FINDINGS", "RULES", "paper_findings", "reproduction"]
 
 PAPER_FINDINGS = Path(__file__).parent / "data" / "paper_findings.toml"
 REPRODUCED, NOT_REPRODUCED, NOT_RUN = "reproduced", "not reproduced", "not run"
+TOO_LITTLE = "too little evidence"
+STATUSES = (REPRODUCED, NOT_REPRODUCED, TOO_LITTLE, NOT_RUN)
+#: the least evidence a verdict is given on: images per cell, and models (suite members whose
+#: cells are valid; a degenerate member's are not) for the findings over models; below it the
+#: finding reads "too little evidence", whatever the numbers say
+MIN_EVIDENCE = {"images": 16, "models": 3, "levels": 3}
+
+
+#: each finding's rule, as the page states it
+RULES = {
+    "strongest": "reproduced when GB-MTA gives the highest ARP of the optimizer's attacks on more than half of the "
+                 "models and GB-MTA − TOTAL, paired over (model, image), has a 95% interval above 0",
+    "arp-vs-eps": "reproduced when every attack's mean ARP over models rises with eps (Spearman's rho of at least "
+                  "0.9 over at least 3 eps; tied values share their rank) and GB-MTA's mean over the grid is the "
+                  "highest of the optimizer's multi-task attacks",
+    "transferability": "reproduced when the mean transferability rises with the number of blocks shared by all tasks: "
+                       "Spearman's rho of at least 0.5 over the sharing levels and, at the most-shared level, at "
+                       "least 1.2 times the least-shared level's (the paper: 1.5 to 23 times)",
+    "fat": "reproduced when every FAT model has a lower ARP than the undefended one under every attack and GB-MTA is "
+           "the strongest attack on most FAT models",
+}
+
+
+def _rule(finding_id: str) -> str:
+    return next(text for key, text in RULES.items() if finding_id.startswith(key))
 
 
 def paper_findings() -> dict[str, Any]:
@@ -53,6 +81,17 @@ def _variants(suite: dict, labels: list[str] | None = None) -> dict[str, dict[st
         attack, configuration = suite.get("variants", {}).get(label, [label, ""])
         groups[configuration][attack] = label
     return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
+
+
+def _too_little(suite: dict, models: int | None = None) -> str:
+    """What a verdict on ``suite`` (a view) lacks of :data:`MIN_EVIDENCE` (empty: enough)."""
+    images = min(suite["images"] or [0])
+    lacking = []
+    if images < MIN_EVIDENCE["images"]:
+        lacking.append(f"{images} images per cell (a verdict needs {MIN_EVIDENCE['images']})")
+    if models is not None and models < MIN_EVIDENCE["models"]:
+        lacking.append(f"{models} model(s) with valid results (a verdict needs {MIN_EVIDENCE['models']})")
+    return "; ".join(lacking)
 
 
 def _closest(available: list[float], wanted: float) -> float | None:
@@ -108,7 +147,9 @@ def _strongest(suite: dict, cells: list[CellResult], paper: dict) -> list[dict[s
                   for other in ("total", "signtotal") if f"{optimizer}:{other}" in group}
         total = paired.get("total", {})
         ok = n > 0 and wins * 2 > n and total.get("pairs") and total["low"] > 0
-        out.append({**finding, "status": REPRODUCED if ok else NOT_REPRODUCED, "ours": f"{wins} of {n} models",
+        short = _too_little(suite, n)
+        status = TOO_LITTLE if short else (REPRODUCED if ok else NOT_REPRODUCED)
+        out.append({**finding, "status": status, "ours": f"{wins} of {n} models" + (f" ({short})" if short else ""),
                     "wins": wins, "models": n, "paired": paired})
     return out
 
@@ -133,13 +174,17 @@ def _arp_vs_eps(suite: dict, paper: dict) -> list[dict[str, Any]]:
         if len({e for pts in curves.values() for e, _ in pts}) < 3:
             out.append({**finding, "status": NOT_RUN, "ours": f"{optimizer}: fewer than 3 eps ranked"})
             continue
+        short = _too_little(suite, len(suite["models"]))
+        if short:
+            out.append({**finding, "status": TOO_LITTLE, "ours": short})
+            continue
         rising = {a: spearman([e for e, _ in pts], [v for _, v in pts]) for a, pts in curves.items()}
         multi = {a: mean(v for _, v in pts) for a, pts in curves.items()
                  if not a.split(" [")[0].split(":")[1].startswith("single-")}
         gb = group.get(f"{optimizer}:gb-mta", "")
         highest = bool(multi) and gb in multi and multi[gb] >= max(multi.values()) - 1e-9
         ok = all(r >= 0.9 for r in rising.values()) and highest
-        worst = min(rising, key=rising.get)
+        worst = min(rising, key=lambda a: (rising[a] if rising[a] == rising[a] else -2.0))
         out.append({**finding, "status": REPRODUCED if ok else NOT_REPRODUCED,
                     "ours": f"lowest Spearman rho {rising[worst]:.2f} ({worst}); GB-MTA "
                             f"{'highest' if highest else 'not the highest'} mean over the grid",
@@ -164,8 +209,12 @@ def _transferability(suite: dict, paper: dict) -> list[dict[str, Any]]:
             out.append({**finding, "status": NOT_RUN, "ours": f"no SINGLE-X attack on {objective[7:]} was run"})
             continue
         ours = {int(k): v for k, v in transfer["by_level"][attack].items() if int(k) >= 0}
-        if len(ours) < 2:
-            out.append({**finding, "status": NOT_RUN, "attack": attack, "ours": ours})
+        short = "; ".join(filter(None, [
+            _too_little(suite),
+            f"{len(ours)} sharing level(s) with results (a verdict needs {MIN_EVIDENCE['levels']})"
+            if len(ours) < MIN_EVIDENCE["levels"] else ""]))
+        if short:
+            out.append({**finding, "status": TOO_LITTLE, "attack": attack, "ours": ours, "short": short})
             continue
         low, high = ours[min(ours)], ours[max(ours)]
         rho = spearman(list(ours), list(ours.values()))
@@ -198,22 +247,29 @@ def _fat(suite: dict, paper: dict) -> list[dict[str, Any]]:
     paper_wins = sum(1 for d, values in paper["arp"].items() if d != "none"
                      and values.index(max(values)) == paper["attacks"].index("pgd:gb-mta"))
     ok = lower and gb_wins * 2 > len(fat_rows)
-    return [{**finding, "status": REPRODUCED if ok else NOT_REPRODUCED, "ours": ours, "lower": lower,
+    short = _too_little(suite)
+    return [{**finding, "status": TOO_LITTLE if short else (REPRODUCED if ok else NOT_REPRODUCED), "ours": ours,
+             "lower": lower, "short": short,
              "gb_mta_strongest": f"{gb_wins} of {len(fat_rows)} FAT models (paper: {paper_wins} of "
                                  f"{len(paper['arp']) - 1})"}]
 
 
-def reproduction(board: dict[str, Any], cells: list[CellResult]) -> dict[str, Any]:
-    """The findings of every suite of ``board`` (``build_board``'s output) from its ``cells``."""
+def reproduction(board: dict[str, Any], cells: list[CellResult]) -> dict[str, dict[str, Any]]:
+    """The findings of every view of every suite of ``board`` (``build_board``'s output) from its
+    ``cells``, each view from its own cells only: ``{suite: {view: {"findings", "counts"}}}``."""
     paper = paper_findings()
     by_suite: dict[str, list[CellResult]] = defaultdict(list)
     for c in cells:
         by_suite[c.suite].append(c)
-    out = {}
-    for name, suite in board["suites"].items():
-        findings = (_strongest(suite, by_suite[name], paper["strongest"]) + _arp_vs_eps(suite, paper["arp_vs_eps"])
-                    + _transferability(suite, paper["transferability"]) + _fat(suite, paper["fat"]))
-        out[name] = {"findings": findings,
-                     "counts": {s: sum(f["status"] == s for f in findings) for s in (REPRODUCED, NOT_REPRODUCED,
-                                                                                     NOT_RUN)}}
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in board["suites"].items():
+        view_cells = views_of(by_suite[name])
+        for view, suite in entry["views"].items():
+            mine = view_cells.get(view, [])
+            findings = (_strongest(suite, mine, paper["strongest"]) + _arp_vs_eps(suite, paper["arp_vs_eps"])
+                        + _transferability(suite, paper["transferability"]) + _fat(suite, paper["fat"]))
+            findings = [{**f, "rule": _rule(f["id"])} for f in findings]
+            out.setdefault(name, {})[view] = {
+                "findings": findings, "evidence": dict(MIN_EVIDENCE),
+                "counts": {s: sum(f["status"] == s for f in findings) for s in STATUSES}}
     return out

@@ -9,6 +9,7 @@ from benchmark.runner import RunOptions, run
 from benchmark.runner.store import ResultsStore
 from benchmark.suites import load_suite
 from leaderboard import plots, render_leaderboard
+from leaderboard.aggregate import headline_view
 
 BUDGET_PROFILE = """
 [profiles.budget]
@@ -49,7 +50,7 @@ def test_plotted_passes_are_the_stored_counted_passes(budget_suite, tmp_path):
     site = tmp_path / "site"
     render_leaderboard(db, site)
     board = json.loads((site / "leaderboard.json").read_text())
-    block = board["suites"]["mini-run"]["by_eps"]["8"]
+    block = headline_view(board, "mini-run")["by_eps"]["8"]
     budget = block["budget"]
     assert budget["models"] == ["AS"]  # only AS ran every budget point
     with ResultsStore(db) as store:
@@ -94,6 +95,6 @@ def test_an_attack_run_on_some_budget_models_only_leaves_the_curves_not_their_mo
     run(RunOptions(suite=str(manifest), profile="budget", attacks=["pgd:total"], models=["AS"], results=str(db)))
     site = tmp_path / "site"
     render_leaderboard(db, site)
-    budget = json.loads((site / "leaderboard.json").read_text())["suites"]["mini-run"]["by_eps"]["8"]["budget"]
+    budget = headline_view(json.loads((site / "leaderboard.json").read_text()), "mini-run")["by_eps"]["8"]["budget"]
     assert sorted(budget["models"]) == ["AS", "layout-9"]
     assert "pgd:total" not in budget["series"] and "pgd:gb-mta" in budget["series"]

@@ -12,7 +12,7 @@ from results_factory import make_cell, put_models
 from benchmark.runner import ResultsStore, RunOptions, run
 from benchmark.scoring import bootstrap_ci
 from leaderboard import build_board, render_leaderboard
-from leaderboard.aggregate import choose_eps
+from leaderboard.aggregate import choose_eps, headline_view
 
 # ARP of each attack on each model at eps 8
 ARPS = {
@@ -46,7 +46,7 @@ def board_db(tmp_path):
 def test_rankings_cis_and_wins(board_db):
     with ResultsStore(board_db, readonly=True) as store:
         board = build_board(store)
-    suite = board["suites"]["s"]
+    suite = headline_view(board, "s")
     assert suite["default_eps"] == 8.0 and suite["eps"] == [4.0, 8.0]
     block = suite["by_eps"]["8"]
     ranking = {r["attack"]: r for r in block["ranking"]}
@@ -82,7 +82,7 @@ def test_site_escapes_names_and_matches_its_json(board_db, tmp_path):
         assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index.read_text()
     board = json.loads((site / "leaderboard.json").read_text())
-    top = board["suites"]["s"]["by_eps"]["8"]["ranking"][0]
+    top = headline_view(board, "s")["by_eps"]["8"]["ranking"][0]
     assert f"{top['mean_arp']:.2f}" in index.read_text()
     assert "abc1234" in index.read_text() and "local-sha256:m1" in (site / "model-s-m1.html").read_text()
     assert "local-sha256:m3" in index.read_text() and "local-sha256:m2" in (site / "suite-s.html").read_text()
@@ -112,7 +112,7 @@ def test_browser(mini_suite, tmp_path, monkeypatch):
                    defenses=["none", "bitdepth:4", "test-shatter"]))
     index = render_leaderboard(db, tmp_path / "site")
     with ResultsStore(db, readonly=True) as store:
-        block = build_board(store)["suites"]["mini-run"]["by_eps"]
+        block = headline_view(build_board(store), "mini-run")["by_eps"]
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 800})
@@ -149,11 +149,21 @@ def test_browser(mini_suite, tmp_path, monkeypatch):
         page.goto((index.parent / "defenses-mini-run.html").resolve().as_uri())
         defenses = page.locator("table#defenses-8")
         assert defenses.is_visible()
+        per_attack = page.locator("table#defense-attacks-8")
         for row in block["8"]["defenses"]["rows"]:
             for attack, cell in row["cells"].items():
-                text = defenses.locator(f'tr[data-defense="{row["defense"]}"] td[data-attack="{attack}"]').inner_text()
+                cell_td = per_attack.locator(f'tr[data-defense="{row["defense"]}"] td[data-attack="{attack}"]')
+                text = cell_td.inner_text()
                 assert text.startswith(f"{cell['arp']:.2f}"), (row["defense"], attack, text)
         assert defenses.locator("tbody tr").count() == 3
+        # the reference row says it is one; every target's five checks are listed with their status
+        assert "reference" in defenses.locator('tr[data-defense="none"]').inner_text()
+        checks = page.locator("table.checks-table tbody tr")
+        assert checks.count() == 5 * 6  # AS and layout-9, each undefended and behind the two defenses
+        assert page.locator('table.checks-table tr[data-target="AS+test-shatter"][data-check="a"]').get_attribute(
+            "data-status") == "flagged"
+        assert page.locator('table.checks-table tr[data-target="AS"][data-check="a"]').get_attribute(
+            "data-status") == "passed"
         # the best known column (worst case per image) and the masking flag are the store's
         for row in block["8"]["defenses"]["rows"]:
             tr = defenses.locator(f'tr[data-defense="{row["defense"]}"]')

@@ -12,7 +12,7 @@ MODELS = [f"m{i}" for i in range(6)]  # shared_blocks 0..5 (results_factory)
 SINGLE = {"pgd:single-segment": "segment_semantic", "pgd:single-normal": "normal", "pgd:single-depth": "depth_zbuffer"}
 
 
-def _store(path, gb_mta_bonus: float, transfer_rises: bool = True):
+def _store(path, gb_mta_bonus: float, transfer_rises: bool = True, images: int = 16):
     with ResultsStore(path) as store:
         put_models(store, "s", MODELS)
         for i, model in enumerate(MODELS):
@@ -20,20 +20,20 @@ def _store(path, gb_mta_bonus: float, transfer_rises: bool = True):
                 base = 5 * eps + i
                 for attack, arp in (("pgd:total", base), ("pgd:signtotal", base - 1),
                                     ("pgd:gb-mta", base + gb_mta_bonus)):
-                    cell = make_cell("s", model, attack, eps, arp)
-                    cell.per_image = {"ids": [str(k) for k in range(8)],
-                                      "score": [arp + (k % 3) - 1 for k in range(8)]}
+                    cell = make_cell("s", model, attack, eps, arp, images=images)
+                    cell.per_image = {"ids": [str(k) for k in range(images)],
+                                      "score": [arp + (k % 3) - 1 for k in range(images)]}
                     store.put(cell)
                 for attack, target in SINGLE.items():
                     level = i if transfer_rises else 5 - i
                     task_arp = {t: (40.0 if t == target else 4.0 + 4.0 * level) for t in TASKS}
-                    store.put(make_cell("s", model, attack, eps, base - 3, task_arp=task_arp))
+                    store.put(make_cell("s", model, attack, eps, base - 3, task_arp=task_arp, images=images))
 
 
 def _findings(path):
     with ResultsStore(path, readonly=True) as store:
         board = build_board(store)
-        return {f["id"]: f for f in reproduction(board, store.cells())["s"]["findings"]}
+        return {f["id"]: f for f in reproduction(board, store.cells())["s"]["test"]["findings"]}
 
 
 def test_findings_are_reproduced_from_the_numbers(tmp_path):
@@ -41,7 +41,7 @@ def test_findings_are_reproduced_from_the_numbers(tmp_path):
     f = _findings(tmp_path / "r.db")
     assert f["strongest-pgd"]["status"] == "reproduced" and f["strongest-pgd"]["ours"] == "6 of 6 models"
     paired = f["strongest-pgd"]["paired"]["total"]
-    assert paired["pairs"] == 48 and abs(paired["delta"] - 2.0) < 1e-9 and paired["low"] > 0
+    assert paired["pairs"] == 96 and abs(paired["delta"] - 2.0) < 1e-9 and paired["low"] > 0
     assert f["strongest-apgd"]["status"] == "not run"
     assert f["arp-vs-eps-pgd"]["status"] == "reproduced"
     for task in ("segment", "normal", "depth"):

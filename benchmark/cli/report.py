@@ -25,6 +25,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.bundles is None and not Path(args.results).exists():
         raise UserError(f"results database {args.results} does not exist; run `mtlbench run` first (or pass "
                         "--bundles DIR)")
+    if args.bundles is not None:
+        from benchmark.threads import set_threads
+
+        set_threads(args.threads, small_model=True)
     index = render_leaderboard(args.results, args.out, default_eps=args.eps, bundles=args.bundles,
                                device=resolve_device(args.device), suites=csv_list(args.suite, option="--suite"),
                                console=err_console)
@@ -42,9 +46,15 @@ def cmd_report_reproduction(args: argparse.Namespace) -> int:
         findings = reproduction(board, store.cells())
     if not findings:
         raise UserError(f"{args.results} holds no results; run `mtlbench run` first")
-    for suite, rep in findings.items():
-        table = Table(title=f"{suite}: the paper's findings ({rep['counts']['reproduced']} of {len(rep['findings'])} "
-                            "reproduced)")
+    shown = [(suite, view, rep) for suite, views in findings.items() for view, rep in views.items()
+             if args.profile is None or view == args.profile or view.startswith(f"{args.profile}, ")]
+    if not shown:
+        known = sorted({view for views in findings.values() for view in views})
+        raise UserError(f"--profile {args.profile}: no results of that profile in {args.results}; it has "
+                        f"{', '.join(known)}")
+    for suite, view, rep in shown:
+        table = Table(title=f"{suite}, profile {view}: the paper's findings ({rep['counts']['reproduced']} of "
+                            f"{len(rep['findings'])} reproduced; each profile's verdicts from its own results)")
         for col in ("finding", "paper", "ours", "verdict"):
             table.add_column(col)
         for f in rep["findings"]:
@@ -54,7 +64,8 @@ def cmd_report_reproduction(args: argparse.Namespace) -> int:
                     ours += (f"; GB-MTA - {other} {d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] "
                              f"({d['pairs']} pairs)")
             paper = f["paper"] if isinstance(f["paper"], str) else _finding_numbers(f, "paper")
-            verdict = Text(f["status"], style="green" if f["status"] == "reproduced" else "red")
+            verdict = Text(f["status"], style={"reproduced": "green", "not reproduced": "red"}.get(f["status"],
+                                                                                                 "yellow"))
             table.add_row(f"{f['id']}: {f['claim']}", paper, ours, verdict)
         console.print(table)
     return 0
@@ -63,9 +74,9 @@ def cmd_report_reproduction(args: argparse.Namespace) -> int:
 def cmd_report_compare(args: argparse.Namespace) -> int:
     from leaderboard.compare import compare_results
 
-    result = compare_results(args.results, eps=args.eps)
+    result = compare_results(args.results, eps=args.eps, profile=args.profile)
     table = Table(title=f"{result['suite']}, eps {result['eps']:g}: {len(result['models'])} models in every run "
-                        f"({', '.join(result['models'])})")
+                        f"({', '.join(result['models'])}); profile {' / '.join(dict.fromkeys(result['views']))}")
     for col in ("run", "top 3 (mean ARP)", "GB-MTA - TOTAL, paired [95% CI]", "transferability by shared blocks"):
         table.add_column(col, overflow="fold")
     for run in result["runs"]:
@@ -78,9 +89,14 @@ def cmd_report_compare(args: argparse.Namespace) -> int:
         table.add_row(run["path"], top, paired, trends)
     console.print(table)
     for (i, j), tau in result["tau"].items():
+        value = (f"{tau:+.3f}" if tau == tau else "undefined (fewer than two attacks ranked in both, or a ranking "
+                                                  "with all values equal)")
         console.print(f"Kendall's tau between the rankings of {result['runs'][i]['path']} and "
-                      f"{result['runs'][j]['path']} ({len(result['ranked_attacks'])} attacks): {tau:+.3f}",
+                      f"{result['runs'][j]['path']} ({len(result['ranked_attacks'])} attacks): {value}",
                       highlight=False)
+    for name, values in result["differences"].items():
+        err_console.print(Text(f"warning: the runs differ in {name}: " + " vs ".join(map(str, values))
+                               + "; their conclusions are not the same experiment", style="yellow"), soft_wrap=True)
     return 0
 
 
@@ -115,18 +131,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="device that re-scores the bundles: auto, cpu or cuda")
     p.add_argument("--suite", help="comma-separated manifests of suites that are not standard ones, which bundles "
                                    "may name (a bundle names its suite; it never points at a file)")
+    p.add_argument("--threads", type=bounded(int, 1, 256), help="torch threads re-scoring the bundles (default 1; an "
+                                                               "honest bundle verifies at any thread count)")
     p.set_defaults(func=cmd_leaderboard)
 
     report = sub.add_parser("report", help="reports from a results database")
     rsub2 = report.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = rsub2.add_parser("reproduction", help="the paper's findings beside ours, each reproduced or not")
     p.add_argument("--results", default="results.db")
+    p.add_argument("--profile", help="only this profile's verdicts (default: every profile, each on its own)")
     p.set_defaults(func=cmd_report_reproduction)
     p = rsub2.add_parser("compare", help="do the conclusions hold across runs? (rankings, Kendall's tau, GB-MTA - "
                                          "TOTAL, transferability trend) of several results databases")
     p.add_argument("results", nargs="+", help="results databases of the same suite (e.g. models of other seeds)")
     p.add_argument("--eps", type=bounded(float, 0, 255), default=8.0, help="eps compared (default 8, else the "
                                                                            "closest every run has)")
+    p.add_argument("--profile", help="the profile compared (default: the first database's headline profile)")
     p.set_defaults(func=cmd_report_compare)
 
     p = sub.add_parser("demo", help="build the tiny suite, run its quick profile, render the leaderboard site")

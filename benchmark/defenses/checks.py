@@ -26,17 +26,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
+from statistics import mean
+from typing import Any
 
 import torch
 
 from benchmark.enums import Status
 
-__all__ = ["VANISHING", "evaluation_flags", "model_checks", "result_checks", "target_checks"]
+__all__ = ["CHECK_NAMES", "MARGIN", "MODEL_CHECKS", "VANISHING", "Observed", "check_rows", "evaluation_flags",
+           "model_checks", "result_checks", "target_checks"]
 
 #: an image's input gradient counts as vanishing below this (largest absolute component)
 VANISHING = 1e-10
 #: a share of images with vanishing gradients above which (a) flags the target
 VANISHING_SHARE = 0.1
+#: the checks that look at the model (run when any target is loaded)
+MODEL_CHECKS = ("vanishing_gradients", "undeclared_randomness")
 
 
 def model_checks(model: torch.nn.Module, tasks, batch: dict[str, torch.Tensor], *, randomised: bool) -> dict:
@@ -64,16 +70,73 @@ def model_checks(model: torch.nn.Module, tasks, batch: dict[str, torch.Tensor], 
         gap = max(float((first[k].float() - second[k].float()).abs().max()) for k in first)
         out["undeclared_randomness"] = {
             "flag": gap != 0,
-            "evidence": f"two identical calls differ by up to {gap:.3g} although the defense declares no randomness"}
+            "evidence": (f"two identical calls differ by up to {gap:.3g} although the defense declares no randomness"
+                         if gap != 0 else "two identical calls give identical outputs")}
+    else:
+        out["undeclared_randomness"] = {"flag": None, "evidence": "the defense declares its randomness: attacked with "
+                                                                  "EOT and scored over draws"}
     return out
 
 
-def result_checks(arps: Mapping[tuple[str, float], float], gradient_free: set[str]) -> dict:
-    """Checks (c)-(e) of the module docstring from one target's ARP per (attack, eps) (valid
-    cells only); ``gradient_free``: the attacks that use no gradient."""
+@dataclass(frozen=True)
+class Observed:
+    """One valid cell of a target as the result checks see it: its ARP, its seed and, per image,
+    the image ids and scores (jackknife pseudo-values of the ARP) that pair it with another
+    attack's cell on the same images."""
+
+    arp: float
+    seed: int = 0
+    ids: tuple = ()
+    scores: tuple = ()
+
+
+#: a difference between two attacks' ARPs counts only when its paired 95% interval over images
+#: excludes 0; without per-image scores to pair, when it exceeds this margin (ARP points)
+MARGIN = 1.0
+
+
+def _paired(stronger: list[Observed], weaker: list[Observed]) -> dict[str, Any]:
+    """``stronger`` - ``weaker`` (two attacks' cells on one target at one eps): the mean ARP
+    difference, and over their images paired by seed and id, the paired bootstrap's 95% interval."""
+    from benchmark.scoring import paired_bootstrap
+
+    delta = mean(o.arp for o in stronger) - mean(o.arp for o in weaker)
+    before, after = [], []
+    for a in stronger:
+        b = next((w for w in weaker if w.seed == a.seed and w.ids == a.ids and w.scores), None)
+        if b is not None and a.scores and len(a.scores) == len(b.scores):
+            before.append(list(b.scores))
+            after.append(list(a.scores))
+    if not after:
+        return {"delta": delta, "low": None, "high": None, "images": 0}
+    paired, low, high, _ = paired_bootstrap(before, after)
+    ok = math.isfinite(low) and math.isfinite(high)
+    return {"delta": paired if ok else delta, "low": low if ok else None, "high": high if ok else None,
+            "images": sum(len(x) for x in after)}
+
+
+def _above(d: dict[str, Any]) -> bool:
+    """Is the difference clearly above 0: its interval's lower bound, else the margin."""
+    return d["low"] > 0 if d["low"] is not None else d["delta"] > MARGIN
+
+
+def _text(d: dict[str, Any]) -> str:
+    if d["low"] is None:
+        return f"{d['delta']:+.2f} (no per-image scores to pair; the margin is {MARGIN:g} ARP point)"
+    return f"{d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] paired over {d['images']} images"
+
+
+def result_checks(results: Mapping[tuple[str, float], list[Observed]], gradient_free: set[str]) -> dict:
+    """Checks (c)-(e) of the module docstring from one target's valid cells (``results``:
+    (attack, eps) -> its cells, over seeds); ``gradient_free``: the attacks that use no gradient.
+    Every check is there: ``{"flag": True/False, "evidence": ...}`` when it ran, ``{"flag": None,
+    "evidence": why it did not}`` otherwise. A difference flags only when it is clear of the noise:
+    its 95% interval, paired over the images of the two cells, lies above 0 (above :data:`MARGIN`
+    where no per-image scores pair them); the evidence gives the interval."""
     out: dict[str, dict] = {}
+    arps = {k: mean(o.arp for o in v) for k, v in results.items() if v}
     eps_list = sorted({e for _, e in arps})
-    beaten = []
+    beaten, seen = [], []
     for e in eps_list:
         here = {a: v for (a, ee), v in arps.items() if ee == e}
         black = {a: v for a, v in here.items() if a in gradient_free}
@@ -81,19 +144,34 @@ def result_checks(arps: Mapping[tuple[str, float], float], gradient_free: set[st
         if black and white:
             a_b, v_b = max(black.items(), key=lambda kv: kv[1])
             a_w, v_w = max(white.items(), key=lambda kv: kv[1])
-            if v_b > v_w:
-                beaten.append(f"eps {e:g}: {a_b} {v_b:.2f} > {a_w} {v_w:.2f}")
+            d = _paired(results[(a_b, e)], results[(a_w, e)])
+            line = f"eps {e:g}: {a_b} {v_b:.2f} vs {a_w} {v_w:.2f}: {_text(d)}"
+            (beaten if _above(d) else seen).append(line)
     if any(a in gradient_free for a, _ in arps):
-        out["black_box_beats_white_box"] = {"flag": bool(beaten), "evidence": "; ".join(beaten)
-                                            or "every black-box ARP is below the strongest white-box one"}
-    one_step = []
-    for (a, e), v in arps.items():
+        if not seen and not beaten:
+            out["black_box_beats_white_box"] = {"flag": None, "evidence": "no white-box attack ran at the black-box "
+                                                                          "attack's eps"}
+        else:
+            out["black_box_beats_white_box"] = {
+                "flag": bool(beaten), "evidence": "; ".join(beaten) if beaten else
+                "no black-box attack is clearly stronger than the strongest white-box one (" + "; ".join(seen) + ")"}
+    else:
+        out["black_box_beats_white_box"] = {"flag": None, "evidence": "no black-box attack (e.g. square) ran on it"}
+    one_step, level = [], []
+    for (a, e), v in sorted(arps.items()):
         optimizer, _, objective = a.partition(":")
-        if optimizer == "fgsm" and (f"pgd:{objective}", e) in arps and v > arps[(f"pgd:{objective}", e)]:
-            one_step.append(f"eps {e:g}: {a} {v:.2f} > pgd:{objective} {arps[(f'pgd:{objective}', e)]:.2f}")
-    if any(a.startswith("fgsm:") and (f"pgd:{a.partition(':')[2]}", e) in arps for a, e in arps):
-        out["one_step_beats_multi_step"] = {"flag": bool(one_step), "evidence": "; ".join(sorted(one_step))
-                                            or "multi-step PGD is at least as strong as FGSM"}
+        other = (f"pgd:{objective}", e)
+        if optimizer == "fgsm" and other in arps:
+            d = _paired(results[(a, e)], results[other])
+            line = f"eps {e:g}: {a} {v:.2f} vs pgd:{objective} {arps[other]:.2f}: {_text(d)}"
+            (one_step if _above(d) else level).append(line)
+    if one_step or level:
+        out["one_step_beats_multi_step"] = {
+            "flag": bool(one_step), "evidence": "; ".join(one_step) if one_step else
+            "FGSM is not clearly stronger than PGD with the same objective (" + "; ".join(level) + ")"}
+    else:
+        out["one_step_beats_multi_step"] = {"flag": None, "evidence": "no FGSM and PGD attack with the same objective "
+                                                                      "ran at one eps"}
     if len(eps_list) >= 2:
         strongest = {}
         for e in (eps_list[0], eps_list[-1]):
@@ -101,13 +179,17 @@ def result_checks(arps: Mapping[tuple[str, float], float], gradient_free: set[st
             strongest[e] = max(here) if here else None
         low, high = strongest[eps_list[0]], strongest[eps_list[-1]]
         if low is not None and high is not None:
+            d = _paired(results[(high[1], eps_list[-1])], results[(low[1], eps_list[0])])
+            falls = d["high"] <= 0 if d["high"] is not None else d["delta"] <= 0
             text = (f"the strongest attack: {low[1]} {low[0]:.2f} at eps {eps_list[0]:g}, {high[1]} {high[0]:.2f} at "
-                    f"eps {eps_list[-1]:g}")
-            out["arp_not_rising_with_eps"] = {"flag": high[0] <= low[0], "evidence": text}
+                    f"eps {eps_list[-1]:g}; the rise {_text(d)}")
+            out["arp_not_rising_with_eps"] = {"flag": falls, "evidence": text}
+    if "arp_not_rising_with_eps" not in out:
+        out["arp_not_rising_with_eps"] = {"flag": None, "evidence": "fewer than two eps ran"}
     return out
 
 
-_NAMES = {"vanishing_gradients": "(a) vanishing gradients", "undeclared_randomness": "(b) undeclared randomness",
+CHECK_NAMES = {"vanishing_gradients": "(a) vanishing gradients", "undeclared_randomness": "(b) undeclared randomness",
           "black_box_beats_white_box": "(c) black box beats white box",
           "one_step_beats_multi_step": "(d) one-step FGSM beats PGD", "arp_not_rising_with_eps": "(e) ARP not rising "
                                                                                                  "with eps"}
@@ -115,7 +197,18 @@ _NAMES = {"vanishing_gradients": "(a) vanishing gradients", "undeclared_randomne
 
 def evaluation_flags(checks: Mapping[str, Mapping]) -> list[str]:
     """The flagged checks as "<check>: <evidence>" lines (empty: nothing flagged)."""
-    return [f"{_NAMES.get(name, name)}: {c['evidence']}" for name, c in checks.items() if c.get("flag")]
+    return [f"{CHECK_NAMES.get(name, name)}: {c['evidence']}" for name, c in checks.items() if c.get("flag")]
+
+
+def check_rows(checks: Mapping[str, Mapping]) -> list[dict[str, str]]:
+    """Every check of a target, in (a)-(e) order, as ``{"check", "status", "evidence"}`` with the
+    status ``passed``, ``flagged`` or ``not run`` (the evidence says why)."""
+    rows = []
+    for name, label in CHECK_NAMES.items():
+        c = checks.get(name) or {"flag": None, "evidence": "not run"}
+        status = "not run" if c.get("flag") is None else ("flagged" if c["flag"] else "passed")
+        rows.append({"check": label, "status": status, "evidence": c.get("evidence", "")})
+    return rows
 
 
 def _gradient_free(name: str) -> bool:
@@ -129,18 +222,25 @@ def _gradient_free(name: str) -> bool:
 
 
 def target_checks(cells, infos: Mapping[str, Mapping]) -> dict[str, dict]:
-    """Every check of each target of ``cells`` (one suite's results): the model checks stored with
-    its description (``infos``: target -> description) and the checks of its valid cells (the
-    protocol's, not a budget curve's extra points), averaged over seeds."""
-    values: dict[str, dict[tuple[str, float], list[float]]] = {}
+    """Every check of each target of ``cells`` (one view's results): the model checks stored with
+    its description (``infos``: target -> description; for a target loaded before they existed,
+    "not run") and the checks of its valid cells (the protocol's, not a budget curve's extra
+    points), over seeds."""
+    values: dict[str, dict[tuple[str, float], list[Observed]]] = {}
     for c in cells:
         budget = c.config.get("budget")
         if c.status != Status.VALID or c.arp is None or (isinstance(budget, dict) and budget.get("extra")):
             continue
-        values.setdefault(c.model, {}).setdefault((c.config.get("attack", c.attack), c.eps), []).append(c.arp)
+        per_image = c.per_image or {}
+        values.setdefault(c.model, {}).setdefault((c.config.get("attack", c.attack), c.eps), []).append(
+            Observed(c.arp, c.seed, tuple(per_image.get("ids") or ()), tuple(per_image.get("score") or ())))
     out = {}
     for target in sorted(set(values) | set(infos)):
-        arps = {k: sum(v) / len(v) for k, v in values.get(target, {}).items()}
-        free = {a for a, _ in arps if _gradient_free(a)}
-        out[target] = {**dict((infos.get(target) or {}).get("checks") or {}), **result_checks(arps, free)}
+        results = values.get(target, {})
+        free = {a for a, _ in results if _gradient_free(a)}
+        stored = dict((infos.get(target) or {}).get("checks") or {})
+        model = {name: stored.get(name) or {"flag": None, "evidence": "not recorded when this model was loaded (run "
+                                                                       "it again with this version to record it)"}
+                 for name in MODEL_CHECKS}
+        out[target] = {**model, **result_checks(results, free)}
     return out

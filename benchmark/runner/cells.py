@@ -91,6 +91,8 @@ class Cell:
         config = self.key_config(ctx)
         key = cell_key(config)
         option = getattr(self.attack.attack_class, "budget_option", None)
+        if self.data_root is not None:  # where the real data set was read (a location: not part of the key)
+            config["data_root"] = str(self.data_root)
         if option is not None and option in dict(self.attack.options):
             # not part of the key: which option is the step budget, and whether this cell is a curve's point
             config["budget"] = {"option": option, "value": dict(self.attack.options)[option],
@@ -122,6 +124,8 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
         if not 1 <= int(images) <= MAX_EVAL_SIZE:
             raise UserError(f"--images {images!r}: expected an integer in [1, {MAX_EVAL_SIZE}]")
         profile = replace(profile, eval_size=int(images))
+    if profile.eval_size is not None and profile.batch_size > profile.eval_size:  # the batches it really runs
+        profile = replace(profile, batch_size=profile.eval_size)
     specs = _specs(attacks if attacks is not None else profile.attacks, suite, profile)
     # a request that names an eps, seed or model twice asks for it once
     eps_list = list(dict.fromkeys(float(e) for e in (eps if eps is not None else profile.eps)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -59,6 +60,11 @@ class CellContext:
             self.snapshot = WeightSnapshot(self.model)
 
 
+#: evaluation sets larger than this are announced before they are prepared (rendering synthetic
+#: scenes runs at about 150 a second at 64 x 64)
+MANY_IMAGES = 2000
+
+
 def prepare_context(target: Target, images: int | None, batch_size: int, data_root: str | None, *,
                     device: torch.device, store: ResultsStore | None = None, console=None,
                     git_commit: str = "", clean: dict | None = None,
@@ -81,6 +87,9 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
     tasks = suite.tasks
     input_size = target.input_size
     dataset = suite.data(size=images, data_root=data_root, resolution=input_size)
+    if len(dataset) > MANY_IMAGES and console is not None:  # minutes of rendering or reading: say so first
+        console.print(f"{target.name}: preparing {len(dataset)} evaluation images ({suite.data_source}) and their "
+                      "clean metrics before its first cell", highlight=False, markup=False)
     batches = [to_device(b, device) for b in make_loader(dataset, batch_size)]
     count = sum(b["image"].shape[0] for b in batches)
     ids = image_ids(dataset)[:count]
@@ -107,6 +116,11 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
             store.put_clean(clean_key, suite=suite.name, model=target.name, model_revision=revision,
                             split=suite.split, images=count, metrics=clean, device=str(device),
                             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    zero = [f"{task} {metric} is {value:g}" for task, values in clean.items() for metric, value in values.items()
+            if value == 0 or value != value or value in (float("inf"), float("-inf"))]
+    if zero and not problem:  # every ARP of this model would be undefined: no attack budget is spent on it
+        problem = (f"the model is degenerate on these images: its clean {'; '.join(zero)}, so ARP (a relative drop) "
+                   "is undefined; it has not learned the task (no attack was run)")
     if target.weights_dir and not target.in_memory and origin == Origin.WEIGHTS_DIR:
         problems = degenerate_metrics(clean, tasks, batches)
         if problems:  # before any attack is spent on it
@@ -119,13 +133,22 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
                 ": attacks on it measure little; check the checkpoint", style="yellow"), soft_wrap=True)
     if store is not None:
         extra = {"inference": inference_cost(model, batches[0]["image"])}
-        if target.defense or target.external:  # is the evaluation of this target reliable?
-            extra["checks"] = model_checks(model, tasks, batches[0], randomised=_randomised(target))
+        # is the evaluation of this target reliable? (checked on every target, so that the pages
+        # say of each one which checks ran)
+        extra["checks"] = model_checks(model, tasks, batches[0], randomised=_randomised(target))
+        extra["origin"] = _ORIGIN_TEXT.get(origin, str(origin))
         store.put_model(suite.name, target.name, revision, {**target.describe(), "clean": clean, **extra})
     return CellContext(target=target, model=model, tasks=tasks, batches=batches, clean=clean,
                        snapshot=WeightSnapshot(model), model_revision=revision, suite=suite.name,
                        data=suite.data_source, split=suite.split, input_size=input_size, device=device,
                        git_commit=git_commit, image_ids=ids, model_problem=problem)
+
+
+#: how the pages name where a model's weights came from
+_ORIGIN_TEXT = {Origin.SHIPPED: "shipped with mtlbench, sha256 pinned in the manifest",
+                Origin.HUB: "Hugging Face Hub, pinned revision", Origin.LOCAL: "built locally from the recipe",
+                Origin.WEIGHTS_DIR: "--weights-dir", Origin.DEFENDED: "defended checkpoint",
+                Origin.EXTERNAL: "brought by the user", Origin.MODULE: "brought by the user (in memory)"}
 
 
 def _randomised(target: Target) -> bool:
@@ -134,10 +157,14 @@ def _randomised(target: Target) -> bool:
     return bool(target.defense) and bool(getattr(create_defense(target.defense), "randomised", False))
 
 
-def inference_cost(model: torch.nn.Module, images: torch.Tensor, repeats: int = 3) -> dict[str, float]:
+def inference_cost(model: torch.nn.Module, images: torch.Tensor, repeats: int = 5) -> dict[str, Any]:
     """What one deployed prediction of ``model`` costs: forward passes of the network inside (a
-    defense's draws or ensemble members) and seconds per image (the median of ``repeats`` timed
-    predictions of the batch ``images``)."""
+    defense's draws or ensemble members), seconds per image (the median of ``repeats`` timed
+    predictions of the batch ``images``) and, for a model behind an inference-time defense, its
+    time relative to the bare network's, both timed in this process, interleaved (the median of the
+    per-repeat ratios), so that the ratio is not the load of two different runs. A model that is its
+    own network (a member, or one retrained by a training defense: the same architecture) has a
+    ratio of 1 by construction."""
     import statistics
     import time
 
@@ -145,7 +172,7 @@ def inference_cost(model: torch.nn.Module, images: torch.Tensor, repeats: int = 
 
     inner = getattr(model, "counted_module", model)
     counter = PassCounter().attach(inner)
-    times = []
+    times, ratios = [], []
     try:
         with torch.no_grad():
             for i in range(repeats):
@@ -153,10 +180,19 @@ def inference_cost(model: torch.nn.Module, images: torch.Tensor, repeats: int = 
                     start = time.perf_counter()
                     model(images)
                     times.append(time.perf_counter() - start)
+                if inner is not model:
+                    counter.detach()
+                    start = time.perf_counter()
+                    inner(images)
+                    ratios.append(times[-1] / max(time.perf_counter() - start, 1e-9))
+                    counter.attach(inner)
     finally:
         counter.detach()
     return {"passes_per_prediction": counter.forward / repeats,
-            "s_per_image": statistics.median(times) / images.shape[0]}
+            "s_per_image": statistics.median(times) / images.shape[0],
+            "time_ratio": statistics.median(ratios) if ratios else 1.0,
+            "time_ratio_how": ("against the bare network, interleaved in one process" if ratios
+                               else "the same network: 1 by construction")}
 
 
 def device_name(device: torch.device) -> str:

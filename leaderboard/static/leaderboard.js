@@ -1,4 +1,4 @@
-// mtlbench leaderboard: sortable tables, the eps selector, the per-task toggle. No dependencies.
+// mtlbench leaderboard: sortable tables, the eps and profile selectors, the per-task toggle. No dependencies.
 (function () {
   "use strict";
   function value(cell) {
@@ -33,7 +33,17 @@
       el.hidden = el.getAttribute("data-eps") !== eps;
     });
   }
+  function showChoice(select) {
+    var group = select.getAttribute("data-group"), choice = select.value;
+    document.querySelectorAll('[data-group="' + group + '"][data-choice]').forEach(function (el) {
+      el.hidden = el.getAttribute("data-choice") !== choice;
+    });
+  }
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("select.choice").forEach(function (s) {
+      s.addEventListener("change", function () { showChoice(s); });
+      showChoice(s);
+    });
     document.querySelectorAll("th.sort").forEach(function (th) {
       th.addEventListener("click", function () { sortBy(th); });
     });
