@@ -67,10 +67,45 @@ def choose_workers(requested: int | None = None, *, small_model: bool, device: s
     if requested is not None:
         if not 1 <= int(requested) <= MAX_THREADS:
             raise UserError(f"--workers {requested}: expected an integer in [1, {MAX_THREADS}]")
-        return int(requested)
+        return _capped(int(requested))
     if str(device).startswith("cuda") or not small_model:
         return 1
     return usable_cores()
+
+
+#: memory one worker process may take (torch, a tiny model, its evaluation images and an attack)
+WORKER_BYTES = 2**30
+#: worker processes per usable core at most (more only time-slice the same cores)
+WORKERS_PER_CORE = 2
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _capped(requested: int) -> int:
+    """``requested`` worker processes, at most :data:`WORKERS_PER_CORE` per usable core and one per
+    :data:`WORKER_BYTES` of available memory (a message says so when that caps it)."""
+    import sys
+
+    cores = usable_cores()
+    memory = _available_memory()
+    cap = cores * WORKERS_PER_CORE
+    if memory is not None:
+        cap = min(cap, max(1, memory // WORKER_BYTES))
+    if requested <= cap:
+        return requested
+    room = f"{memory / 2**30:.1f} GiB available" if memory is not None else "memory unknown"
+    sys.stderr.write(f"--workers {requested}: capped at {cap} (this machine: {cores} usable core(s), {room}; a "
+                     f"worker takes up to {WORKER_BYTES / 2**30:.0f} GiB, and more than {WORKERS_PER_CORE} per core "
+                     "only share the same cores)\n")
+    return cap
 
 
 def deterministic_kernels(device: str | torch.device) -> None:
@@ -134,11 +169,15 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def init_worker(threads: int, env: dict[str, str], plugins: list[str] | tuple[str, ...] = ()) -> None:
-    """The start of a local worker process: it ends with its parent, sees the parent's settings
+def init_worker(threads: int, env: dict[str, str], plugins: list[str] | tuple[str, ...] = (),
+                parent: int | None = None) -> None:
+    """The start of a local worker process: it ends with its parent (``parent``: its pid; a
+    worker whose parent ended while it was starting ends at once), sees the parent's settings
     (:func:`worker_env`), uses ``threads`` torch threads and imports the parent's plugin modules
     (:func:`benchmark.registry.imported_plugin_modules`)."""
     die_with_parent()
+    if parent is not None and os.getppid() != parent:  # orphaned before it could ask to die with it
+        os._exit(1)
     os.environ.update(env)
     torch.set_num_threads(threads)
     load_plugin_modules(plugins)

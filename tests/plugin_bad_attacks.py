@@ -54,3 +54,13 @@ class MemoryHogAttack(Attack):
         assert scratch.sum() > 0
         del scratch
         return clip_to_ball(images + eps, images, eps)
+
+
+@register_attack("test-exit")
+class ExitAttack(Attack):
+    """Ends the process running it, as a crashing plugin or the OOM killer would."""
+
+    def perturb(self, model, images, targets, *, tasks, eps, generator):
+        import os
+
+        os._exit(9)

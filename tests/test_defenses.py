@@ -12,6 +12,7 @@ from benchmark.cli import main
 from benchmark.defenses import DefendedModel, create_defense
 from benchmark.runner import ResultsStore, RunOptions, run
 from leaderboard import render_leaderboard
+from leaderboard.aggregate import headline_view
 
 
 def test_bpda_gives_a_gradient_where_the_plain_one_is_zero(tiny_nyu):
@@ -64,7 +65,7 @@ def test_run_with_defenses_eot_and_the_defenses_page(mini, tmp_path, capsys):
 
     index = render_leaderboard(db4, tmp_path / "site")
     board = json.loads((index.parent / "leaderboard.json").read_text())
-    suite = board["suites"]["mini-run"]
+    suite = headline_view(board, "mini-run")
     assert set(suite["models"]) == {"AS", "layout-9"}
     assert len(suite["defended"]) == 4  # ranked attacks are judged on undefended models only
     rows = {r["defense"]: r for r in suite["by_eps"]["8"]["defenses"]["rows"]}

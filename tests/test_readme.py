@@ -133,3 +133,18 @@ def test_readme_pytest_example_runs_with_the_plugin_fixtures(mini_suite, pyteste
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_bad.py")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*too-far at eps 8 on AS: invalid*"])
+
+
+def test_every_other_python_snippet_of_the_readme_runs_as_written(tmp_path, monkeypatch):
+    """Every Python block not run by a test above (the pytest example is a test file; "Bring your
+    own model" runs on the test suite) runs as written, in a fresh namespace: no name it uses is
+    left undefined."""
+    monkeypatch.chdir(tmp_path)
+    special = ("attack_strength", "benchmark.evaluate(")
+    blocks = [b for b in _python_blocks() if not any(s in b for s in special)]
+    assert len(blocks) >= 3
+    try:
+        for block in blocks:
+            exec(compile(block, str(README), "exec"), {"__name__": "readme"})
+    finally:
+        ATTACKS.pop("my-attack", None)

@@ -191,8 +191,18 @@ def test_failed_and_invalid_attacks_do_not_stop_the_run(mini, tmp_path, capsys, 
                  "--eps", "8", "--plugins", PLUGIN, "--device", "cpu", "--workers", "2"])
     # the plugin module reached the worker processes with their cells, not through the environment
     assert "MTLBENCH_PLUGINS" not in os.environ
-    assert code == 4  # 2 models x (1 invalid + 1 failed); the exit status counts them
-    assert "4 cell(s) failed or were invalid" in capsys.readouterr().err
+    assert code == 1  # 2 models x (1 invalid + 1 failed): exit status 1, the count in the message
+    assert "4 cell(s) of this request are stored failed or invalid (2 failed, 2 invalid" in " ".join(
+        capsys.readouterr().err.split())
+    # a run again computes the failed cells again (and keeps the invalid verdicts); the exit status
+    # counts the stored failures, whichever run made them
+    code = main(["run", "--suite", str(mini), "--results", str(db), "--attacks", "test-nan,test-crash,fgsm:total",
+                 "--eps", "8", "--plugins", PLUGIN, "--device", "cpu", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert code == 1 and "2 failed" in out and "4 already in" in out
+    code = main(["run", "--suite", str(mini), "--results", str(db), "--attacks", "test-nan,test-crash,fgsm:total",
+                 "--eps", "8", "--plugins", PLUGIN, "--device", "cpu", "--no-retry"])
+    assert code == 1 and "nothing left to run" in capsys.readouterr().out
     with ResultsStore(db, readonly=True) as store:
         by = {(c.model, c.attack): c for c in store.cells()}
     assert by[("AS", "test-nan")].status == "invalid" and "non-finite" in by[("AS", "test-nan")].reason
@@ -387,3 +397,19 @@ def test_a_real_data_suite_needs_its_data_root(mini_suite, tmp_path, capsys, mon
     code = main(["run", "--suite", str(real), "--weights-dir", str(weights), "--attacks", "fgsm:total", "--eps", "8",
                  "--results", str(tmp_path / "r.db"), "--device", "cpu"])
     assert code == 2 and "pass --data-root DIR" in capsys.readouterr().err
+
+
+def test_an_attack_that_kills_its_worker_fails_only_its_own_cells(mini, tmp_path, monkeypatch):
+    """`run --workers 2` with a plugin whose attack ends its process: the other attacks' cells in
+    flight beside it are run again alone and stored valid; only the killer's cells are failed."""
+    monkeypatch.delenv("MTLBENCH_PLUGINS", raising=False)
+    db = tmp_path / "r.db"
+    code = main(["run", "--suite", str(mini), "--results", str(db), "--attacks", "test-exit,fgsm:total,pgd:gb-mta",
+                 "--eps", "4,8", "--plugins", PLUGIN, "--device", "cpu", "--workers", "2"])
+    assert code == 1
+    with ResultsStore(db, readonly=True) as store:
+        cells = store.cells()
+    bad = {(c.model, c.attack, c.eps) for c in cells if c.status != "valid"}
+    assert bad == {(m, "test-exit", e) for m in ("AS", "layout-9") for e in (4.0, 8.0)}
+    assert all("died" in c.reason for c in cells if c.status != "valid")
+    assert sum(c.status == "valid" for c in cells) == 8

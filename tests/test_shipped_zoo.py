@@ -16,7 +16,7 @@ from benchmark.data import make_loader
 from benchmark.evaluation import evaluate
 from benchmark.suites import load_suite
 from benchmark.zoo.build import build_member, clean_test_set, load_model, training_set
-from benchmark.zoo.checkpoint import WEIGHTS_FILE, CheckpointError, file_sha256, read_config
+from benchmark.zoo.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, file_sha256, read_config
 from benchmark.zoo.hub import shipped_pretext_dir, shipped_root
 from benchmark.zoo.locate import locate_member
 
@@ -108,14 +108,41 @@ def test_a_damaged_shipped_file_names_itself_and_the_fix(tmp_path, monkeypatch):
 
     suite = load_suite("tiny-nyuv2-resnet34")
     copy = tmp_path / "weights" / suite.name
-    shutil.copytree(shipped_root(suite) / "AS", copy / "AS")
+    real = shipped_root(suite)
+    shutil.copytree(real / "AS", copy / "AS")
     monkeypatch.setattr(paths, "SHIPPED_ZOO", tmp_path / "weights")
     raw = bytearray((copy / "AS" / WEIGHTS_FILE).read_bytes())
     raw[-3] ^= 0xFF
     (copy / "AS" / WEIGHTS_FILE).write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match=r"AS/model.safetensors: sha256 .* does not match the pinned .*"
-                                              r"ships with mtlbench, so reinstall mtlbench"):
+                                              r"either the file was changed \(it ships with mtlbench: reinstall "
+                                              r"mtlbench.* or the pin was \(the manifest .*tiny-nyuv2-resnet34.toml, "
+                                              r"\[weights\] AS = "):
         load_model(suite, "AS")
+    # a file of a shipped checkpoint that is gone is named, never trained anew
+    (copy / "AS" / CONFIG_FILE).unlink()
+    with pytest.raises(CheckpointError, match=r"AS/config.json is missing from the weights of "
+                                              r"tiny-nyuv2-resnet34/AS that ship with mtlbench"):
+        load_model(suite, "AS")
+    shutil.copytree(real / "IND", copy / "IND")
+    (copy / "IND" / WEIGHTS_FILE).unlink()
+    with pytest.raises(CheckpointError, match=r"IND/model.safetensors is missing from the weights"):
+        load_model(suite, "IND")
+
+
+def test_a_shipped_checkpoint_set_aside_says_why_before_its_member_trains(tmp_path, monkeypatch):
+    """A manifest without the pin of a shipped member builds it, saying first that the shipped file
+    is set aside and why."""
+    from benchmark.zoo.locate import shipped_set_aside
+
+    text = load_suite("tiny-nyuv2-resnet34").path.read_text()
+    import re
+
+    pin = re.search(r'^AS = "[0-9a-f]{64}"\n', text, re.M).group(0)
+    (tmp_path / "no-pin.toml").write_text(text.replace(pin, "", 1))
+    suite = load_suite(tmp_path / "no-pin.toml")
+    assert "pins no sha256 for AS" in shipped_set_aside(suite, suite.member("AS"))
+    assert shipped_set_aside(suite, suite.member("IND")) == ""
 
 
 def test_an_edited_recipe_builds_locally_instead_of_using_the_shipped_weights(tmp_path, monkeypatch):

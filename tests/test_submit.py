@@ -132,6 +132,50 @@ def _image_metric(cells) -> None:
     cells[3]["per_image"]["metrics"]["depth_zbuffer"]["abs_err"][0] *= 0.5
 
 
+def _shifted(cells) -> None:
+    for c in cells:
+        c["per_image"]["score"] = [v + 0.30 for v in c["per_image"]["score"]]
+
+
+def _rekey(c: dict) -> None:
+    from benchmark.runner.store import cell_key
+
+    c["key"] = cell_key({k: v for k, v in c["config"].items() if k not in ("budget", "data_root")})
+
+
+def _eps_off(bundle: Path) -> None:
+    _manifest(bundle, lambda m: m.update(eps=[4.0, 8.0000001]))
+
+    def change(cells):
+        for c in cells:
+            if c["eps"] == 8.0:
+                c["eps"] = c["config"]["eps"] = 8.0000001
+                _rekey(c)
+
+    _cells(bundle, change)
+
+
+def _other_steps(bundle: Path) -> None:
+    """Cells of another configuration (PGD-50), consistent in themselves, under the profile's name."""
+    _manifest(bundle, lambda m: m["attack"]["options"]["pgd:gb-mta"].update(steps=50))
+
+    def change(cells):
+        for c in cells:
+            c["config"]["options"]["steps"] = 50
+            _rekey(c)
+
+    _cells(bundle, change)
+
+
+def _changed_source(bundle: Path) -> None:
+    def change(m):
+        m["mtlbench"]["version"] = "0.0.9"
+        first = next(iter(m["attack"]["sources"]))
+        m["attack"]["sources"][first] = "0" * 64
+
+    _manifest(bundle, change)
+
+
 #: (what is tampered with, the change, words of the rejection)
 TAMPERING = [
     ("claimed ARP", lambda b: _cells(b, lambda c: c[1].update(arp=c[1]["arp"] + 0.5)), "ARP is"),
@@ -144,7 +188,15 @@ TAMPERING = [
     ("per-image scores", lambda b: _cells(b, _scores), "score is"),
     ("per-image metric", lambda b: _cells(b, _image_metric), "depth_zbuffer abs_err is"),
     ("per-image statistics", lambda b: _cells(b, lambda c: c[0]["per_image"].update(state=c[1]["per_image"]["state"])),
-     "are not the re-scored ones"),
+     "the statistics of"),
+    ("scores shifted by a third of a point", lambda b: _cells(b, _shifted), "score is"),
+    ("eps off the profile's", _eps_off, "eps 8.0000001 is not an eps of the profile quick"),
+    ("a profile the suite has not", lambda b: _manifest(b, lambda m: m["profile"].update(name="nosuch")),
+     "profile 'nosuch' is not a profile of mini-run"),
+    ("other steps, consistently", _other_steps, "ran with options {'steps': 50}; under the profile quick it runs with"),
+    ("a changed built-in attack under another version", _changed_source, "is mtlbench's own attack, but the bundle's"),
+    ("JSON nested 100,000 deep", lambda b: (b / "cells.json").write_text("[" * 100_000 + "]" * 100_000),
+     "nests its values too deeply"),
     ("options", lambda b: _cells(b, lambda c: c[0]["config"]["options"].update(steps=50)), "config.options is"),
     ("key", lambda b: _cells(b, lambda c: c[0].update(key="0" * 64)), "key is not the hash"),
     ("absurd images", lambda b: _cells(b, lambda c: c[0].update(images=10**30)), "images: expected an integer in"),
@@ -179,8 +231,9 @@ def test_cost_claims_are_self_reported_unless_recounted(bundle, mini, capsys, wi
     assert "self-reported (not verified): time per image, memory, passes per image" in out
     assert main(["verify", str(bundle), "--suite", str(mini), "--recount"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "self-reported (not verified): time per image, memory" in out and "passes re-counted" in out
-    assert "the same images" in out
+    assert "self-reported (not verified): time per image, memory" in out
+    assert ("pgd:gb-mta: recounted: 4 of its 4 cells run again (every cell) gave the same passes and the same "
+            "images") in out
     _cells(bundle, lambda cells: [c.update(forward_passes=1, time_per_image_s=1e-9) for c in cells])
     assert main(["verify", str(bundle), "--suite", str(mini)]) == 0  # re-scoring alone cannot tell
     assert main(["verify", str(bundle), "--suite", str(mini), "--recount"]) == 1
@@ -281,3 +334,101 @@ def test_images_in_a_bundle_are_the_scored_ones(bundle, mini):
     cells = json.loads((bundle / "cells.json").read_text())
     images = load_file(str(bundle / cells[0]["images_file"]))["adversarial"]
     assert images.dtype == torch.float32 and images.shape == (4, 3, 32, 32)
+
+
+@pytest.mark.parametrize("images", [3, 5])
+def test_an_honest_bundle_verifies_at_every_thread_count(mini, tmp_path, images):
+    """Made with one thread, on image counts that are not a multiple of the batch (2), verified in
+    fresh processes with 1, 2 and 4 torch threads: the re-scoring's rounding differs, the verdict not."""
+    made = submit(["pgd:gb-mta", "fgsm:total"], suite=str(mini), out=tmp_path / "b", images=images)
+    assert made.bundle is not None, made.failures
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for threads in ("1", "2", "4"):
+        checked = _cli(["verify", str(made.bundle), "--suite", str(mini), "--threads", threads], env, tmp_path)
+        assert checked.returncode == 0 and "verified" in checked.stdout, (threads, checked.stdout, checked.stderr)
+
+
+def _relabel(bundle: Path, old: str, new: str, options: dict) -> None:
+    """Rename an honest bundle's attack everywhere (manifest, cells, keys, file names): consistent in
+    itself, so only running the attack again can tell."""
+    from benchmark.runner.bundle import attack_sources, images_file
+
+    def manifest(m):
+        m["attack"]["names"] = [new]
+        m["attack"]["options"] = {new: options}
+        m["attack"]["sources"] = attack_sources([new])
+
+    _manifest(bundle, manifest)
+
+    def change(cells):
+        for c in cells:
+            c["attack"] = c["config"]["attack"] = new
+            c["config"]["options"] = dict(options)
+            c["config"]["budget"] = {"option": "steps", "value": options["steps"], "extra": False}
+            c["config"]["objective"] = new.partition(":")[2]
+            rel = images_file(c["model"], new, c["eps"], c["seed"])
+            (bundle / rel).parent.mkdir(parents=True, exist_ok=True)
+            (bundle / c["images_file"]).rename(bundle / rel)
+            c["images_file"] = rel
+            _rekey(c)
+
+    _cells(bundle, change)
+    for d in sorted((bundle / "images").rglob("*"), reverse=True):
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+
+
+def test_a_relabelled_attack_is_re_scored_only_and_recount_refuses_it(mini, tmp_path, capsys, wide_console):
+    """APGD's images under PGD's name: the numbers follow from the images (re-scored), and verify
+    says the attack was not run again; --recount runs PGD and refuses them."""
+    made = submit(["apgd:gb-mta"], suite=str(mini), out=tmp_path / "b")
+    _relabel(made.bundle, "apgd:gb-mta", "pgd:gb-mta", {"steps": 2})
+    assert main(["verify", str(made.bundle), "--suite", str(mini)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "pgd:gb-mta: re-scored" in out and "--recount runs it again" in out
+    args = ["verify", str(made.bundle), "--suite", str(mini), "--recount-sample", "2", "--recount-seed", "1"]
+    assert main(args) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "running pgd:gb-mta again gives other images" in out and "the bundle's images are not this attack's" in out
+
+
+def test_the_verifiers_own_options_are_usage_errors(bundle, mini, tmp_path, capsys):
+    assert main(["verify", str(bundle), "--suite", "/etc/passwd"]) == 2
+    assert "/etc/passwd: not valid TOML" in capsys.readouterr().err
+    assert main(["verify", str(bundle), "--suite", str(mini), "--data-root", str(tmp_path)]) == 2
+    assert "reads built-in synthetic scenes; --data-root is for the full suites" in " ".join(
+        capsys.readouterr().err.split())
+
+
+def test_bundles_never_override_the_host_and_twins_are_refused(bundle, mini, tmp_path):
+    """A bundle of an attack the host database also ran joins under its own name (the host's numbers
+    stay the host's); two bundles of the same experiment are both refused, each naming the other; the
+    page's provenance is the host's."""
+    import shutil
+
+    from benchmark.runner import ResultsStore, RunOptions, run
+    from leaderboard import render_leaderboard
+
+    db = tmp_path / "host.db"
+    run(RunOptions(suite=str(mini), results=str(db), attacks=["pgd:gb-mta"]))
+    with ResultsStore(db, readonly=True) as store:
+        host = {(c.model, c.eps): c.arp for c in store.cells()}
+    folder = tmp_path / "bundles"
+    folder.mkdir()
+    shutil.copytree(bundle, folder / "one")
+    _cells(folder / "one", lambda cells: [c.update(forward_passes=999) for c in cells])  # a self-report of its own
+    index = render_leaderboard(db, tmp_path / "site", bundles=folder, suites=[str(mini)])
+    board = json.loads((index.parent / "leaderboard.json").read_text())
+    view = board["suites"]["mini-run"]["views"]["quick"]
+    assert set(view["attacks"]) == {"pgd:gb-mta", "pgd:gb-mta (bundle one)"}
+    table = view["by_eps"]["8"]["table"]
+    assert {m: table[m]["pgd:gb-mta"]["arp"] for m in table} == {m: a for (m, e), a in host.items() if e == 8.0}
+    assert all(table[m]["pgd:gb-mta"]["forward_passes"] != 999 for m in table)
+    assert "cells of submitted bundles" in board["provenance"]
+    shutil.copytree(bundle, folder / "two")
+    index = render_leaderboard(db, tmp_path / "site2", bundles=folder, suites=[str(mini)])
+    board = json.loads((index.parent / "leaderboard.json").read_text())
+    rows = {b["name"]: b for b in board["bundles"]}
+    assert not rows["one"]["verified"] and not rows["two"]["verified"]
+    assert "the key of a cell of the bundle two" in rows["one"]["reason"]
+    assert "the key of a cell of the bundle one" in rows["two"]["reason"]

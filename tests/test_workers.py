@@ -53,8 +53,6 @@ def test_a_dead_worker_is_replaced_and_its_jobs_retried_once(tmp_path):
         done = _drain(pool)
         assert done["flaky"].result == "second try" and done["flaky"].lost == 0
         assert done["fine"].result == 9  # lost with the first pool if it was in flight, run again in the new one
-        # apart: every job in flight when a worker dies is charged a try (the pool dies whole), so
-        # beside a job that always dies, another could use up its retries too
         pool.submit("doomed", always_die)
         done = _drain(pool)
         assert done["doomed"].lost == 2 and done["doomed"].result is None  # tried twice, then given up
@@ -62,3 +60,34 @@ def test_a_dead_worker_is_replaced_and_its_jobs_retried_once(tmp_path):
         assert _drain(pool)["after"].result == 16
     finally:
         pool.close()
+
+
+def slow_square(x: int) -> int:
+    import time
+
+    time.sleep(0.3)
+    return x * x
+
+
+def test_only_the_job_that_kills_its_worker_is_charged():
+    """Beside a job that kills its worker every time, the innocent jobs in flight are run again
+    alone and come back with their results; only the killer comes back lost."""
+    pool = WorkerPool(2, max_retries=1)
+    try:
+        pool.submit("doomed", always_die)
+        for i in range(4):
+            pool.submit(("n", i), slow_square, i)
+        done = _drain(pool)
+        assert done["doomed"].lost == 2
+        assert {tag: d.result for tag, d in done.items() if tag != "doomed"} == {("n", i): i * i for i in range(4)}
+        assert all(d.lost == 0 for tag, d in done.items() if tag != "doomed")
+    finally:
+        pool.close()
+
+
+def test_workers_are_capped_by_cores_and_memory(capsys):
+    from benchmark.threads import WORKERS_PER_CORE, choose_workers, usable_cores
+
+    assert choose_workers(256, small_model=True) <= WORKERS_PER_CORE * usable_cores()
+    assert "--workers 256: capped at" in capsys.readouterr().err
+    assert choose_workers(1, small_model=True) == 1

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from rich.text import Text
 
 from benchmark.cli import explore, report, run, zoo
-from benchmark.cli.common import err_console
+from benchmark.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, err_console
 from benchmark.errors import UserError
 from benchmark.version import __version__
 
@@ -37,10 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as exc:
         err_console.print(Text.assemble(("error:", "bold red"), f" {exc}"))
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         err_console.print("interrupted; finished results are kept")
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

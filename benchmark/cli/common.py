@@ -11,6 +11,17 @@ from benchmark.progress import make_console
 console = make_console()
 err_console = make_console(stderr=True)
 
+#: exit statuses of ``mtlbench`` (``mtlbench run --help`` and the README list them)
+EXIT_OK = 0
+EXIT_BAD_CELLS = 1  # a cell of the request is stored failed or invalid (whichever run computed it)
+EXIT_USAGE = 2  # a user error: a bad option, manifest, file; or nothing of the request can run
+EXIT_INCOMPLETE = 3  # models of the request were not run (no weights on this machine): named up front
+EXIT_INTERRUPTED = 130  # Ctrl-C; finished cells are kept
+EXIT_CODES_HELP = ("exit status: 0 every cell of the request is valid; 1 a cell of the request is stored failed or "
+                   "invalid (by this run or an earlier one: `mtlbench results show DB --status failed,invalid`); "
+                   "2 a usage error, or nothing of the request can run; 3 models without weights were left out "
+                   "(named before the run); 130 interrupted (finished cells are kept)")
+
 THREADS_HELP = ("torch threads per process (default: 1 for the tiny suites, whose models are too small for more "
                 "to pay off; else the cores this process may use)")
 

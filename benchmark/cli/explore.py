@@ -111,7 +111,7 @@ def cmd_suites_show(args: argparse.Namespace) -> int:
     num_tasks = len(suite.tasks)
     console.print(Text.assemble((suite.name, "bold"), f": {suite.description}"))
     console.print(f"data {suite.data_source}, split {suite.split}, manifest {suite.path}"
-                  + (f", mirror of {suite.mirror_of}" if suite.tiny else ""))
+                  + (f", tiny mirror of {suite.mirror_of}" if suite.mirror_of else ""))
     if suite.selection:
         console.print(Text.assemble(("selection:", "italic"), f" {suite.selection.strip()}"))
     table = Table(title=f"{len(suite.members)} models")

@@ -8,6 +8,11 @@ from rich.table import Table
 from rich.text import Text
 
 from benchmark.cli.common import (
+    EXIT_BAD_CELLS,
+    EXIT_CODES_HELP,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_USAGE,
     add_images_option,
     add_selection_options,
     add_timeout_option,
@@ -21,7 +26,9 @@ from benchmark.cli.common import (
     resolve_device,
     selection,
 )
+from benchmark.errors import UserError
 from benchmark.paths import safe_name
+from benchmark.progress import progress
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -35,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          cell_timeout=cell_timeout(args.cell_timeout),
                          defenses=csv_list(args.defenses, option="--defenses"),
                          eot_samples=args.eot, score_draws=args.draws, model_dir=args.model, model_name=args.name,
-                         images=args.images)
+                         images=args.images, retry_failed=not args.no_retry)
     try:
         summary = run(options, console=err_console)
     except NoWeightsError as exc:
@@ -46,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             table.add_row(name, repo)
         err_console.print(table)
         err_console.print(Text(exc.ways[0].upper() + exc.ways[1:]), soft_wrap=True)
-        return 2
+        return EXIT_USAGE
     done = dict(summary.done)
     ran = ", ".join(f"{n} {s}" for s, n in sorted(done.items())) or "nothing left to run"
     console.print(f"{summary.total} cells: {summary.skipped} already in {args.results}; {ran} "
@@ -54,13 +61,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.elsewhere:
         err_console.print(f"{summary.elsewhere} cell(s) were being computed by another run on {args.results} and "
                           "were left to it; run again when it has finished to have them all")
-    for name, why in summary.missing_models.items():
-        err_console.print(Text.assemble((f"skipped {name}", "yellow"), f": {why}"))
-    if summary.bad:
-        err_console.print(Text.assemble((f"{summary.bad} cell(s) failed or were invalid", "red"),
-                                        "; their reasons are in the store "
-                                        f"(`mtlbench results show {args.results} --status failed,invalid`)"))
-    return min(summary.bad, 99)
+    if summary.stored_bad:
+        err_console.print(Text.assemble(
+            (f"{summary.stored_bad} cell(s) of this request are stored failed or invalid", "red"),
+            f" ({summary.stored['failed']} failed, {summary.stored['invalid']} invalid; a failed cell is run again by "
+            f"the next run unless --no-retry); their reasons: `mtlbench results show {args.results} --status "
+            "failed,invalid`"))
+        return EXIT_BAD_CELLS
+    if summary.missing_models:
+        err_console.print(Text.assemble(
+            (f"incomplete: {len(summary.missing_models)} model(s) were not run", "yellow"),
+            f" ({', '.join(summary.missing_models)}: no weights here, {summary.missing_cells} cells); narrow the "
+            "request with --models, or get their weights"), soft_wrap=True)
+        return EXIT_INCOMPLETE
+    return EXIT_OK
 
 
 def cmd_results_export(args: argparse.Namespace) -> int:
@@ -120,21 +134,42 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from benchmark.runner.verify import verify_bundle
+    from benchmark.runner.verify import ARP_TOLERANCE, METRIC_TOLERANCE, bundle_suite_name, verify_bundle
+    from benchmark.suites import load_suite
+    from benchmark.threads import set_threads
+
+    args.tolerance = ARP_TOLERANCE if args.tolerance is None else args.tolerance
+    args.metric_tolerance = METRIC_TOLERANCE if args.metric_tolerance is None else args.metric_tolerance
 
     if args.plugins:
         load_plugins(args.plugins)
-    verdict = verify_bundle(args.bundle, suite=args.suite, device=resolve_device(args.device), data_root=args.data_root,
-                            arp_tolerance=args.tolerance, metric_tolerance=args.metric_tolerance,
-                            recount=args.recount, console=err_console)
+    _verifier_options(args.bundle, args.suite, args.data_root, bundle_suite_name, load_suite)
+    set_threads(args.threads, small_model=True)
+    with progress(err_console) as bar:
+        task = bar.add_task(f"verify {args.bundle}", total=None)
+
+        def step(done: int, total: int, what: str) -> None:
+            bar.update(task, total=total, completed=done, description=f"verify {args.bundle}: {what}")
+
+        verdict = verify_bundle(args.bundle, suite=args.suite, device=resolve_device(args.device),
+                                data_root=args.data_root, arp_tolerance=args.tolerance,
+                                metric_tolerance=args.metric_tolerance,
+                                recount=args.recount or bool(args.recount_sample),
+                                recount_sample=args.recount_sample, recount_seed=args.recount_seed,
+                                console=err_console, progress=step)
     names = ", ".join(verdict.manifest.get("attack", {}).get("names", [])) or "?"
     if verdict.verified:
+        levels = "; ".join(f"{a}: {verdict.level(a)}" for a in verdict.manifest["attack"]["names"])
         console.print(Text.assemble(("verified", "bold green"), f": {args.bundle} ({names}): {verdict.checked} cells "
-                                    f"re-scored on {verdict.manifest['suite']['name']}; every metric within "
-                                    f"{args.metric_tolerance:g} relative, ARP within {args.tolerance:g} points; "
-                                    f"self-reported (not verified): {', '.join(verdict.self_reported)}"))
-        for attack, note in verdict.recounted.items():
+                                    f"re-scored on {verdict.manifest['suite']['name']} (the numbers follow from the "
+                                    f"images: every metric within {args.metric_tolerance:g} relative, ARP within "
+                                    f"{args.tolerance:g} points); {levels}; self-reported (not verified): "
+                                    f"{', '.join(verdict.self_reported)}"))
+        for attack, note in {**verdict.recounted, **verdict.skipped_recount}.items():
             console.print(Text(f"  {attack}: {note}"))
+        if not args.recount and not args.recount_sample:
+            console.print(Text("  re-scoring does not show that the named attack made the images: --recount runs "
+                               "it again"))
         return 0
     console.print(Text.assemble(("rejected", "bold red"), f": {args.bundle} ({names}): "
                                 + ("no cells; " if not verdict.cells and not verdict.reasons else "")
@@ -143,6 +178,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for line in verdict.reasons[: 50 if not args.verbose else None]:
         console.print(Text(f"  {line}"))
     return 1
+
+
+def _verifier_options(bundle: str, suite: str | None, data_root: str | None, bundle_suite_name, load_suite) -> None:
+    """The verifier's own options are usage errors, not the bundle's rejections: a --suite that is
+    not a readable manifest, a --data-root where the bundle's suite reads synthetic scenes."""
+    given = load_suite(suite) if suite else None  # a UserError naming the file
+    name = bundle_suite_name(bundle)
+    if data_root is None or name is None:
+        return
+    try:
+        target = given if given is not None and given.name == name else load_suite(name)
+    except UserError:
+        return
+    if target.synthetic:
+        raise UserError(f"--data-root {data_root}: the bundle's suite {name} reads built-in synthetic scenes; "
+                        "--data-root is for the full suites' real data")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -191,13 +242,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the sub-commands of this group to ``mtlbench``'s parser."""
     p = sub.add_parser("run", help="evaluate a suite's grid of models x attacks x eps x seeds",
-                       description="Evaluate a suite's grid of cells into a results database (resumable). Exit "
-                                   "status: 0 when every cell is valid, else the number of failed or invalid cells "
-                                   "(at most 99); a usage error exits 2 before any cell runs.")
+                       description="Evaluate a suite's grid of cells into a results database (resumable; a "
+                                   "failed cell is run again by the next run). " + EXIT_CODES_HELP + ".")
     add_selection_options(p, defaults="the profile's; every member for --models")
     p.add_argument("--attacks", help="comma-separated attacks or patterns, e.g. 'pgd:gb-mta,fgsm:*' "
                                      "(default: the profile's)")
     p.add_argument("--results", default="results.db", help="SQLite results database (created or resumed)")
+    p.add_argument("--no-retry", action="store_true", help="leave cells stored as failed as they are (by default a "
+                                                           "run computes them again; invalid ones always stay)")
     p.add_argument("--weights-dir", help="local checkpoint directories DIR/<model>/ (Hub format)")
     p.add_argument("--data-root", help="directory of the real data set (full suites)")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
@@ -250,20 +302,29 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Check every claim of a result bundle: its files and their sizes, the types of "
                                    "its manifest and cells, that its cells are exactly the grid its manifest declares, "
                                    "the weights revision, image ids, [0, 1], the eps-ball, and every metric, ARP and "
-                                   "per-image score re-scored. Time, memory and passes are self-reported "
-                                   "(--recount verifies the passes). Exit 0 when verified, 1 when rejected (each "
-                                   "reason names the cell and the field), 2 on a usage error.")
+                                   "per-image score re-scored (a verified bundle carries the re-scored numbers). "
+                                   "Re-scoring shows the numbers follow from the images; --recount runs the attack "
+                                   "again and shows it made them (same images, same passes). Time and memory stay "
+                                   "self-reported. Exit 0 when verified, 1 when rejected (each reason names the cell "
+                                   "and the field), 2 on a usage error.")
     p.add_argument("bundle", help="bundle directory or .zip")
     p.add_argument("--suite", help="the suite's manifest path, for a bundle of a suite that is not a standard one "
                                    "(default: the suite the bundle names)")
-    p.add_argument("--tolerance", type=bounded(float, 0), default=0.01, help="ARP points (default 0.01)")
-    p.add_argument("--metric-tolerance", type=bounded(float, 0), default=1e-4,
-                   help="relative tolerance of each metric (default 1e-4)")
+    p.add_argument("--tolerance", type=bounded(float, 0), default=None,
+                   help="ARP points of a cell's and a task's ARP (default 0.015: 10x the spread measured across "
+                        "thread counts and instruction sets)")
+    p.add_argument("--metric-tolerance", type=bounded(float, 0), default=None,
+                   help="relative tolerance of a cell's metrics (default 1e-3, measured the same way)")
     p.add_argument("--data-root", help="directory of the real data set (full suites)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=bounded(int, 1, 256), help="torch threads (default 1; an honest bundle "
+                                                               "verifies at any thread count)")
     p.add_argument("-v", "--verbose", action="store_true", help="every reason, not the first 50")
     p.add_argument("--recount", action="store_true", help="run each attack whose code is installed here (with the "
-                   "bundle's sources) again on one cell per model: its counted passes must be the bundle's")
+                   "bundle's sources) again on every cell: its counted passes and its images must be the bundle's")
+    p.add_argument("--recount-sample", type=bounded(int, 1, 100_000), metavar="N",
+                   help="recount N cells drawn at random over every eps instead of every cell")
+    p.add_argument("--recount-seed", type=int, default=0, help="the verifier's seed of the drawn cells (default 0)")
     p.add_argument("--plugins", help="comma-separated modules or .py files that register the bundle's attacks "
                    "(for --recount)")
     p.set_defaults(func=cmd_verify)

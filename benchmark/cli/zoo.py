@@ -61,6 +61,21 @@ def _compare_with_shipped(suite, built: dict) -> None:
                if suite.member(n).sha256 and shipped not in Path(d).resolve().parents}
     if not trained:
         return
+    from benchmark.zoo.checkpoint import read_config
+
+    other = {n: read_config(d).training for n, d in trained.items()
+             if read_config(d).training.get("recipe_id") != suite.training_id}
+    if other:
+        changed = ", ".join(f"{k} {v}" for k, v in sorted(next(iter(other.values())).items())
+                            if k in ("steps", "batch_size", "seed", "init") and suite.training.table.get(k) != v
+                            and getattr(suite.training, k, None) != v)
+        err_console.print(Text(f"{len(other)} model(s) trained here with another recipe than the manifest's"
+                               + (f" ({changed})" if changed else "") + ": they are not the weights that ship "
+                               "with mtlbench, which runs use; `--weights-dir "
+                               f"{next(iter(trained.values())).parent}` runs these"), soft_wrap=True)
+        trained = {n: d for n, d in trained.items() if n not in other}
+        if not trained:
+            return
     differ = [n for n, d in trained.items() if file_sha256(d / WEIGHTS_FILE) != suite.member(n).sha256]
     err_console.print(f"{len(trained) - len(differ)} of {len(trained)} model(s) trained here are bit for bit the "
                       "weights that ship with mtlbench (sha256 pinned in the manifest)"
@@ -94,9 +109,10 @@ def _warn_degenerate(suite, name: str, clean: dict, data_root: str | None) -> No
 
 
 def _print_clean(suite, built: dict, data_root: str | None = None, *, title: str = "",
-                 metrics_per_task: int = 2, extra: bool = False) -> None:
+                 metrics_per_task: int = 2, extra: bool = False, found: set[str] = frozenset()) -> None:
     """One table of checkpoints and their clean metrics (the first ``metrics_per_task`` of each
-    task); ``extra``: with their training time and directory. Degenerate metrics are warned about."""
+    task); ``extra``: with their training time (``found``: checkpoints this command found, not
+    trained) and directory. Degenerate metrics are warned about."""
     from benchmark.zoo.checkpoint import read_config
 
     table = Table(title=title or f"{suite.name}: clean metrics of the local checkpoints")
@@ -116,7 +132,8 @@ def _print_clean(suite, built: dict, data_root: str | None = None, *, title: str
     for name, info in rows:
         cells = [f"{info.clean_metrics.get(t, {}).get(k, float('nan')):.3f}" for t, k in metric_cols]
         if extra:
-            cells = [f"{info.training.get('seconds', float('nan')):.0f} s", *cells, str(built[name])]
+            took = f"{info.training.get('seconds', float('nan')):.0f} s"
+            cells = [f"not now (found; {took} when built)" if name in found else took, *cells, str(built[name])]
         table.add_row(name, *cells)
     console.print(table)
 
@@ -202,7 +219,7 @@ def cmd_zoo_push(args: argparse.Namespace) -> int:
 def cmd_defend(args: argparse.Namespace) -> int:
     from benchmark.defenses import canonical_defense
     from benchmark.suites import load_suite
-    from benchmark.zoo.defend import defend_suite
+    from benchmark.zoo.defend import defend_suite, defended_plan
     from benchmark.zoo.locate import shipped_defended_dir
 
     overrides = {"steps": args.steps, "attack_steps": args.attack_steps, "tau": args.tau, "eps": args.eps,
@@ -215,14 +232,32 @@ def cmd_defend(args: argparse.Namespace) -> int:
         if not suite.tiny or args.out is not None:
             raise UserError("--ship trains a tiny suite's shipped defended checkpoints (no --out)")
         out = shipped_defended_dir(suite, spec)
-    done = defend_suite(suite, spec, csv_list(args.models, option="--models"), device=resolve_device(args.device),
+    members = csv_list(args.models, option="--models")
+    found, _ = defended_plan(suite, spec, members, weights_dir=args.weights_dir, rebuild=args.rebuild, out=out)
+    for name, directory in found.items():
+        err_console.print(Text(f"{name}: a {spec} checkpoint of this recipe is already there ({_where(directory)}); "
+                               "nothing trained. `--rebuild --out DIR` trains a new one beside it"), soft_wrap=True)
+    done = defend_suite(suite, spec, members, device=resolve_device(args.device),
                         data_root=args.data_root, weights_dir=args.weights_dir, rebuild=args.rebuild,
                         restart=args.restart, console=err_console, threads=args.threads, out=out, **overrides)
     if args.ship:
         _pin(suite, done, defense=spec)
     _print_clean(suite, done, args.data_root, title=f"{spec}: defended checkpoints and their clean metrics",
-                 metrics_per_task=1, extra=True)
+                 metrics_per_task=1, extra=True, found=set(found))
     return 0
+
+
+def _where(directory) -> str:
+    """Where a checkpoint folder is, in words: the weights shipped with mtlbench, or its path."""
+    from pathlib import Path
+
+    from benchmark.paths import SHIPPED_ZOO
+
+    try:
+        Path(directory).resolve().relative_to(SHIPPED_ZOO.resolve())
+        return "shipped with mtlbench, sha256 pinned in the manifest"
+    except ValueError:
+        return str(directory)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

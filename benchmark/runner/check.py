@@ -109,6 +109,8 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
         raise UserError(f"baseline {p}: cannot read it ({exc.strerror})") from None
     except ValueError as exc:
         raise UserError(f"baseline {p} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise UserError(f"baseline {p} nests its values too deeply to be a baseline") from None
     if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT:
         raise UserError(f"baseline {p} is not an mtlbench baseline (no \"format\": \"{BASELINE_FORMAT}\"); "
                         "write one with `mtlbench check --baseline FILE --update --attacks ...`")
@@ -118,6 +120,13 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
                       ("reference", str), ("attacks", dict)):
         if not isinstance(data.get(key), kind):
             raise UserError(f"baseline {p}: {key!r} is missing or not a {kind.__name__}")
+    if "images" in data and data["images"] is not None:
+        from benchmark.suites import MAX_EVAL_SIZE
+
+        images = data["images"]
+        if isinstance(images, bool) or not isinstance(images, int) or not 1 <= images <= MAX_EVAL_SIZE:
+            raise UserError(f"baseline {p}: \"images\" is {images!r}, expected an integer in [1, {MAX_EVAL_SIZE}] "
+                            "(the images its cells were scored on); write it again with --update")
     for name, entry in data["attacks"].items():
         if not isinstance(entry, dict) or not isinstance(entry.get("cells"), list):
             raise UserError(f"baseline {p}: attack {name!r} has no list of cells")

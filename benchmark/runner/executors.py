@@ -154,7 +154,8 @@ class RayExecutor(Executor):
         try:
             import ray
         except ImportError:
-            raise UserError("--executor ray needs Ray: pip install 'mtlbench[ray]'") from None
+            raise UserError("--executor ray needs Ray: pip install 'ray[default]>=2.9' (in a checkout of mtlbench: "
+                            "pip install -e '.[ray]')") from None
         self.ray = ray
         if not ray.is_initialized():
             env = {k: v for k, v in os.environ.items() if k.startswith(("MTLBENCH_", "HF_"))}

@@ -8,6 +8,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -56,6 +57,7 @@ class RunOptions:
     workers: int | None = None  # local worker processes (None: one per usable core for tiny suites on CPU)
     keep_images: bool = False  # results carry their adversarial images (``adversarial_images``; a submission)
     images: int | None = None  # evaluate the first N images of the split (None: the profile's eval_size)
+    retry_failed: bool = True  # run cells stored as failed again (invalid verdicts stay)
 
 
 @dataclass
@@ -63,20 +65,31 @@ class RunSummary:
     total: int = 0
     skipped: int = 0  # already in the store
     done: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # status -> count
-    missing_models: dict[str, str] = field(default_factory=dict)
+    missing_models: dict[str, str] = field(default_factory=dict)  # not run: no weights (named before the run)
+    missing_cells: int = 0  # the grid's cells of those models (not in ``total``)
     keys: list[str] = field(default_factory=list)  # store keys of the grid's cells (run now or before)
     elsewhere: int = 0  # cells another live run on the same store had claimed (left to it)
     seconds: float = 0.0
+    stored: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # status -> the grid's cells in the store
 
     @property
     def bad(self) -> int:
+        """Failed or invalid cells of this run."""
         return self.done["failed"] + self.done["invalid"]
 
+    @property
+    def stored_bad(self) -> int:
+        """Failed or invalid cells of the grid in the store, whichever run computed them."""
+        return self.stored["failed"] + self.stored["invalid"]
 
-def _todo(cells: list[Cell], store: ResultsStore, ctx: CellContext) -> list[Cell]:
-    """Cells whose key (which includes the weights version) is not in the store yet."""
-    done = store.done_keys()
-    return [cell for cell in cells if cell.store_key(ctx) not in done]
+
+def _todo(cells: list[Cell], store: ResultsStore, ctx: CellContext, *, retry_failed: bool = True) -> list[Cell]:
+    """Cells whose key (which includes the weights version) is not in the store yet, and (unless
+    ``retry_failed`` is off) those stored ``failed``: a failure (a crash, a time limit, a worker
+    that died) may not happen again, while an ``invalid`` verdict is the attack's and stays."""
+    stored = store.statuses()
+    return [cell for cell in cells
+            if (key := cell.store_key(ctx)) not in stored or (retry_failed and stored[key] == Status.FAILED)]
 
 
 def _verdict_key(cell: Cell) -> tuple:
@@ -233,14 +246,26 @@ class NoWeightsError(MissingWeightsError):
         self.missing, self.ways = missing, ways
 
 
-def _refuse_what_cannot_run(suite, cells: list[Cell], options: RunOptions, module) -> None:
-    """A full suite's run needs the real data and its members' weights: say so up front, with
-    every member that has no weights, instead of a run that does nothing and exits 0."""
-    if suite.synthetic or module is not None or options.model_dir is not None:
-        return
+def _refuse_what_cannot_run(suite, cells: list[Cell], options: RunOptions, module) -> dict[str, str]:
+    """What cannot run, said before anything runs: a full suite's run needs the real data (an
+    error naming the missing data root); members without weights (an error when none has any;
+    else returned, member -> why, so the run leaves their cells out of its count and says so up
+    front)."""
+    if module is not None or options.model_dir is not None:
+        return {}
+    if options.data_root is not None and not Path(options.data_root).is_dir():
+        raise UserError(f"--data-root {options.data_root}: no such directory (the real {suite.data_source} data set "
+                        f"is read from it; its layout is in the README, \"Running the full suites\")")
+    if options.weights_dir is not None and not Path(options.weights_dir).is_dir():
+        raise UserError(f"--weights-dir {options.weights_dir}: no such directory (it holds one checkpoint directory "
+                        "per model: DIR/<model>/model.safetensors and config.json)")
+    if suite.synthetic and options.weights_dir is None:
+        return {}
     members = list(dict.fromkeys(c.target.member for c in cells if not c.target.external))
     missing = {m: suite.member(m).repo_id or "(no Hub repo)" for m in members
                if not Target.of(cells[0].target.suite, m, weights_dir=options.weights_dir).is_built()}
+    if suite.synthetic:  # a tiny member missing from --weights-dir is taken from the zoo (built if need be)
+        return {}
     ways = (f"get weights by one of: `mtlbench zoo train {suite.name} --data-root DIR` (train them, from the ImageNet "
             f"backbone), `mtlbench zoo import {suite.name} WEIGHTROOT` (convert the paper authors' checkpoints), or "
             "`--weights-dir DIR` with checkpoint directories DIR/<model>/")
@@ -252,6 +277,7 @@ def _refuse_what_cannot_run(suite, cells: list[Cell], options: RunOptions, modul
     if missing and len(missing) == len(members):
         raise NoWeightsError(f"no model of {suite.name} has weights on this machine ({len(missing)} models: "
                              f"{', '.join(missing)}); {ways}", missing, ways)
+    return {m: f"no weights on this machine (Hub repo {repo}); {ways}" for m, repo in missing.items()}
 
 
 #: seconds between two nudges of the progress display while cells run
@@ -300,11 +326,16 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
                         "directory (`mtlbench run --model DIR`) to run it on Ray")
     set_threads(options.threads, small_model=suite.tiny)
     cells = _grid(options, suite, profile, module)
-    _refuse_what_cannot_run(suite, cells, options, module)
+    missing = _refuse_what_cannot_run(suite, cells, options, module)
+    left_out = [c for c in cells if c.target.member in missing]
+    cells = [c for c in cells if c.target.member not in missing]
+    if missing:
+        _say_missing(console, suite.name, missing, len(left_out))
     if options.keep_images:
         cells = [replace(cell, keep_images=True) for cell in cells]
     device = torch.device(options.device)
-    summary = RunSummary(total=len(cells))
+    _say_size(console, suite.name, profile.name, cells)
+    summary = RunSummary(total=len(cells), missing_models=dict(missing), missing_cells=len(left_out))
     start = time.perf_counter()
     commit = git_commit()
     unpublished = {m.name for m in suite.unpublished()}
@@ -340,7 +371,7 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
                         bar.update(overall, advance=len(group))
                         continue
                     summary.keys += [cell.store_key(ctx) for cell in group]
-                    todo = _todo(group, store, ctx)
+                    todo = _todo(group, store, ctx, retry_failed=options.retry_failed)
                     summary.skipped += len(group) - len(todo)
                     bar.update(overall, advance=len(group) - len(todo))
                     if todo:  # cells another run is computing are left to it
@@ -369,5 +400,43 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
                     state.statuses["invalid"] += _spread_nondeterminism(state.group, state.ctx, store, summary,
                                                                         state.ran)
                     bar.console.print(state.line())
+        for status in store.statuses(summary.keys).values():
+            summary.stored[status] += 1
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+#: a grid this large gets a word of warning before it runs
+LARGE_GRID = 500
+
+
+def _say_size(console: Console, suite: str, profile: str, cells: list[Cell]) -> None:
+    """The size of the request before anything runs: cells, and what they multiply out of."""
+    if not cells:
+        return
+    targets = len({c.target for c in cells})
+    attacks = len({c.attack.name for c in cells})
+    eps = len({c.eps for c in cells})
+    seeds = len({c.seed for c in cells})
+    images = sorted({c.images for c in cells if c.images}) or ["all"]
+    text = (f"{suite} [{profile}]: {len(cells)} cells ({targets} targets x {attacks} attacks x {eps} eps x {seeds} "
+            f"seed{'s' if seeds > 1 else ''}, where each applies), {'/'.join(map(str, images))} images each; an "
+            "estimate of the time left follows once the first cells are done")
+    if len(cells) > LARGE_GRID:
+        text += (". A large grid: on 2 CPU cores the tiny suites' cells take a few seconds each (PGD-10 and APGD "
+                 "more); narrow it with --models, --attacks, --eps or --seeds")
+    console.print(Text(text), soft_wrap=True)
+
+
+def _say_missing(console: Console, suite: str, missing: dict[str, str], cells: int) -> None:
+    """One table, before the run, of the members that have no weights (their cells are not run)."""
+    from rich.table import Table
+
+    table = Table(title=f"{suite}: {len(missing)} model(s) have no weights here; their {cells} cells are not run")
+    table.add_column("model")
+    table.add_column("why", overflow="fold")
+    for name, why in missing.items():
+        table.add_row(name, why.split("; ", 1)[0])
+    console.print(table)
+    ways = next(iter(missing.values())).split("; ", 1)[1]
+    console.print(Text(ways[0].upper() + ways[1:]), soft_wrap=True)

@@ -295,6 +295,12 @@ class ResultsStore:
     def done_keys(self) -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT key FROM cells")}
 
+    def statuses(self, keys: list[str] | None = None) -> dict[str, str]:
+        """The stored status of each cell (of ``keys`` only, when given): key -> valid, invalid or failed."""
+        rows = self.conn.execute("SELECT key, status FROM cells").fetchall()
+        wanted = None if keys is None else set(keys)
+        return {k: st for k, st in rows if wanted is None or k in wanted}
+
     def put(self, result: CellResult) -> None:
         """Insert one finished cell atomically (a row is either fully there or not at all)."""
         row = result.to_row()
@@ -335,11 +341,12 @@ class ResultsStore:
         """Claim the cells ``keys`` for ``owner`` (a run), atomically: a key is claimed when no other
         live run holds it and it is not done. Another run's claim is live while its process is
         alive (same host) and its heartbeat is younger than ``stale_after_s``. Returns the keys
-        claimed, so that two runs on one store (or two machines on shared storage) split the work."""
+        claimed, so that two runs on one store (or two machines on shared storage) split the work.
+        A cell stored as failed can be claimed again (a run retries it)."""
         now = time.time()
         got = []
         with self._transaction():
-            done = {r[0] for r in self.conn.execute("SELECT key FROM cells")}
+            done = {r[0] for r in self.conn.execute("SELECT key FROM cells WHERE status != 'failed'")}
             held = {r["key"]: r for r in self.conn.execute("SELECT * FROM claims")}
             for key in keys:
                 if key in done:

@@ -45,7 +45,7 @@ from benchmark.zoo.checkpoint import (
 )
 from benchmark.zoo.hub import local_checkpoint_dir, pretext_dir, shipped_pretext_dir
 from benchmark.zoo.imagenet import ImagenetSource, download_imagenet, imagenet_blocks
-from benchmark.zoo.locate import Location, is_current, load_location, locate_member
+from benchmark.zoo.locate import Location, is_current, load_location, locate_member, shipped_set_aside
 from benchmark.zoo.pretext import (
     PretextModel,
     PretextRecipe,
@@ -356,6 +356,13 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
                       soft_wrap=True)
     if not todo and not then:
         return done
+    if out is None:  # a shipped checkpoint that is not used is said so, with why, before training its member
+        for m in todo:
+            why = shipped_set_aside(suite, m)
+            if why:
+                console.print(Text(f"{suite.name}/{m.name}: the checkpoint that ships with mtlbench is set aside "
+                                   f"({why}); it is trained here from the manifest's recipe instead"),
+                              soft_wrap=True)
     stale = [m.name for m in todo if suite.tiny and not rebuild and (where(m) / CONFIG_FILE).exists()]
     if stale:
         console.print(Text(f"{suite.name}: {len(stale)} local model(s) were built with another training recipe "
@@ -376,7 +383,14 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     try:
         train_set = training_set(suite, data_root)  # rendered once, when a member trains in this process
         test_set = clean_test_set(suite, data_root=data_root)
-        with progress(console, loss=True, eta=False) as bar:
+        steps = recipe_for(suite, finetune=root is not None).steps
+        console.print(Text(f"build {suite.name}: {len(todo)} model(s) to train, {steps} steps of batch "
+                           f"{suite.training.batch_size} each ({', '.join(m.name for m in todo[:6])}"
+                           f"{', ...' if len(todo) > 6 else ''}), in {max(1, n_workers)} process(es)"
+                           + (f"; each first renders its {suite.training.train_size} training scenes (a minute or "
+                              "two)" if suite.synthetic else "")
+                           + "; a killed build started again goes on where it stopped"), soft_wrap=True)
+        with progress(console, loss=True, eta=True) as bar:
             overall = bar.add_task(f"build {suite.name}", total=len(todo) + len(then), loss=float("nan"))
             init = None
             pretext = imagenet = None

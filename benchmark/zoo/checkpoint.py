@@ -202,7 +202,7 @@ def _check_model_config(cfg: ModelConfig, path: Path) -> None:
 
 
 #: what to do about a downloaded or built weights file that does not match its pinned sha256
-REDOWNLOAD = "delete it and download again (or rebuild it)"
+REDOWNLOAD = "the file is corrupt or was changed: delete it and download again (or rebuild it)"
 
 
 def load_checkpoint(directory: str | Path, *, sha256: str = "", expect: dict[str, Any] | None = None,
@@ -221,8 +221,7 @@ def load_checkpoint(directory: str | Path, *, sha256: str = "", expect: dict[str
     if sha256:
         actual = file_sha256(weights)
         if actual != sha256:
-            raise CheckpointError(f"{weights}: sha256 {actual} does not match the pinned {sha256}; the file is "
-                                  f"corrupt or was changed: {remedy}")
+            raise CheckpointError(f"{weights}: sha256 {actual} does not match the pinned {sha256}; {remedy}")
     for key, wanted in (expect or {}).items():
         have = getattr(info.model, key)
         if key == "layout":

@@ -36,7 +36,7 @@ from benchmark.zoo.locate import (
     training_defense,
 )
 
-__all__ = ["defend_member", "defend_suite", "defense_job", "ensure_defended"]
+__all__ = ["defend_member", "defend_suite", "defended_plan", "defense_job", "ensure_defended"]
 
 
 def ensure_defended(suite: Suite, member: Member, spec: str, *, weights_dir: str | Path | None = None,
@@ -108,18 +108,7 @@ def defend_suite(suite: Suite | str, spec: str, members: list[str] | None = None
     console = console or make_console(stderr=True)
     defense = training_defense(spec)
     recipe = defense.recipe(suite, **overrides)
-    wanted = [suite.member(m) for m in members] if members else list(suite.members)
-    done: dict[str, Path] = {}
-    todo = []
-    for m in wanted:
-        if out is not None:
-            found = Path(out) / m.name if (Path(out) / m.name / CONFIG_FILE).exists() and not rebuild else None
-        else:
-            found = None if rebuild else locate_defended(suite, m, defense.spec, weights_dir=weights_dir).directory
-        if found is not None:
-            done[m.name] = found
-        else:
-            todo.append(m)
+    done, todo = defended_plan(suite, defense.spec, members, weights_dir=weights_dir, rebuild=rebuild, out=out)
     if not todo:
         return done
     set_threads(threads, small_model=suite.tiny)
@@ -137,6 +126,26 @@ def defend_suite(suite: Suite | str, spec: str, members: list[str] | None = None
                   f"({seconds / len(todo):.0f} s per model) under {done[todo[0].name].parent}",
                   highlight=False, markup=False)
     return done
+
+
+def defended_plan(suite: Suite, spec: str, members: list[str] | None = None, *, weights_dir: str | None = None,
+                  rebuild: bool = False, out: str | Path | None = None) -> tuple[dict[str, Path], list[Member]]:
+    """What :func:`defend_suite` would do, without doing it: the members whose defended checkpoint of
+    this recipe is already there (member -> its folder: shipped, local zoo, ``weights_dir`` or
+    ``out``) and those it would train."""
+    wanted = [suite.member(m) for m in members] if members else list(suite.members)
+    done: dict[str, Path] = {}
+    todo = []
+    for m in wanted:
+        if out is not None:
+            found = Path(out) / m.name if (Path(out) / m.name / CONFIG_FILE).exists() and not rebuild else None
+        else:
+            found = None if rebuild else locate_defended(suite, m, spec, weights_dir=weights_dir).directory
+        if found is not None:
+            done[m.name] = found
+        else:
+            todo.append(m)
+    return done, todo
 
 
 def _defend_missing(suite: Suite, member: Member, spec: str, recipe: AdversarialRecipe, *, rebuild: bool = False,

@@ -44,7 +44,7 @@ from benchmark.zoo.hub import MissingWeightsError, download_member, hub_offline,
 
 __all__ = ["Location", "check_defended", "defended_dir", "expected_config", "is_built", "is_current",
            "load_location", "locate_defended", "locate_external", "locate_member", "parent_sha256",
-           "shipped_defended_dir", "shipped_weights", "training_defense"]
+           "shipped_defended_dir", "shipped_set_aside", "shipped_weights", "training_defense"]
 
 @dataclass(frozen=True)
 class Location:
@@ -91,11 +91,36 @@ def expected_config(member: Member, suite: Suite | None = None) -> dict:
 
 def shipped_weights(suite: Suite, member: Member) -> Path | None:
     """The shipped checkpoint of ``member`` when the manifest pins it (``[weights.sha256]``) and it
-    was trained with the manifest's recipe (an edited ``[training]`` makes the suite build locally)."""
-    if not (suite.tiny and member.sha256):
+    was trained with the manifest's recipe (an edited ``[training]`` makes the suite build locally).
+    A shipped checkpoint with a file missing is an error that names it (never a silent rebuild)."""
+    if not suite.tiny:
         return None
     directory = shipped_dir(suite, member)
+    present = [f for f in (WEIGHTS_FILE, CONFIG_FILE) if (directory / f).exists()]
+    if present and len(present) < 2 and member.sha256:
+        missing = next(f for f in (WEIGHTS_FILE, CONFIG_FILE) if f not in present)
+        raise CheckpointError(f"{directory / missing} is missing from the weights of {suite.name}/{member.name} that "
+                              f"ship with mtlbench: reinstall mtlbench (in a checkout: `git checkout -- {directory}`)")
+    if not member.sha256:
+        return None
     return directory if is_current(suite, directory) else None
+
+
+def shipped_set_aside(suite: Suite, member: Member) -> str:
+    """Why a checkpoint of ``member`` that ships with mtlbench is not used (empty when none ships,
+    or it is used): the manifest pins no sha256 for it, or it was trained with another recipe than
+    the manifest's. Said before a member is built instead."""
+    if not suite.tiny or not (shipped_dir(suite, member) / WEIGHTS_FILE).exists():
+        return ""
+    directory = shipped_dir(suite, member)
+    if not member.sha256:
+        return (f"the manifest {suite.path or suite.name} pins no sha256 for {member.name} in its [weights] table, "
+                "so the shipped file cannot be checked")
+    if _is_stale(suite, directory):
+        recorded = read_config(directory).training.get("recipe_id")
+        return (f"it was trained with another recipe (id {recorded}) than the manifest's [training] (id "
+                f"{suite.training_id})")
+    return ""
 
 
 def is_current(suite: Suite, directory: Path) -> bool:
@@ -144,7 +169,9 @@ def locate_member(suite: Suite, member: Member, *, weights_dir: str | Path | Non
     shipped = shipped_weights(suite, member)
     if shipped is not None:
         return Location(shipped, Origin.SHIPPED, member.sha256, expect,
-                        f"it ships with mtlbench, so reinstall mtlbench (in a checkout: `git checkout -- {shipped}`)")
+                        f"either the file was changed (it ships with mtlbench: reinstall mtlbench; in a checkout: "
+                        f"`git checkout -- {shipped}`) or the pin was (the manifest {suite.path or suite.name}, "
+                        f"[weights] {member.name} = \"{member.sha256}\")")
     local = local_checkpoint_dir(suite, member)
     if is_current(suite, local):
         # the pinned hash identifies the published weights: a full suite's copy in the local zoo
@@ -214,7 +241,13 @@ def _shipped_defended(suite: Suite, member: Member, spec: str) -> Path | None:
     if not suite.defended_sha256.get(spec, {}).get(member.name):
         return None
     directory = shipped_defended_dir(suite, spec) / member.name
-    if not (directory / CONFIG_FILE).exists() or _is_stale_defended(directory, suite, member):
+    present = [f for f in (WEIGHTS_FILE, CONFIG_FILE) if (directory / f).exists()]
+    if len(present) == 1:
+        missing = next(f for f in (WEIGHTS_FILE, CONFIG_FILE) if f not in present)
+        raise CheckpointError(f"{directory / missing} is missing from the {spec} checkpoint of "
+                              f"{suite.name}/{member.name} that ships with mtlbench: reinstall mtlbench (in a "
+                              f"checkout: `git checkout -- {directory}`)")
+    if not present or _is_stale_defended(directory, suite, member):
         return None
     try:
         recorded = read_config(directory).defense.get("recipe")
@@ -247,8 +280,11 @@ def locate_defended(suite: Suite, member: Member, spec: str, *, weights_dir: str
             return Location(mine, Origin.DEFENDED, expect=expect)
     shipped = _shipped_defended(suite, member, spec)
     if shipped is not None:
-        return Location(shipped, Origin.DEFENDED, suite.defended_sha256[spec][member.name], expect,
-                        "it ships with mtlbench, so reinstall mtlbench")
+        pin = suite.defended_sha256[spec][member.name]
+        return Location(shipped, Origin.DEFENDED, pin, expect,
+                        f"either the file was changed (it ships with mtlbench: reinstall mtlbench; in a checkout: "
+                        f"`git checkout -- {shipped}`) or the pin was (the manifest {suite.path or suite.name}, "
+                        f"[weights.defended.\"{spec}\"] {member.name} = \"{pin}\")")
     local = defended_dir(suite, member, spec)
     if (local / CONFIG_FILE).exists() and not _is_stale_defended(local, suite, member):
         return Location(local, Origin.DEFENDED, expect=expect)

@@ -56,7 +56,13 @@ def load_paper_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise PaperImportError(f"paper checkpoint {p} does not exist")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+    except pickle.UnpicklingError as exc:
+        # torch's message goes on to explain how to load the file with weights_only=False; a
+        # benchmark never does: say what was found, not how to run it
+        found = next((line.strip() for line in str(exc).splitlines() if "WeightsUnpickler error" in line), "")
+        raise PaperImportError(f"{p}: refused: it holds pickled objects other than tensors, and mtlbench loads weights "
+                               f"only, never pickled code{f' ({found[:200]})' if found else ''}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = (str(exc).splitlines() or ["empty file"])[0][:200]
         raise PaperImportError(f"{p}: cannot be read as a weights-only torch checkpoint "
                                f"({type(exc).__name__}: {first})") from None
