@@ -14,7 +14,7 @@ depth valid        mask and target != 255, or target > 3e-5 without mask  mask a
 depth delta        max(p/g, g/p) <= 1.25^k; a negative prediction counts  < 1.25^k; a prediction <= 0 fails
                    as within (both ratios are negative)
 normal angles      a target with a zero vector counts, at cosine 0        excluded
-normal median      exact median of all angles                             0.01-degree histogram
+normal median      exact median of all angles                             0.25-degree histogram, interpolated
 normal within      angle <= threshold                                     angle < threshold (histogram bins)
 Taskonomy err      per-batch mean (segmentation: class-weighted CE over   per-pixel (per-sample for segmentation)
                    the batch's pixels), batch-size weighted               means pooled
@@ -34,9 +34,8 @@ import torch.nn.functional as F
 
 from benchmark.metric_base import IGNORE_INDEX, TaskMetric, _mask, _seg_target
 
-__all__ = ["METRIC_MODES", "paper_metric"]
+__all__ = ["paper_metric"]
 
-METRIC_MODES = ("ours", "paper")
 
 _DEPTH_MIN = 3e-5  # the authors' validity threshold of a depth target without a mask
 

@@ -1,4 +1,4 @@
-"""Where a result came from: the code's git commit (when run from a checkout)."""
+"""Where a result came from: the code's git commit (when run from a checkout) and the CPU instruction set."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import functools
 import subprocess
 from pathlib import Path
 
-__all__ = ["git_commit"]
+__all__ = ["cpu_capability", "git_commit"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -17,4 +17,15 @@ def git_commit() -> str:
                              cwd=Path(__file__).parent)
         return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
     except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cpu_capability() -> str:
+    """The CPU instruction set torch's kernels use here (``AVX512``, ``AVX2``, ...): a float result
+    is bit for bit the same only on the same instruction set, torch build and thread count."""
+    try:
+        import torch
+
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (ImportError, AttributeError, RuntimeError):
         return "unknown"

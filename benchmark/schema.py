@@ -19,6 +19,9 @@ Recipe(steps=5, optimizer='adam')
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, Field
 from typing import Any
@@ -74,17 +77,26 @@ def _rule(f: Field) -> Rule:
     return f.metadata.get(_RULE) or Rule()
 
 
-def _types(f: Field) -> tuple[tuple[type, ...], bool]:
-    """The types a field takes, and whether it may be None."""
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The type of each field of ``cls``, its annotation evaluated (``Optional[int]`` and
+    ``int | None`` alike)."""
+    return typing.get_type_hints(cls)
+
+
+def _types(f: Field, annotation: Any) -> tuple[tuple[type, ...], bool]:
+    """The types a field takes (its rule's, else its annotation's), and whether it may be None."""
     rule = _rule(f)
-    annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    parts = [p.strip() for p in annotation.split("|")]
-    optional = "None" in parts
+    origin = typing.get_origin(annotation)
+    parts = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
+    optional = type(None) in parts
     if rule.types is not None:
         return rule.types, optional
-    names = [p.split("[")[0] for p in parts if p != "None"]
     out: tuple[type, ...] = ()
-    for name in names:
+    for part in parts:
+        if part is type(None):
+            continue
+        name = getattr(typing.get_origin(part) or part, "__name__", "")
         out += _TYPES.get(name, (object,))
     return out or (object,), optional
 
@@ -101,10 +113,10 @@ def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else format(x, "g")
 
 
-def check_value(f: Field, value: Any, key: str) -> Any:
-    """``value`` checked against ``f``'s rule (a :class:`TableError` naming ``key``), an integer
-    given for a ``float`` field made a float."""
-    types, optional = _types(f)
+def check_value(f: Field, value: Any, key: str, annotation: Any) -> Any:
+    """``value`` checked against ``f``'s rule and ``annotation`` (the field's evaluated type; a
+    :class:`TableError` naming ``key``), an integer given for a ``float`` field made a float."""
+    types, optional = _types(f, annotation)
     rule = _rule(f)
     if value is None:
         if optional:
@@ -165,14 +177,16 @@ def check_table(cls, table: Any, where: str) -> dict[str, Any]:
                and f.default_factory is MISSING]
     if missing:
         raise TableError(f"{where}.{missing[0]}", "missing")
-    return {k: check_value(fields[k], v, f"{where}.{k}") for k, v in table.items()}
+    hints = _hints(cls)
+    return {k: check_value(fields[k], v, f"{where}.{k}", hints[k]) for k, v in table.items()}
 
 
 def check_fields(instance: Any, where: str) -> None:
     """Every field of a constructed dataclass ``instance`` checked against its rule (in place: an
     integer of a ``float`` field becomes a float)."""
+    hints = _hints(type(instance))
     for f in dataclasses.fields(instance):
         if f.name.startswith("_") or _RULE not in f.metadata:
             continue
-        value = check_value(f, getattr(instance, f.name), f"{where}.{f.name}" if where else f.name)
+        value = check_value(f, getattr(instance, f.name), f"{where}.{f.name}" if where else f.name, hints[f.name])
         object.__setattr__(instance, f.name, value)

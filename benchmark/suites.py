@@ -1,12 +1,15 @@
 """Suite manifests: ``suites/*.toml``, loaded and validated at the edge.
 
 A suite fixes a data set and its tasks, a backbone, the member models (layout, paper index, Hub
-repo id, pinned revision, sha256 of the weights), the evaluation split, and named *profiles*
-(``quick`` for demos and CI, ``paper`` for the paper's protocol): the eps grid, the attacks, their
-step budgets, the number of evaluation images and the seeds.
+repo id, pinned revision, sha256 of the weights), the evaluation split, the training recipe of its
+members (``[training]``) and of its training defenses (``[defenses]``, refined per defense by
+``[defenses.<name>]``: FAT, PGD-AT and any registered one), and named *profiles* (``quick`` for
+demos and CI, ``paper`` for the paper's protocol; the first is the suite's headline): the eps grid,
+the attacks, their step budgets, the number of evaluation images, the seeds and the defenses.
 
 A *tiny mirror* (``mirror = "nyuv2-resnet34"``) takes its members' layouts from the full suite
-and overrides the backbone size and resolution; its weights are built locally on first use.
+and overrides the backbone size and resolution; its weights ship with mtlbench, pinned by sha256
+in its ``[weights]`` table, or are built from its recipe (``mtlbench zoo build``).
 
 >>> suite = load_suite("tiny-nyuv2-resnet34")
 >>> suite.member("AS").layout

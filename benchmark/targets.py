@@ -87,28 +87,28 @@ class Target:
     member: str
     weights_dir: str | None = None
     defense: str | None = None  # canonical defense (``bitdepth:4``, ``fat:pgd:gb-mta``), None: undefended
-    eot: int = 1  # EOT samples per model call while attacking a randomised defense
+    eot_samples: int = 1  # EOT draws per model call while attacking a randomised defense
     #: an external model (not a suite member; ``member`` is then its name), None for a member
     external: External | None = None
-    draws: int = 1  # draws of a randomised defense over which its images are scored
+    score_draws: int = 1  # draws of a randomised defense over which its images are scored
 
     @classmethod
     def of(cls, suite: str | Path, member: str, *, weights_dir: str | Path | None = None,
-           defense: str | None = None, eot: int = 1, draws: int = 1) -> Target:
+           defense: str | None = None, eot_samples: int = 1, score_draws: int = 1) -> Target:
         from benchmark.defenses import parse_defense
 
         d = parse_defense(defense)
         spec = None if d is None else d.spec
         randomised = d is not None and getattr(d, "randomised", False)
-        eot, draws = (int(eot), int(draws)) if randomised else (1, 1)
-        if eot < 1 or draws < 1:
-            raise UserError(f"EOT samples and scoring draws must be >= 1, got {eot} and {draws}")
+        eot_samples, score_draws = (int(eot_samples), int(score_draws)) if randomised else (1, 1)
+        if eot_samples < 1 or score_draws < 1:
+            raise UserError(f"EOT samples and scoring draws must be >= 1, got {eot_samples} and {score_draws}")
         return cls(suite_ref(suite), member, None if weights_dir is None else str(Path(weights_dir).resolve()),
-                   spec, eot, draws=draws)
+                   spec, eot_samples, score_draws=score_draws)
 
     @classmethod
     def external_model(cls, suite: str | Path, source: str | Path | torch.nn.Module, *, name: str | None = None,
-                       defense: str | None = None, eot: int = 1, draws: int = 1) -> Target:
+                       defense: str | None = None, eot_samples: int = 1, score_draws: int = 1) -> Target:
         """A model that is not a suite member, scored on the suite's data and tasks: a Hub-format
         checkpoint directory, or an ``nn.Module`` of this process."""
         from benchmark.defenses import parse_defense
@@ -138,8 +138,9 @@ class Target:
             raise UserError(f"{d.spec} trains suite members (`mtlbench defend`); an external model can be run "
                             "behind an inference-time defense only")
         randomised = d is not None and getattr(d, "randomised", False)
-        eot, draws = (int(eot), int(draws)) if randomised else (1, 1)
-        return cls(suite_obj.ref, name, None, None if d is None else d.spec, eot, external, draws=draws)
+        eot_samples, score_draws = (int(eot_samples), int(score_draws)) if randomised else (1, 1)
+        return cls(suite_obj.ref, name, None, None if d is None else d.spec, eot_samples, external,
+                   score_draws=score_draws)
 
     @property
     def in_memory(self) -> bool:
@@ -183,11 +184,11 @@ class Target:
 
         return is_built(self.suite_spec, self.member_spec, weights_dir=self.weights_dir)
 
-    def load(self, device: str | torch.device = "cpu", *, console=None) -> LoadedTarget:
+    def load(self, device: str | torch.device = "cpu") -> LoadedTarget:
         """The model on ``device`` as it is attacked: :func:`resolve`'s, frozen (eval mode, no
         parameter gradients), in the CPU's fast memory layout, behind the target's inference-time
         defense."""
-        loaded = resolve(self, device, console=console)
+        loaded = resolve(self, device)
         model = self.wrap(_fast_layout(freeze(loaded.model), device))
         return LoadedTarget(model=model, revision=loaded.revision, origin=loaded.origin, info=loaded.info)
 
@@ -197,7 +198,7 @@ class Target:
             return model
         from benchmark.defenses import DefendedModel, create_defense
 
-        return DefendedModel(model, create_defense(self.defense), eot_samples=self.eot).eval()
+        return DefendedModel(model, create_defense(self.defense), eot_samples=self.eot_samples).eval()
 
     def describe(self) -> dict[str, Any]:
         """What the store and the leaderboard show about the target (no weights needed)."""
@@ -248,12 +249,12 @@ class Target:
                     "eot": 1, "gradient": "exact", "trained_with": d.attack.name, **self._defended_record()}
         gradient = []
         if d.randomised:
-            gradient.append(f"EOT over {self.eot} draws")
+            gradient.append(f"EOT over {self.eot_samples} draws")
         if not d.differentiable:
             gradient.append("BPDA (straight-through)")
         return {"defense": d.spec, "defense_kind": d.kind, "randomised": d.randomised,
-                "differentiable": d.differentiable, "eot": self.eot, "gradient": "; ".join(gradient) or "exact",
-                "score_draws": self.draws}
+                "differentiable": d.differentiable, "eot": self.eot_samples,
+                "gradient": "; ".join(gradient) or "exact", "score_draws": self.score_draws}
 
     def _defended_record(self) -> dict[str, Any]:
         """The recipe and parent hash of a trained defense, from its checkpoint's config."""
@@ -267,18 +268,16 @@ class Target:
         return {"recipe": record.get("recipe", {}), "parent_sha256": record.get("parent_sha256")}
 
 
-def resolve(target: Target, device: str | torch.device = "cpu", *, build: bool = True, console=None) -> LoadedTarget:
+def resolve(target: Target, device: str | torch.device = "cpu") -> LoadedTarget:
     """The one way a target's model is loaded, whatever its kind: a suite member
-    (:func:`~benchmark.zoo.build.ensure_member`: ``--weights-dir``, shipped, the local zoo or the Hub
-    at the pinned revision; a tiny one built on first use), a member under a training defense
-    (:func:`~benchmark.zoo.defend.ensure_defended`; a tiny one trained on first use), or an external
-    checkpoint directory. The weights' sha256 is checked where the manifest pins it; the model comes
-    in eval mode, as stored (:meth:`Target.load` makes it ready to attack). ``build=False``: an error
-    instead of training what is missing."""
+    (:func:`~benchmark.zoo.locate.find_member`: ``--weights-dir``, shipped, the local zoo or the Hub
+    at the pinned revision), a member under a training defense
+    (:func:`~benchmark.zoo.locate.find_defended`), or an external checkpoint directory. It finds and
+    loads, never trains: what is not on this machine is an error naming the command that builds it
+    (a run's plan builds it before any cell). The weights' sha256 is checked where the manifest
+    pins it; the model comes in eval mode, as stored (:meth:`Target.load` makes it ready to attack)."""
     from benchmark.attacks.validate import model_fingerprint
-    from benchmark.zoo.build import ensure_member
-    from benchmark.zoo.defend import ensure_defended
-    from benchmark.zoo.locate import load_location, locate_external
+    from benchmark.zoo.locate import find_defended, find_member, load_location, locate_external
 
     if target.in_memory:
         raise UserError(f"{target.name} is an nn.Module of the process that created it: evaluate it there "
@@ -286,11 +285,9 @@ def resolve(target: Target, device: str | torch.device = "cpu", *, build: bool =
     if target.external:
         location = locate_external(target.external.where)
     elif target.trained_defense:
-        location = ensure_defended(target.suite_spec, target.member_spec, target.defense,
-                                   weights_dir=target.weights_dir, device=str(device), build=build, console=console)
+        location = find_defended(target.suite_spec, target.member_spec, target.defense, weights_dir=target.weights_dir)
     else:
-        location = ensure_member(target.suite_spec, target.member_spec, weights_dir=target.weights_dir, build=build,
-                                 console=console)
+        location = find_member(target.suite_spec, target.member_spec, weights_dir=target.weights_dir)
     model, info = load_location(location, device)
     revision = (target.member_spec.revision if location.origin == Origin.HUB
                 else f"local-sha256:{model_fingerprint(model)[:16]}")

@@ -316,9 +316,6 @@ class Task:
             return paper_metric(self)
         return self._metric_factory(self)
 
-    def higher_is_better(self, metric: str) -> bool:
-        return self.metrics[metric]
-
     def trivial_prediction(self, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """A constant prediction (majority class / mean value / mean direction over the batch's
         valid pixels): the baseline any trained model must clearly beat."""

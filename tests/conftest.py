@@ -22,6 +22,29 @@ def paper_layouts() -> dict:
 
 
 @pytest.fixture(autouse=True)
+def _registries():
+    """Every registry (attacks, objectives, defenses, backbones, task sets) and the list of imported
+    plugin modules as they were before the test: what a test registers is gone after it, so no test
+    depends on another's plugins."""
+    from benchmark import registry
+    from benchmark.attacks.objectives import OBJECTIVES
+    from benchmark.attacks.registry import ATTACKS
+    from benchmark.defenses.registry import DEFENSES
+    from benchmark.models.backbones import BACKBONES
+    from benchmark.tasks import DATASET_TASKS
+
+    saved = [(r, dict(r._items), r._plugins_loaded) for r in (ATTACKS, OBJECTIVES, DEFENSES, BACKBONES, DATASET_TASKS)]
+    imported = dict(registry._IMPORTED)
+    yield
+    for r, items, loaded in saved:
+        r._items.clear()
+        r._items.update(items)
+        r._plugins_loaded = loaded
+    registry._IMPORTED.clear()
+    registry._IMPORTED.update(imported)
+
+
+@pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(2)

@@ -103,7 +103,7 @@ def test_run_model_dir(mini, tmp_path, capsys, wide_console):
     shutil.copytree(os.path.join(os.environ["MTLBENCH_HOME"], "zoo", "mini-run", "layout-9"), theirs)
     db = tmp_path / "r.db"
     # the profile names a FAT defense for its members: an external model is run undefended
-    profiled = mini.parent / "profiled.toml"
+    profiled = tmp_path / "profiled.toml"  # beside the test, not in the shared mini suite's folder
     profiled.write_text(mini.read_text().replace("batch_size = 2\n", 'batch_size = 2\ndefenses = ["none", '
                                                  '"fat:pgd:total"]\ndefended_models = ["AS"]\n'))
     assert 'defended_models = ["AS"]' in profiled.read_text()

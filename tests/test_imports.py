@@ -1,6 +1,7 @@
-"""The package's modules import each other without a cycle and only downwards through its
-layers. Every import counts, at module level or inside a function, since a lazy import only hides
-a cycle; ``if TYPE_CHECKING:`` blocks are not imports at run time and are left out."""
+"""The package's modules import each other without a cycle, and only downwards through its layers
+(import-linter's contract in pyproject.toml). Every import counts, at module level or inside a
+function, since a lazy import only hides a cycle; ``if TYPE_CHECKING:`` blocks are not imports at
+run time and are left out."""
 
 import ast
 from pathlib import Path
@@ -82,55 +83,9 @@ def test_no_import_cycle_between_the_package_modules():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-#: the package's layers, lowest first: a module imports modules of its own layer or below, never
-#: above (a module's layer is that of its longest listed prefix)
-LAYERS = [
-    # the foundations: errors, enums, versions, paths under $MTLBENCH_HOME, the registry, the
-    # manifest tables' rules, threads and the worker processes' scheduler, console
-    {"benchmark.errors", "benchmark.enums", "benchmark.version", "benchmark.paths", "benchmark.registry",
-     "benchmark.schema", "benchmark.threads", "benchmark.workers", "benchmark.progress", "benchmark.provenance"},
-    # what a model is and how it is scored
-    {"benchmark.metric_base", "benchmark.paper_metrics", "benchmark.tasks", "benchmark.scoring", "benchmark.models"},
-    # data and attacks
-    {"benchmark.data", "benchmark.attacks"},
-    # training, defenses and evaluation of a model
-    {"benchmark.training", "benchmark.defenses", "benchmark.evaluation"},
-    # the manifests
-    {"benchmark.suites"},
-    # checkpoints and what is attacked
-    {"benchmark.zoo", "benchmark.targets"},
-    # running cells, results, bundles
-    {"benchmark.runner"},
-    # what users call: the leaderboard, the demo, the pytest plugin, the package's API
-    {"leaderboard", "benchmark.demo", "benchmark.pytest_plugin", "benchmark"},
-    # the command line
-    {"benchmark.cli", "benchmark.__main__"},
-]
+def test_the_layer_contract_holds(capsys):
+    """The layers of the package are import-linter's contract in pyproject.toml (`lint-imports`, run
+    by `tox -e lint` too): a module imports its own layer or the layers below it, never above."""
+    from importlinter.cli import lint_imports
 
-
-def layer_of(module: str) -> int:
-    best, layer = -1, None
-    for i, names in enumerate(LAYERS):
-        for name in names:
-            if (module == name or module.startswith(name + ".")) and len(name) > best:
-                best, layer = len(name), i
-    assert layer is not None, f"{module} is in no layer of tests/test_imports.py"
-    return layer
-
-
-def upward_imports(graph: dict[str, set[str]]) -> list[str]:
-    return sorted(f"{m} (layer {layer_of(m)}) imports {d} (layer {layer_of(d)})"
-                  for m, deps in graph.items() for d in deps if layer_of(d) > layer_of(m))
-
-
-def test_no_module_imports_one_of_a_layer_above_it():
-    graph = import_graph()
-    assert layer_of("benchmark.zoo.hub") == 5 and layer_of("benchmark") == 7
-    assert layer_of("benchmark.models.layouts") == 1 and layer_of("benchmark.runner.store") == 6
-    upward = upward_imports(graph)
-    assert not upward, "imports pointing up the layers:\n" + "\n".join(upward)
-
-
-def test_the_layering_check_finds_an_upward_import():
-    graph = {"benchmark.tasks": {"benchmark.runner.store"}, "benchmark.runner.store": {"benchmark.tasks"}}
-    assert upward_imports(graph) == ["benchmark.tasks (layer 1) imports benchmark.runner.store (layer 6)"]
+    assert lint_imports() == 0, capsys.readouterr().out

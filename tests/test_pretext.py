@@ -187,7 +187,6 @@ def test_the_shipped_backbones_are_their_recipes_pre_trained(tmp_path, monkeypat
     rounding may move the weights, so an equally good rotation classifier is asked for."""
     from benchmark.suites import TRAINING_VERSION
     from benchmark.threads import set_threads
-    from benchmark.zoo.build import pretext_recipe
     from benchmark.zoo.hub import shipped_pretext_dir
 
     for name in ("tiny-nyuv2-resnet34", "tiny-nyuv2-mobilenetv2", "tiny-taskonomy-resnet34"):
@@ -195,7 +194,7 @@ def test_the_shipped_backbones_are_their_recipes_pre_trained(tmp_path, monkeypat
         first = suite.members[0]
         _, meta = load_pretext(shipped_pretext_dir(suite))  # checks the weights' sha256
         assert meta["suite"] == name and meta["training_version"] == TRAINING_VERSION, name
-        assert meta["recipe"] == pretext_recipe(suite).to_dict(), name
+        assert meta["recipe"] == suite.training.pretext_recipe().to_dict(), name
         assert meta["architecture"] == {"backbone": first.backbone, "width": first.width,
                                         "output_stride": first.output_stride}, name
     monkeypatch.setenv("MTLBENCH_HOME", str(tmp_path / "home"))

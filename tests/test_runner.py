@@ -152,7 +152,7 @@ def test_run_stores_every_field_and_resumes(mini, tmp_path):
         assert pgd.model_revision.startswith("local-sha256:") and pgd.torch_version and pgd.mtlbench_version
         assert pgd.config["options"] == {"steps": 2} and pgd.config["code_version"] == pgd.mtlbench_version
         assert pgd.clean == next(c for c in cells if c.model == "layout-9").clean
-        assert len(store.clean_rows()) == 2  # clean metrics computed once per model
+        assert store.conn.execute("SELECT COUNT(*) FROM clean").fetchone()[0] == 2  # once per model
         # (one-step FGSM need not rise with eps on a barely trained model; multi-step PGD does)
         pgd4 = next(c for c in cells if c.attack == "pgd:gb-mta" and c.eps == 4 and c.model == "AS")
         pgd8 = next(c for c in cells if c.attack == "pgd:gb-mta" and c.eps == 8 and c.model == "AS")
@@ -413,3 +413,40 @@ def test_an_attack_that_kills_its_worker_fails_only_its_own_cells(mini, tmp_path
     assert bad == {(m, "test-exit", e) for m in ("AS", "layout-9") for e in (4.0, 8.0)}
     assert all("died" in c.reason for c in cells if c.status != "valid")
     assert sum(c.status == "valid" for c in cells) == 8
+
+
+def test_no_code_path_below_the_plan_trains(mini, tmp_path, capsys, wide_console):
+    """Every kind of target (a member, one under a training defense, one behind an inference-time
+    defense, an external checkpoint directory) is loaded in worker processes whose training
+    functions fail; every cell is valid. A target that is not built is an error naming the
+    command, never a training run."""
+    import shutil
+
+    from benchmark.runner.plan import make_plan
+    from benchmark.zoo.defend import defend_suite
+
+    defend_suite(str(mini), "fat:pgd:gb-mta", ["AS"])  # built before, in this process, as a plan would
+    suite = load_suite(str(mini))
+    external = tmp_path / "my-net"
+    shutil.copytree(Path(os.environ["MTLBENCH_HOME"]) / "zoo" / "mini-run" / "layout-9", external)
+    plugin = str(Path(__file__).parent / "plugin_no_training.py")
+    db = tmp_path / "r.db"
+    common = ["--suite", str(mini), "--results", str(db), "--attacks", "fgsm:total", "--eps", "8", "--device", "cpu",
+              "--workers", "2", "--plugins", plugin]
+    assert main(["run", *common, "--models", "AS", "--defenses", "none,fat:pgd:gb-mta,bitdepth:4"]) == 0
+    assert main(["run", *common, "--model", str(external)]) == 0
+    with ResultsStore(db, readonly=True) as store:
+        cells = store.cells()
+    assert {c.model for c in cells} == {"AS", "AS+fat:pgd:gb-mta", "AS+bitdepth:4", "my-net"}
+    assert all(c.status == "valid" for c in cells)
+    plan = make_plan(RunOptions(suite=str(mini), models=["AS"], defenses=["none", "fat:pgd:gb-mta"]))
+    assert plan.builds == [] and len(plan.cells) == 8 and plan.suite.name == suite.name
+    # a target that is not built: the loader names the command; it does not train
+    from benchmark.targets import Target, resolve
+    from benchmark.zoo.hub import MissingWeightsError
+
+    with pytest.raises(MissingWeightsError, match=r"is not trained yet: run `mtlbench defend mini-run --defense "
+                                                  r"pgdat:pgd:total --models AS`"):
+        resolve(Target.of(str(mini), "AS", defense="pgdat:pgd:total"))
+    loaded_plan = make_plan(RunOptions(suite=str(mini), models=["AS"], defenses=["pgdat:pgd:total"]))
+    assert [str(b) for b in loaded_plan.builds] == ["AS+pgdat:pgd:total"]

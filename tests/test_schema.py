@@ -3,6 +3,7 @@ types, ranges, choices and defaults come from there, and the suites' tables use 
 
 import dataclasses
 import re
+from typing import List, Optional  # noqa: UP035  (the spellings under test)
 
 import pytest
 
@@ -69,3 +70,21 @@ def test_the_suite_tables_are_their_dataclasses():
     assert isinstance(suite.profile("quick"), Profile) and isinstance(suite.profile("quick").eps, tuple)
     for cls in (SuiteTable, MemberTable, Profile, Training):
         assert all("mtlbench.rule" in f.metadata for f in dataclasses.fields(cls)), cls
+
+
+@dataclasses.dataclass
+class _Spelled:
+    old: Optional[int] = setting(None, low=1)  # noqa: UP045  (the spelling under test)
+    new: int | None = setting(None, low=1)
+    listed: List[str] = setting(factory=list)  # noqa: UP006
+
+
+def test_annotations_are_read_as_types_whatever_their_spelling():
+    """``Optional[int]`` is an optional integer, as ``int | None`` is (read as text, it accepted anything)."""
+    assert read_table(_Spelled, {"old": 3, "new": 4, "listed": ["a"]}, "t") == _Spelled(3, 4, ["a"])
+    assert read_table(_Spelled, {"old": None}, "t").old is None
+    for key in ("old", "new"):
+        with pytest.raises(TableError, match=rf"t\.{key}: expected an integer, got 'not an int'"):
+            read_table(_Spelled, {key: "not an int"}, "t")
+    with pytest.raises(TableError, match=r"t\.listed: expected a list, got 3"):
+        read_table(_Spelled, {"listed": 3}, "t")

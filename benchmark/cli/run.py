@@ -41,8 +41,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                          executor=args.executor, ray_address=args.address, gpus_per_cell=args.gpus_per_cell,
                          cell_timeout=cell_timeout(args.cell_timeout),
                          defenses=csv_list(args.defenses, option="--defenses"),
-                         eot_samples=args.eot, score_draws=args.draws, model_dir=args.model, model_name=args.name,
+                         eot_samples=args.eot_samples, score_draws=args.score_draws, model_dir=args.model,
+                         model_name=args.name,
                          images=args.images, retry_failed=not args.no_retry)
+    if args.plan:
+        from benchmark.runner.plan import make_plan
+
+        make_plan(options, options.places).print(console)
+        return EXIT_OK
     try:
         summary = run(options, console=err_console)
     except NoWeightsError as exc:
@@ -241,6 +247,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the sub-commands of this group to ``mtlbench``'s parser."""
+    _register_run(sub)
+    _register_results(sub)
+    _register_submit(sub)
+    _register_verify(sub)
+    _register_check(sub)
+
+
+def _register_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="evaluate a suite's grid of models x attacks x eps x seeds",
                        description="Evaluate a suite's grid of cells into a results database (resumable; a "
                                    "failed cell is run again by the next run). " + EXIT_CODES_HELP + ".")
@@ -261,17 +275,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--defenses", help="comma-separated targets per model: 'none' (undefended), inference-time "
                                       "defenses and trained ones, e.g. 'none,bitdepth:4,fat:pgd:gb-mta' (default: "
                                       "the profile's); a trained defense needs `mtlbench defend` first")
-    p.add_argument("--draws", type=bounded(int, 1, 1000), default=None, metavar="N",
-                   help="draws of a randomised defense its images are scored over (their metrics pooled: the "
-                        "defense's expected metric; default: the profile's score_draws, 8 unless it says otherwise)")
-    p.add_argument("--eot", type=bounded(int, 1, 1000), default=None, metavar="N",
-                   help="EOT draws per model call when attacking a randomised defense (default: the profile's "
-                        "eot_samples, 4 unless it says otherwise)")
+    p.add_argument("--score-draws", "--draws", dest="score_draws", type=bounded(int, 1, 1000), default=None,
+                   metavar="N", help="draws of a randomised defense its images are scored over (their metrics pooled: "
+                                     "the defense's expected metric; default: the profile's score_draws, 8 unless it "
+                                     "says otherwise)")
+    p.add_argument("--eot-samples", "--eot", dest="eot_samples", type=bounded(int, 1, 1000), default=None,
+                   metavar="N", help="EOT draws per model call when attacking a randomised defense (default: the "
+                                     "profile's eot_samples, 4 unless it says otherwise)")
+    p.add_argument("--plan", action="store_true", help="print the plan (what is built first, what cannot run, the "
+                                                       "cells per target) and run nothing; no weight is loaded")
     p.add_argument("--model", metavar="DIR", help="an external model: a Hub-format checkpoint directory "
                                                   "(model.safetensors + config.json), run instead of the members")
     p.add_argument("--name", help="the external model's name in results (default: the directory's name)")
     p.set_defaults(func=cmd_run)
 
+def _register_results(sub: argparse._SubParsersAction) -> None:
     results = sub.add_parser("results", help="read a results database")
     rsub = results.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = rsub.add_parser("export", help="write the cells as CSV or JSON")
@@ -284,6 +302,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=bounded(int, 1), default=200)
     p.set_defaults(func=cmd_results_show)
 
+def _register_submit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="run an attack through the validator and a suite's protocol into a result bundle",
                        description="Validate an attack on every output, check its determinism, run it under a suite "
                                    "profile on the suite's members and write a result bundle (manifest, cells, "
@@ -298,6 +317,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_images_option(p)
     p.set_defaults(func=cmd_submit)
 
+def _register_verify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="re-score a result bundle's adversarial images against the pinned weights",
                        description="Check every claim of a result bundle: its files and their sizes, the types of "
                                    "its manifest and cells, that its cells are exactly the grid its manifest declares, "
@@ -329,6 +349,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(for --recount)")
     p.set_defaults(func=cmd_verify)
 
+def _register_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="CI gate: fail when an attack got weaker (paired test) or slower than a baseline",
                        description="Run the attacks of a baseline again on the same images, models, eps and seeds "
                                    "and compare with a paired bootstrap over (model, image). Exit status 1 when an "

@@ -43,7 +43,7 @@ __all__ = ["RESUME_FILE", "AdversarialRecipe", "TrainingDefense", "adversarial_r
            "checked_examples"]
 
 RESUME_FILE = "resume.safetensors"
-#: the metadata key of a resume file (the format's name since FAT, the first training defense)
+#: the metadata key of a training defense's resume file
 RESUME_KEY = "mtlbench-fat"
 #: ``examples(model, batch, generator) -> adversarial images`` of one training batch
 Examples = Callable[[nn.Module, dict, torch.Generator], torch.Tensor]

@@ -30,6 +30,7 @@ import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchmark.enums import Status
 from benchmark.errors import UserError
@@ -99,9 +100,8 @@ def submit(attacks: list[str], *, suite: str = "tiny-nyuv2-resnet34", profile: s
 
     from safetensors.torch import save_file
 
-    from benchmark.provenance import git_commit
     from benchmark.runner.run import RunOptions, run
-    from benchmark.suites import list_suites, load_suite
+    from benchmark.suites import load_suite
 
     start = time.perf_counter()
     target = Path(out)
@@ -146,29 +146,7 @@ def submit(attacks: list[str], *, suite: str = "tiny-nyuv2-resnet34", profile: s
                                           "cells": len(cells)}, indent=1) + "\n")
             return SubmitResult(None, len(cells), failures or ["no cell was run"], report,
                                 time.perf_counter() - start)
-        names = list(dict.fromkeys(c.attack for c in cells))
-        scored = {c.model: c.model_revision for c in cells}
-        first = cells[0]
-        manifest = {
-            "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
-            "attack": {"names": names,
-                       "options": {n: next(c.config.get("options", {}) for c in cells if c.attack == n) for n in names},
-                       "sources": attack_sources(names)},
-            "mtlbench": {"version": first.mtlbench_version, "commit": git_commit()},
-            "suite": {"name": suite_obj.name, **({} if suite_obj.name in list_suites() or suite_obj.path is None
-                                                 else {"ref": str(suite_obj.path.resolve())}),
-                      "manifest_sha256": file_sha256(suite_obj.path) if suite_obj.path is not None else "",
-                      "members": {m.name: {"repo_id": m.repo_id, "revision": m.revision, "sha256": m.sha256,
-                                           "scored_revision": scored[m.name]}
-                                  for m in suite_obj.members if m.name in scored}},
-            "data": {"source": suite_obj.data_source, "split": suite_obj.split, "images": first.images,
-                     "batch_size": first.config.get("batch_size"), "image_ids": first.per_image.get("ids", [])},
-            "profile": {"name": prof.name, "steps": dict(prof.steps)},
-            "eps": sorted({c.eps for c in cells}), "seeds": sorted({c.seed for c in cells}),
-            "device": first.device, "torch": first.torch_version,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "cells": len(cells),
-        }
+        manifest = _manifest(cells, suite_obj, prof)
         records = []
         for c in cells:
             rel = _images_file(c)
@@ -188,6 +166,38 @@ def submit(attacks: list[str], *, suite: str = "tiny-nyuv2-resnet34", profile: s
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _manifest(cells: list[CellResult], suite_obj, prof) -> dict[str, Any]:
+    """A bundle's manifest: what its cells ran (attacks and their options and sources, the suite
+    and its members' pins, the data, the profile, eps and seeds) and where (device, torch)."""
+    from benchmark.provenance import cpu_capability, git_commit
+    from benchmark.suites import list_suites
+
+    names = list(dict.fromkeys(c.attack for c in cells))
+    scored = {c.model: c.model_revision for c in cells}
+    first = cells[0]
+    manifest = {
+        "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
+        "attack": {"names": names,
+                   "options": {n: next(c.config.get("options", {}) for c in cells if c.attack == n) for n in names},
+                   "sources": attack_sources(names)},
+        "mtlbench": {"version": first.mtlbench_version, "commit": git_commit()},
+        "suite": {"name": suite_obj.name, **({} if suite_obj.name in list_suites() or suite_obj.path is None
+                                             else {"ref": str(suite_obj.path.resolve())}),
+                  "manifest_sha256": file_sha256(suite_obj.path) if suite_obj.path is not None else "",
+                  "members": {m.name: {"repo_id": m.repo_id, "revision": m.revision, "sha256": m.sha256,
+                                       "scored_revision": scored[m.name]}
+                              for m in suite_obj.members if m.name in scored}},
+        "data": {"source": suite_obj.data_source, "split": suite_obj.split, "images": first.images,
+                 "batch_size": first.config.get("batch_size"), "image_ids": first.per_image.get("ids", [])},
+        "profile": {"name": prof.name, "steps": dict(prof.steps)},
+        "eps": sorted({c.eps for c in cells}), "seeds": sorted({c.seed for c in cells}),
+        "device": first.device, "torch": first.torch_version, "cpu_capability": cpu_capability(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cells": len(cells),
+    }
+    return manifest
 
 
 def _remove_abandoned(target: Path) -> None:

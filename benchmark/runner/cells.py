@@ -74,9 +74,10 @@ class Cell:
             "objective": self.attack.objective, "task": self.attack.task,
             "model_revision": ctx.model_revision, "data": ctx.data, "split": ctx.split, "input_size": ctx.input_size,
             "code_version": __version__,
-            # an undefended cell keeps the key it had before defenses existed
-            **({"defense": self.target.defense, "eot": self.target.eot} if self.target.defense else {}),
-            **({"score_draws": self.target.draws} if self.target.draws > 1 else {}),
+            # a defended cell's key holds its defense and EOT draws; an undefended cell's has neither
+            # (the key names are the store's: "eot" is the target's eot_samples)
+            **({"defense": self.target.defense, "eot": self.target.eot_samples} if self.target.defense else {}),
+            **({"score_draws": self.target.score_draws} if self.target.score_draws > 1 else {}),
             **({"external": str(self.target.external.kind)} if self.target.external else {}),
             # a suite scored with the authors' metric definitions (cells of our default keep their keys)
             **({"metrics": ctx.tasks[0].metric_mode} if ctx.tasks and ctx.tasks[0].metric_mode != "ours" else {}),
@@ -140,18 +141,20 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
             raise UserError(f"seed {s} is outside [0, 2^63) (seeds are stored as 64-bit integers)")
     ref = suite.ref
     defense_list = list(dict.fromkeys(defenses if defenses is not None else profile.defenses))
-    eot = profile.eot_samples if eot_samples is None else eot_samples
-    draws = profile.score_draws if score_draws is None else score_draws
+    eot_samples = profile.eot_samples if eot_samples is None else eot_samples
+    score_draws = profile.score_draws if score_draws is None else score_draws
     # a profile's defenses apply to its defended_models (all members when it names none)
     defended = set(profile.defended_models or [m.name for m in members]) if defenses is None else None
     if external is not None:
         # a profile's defenses are for its own members; an external model gets those asked for
         asked = defense_list if defenses is not None else ["none"]
-        every = (Target.external_model(suite, external, name=external_name, defense=d, eot=eot, draws=draws)
+        every = (Target.external_model(suite, external, name=external_name, defense=d, eot_samples=eot_samples,
+                                       score_draws=score_draws)
                  for d in asked)
         defended = None
     else:
-        every = (Target.of(ref, m.name, weights_dir=weights_dir, defense=d, eot=eot, draws=draws)
+        every = (Target.of(ref, m.name, weights_dir=weights_dir, defense=d, eot_samples=eot_samples,
+                           score_draws=score_draws)
                  for m in members for d in defense_list)
     targets = list(dict.fromkeys(t for t in every if t.defense is None or defended is None or t.member in defended))
     timeout = profile.cell_timeout if cell_timeout is None else cell_timeout
@@ -366,7 +369,7 @@ def score_batch(ctx: CellContext, index: int, adversarial: torch.Tensor, seed: i
     deployed: into the cell's streaming ``metrics`` and each image's own (``images``)."""
     batch = ctx.batches[index]
     mine: list[dict] = []
-    for outputs in deployed_outputs(ctx.model, adversarial, _batch_seed(seed, index) + 1, ctx.target.draws):
+    for outputs in deployed_outputs(ctx.model, adversarial, _batch_seed(seed, index) + 1, ctx.target.score_draws):
         for t in ctx.tasks:
             metrics[t.name].update(outputs[t.name], batch)
         per = per_image_metrics(ctx.tasks, outputs, batch)

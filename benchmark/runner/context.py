@@ -82,7 +82,7 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
         model = target.wrap(freeze(module.to(device)))
         revision = f"local-sha256:{model_fingerprint(module)[:16]}"
     else:
-        loaded = target.load(device, console=console)
+        loaded = target.load(device)
         model, revision, origin = loaded.model, loaded.revision, loaded.origin
     tasks = suite.tasks
     input_size = target.input_size
@@ -101,14 +101,15 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
     clean_key = cell_key({"suite": suite.name, "model": target.name, "model_revision": revision,
                           "data": suite.data_source, "split": suite.split, "images": count, "input_size": input_size,
                           "code_version": __version__, "device": device.type,
-                          **({"defense": target.defense, "score_draws": target.draws} if target.draws > 1 else {}),
+                          **({"defense": target.defense, "score_draws": target.score_draws}
+                             if target.score_draws > 1 else {}),
                           **({"metrics": suite.metrics} if suite.metrics != "ours" else {})})
     if clean is None and store is not None:
         clean = store.get_clean(clean_key)
     if clean is None:
         metrics = {t.name: t.new_metric() for t in tasks}
         for batch in batches:  # a randomised defense: pooled over its scoring draws, as its attacked images are
-            for outputs in deployed_outputs(model, batch["image"], 0, target.draws):
+            for outputs in deployed_outputs(model, batch["image"], 0, target.score_draws):
                 for t in tasks:
                     metrics[t.name].update(outputs[t.name], batch)
         clean = {name: m.compute() for name, m in metrics.items()}

@@ -8,7 +8,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -20,26 +19,21 @@ from benchmark.enums import Status
 from benchmark.errors import UserError
 from benchmark.progress import make_console, progress
 from benchmark.provenance import git_commit
-from benchmark.runner.cells import Cell, expand_grid
+from benchmark.runner.cells import Cell
 from benchmark.runner.context import CellContext, prepare_context
 from benchmark.runner.executors import Executor, LocalExecutor, ProcessExecutor, RayExecutor
+from benchmark.runner.plan import NoWeightsError, Places, Plan, Request, execute_builds, make_plan
 from benchmark.runner.store import CellResult, Owner, ResultsStore
-from benchmark.suites import load_suite
-from benchmark.targets import Target
 from benchmark.threads import choose_threads, choose_workers, set_threads
 from benchmark.zoo.hub import MissingWeightsError
 
-__all__ = ["RunOptions", "RunSummary", "build_targets", "make_executor", "run"]
+__all__ = ["NoWeightsError", "RunOptions", "RunSummary", "build_targets", "make_executor", "run"]
 
 
 @dataclass
-class RunOptions:
-    suite: str
-    profile: str = "quick"
-    attacks: list[str] | None = None
-    eps: list[float] | None = None
-    models: list[str] | None = None
-    seeds: list[int] | None = None
+class RunOptions(Request):
+    """A :class:`~benchmark.runner.plan.Request` and where and how it runs."""
+
     device: str = "cpu"
     results: str = "results.db"
     weights_dir: str | None = None
@@ -48,16 +42,15 @@ class RunOptions:
     ray_address: str | None = None
     gpus_per_cell: float = 1.0
     cell_timeout: float | None = None  # seconds (None: the profile's; 0: no limit)
-    defenses: list[str] | None = None  # "none" and inference-time defenses (None: the profile's)
-    eot_samples: int | None = None  # EOT draws per call on randomised defenses (None: the profile's)
-    score_draws: int | None = None  # draws a randomised defense is scored over (None: the profile's)
-    model_dir: str | None = None  # an external Hub-format checkpoint directory, run instead of the members
-    model_name: str | None = None  # its name in results (default: the directory's name)
     threads: int | None = None  # torch threads per process (None: benchmark.threads decides)
     workers: int | None = None  # local worker processes (None: one per usable core for tiny suites on CPU)
     keep_images: bool = False  # results carry their adversarial images (``adversarial_images``; a submission)
-    images: int | None = None  # evaluate the first N images of the split (None: the profile's eval_size)
     retry_failed: bool = True  # run cells stored as failed again (invalid verdicts stay)
+
+    @property
+    def places(self) -> Places:
+        return Places(weights_dir=self.weights_dir, data_root=self.data_root, device=self.device,
+                      cell_timeout=self.cell_timeout)
 
 
 @dataclass
@@ -144,58 +137,14 @@ def _released(store: ResultsStore, owner: Owner):
             store.release(owner)
 
 
-def _grid(options: RunOptions, suite, profile, module: torch.nn.Module | None = None) -> list[Cell]:
-    external = module if module is not None else options.model_dir
-    return expand_grid(suite, profile, attacks=options.attacks, eps=options.eps, models=options.models,
-                       seeds=options.seeds, weights_dir=options.weights_dir, data_root=options.data_root,
-                       cell_timeout=options.cell_timeout, defenses=options.defenses,
-                       eot_samples=options.eot_samples, score_draws=options.score_draws, images=options.images,
-                       external=external,
-                       external_name=options.model_name,
-                       device=options.device)
-
-
 def build_targets(options: RunOptions, *, console: Console | None = None, whole_suite: bool = False) -> None:
     """Train, before the run, what the run ``options`` describe needs and a tiny suite builds on
-    first use: its members (``whole_suite``: every member), then their trained defenses."""
-    suite = load_suite(options.suite)
-    set_threads(options.threads, small_model=suite.tiny)
-    cells = _grid(options, suite, suite.profile(options.profile))
-    targets = [c.target for c in cells]
-    if whole_suite and cells:
-        targets += [Target.of(cells[0].target.suite, m.name, weights_dir=options.weights_dir) for m in suite.members]
-    _build_missing(suite, list(dict.fromkeys(targets)), options, console or make_console(stderr=True))
-
-
-def _build_missing(suite, targets: list, options: RunOptions, console: Console) -> None:
-    """Train what a tiny suite builds on first use (its members, then their trained defenses)
-    before the run's progress display starts: in worker processes, each defense as soon as its
-    member is built; with one worker, one build per suite and defense."""
-    if not suite.tiny:
-        return
-    from benchmark.zoo.build import build_suite
-    from benchmark.zoo.defend import defend_suite, defense_job
-
-    missing = [t for t in targets if not t.is_built()]
-    members = list(dict.fromkeys(t.member for t in missing if not t.trained_defense))
-    parents = [t.member for t in missing if t.trained_defense and not Target.of(t.suite, t.member).is_built()]
-    members += [m for m in dict.fromkeys(parents) if m not in members]
-    defended = list(dict.fromkeys((t.member, t.defense) for t in missing if t.trained_defense))
-    workers = choose_workers(options.workers, small_model=suite.tiny, device=options.device)
-    if workers > 1 and len(members) + len(defended) > 1:
-        # the defenses train in the build's worker processes, each once its member is built
-        jobs = [defense_job(suite, suite.member(m), d, device=options.device, data_root=options.data_root,
-                            weights_dir=options.weights_dir, after_build=m in members) for m, d in defended]
-        build_suite(suite, members, device=options.device, data_root=options.data_root, console=console,
-                    threads=options.threads, workers=workers, then=jobs)
-        return
-    if members:
-        build_suite(suite, members, device=options.device, data_root=options.data_root, console=console,
-                    threads=options.threads)
-    for defense in dict.fromkeys(t.defense for t in missing if t.trained_defense):
-        defend_suite(suite, defense, [t.member for t in missing if t.defense == defense], device=options.device,
-                     data_root=options.data_root, weights_dir=options.weights_dir, console=console,
-                     threads=options.threads)
+    first use (the builds of its plan; ``whole_suite``: every member too)."""
+    request = replace(options, models=None) if whole_suite else options
+    plan = make_plan(request, options.places)
+    set_threads(options.threads, small_model=plan.suite.tiny)
+    execute_builds(plan, threads=options.threads, workers=options.workers,
+                   console=console or make_console(stderr=True))
 
 
 @dataclass
@@ -238,48 +187,6 @@ def make_executor(options: RunOptions, *, small_model: bool = False, in_memory: 
     return LocalExecutor()
 
 
-class NoWeightsError(MissingWeightsError):
-    """No member of a run has weights on this machine: ``missing`` maps each to its Hub repo."""
-
-    def __init__(self, message: str, missing: dict[str, str], ways: str) -> None:
-        super().__init__(message)
-        self.missing, self.ways = missing, ways
-
-
-def _refuse_what_cannot_run(suite, cells: list[Cell], options: RunOptions, module) -> dict[str, str]:
-    """What cannot run, said before anything runs: a full suite's run needs the real data (an
-    error naming the missing data root); members without weights (an error when none has any;
-    else returned, member -> why, so the run leaves their cells out of its count and says so up
-    front)."""
-    if module is not None or options.model_dir is not None:
-        return {}
-    if options.data_root is not None and not Path(options.data_root).is_dir():
-        raise UserError(f"--data-root {options.data_root}: no such directory (the real {suite.data_source} data set "
-                        f"is read from it; its layout is in the README, \"Running the full suites\")")
-    if options.weights_dir is not None and not Path(options.weights_dir).is_dir():
-        raise UserError(f"--weights-dir {options.weights_dir}: no such directory (it holds one checkpoint directory "
-                        "per model: DIR/<model>/model.safetensors and config.json)")
-    if suite.synthetic and options.weights_dir is None:
-        return {}
-    members = list(dict.fromkeys(c.target.member for c in cells if not c.target.external))
-    missing = {m: suite.member(m).repo_id or "(no Hub repo)" for m in members
-               if not Target.of(cells[0].target.suite, m, weights_dir=options.weights_dir).is_built()}
-    if suite.synthetic:  # a tiny member missing from --weights-dir is taken from the zoo (built if need be)
-        return {}
-    ways = (f"get weights by one of: `mtlbench zoo train {suite.name} --data-root DIR` (train them, from the ImageNet "
-            f"backbone), `mtlbench zoo import {suite.name} WEIGHTROOT` (convert the paper authors' checkpoints), or "
-            "`--weights-dir DIR` with checkpoint directories DIR/<model>/")
-    if options.data_root is None:
-        weights = (f"; and {len(missing)} of its {len(members)} models have no weights here ({ways})" if missing
-                   else "")
-        raise UserError(f"{suite.name} runs on the real {suite.data_source} data: pass --data-root DIR (the "
-                        f"directory format is in the README, \"Running the full suites\"){weights}")
-    if missing and len(missing) == len(members):
-        raise NoWeightsError(f"no model of {suite.name} has weights on this machine ({len(missing)} models: "
-                             f"{', '.join(missing)}); {ways}", missing, ways)
-    return {m: f"no weights on this machine (Hub repo {repo}); {ways}" for m, repo in missing.items()}
-
-
 #: seconds between two nudges of the progress display while cells run
 TICK_S = 5.0
 
@@ -314,28 +221,20 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
     evaluated instead of the suite's members (:func:`benchmark.evaluate`; local executor only).
     ``on_result`` is called with each cell evaluated by this run, once it is stored."""
     console = console or make_console(stderr=True)
-    suite = load_suite(options.suite)
-    profile = suite.profile(options.profile)
-    suite.check_data_root(options.data_root)
     if module is not None and options.model_dir is not None:
         raise UserError("give an nn.Module or a model directory, not both")
-    if options.models and (module is not None or options.model_dir is not None):
-        raise UserError("--models picks suite members; with --model DIR the external model is run instead")
     if module is not None and options.executor != "local":
         raise UserError("an nn.Module of this process runs with the local executor; save it as a checkpoint "
                         "directory (`mtlbench run --model DIR`) to run it on Ray")
+    plan = make_plan(options, options.places, module=module)
+    suite, profile = plan.suite, plan.profile
     set_threads(options.threads, small_model=suite.tiny)
-    cells = _grid(options, suite, profile, module)
-    missing = _refuse_what_cannot_run(suite, cells, options, module)
-    left_out = [c for c in cells if c.target.member in missing]
-    cells = [c for c in cells if c.target.member not in missing]
-    if missing:
-        _say_missing(console, suite.name, missing, len(left_out))
-    if options.keep_images:
-        cells = [replace(cell, keep_images=True) for cell in cells]
+    if plan.missing:
+        _say_missing(console, suite.name, plan.missing, plan.left_out)
+    cells = [replace(cell, keep_images=True) for cell in plan.cells] if options.keep_images else plan.cells
     device = torch.device(options.device)
-    _say_size(console, suite.name, profile.name, cells)
-    summary = RunSummary(total=len(cells), missing_models=dict(missing), missing_cells=len(left_out))
+    _say_size(console, plan)
+    summary = RunSummary(total=len(cells), missing_models=dict(plan.missing), missing_cells=plan.left_out)
     start = time.perf_counter()
     commit = git_commit()
     unpublished = {m.name for m in suite.unpublished()}
@@ -343,7 +242,7 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
     groups: dict[tuple, list[Cell]] = defaultdict(list)
     for cell in cells:
         groups[cell.data_key].append(cell)
-    _build_missing(suite, [g[0].target for g in groups.values()], options, console)
+    execute_builds(plan, threads=options.threads, workers=options.workers, console=console)
     owner = Owner.this_process()
     # a claim whose run sent no heartbeat for longer than a cell may take is abandoned
     stale_after = (options.cell_timeout if options.cell_timeout is not None else profile.cell_timeout) or 86400.0
@@ -410,21 +309,14 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
 LARGE_GRID = 500
 
 
-def _say_size(console: Console, suite: str, profile: str, cells: list[Cell]) -> None:
+def _say_size(console: Console, plan: Plan) -> None:
     """The size of the request before anything runs: cells, and what they multiply out of."""
-    if not cells:
+    if not plan.cells:
         return
-    targets = len({c.target for c in cells})
-    attacks = len({c.attack.name for c in cells})
-    eps = len({c.eps for c in cells})
-    seeds = len({c.seed for c in cells})
-    images = sorted({c.images for c in cells if c.images}) or ["all"]
-    text = (f"{suite} [{profile}]: {len(cells)} cells ({targets} targets x {attacks} attacks x {eps} eps x {seeds} "
-            f"seed{'s' if seeds > 1 else ''}, where each applies), {'/'.join(map(str, images))} images each; an "
-            "estimate of the time left follows once the first cells are done")
-    if len(cells) > LARGE_GRID:
+    text = plan.summary() + "; an estimate of the time left follows once the first cells are done"
+    if len(plan.cells) > LARGE_GRID:
         text += (". A large grid: on 2 CPU cores the tiny suites' cells take a few seconds each (PGD-10 and APGD "
-                 "more); narrow it with --models, --attacks, --eps or --seeds")
+                 "more); narrow it with --models, --attacks, --eps or --seeds (`mtlbench run --plan` shows it)")
     console.print(Text(text), soft_wrap=True)
 
 

@@ -401,9 +401,6 @@ class ResultsStore:
         return [{"suite": r[0], "model": r[1], "model_revision": r[2], **_json_object(r[3])}
                 for r in self.conn.execute("SELECT * FROM models ORDER BY suite, model")]
 
-    def clean_rows(self) -> list[dict[str, Any]]:
-        return [{**dict(r), "metrics": _json_object(r["metrics"])} for r in self.conn.execute("SELECT * FROM clean")]
-
     # ------------------------------------------------------------------ export
     def to_pandas(self, keys: list[str] | None = None):
         """One row per cell (only those with ``keys``, in that order, when given); per-task ARP and

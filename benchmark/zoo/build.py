@@ -17,7 +17,7 @@ import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -45,10 +45,16 @@ from benchmark.zoo.checkpoint import (
 )
 from benchmark.zoo.hub import local_checkpoint_dir, pretext_dir, shipped_pretext_dir
 from benchmark.zoo.imagenet import ImagenetSource, download_imagenet, imagenet_blocks
-from benchmark.zoo.locate import Location, is_current, load_location, locate_member, shipped_set_aside
+from benchmark.zoo.locate import (
+    Location,
+    find_member,
+    is_current,
+    load_location,
+    locate_member,
+    shipped_set_aside,
+)
 from benchmark.zoo.pretext import (
     PretextModel,
-    PretextRecipe,
     head_seed,
     init_from_pretext,
     load_pretext,
@@ -60,12 +66,6 @@ __all__ = ["AfterJob", "build_member", "build_pretext", "build_suite", "clean_te
            "member_model", "recipe_for", "render_once", "training_set"]
 
 _RECIPE_KEYS = set(TrainRecipe.__dataclass_fields__)
-
-
-def with_seed(suite: Suite, seed: int | None) -> Suite:
-    """``suite`` with its training recipe's ``seed`` replaced (another training run of the same
-    recipe: other heads' draw, batch order and dropout masks; the same pre-trained backbone)."""
-    return with_training(suite, seed=seed)
 
 
 def with_training(suite: Suite, **changes) -> Suite:
@@ -230,10 +230,6 @@ def _build_in_worker(suite_ref: str, member: str, init_dir: str | None, pretext:
                                     data_root=data_root, train_set=train_set, test_set=test_set, out_dir=out_dir))
 
 
-def pretext_recipe(suite: Suite) -> PretextRecipe:
-    return suite.training.pretext_recipe()
-
-
 def build_pretext(suite: Suite, *, device: str = "cpu", data_root: str | None = None, pretrain: bool = False,
                   progress: Callable[[int, float], None] | None = None,
                   log: Callable[[str], None] | None = None) -> Path:
@@ -242,7 +238,7 @@ def build_pretext(suite: Suite, *, device: str = "cpu", data_root: str | None = 
     (:func:`~benchmark.zoo.hub.shipped_pretext_dir`) when it was, else (or with ``pretrain``)
     pre-trained now, on images of a scene seed the members never train on, and saved. ``log`` is
     told where the backbone came from."""
-    recipe = pretext_recipe(suite)
+    recipe = suite.training.pretext_recipe()
     first = suite.members[0]
     arch = {"backbone": first.backbone, "width": first.width, "output_stride": first.output_stride}
     for m in suite.members:
@@ -300,6 +296,39 @@ class AfterJob:
     after: str | None = None
 
 
+@dataclass
+class _BuildPlan:
+    """What a build trains: the members wanted, those already there (``done``: member -> folder)
+    and those to train (``todo``), and where each goes (``out/<member>/`` or the local zoo)."""
+
+    suite: Suite
+    out: Path | None
+    wanted: list[Member]
+    done: dict[str, Path] = field(default_factory=dict)
+    todo: list[Member] = field(default_factory=list)
+
+    def where(self, m: Member) -> Path:
+        return self.out / m.name if self.out is not None else local_checkpoint_dir(self.suite, m)
+
+    def found(self, m: Member) -> Path | None:
+        """The member's checkpoint if it is already there (shipped, local or downloaded)."""
+        if self.out is None:
+            try:
+                return locate_member(self.suite, m, local_files_only=True).directory
+            except UserError:
+                return None
+        return self.where(m) if is_current(self.suite, self.where(m)) else None
+
+
+def _plan_build(suite: Suite, members: Iterable[str] | None, out: str | Path | None, rebuild: bool) -> _BuildPlan:
+    plan = _BuildPlan(suite, None if out is None else Path(out),
+                      [suite.member(m) for m in members] if members is not None else list(suite.members))
+    if not rebuild:
+        plan.done = {m.name: d for m in plan.wanted if (d := plan.found(m)) is not None}
+    plan.todo = [m for m in plan.wanted if m.name not in plan.done]
+    return plan
+
+
 def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, device: str = "cpu",
                 data_root: str | None = None, console: Console | None = None, rebuild: bool = False,
                 threads: int | None = None, workers: int | None = None,
@@ -318,7 +347,7 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     (members built before keep theirs unless ``rebuild``). ``out``: build into ``out/<member>/``
     instead of the local zoo (members already there with the manifest's recipe are kept, so an
     interrupted build goes on). ``seed``: another training seed of the recipe (see
-    :func:`with_seed`; needs ``out``); ``training``: other entries of the recipe (``steps``,
+    :func:`training_seed`; needs ``out``); ``training``: other entries of the recipe (``steps``,
     ``batch_size``; for a tiny suite, they need ``out``)."""
     suite = load_suite(suite) if isinstance(suite, str | Path) else suite
     changes = {k: v for k, v in {**(training or {}), "seed": seed}.items() if v is not None}
@@ -327,55 +356,58 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
                         "own folder (--out DIR): the local zoo holds the members of the manifest's recipe")
     suite = with_training(suite, **changes)
     console = console or make_console(stderr=True)
-    wanted = [suite.member(m) for m in members] if members is not None else list(suite.members)
-
-    def where(m: Member) -> Path:
-        return Path(out) / m.name if out is not None else local_checkpoint_dir(suite, m)
-
-    def found(m: Member) -> Path | None:
-        """The member's checkpoint if it is already there (shipped, local or downloaded)."""
-        if out is None:
-            try:
-                return locate_member(suite, m, local_files_only=True).directory
-            except UserError:
-                return None
-        return where(m) if is_current(suite, where(m)) else None
-
-    def built(m: Member) -> bool:
-        return found(m) is not None
-
-    done = {} if rebuild else {m.name: found(m) for m in wanted if built(m)}
-    todo = [m for m in wanted if m.name not in done]
+    plan = _plan_build(suite, members, out, rebuild)
     common = suite.training.init == "pretext"
-    if pretrain and common and not todo:
+    if pretrain and common and not plan.todo:
         build_pretext(suite, device=device, data_root=data_root, pretrain=True)
         console.print(f"pre-trained the common backbone of {suite.name} under {pretext_dir(suite)}")
-    if pretrain and common and done:
-        console.print(Text(f"{suite.name}: {len(done)} member(s) built before keep the backbone they started from: "
-                           f"{', '.join(done)} (`--rebuild` trains them again from the one pre-trained here)"),
-                      soft_wrap=True)
-    if not todo and not then:
-        return done
-    if out is None:  # a shipped checkpoint that is not used is said so, with why, before training its member
-        for m in todo:
+    if pretrain and common and plan.done:
+        console.print(Text(f"{suite.name}: {len(plan.done)} member(s) built before keep the backbone they started "
+                           f"from: {', '.join(plan.done)} (`--rebuild` trains them again from the one pre-trained "
+                           "here)"), soft_wrap=True)
+    if not plan.todo and not then:
+        return plan.done
+    _say_before_build(plan, rebuild, console)
+    set_threads(threads, small_model=suite.tiny)
+    start = time.perf_counter()
+    _train(plan, then, device=device, data_root=data_root, console=console, threads=threads, workers=workers,
+           pretrain=pretrain, changes=changes)
+    jobs = f" and {len(then)} more" if then else ""
+    if plan.todo:
+        console.print(f"built {len(plan.todo)} model(s) of {suite.name}{jobs} in {time.perf_counter() - start:.0f} s "
+                      f"under {plan.where(plan.todo[0]).parent}")
+    return plan.done
+
+
+def _say_before_build(plan: _BuildPlan, rebuild: bool, console: Console) -> None:
+    """What a build says before it trains: a shipped checkpoint set aside (and why), local models
+    of another recipe that are rebuilt."""
+    suite = plan.suite
+    if plan.out is None:
+        for m in plan.todo:
             why = shipped_set_aside(suite, m)
             if why:
                 console.print(Text(f"{suite.name}/{m.name}: the checkpoint that ships with mtlbench is set aside "
                                    f"({why}); it is trained here from the manifest's recipe instead"),
                               soft_wrap=True)
-    stale = [m.name for m in todo if suite.tiny and not rebuild and (where(m) / CONFIG_FILE).exists()]
+    stale = [m.name for m in plan.todo if suite.tiny and not rebuild and (plan.where(m) / CONFIG_FILE).exists()]
     if stale:
         console.print(Text(f"{suite.name}: {len(stale)} local model(s) were built with another training recipe "
                            f"and are rebuilt: {', '.join(stale)}"), soft_wrap=True)
-    set_threads(threads, small_model=suite.tiny)
+
+
+def _train(plan: _BuildPlan, then: Sequence[AfterJob], *, device: str, data_root: str | None, console: Console,
+           threads: int | None, workers: int | None, pretrain: bool, changes: dict) -> None:
+    """Train a build's members (into ``plan.done``): the common starting point first (pretext
+    backbone, ImageNet weights or the warm-start member), then the rest in worker processes or here."""
+    suite = plan.suite
     warm = suite.training.warm_start
     root = suite.member(warm) if warm else None
-    start = time.perf_counter()
     # the most expensive members first, so the last ones to finish are short (less idle time); the
     # members a job needs before them, so that the (long) job starts early
     num_tasks = len(suite.tasks)  # training cost ~ backbone parameters (block copies)
     needed = {job.after for job in then}
-    rest = sorted((m for m in todo if m is not root),
+    rest = sorted((m for m in plan.todo if m is not root),
                   key=lambda m: (m.name not in needed, -m.backbone_parameters(num_tasks)))
     n_workers = min(choose_workers(workers, small_model=suite.tiny, device=device), len(rest) + len(then))
     pool = _Workers(suite, n_workers, choose_threads(threads, small_model=suite.tiny, workers=n_workers),
@@ -384,50 +416,27 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
         train_set = training_set(suite, data_root)  # rendered once, when a member trains in this process
         test_set = clean_test_set(suite, data_root=data_root)
         steps = recipe_for(suite, finetune=root is not None).steps
-        console.print(Text(f"build {suite.name}: {len(todo)} model(s) to train, {steps} steps of batch "
-                           f"{suite.training.batch_size} each ({', '.join(m.name for m in todo[:6])}"
-                           f"{', ...' if len(todo) > 6 else ''}), in {max(1, n_workers)} process(es)"
+        console.print(Text(f"build {suite.name}: {len(plan.todo)} model(s) to train, {steps} steps of batch "
+                           f"{suite.training.batch_size} each ({', '.join(m.name for m in plan.todo[:6])}"
+                           f"{', ...' if len(plan.todo) > 6 else ''}), in {max(1, n_workers)} process(es)"
                            + (f"; each first renders its {suite.training.train_size} training scenes (a minute or "
                               "two)" if suite.synthetic else "")
                            + "; a killed build started again goes on where it stopped"), soft_wrap=True)
         with progress(console, loss=True, eta=True) as bar:
-            overall = bar.add_task(f"build {suite.name}", total=len(todo) + len(then), loss=float("nan"))
-            init = None
-            pretext = imagenet = None
-            if suite.training.init == "imagenet" and rest:
-                imagenet = imagenet_weights(suite)  # downloaded once, here: the workers read the cache
-            if common and rest:
-                task = bar.add_task("  pretext backbone", total=pretext_recipe(suite).steps, loss=float("nan"))
-                pretext = build_pretext(suite, device=device, data_root=data_root, pretrain=pretrain,
-                                        progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo),
-                                        log=lambda text: bar.console.print(text, highlight=False, markup=False))
-                bar.remove_task(task)
-            if root is not None and (root in todo or rest):
-                root_dir = where(root)
-                if root in todo or not built(root):
-                    render_once(train_set)
-                    task = bar.add_task(f"  {root.name} (warm start)", total=recipe_for(suite).steps,
-                                        loss=float("nan"))
-                    build_member(suite, root, device=device, data_root=data_root, train_set=train_set,
-                                 test_set=test_set, out_dir=root_dir,
-                                 progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
-                    if root in todo:
-                        done[root.name] = root_dir
-                        bar.update(overall, advance=1)
-                if rest:
-                    init, _ = load_checkpoint(root_dir)
+            overall = bar.add_task(f"build {suite.name}", total=len(plan.todo) + len(then), loss=float("nan"))
+            start = _starting_point(plan, root, rest, bar, overall, device=device, data_root=data_root,
+                                    pretrain=pretrain, train_set=train_set, test_set=test_set)
             if pool is not None:
-                done.update(pool.run(rest, then, None if init is None else root_dir, pretext, imagenet, bar, overall,
-                                     training=changes, where=where))
+                plan.done.update(pool.run(rest, then, start.root_dir, start.pretext, start.imagenet, bar, overall,
+                                          training=changes, where=plan.where))
                 rest, then = [], []
             for member in rest:
                 render_once(train_set)
-                steps = recipe_for(suite, finetune=init is not None).steps
-                task = bar.add_task(f"  {member.name}", total=steps, loss=float("nan"))
-                done[member.name] = build_member(
-                    suite, member, init_from=init, pretext=pretext, imagenet=imagenet, device=device,
-                    data_root=data_root,
-                    train_set=train_set, out_dir=where(member),
+                task = bar.add_task(f"  {member.name}", total=recipe_for(suite, finetune=start.init is not None).steps,
+                                    loss=float("nan"))
+                plan.done[member.name] = build_member(
+                    suite, member, init_from=start.init, pretext=start.pretext, imagenet=start.imagenet,
+                    device=device, data_root=data_root, train_set=train_set, out_dir=plan.where(member),
                     test_set=test_set, progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
                 bar.update(overall, advance=1)
                 bar.remove_task(task)
@@ -439,11 +448,47 @@ def build_suite(suite: Suite | str, members: Iterable[str] | None = None, *, dev
     finally:
         if pool is not None:
             pool.close()
-    jobs = f" and {len(then)} more" if then else ""
-    if todo:
-        console.print(f"built {len(todo)} model(s) of {suite.name}{jobs} in {time.perf_counter() - start:.0f} s "
-                      f"under {where(todo[0]).parent}")
-    return done
+
+
+@dataclass
+class _Start:
+    """Where the members of a build start: the pre-trained backbone's folder, the ImageNet weights
+    file, or the warm-start member (its folder and model)."""
+
+    pretext: Path | None = None
+    imagenet: Path | None = None
+    root_dir: Path | None = None
+    init: BranchedModel | None = None
+
+
+def _starting_point(plan: _BuildPlan, root: Member | None, rest: list[Member], bar, overall, *, device: str,
+                    data_root: str | None, pretrain: bool, train_set, test_set) -> _Start:
+    """The members' common starting point, made (or fetched) first: the ImageNet weights, the
+    pre-trained backbone, or the warm-start member (trained first when it is wanted or missing)."""
+    suite = plan.suite
+    start = _Start()
+    if suite.training.init == "imagenet" and rest:
+        start.imagenet = imagenet_weights(suite)  # downloaded once, here: the workers read the cache
+    if suite.training.init == "pretext" and rest:
+        task = bar.add_task("  pretext backbone", total=suite.training.pretext_recipe().steps, loss=float("nan"))
+        start.pretext = build_pretext(suite, device=device, data_root=data_root, pretrain=pretrain,
+                                      progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo),
+                                      log=lambda text: bar.console.print(text, highlight=False, markup=False))
+        bar.remove_task(task)
+    if root is not None and (root in plan.todo or rest):
+        root_dir = plan.where(root)
+        if root in plan.todo or plan.found(root) is None:
+            render_once(train_set)
+            task = bar.add_task(f"  {root.name} (warm start)", total=recipe_for(suite).steps, loss=float("nan"))
+            build_member(suite, root, device=device, data_root=data_root, train_set=train_set, test_set=test_set,
+                         out_dir=root_dir, progress=lambda s, lo, t=task: bar.update(t, completed=s, loss=lo))
+            if root in plan.todo:
+                plan.done[root.name] = root_dir
+                bar.update(overall, advance=1)
+        if rest:
+            start.root_dir = root_dir
+            start.init, _ = load_checkpoint(root_dir)
+    return start
 
 
 def render_once(dataset) -> None:
@@ -538,10 +583,8 @@ def ensure_member(suite: Suite, member: Member, *, weights_dir: str | Path | Non
     """Where ``member``'s checkpoint is (:func:`~benchmark.zoo.locate.locate_member`), a tiny member
     that is not on this machine yet built first (not with ``build=False``: then it is an error)."""
     location = locate_member(suite, member, weights_dir=weights_dir)
-    if location.found:
-        return location
-    if not build:
-        raise UserError(f"{suite.name}/{member.name} is not built yet; run `mtlbench zoo build {suite.name}`")
+    if location.found or not build:
+        return find_member(suite, member, weights_dir=weights_dir) if not location.found else location
     return replace(location, directory=build_suite(suite, [member.name], console=console)[member.name])
 
 

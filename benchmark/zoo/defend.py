@@ -10,7 +10,6 @@ resume file next to the checkpoint as it goes, so a killed run continues where i
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,11 +24,10 @@ from benchmark.suites import Member, Suite, load_suite
 from benchmark.threads import set_threads
 from benchmark.zoo.build import clean_test_set, ensure_member, machine, render_once, training_set
 from benchmark.zoo.checkpoint import CONFIG_FILE, CheckpointInfo, round_weights, save_checkpoint
-from benchmark.zoo.hub import MissingWeightsError
 from benchmark.zoo.locate import (
     Location,
-    check_defended,
     defended_dir,
+    find_defended,
     load_location,
     locate_defended,
     parent_sha256,
@@ -47,14 +45,8 @@ def ensure_defended(suite: Suite, member: Member, spec: str, *, weights_dir: str
     first use), a full member's is an error that says how to train it."""
     location = locate_defended(suite, member, spec, weights_dir=weights_dir)
     if not location.found and suite.tiny and build:
-        trained = defend_suite(suite, spec, [member.name], device=str(device), console=console,
-                               weights_dir=weights_dir)[member.name]
-        location = replace(location, directory=trained)
-    if not location.found:
-        raise MissingWeightsError(f"{suite.name}/{member.name}+{spec} is not trained yet: run `mtlbench defend "
-                                  f"{suite.name} --defense {spec} --models {member.name}`")
-    check_defended(location.directory, suite, member, spec, weights_dir=weights_dir)
-    return location
+        defend_suite(suite, spec, [member.name], device=str(device), console=console, weights_dir=weights_dir)
+    return find_defended(suite, member, spec, weights_dir=weights_dir)
 
 
 def defend_member(suite: Suite, member: Member, spec: str, recipe: AdversarialRecipe, *, device: str = "cpu",

@@ -42,7 +42,8 @@ from benchmark.zoo.checkpoint import (
 )
 from benchmark.zoo.hub import MissingWeightsError, download_member, hub_offline, local_checkpoint_dir, shipped_dir
 
-__all__ = ["Location", "check_defended", "defended_dir", "expected_config", "is_built", "is_current",
+__all__ = ["Location", "check_defended", "defended_dir", "expected_config", "find_defended", "find_member", "is_built",
+           "is_current",
            "load_location", "locate_defended", "locate_external", "locate_member", "parent_sha256",
            "shipped_defended_dir", "shipped_set_aside", "shipped_weights", "training_defense"]
 
@@ -305,6 +306,30 @@ def check_defended(directory: Path, suite: Suite, member: Member, spec: str, *,
             f"{directory}: trained from parent weights sha256 {str(info.defense.get('parent_sha256'))[:12]}..., but "
             f"{suite.name}/{member.name} is now {parent[:12]}...; train it again with "
             f"`mtlbench defend {suite.name} --defense {spec} --models {member.name} --rebuild`")
+
+
+# -- finding, never building ---------------------------------------------------------------------
+
+def find_member(suite: Suite, member: Member, *, weights_dir: str | Path | None = None) -> Location:
+    """Where ``member``'s checkpoint is (:func:`locate_member`), or an error that says how to get
+    it: loading a target finds and loads, it never trains (a run builds what it needs first, from
+    its plan)."""
+    location = locate_member(suite, member, weights_dir=weights_dir)
+    if not location.found:
+        raise MissingWeightsError(f"{suite.name}/{member.name} is not built on this machine: run `mtlbench zoo build "
+                                  f"{suite.name} --model {member.name}` (a run plans and builds it first)")
+    return location
+
+
+def find_defended(suite: Suite, member: Member, spec: str, *, weights_dir: str | Path | None = None) -> Location:
+    """Where ``member``'s checkpoint under the training defense ``spec`` is, checked against its
+    defense and parent weights, or an error that says how to train it (never a training run)."""
+    location = locate_defended(suite, member, spec, weights_dir=weights_dir)
+    if not location.found:
+        raise MissingWeightsError(f"{suite.name}/{member.name}+{spec} is not trained yet: run `mtlbench defend "
+                                  f"{suite.name} --defense {spec} --models {member.name}`")
+    check_defended(location.directory, suite, member, spec, weights_dir=weights_dir)
+    return location
 
 
 # -- external models ---------------------------------------------------------------------------

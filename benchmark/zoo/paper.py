@@ -59,9 +59,13 @@ def load_paper_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as exc:
         # torch's message goes on to explain how to load the file with weights_only=False; a
         # benchmark never does: say what was found, not how to run it
-        found = next((line.strip() for line in str(exc).splitlines() if "WeightsUnpickler error" in line), "")
-        raise PaperImportError(f"{p}: refused: it holds pickled objects other than tensors, and mtlbench loads weights "
-                               f"only, never pickled code{f' ({found[:200]})' if found else ''}") from None
+        unsupported = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
+        if unsupported:  # torch's message goes on with ways around it: never ours to suggest
+            raise PaperImportError(f"{p}: refused: it holds pickled objects other than tensors "
+                                   f"({unsupported.group(1)}), and mtlbench reads weights-only checkpoints, never "
+                                   "pickled code") from None
+        raise PaperImportError(f"{p}: cannot be read as a weights-only torch checkpoint (UnpicklingError: not a "
+                               "checkpoint of tensors)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = (str(exc).splitlines() or ["empty file"])[0][:200]
         raise PaperImportError(f"{p}: cannot be read as a weights-only torch checkpoint "
