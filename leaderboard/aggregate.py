@@ -63,7 +63,76 @@ def _entry(cells: list[CellResult]) -> dict[str, Any]:
         "batches": cells[0].batches, "images": cells[0].images,
         "peak_memory_bytes": max((c.peak_memory_bytes or 0) for c in cells) or None,
         "peak_memory_kind": cells[0].peak_memory_kind,
+        # per image, the mean over seeds of its score (for the ranks' bootstrap; not written out)
+        "_scores": _seed_mean_scores(cells),
     }
+
+
+def _seed_mean_scores(cells: list[CellResult]) -> tuple | None:
+    """Each image's score averaged over the cells' seeds (None unless every cell scored the same images)."""
+    ids = cells[0].per_image.get("ids")
+    scores = [c.per_image.get("score") for c in cells]
+    if not ids or any(not s or len(s) != len(ids) or c.per_image.get("ids") != ids for s, c in zip(scores, cells,
+                                                                                                    strict=True)):
+        return None
+    return tuple(sum(float(v) if v is not None else math.nan for v in col) / len(col) for col in zip(*scores,
+                                                                                                   strict=True))
+
+
+#: bootstrap resamples of the rank intervals and the probability of being first
+RANK_RESAMPLES = 1000
+
+
+def rank_stability(ranked: list[dict], entries: dict[tuple[str, str], dict], models: list[str], *,
+                   resamples: int = RANK_RESAMPLES, seed: int = 0) -> None:
+    """Add to each ranked attack its 95% rank interval, its probability of being first, and its
+    optimality, in place. The bootstrap resamples the models and, within each, its images (every
+    attack on the same draw, so the comparison is paired), as MTEB documents its rank stability;
+    where an attack has no per-image scores, over the models only. Optimality (as AttackBench has
+    it): on each model, the attack's ARP over the best-known one (the mean over images of the
+    highest score any ranked attack reached on that image), averaged over the models: 1 means the
+    strongest on every image."""
+    import numpy as np
+
+    if not ranked:
+        return
+    names = [r["attack"] for r in ranked]
+    cube = [[entries[(m, a)].get("_scores") for m in models] for a in names]
+    lengths = {len(s) for row in cube for s in row if s is not None}
+    rng = np.random.default_rng(seed)
+    if all(s is not None for row in cube for s in row) and len(lengths) == 1:
+        scores = np.array(cube, dtype=np.float64)  # attack x model x image
+        scores = np.where(np.isfinite(scores), scores, np.nan)
+        best = np.nanmax(scores, axis=0)  # model x image
+        n_models, n_images = scores.shape[1], scores.shape[2]
+        ranks = np.empty((resamples, len(names)))
+        for b in range(resamples):
+            picked = rng.integers(0, n_models, n_models)
+            images = rng.integers(0, n_images, (n_models, n_images))
+            sample = np.take_along_axis(scores[:, picked, :], images[None, :, :], axis=2)
+            means = np.nanmean(sample, axis=(1, 2))
+            ranks[b] = (-means).argsort().argsort() + 1
+        best_known = np.nanmean(best, axis=1)  # per model
+        arps = np.array([[entries[(m, a)]["arp"] for m in models] for a in names])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            optimality = np.nanmean(np.where(best_known > 0, arps / best_known, np.nan), axis=1)
+        over = "models and images"
+    else:
+        arps = np.array([[entries[(m, a)]["arp"] for m in models] for a in names], dtype=np.float64)
+        ranks = np.empty((resamples, len(names)))
+        for b in range(resamples):
+            picked = rng.integers(0, arps.shape[1], arps.shape[1])
+            ranks[b] = (-arps[:, picked].mean(axis=1)).argsort().argsort() + 1
+        best = arps.max(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            optimality = np.nanmean(np.where(best > 0, arps / best, np.nan), axis=1)
+        over = "models"
+    low, high = np.percentile(ranks, [2.5, 97.5], axis=0)
+    for i, r in enumerate(ranked):
+        r["rank_low"], r["rank_high"] = round(float(low[i])), round(float(high[i]))
+        r["p_first"] = float((ranks[:, i] == 1).mean())
+        r["optimality"] = float(optimality[i]) if np.isfinite(optimality[i]) else None
+        r["rank_over"] = over
 
 
 def _image_ci(scores: list | None) -> list[float] | None:
@@ -498,6 +567,9 @@ def _view_board(suite: str, suite_cells: list[CellResult], model_info: dict, def
                                 info[m].get("dataset")) for m in models + defended + external}
         worst = {m: w for m, w in worst.items() if w is not None}
         ranked, unranked, left_out = _rankings(entries, models, attacks)
+        rank_stability(ranked, entries, [m for m in models if m not in {x["model"] for x in left_out}])
+        for e in entries.values():
+            e.pop("_scores", None)
         per_eps[eps_key(eps)] = {
             "eps": eps, "ranking": ranked, "unranked": unranked, "left_out": left_out,
             "table": {m: {a: entries[(m, a)] for a in attacks if (m, a) in entries} for m in models},

@@ -96,7 +96,7 @@ def _env() -> Environment:
 
 def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps: float = DEFAULT_EPS,
                        plots_enabled: bool = True, bundles: str | Path | None = None, device: str = "cpu",
-                       suites: list[str] | None = None, console=None) -> Path:
+                       suites: list[str] | None = None, console=None, of_record: bool = False) -> Path:
     """Render the site for ``results`` (a results database) into ``out_dir``; returns index.html.
     ``bundles``: a folder of result bundles, each re-scored here (:func:`~benchmark.runner.verify.verify_bundle`):
     the cells of a verified one join the ranking (with their re-scored numbers), a rejected one is
@@ -108,6 +108,7 @@ def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps:
         with ResultsStore(results, readonly=True) as store:
             board = build_board(store, default_eps=default_eps)
             board["reproduction"] = reproduction(board, store.cells())
+        board["of_record"] = of_record
         return render_board(board, out_dir, plots_enabled=plots_enabled)
     import tempfile
 
@@ -152,6 +153,7 @@ def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps:
             board = build_board(store, default_eps=default_eps)
             board["reproduction"] = reproduction(board, store.cells())
     board["bundles"] = [_bundle_row(v) for v in verdicts]
+    board["of_record"] = of_record
     for entry in board["suites"].values():
         mine = [v for v in verdicts if v.verified and v.manifest["suite"]["name"] == entry["name"]]
         for suite in entry["views"].values():
@@ -162,6 +164,24 @@ def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps:
                                                     if k != "passes per image" or a not in v.recounted]
                                       for v in mine for a in v.manifest["attack"]["names"]}
     return render_board(board, out_dir, plots_enabled=plots_enabled)
+
+
+def render_records(records: str | Path, out_dir: str | Path, *, suites: list[str] | None = None,
+                   bundles: str | Path | None = None, device: str = "cpu", plots_enabled: bool = True,
+                   console=None) -> Path:
+    """The site of record: every committed entry of ``records`` (of ``suites``, default every
+    suite with a record) as the results, and verified ``bundles`` beside them; returns index.html.
+    An attack of record is marked "recomputed" (CI recomputes it from its code); a bundle's attack
+    "re-scored" or "recounted"."""
+    import tempfile
+
+    from benchmark.runner.records import records_store
+
+    with tempfile.TemporaryDirectory(prefix="mtlbench-record-") as tmp:
+        db = Path(tmp) / "records.db"
+        records_store(Path(records), db, suites).close()
+        return render_leaderboard(db, out_dir, bundles=bundles, device=device, plots_enabled=plots_enabled,
+                                  console=console, of_record=True)
 
 
 def _refuse_collisions(verdicts: list) -> None:

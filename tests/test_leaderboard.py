@@ -124,19 +124,19 @@ def test_browser(mini_suite, tmp_path, monkeypatch):
             return [[c.strip() for c in r.locator("td").all_inner_texts()] for r in t.locator("tbody tr").all()]
 
         expected = [[str(r["rank"]), r["attack"], f"{r['mean_arp']:.2f}"] for r in block["8"]["ranking"]]
-        assert [r[:3] for r in rows(table)] == expected
+        assert [[r[0], r[3], r[4]] for r in rows(table)] == expected  # rank, (its interval, P(first)), attack, ARP
         # sort by clicking: "time / image" ascending, then descending
         header = table.locator("th", has_text="time / image")
         header.click()
-        times = [float(r[5]) for r in rows(table)]
+        times = [float(r[8]) for r in rows(table)]
         assert times == sorted(times)
         header.click()
-        assert [float(r[5]) for r in rows(table)] == sorted(times, reverse=True)
+        assert [float(r[8]) for r in rows(table)] == sorted(times, reverse=True)
         # switch eps
         page.select_option("select.eps", "4")
         table4 = page.locator('table.ranking[data-eps="4"]')
         assert table4.is_visible() and not table.is_visible()
-        assert [r[1] for r in rows(table4)] == [r["attack"] for r in block["4"]["ranking"]]
+        assert [r[3] for r in rows(table4)] == [r["attack"] for r in block["4"]["ranking"]]
         page.screenshot(path=str(tmp_path / "index.png"), full_page=True)
         # the suite page: per-task breakdown on demand
         page.goto((index.parent / "suite-mini-run.html").resolve().as_uri())

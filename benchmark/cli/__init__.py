@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from benchmark.cli import explore, report, run, zoo
+from benchmark.cli import explore, records, report, run, zoo
 from benchmark.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, err_console
 from benchmark.errors import UserError
 from benchmark.version import __version__
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mtlbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for group in (explore, zoo, run, report):
+    for group in (explore, zoo, run, report, records):
         group.register(sub)
     return parser
 

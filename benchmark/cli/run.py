@@ -136,6 +136,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 1
     console.print(Text.assemble(f"bundle of {result.cells} cells written in {result.seconds:.0f} s: ",
                                 (str(result.bundle), "bold"), f"\nverify it with `mtlbench verify {result.bundle}`"))
+    console.print(Text(
+        "Next steps: on a tiny suite, an attack joins the leaderboard of record by pull request: its module in "
+        "contrib/ with RECORD_ATTACKS, its records from `mtlbench records recompute --entries ...`, checked by "
+        "`mtlbench records check` (CONTRIBUTING.md in the repository; CI recomputes them from the code). On a "
+        "full suite, open an issue with the 'external evaluation' template and the bundle: it is verified with "
+        f"`mtlbench verify {result.bundle} --recount` and shown as re-scored or recounted."), soft_wrap=True)
     return 0
 
 
