@@ -58,6 +58,9 @@ class _Task:
     start: float = field(default_factory=time.perf_counter)
     last_print: float = field(default_factory=time.perf_counter)
     finished: bool = False
+    #: the count and time of the first update: a resumed task's rate counts only what it did here
+    base: float | None = None
+    base_time: float = 0.0
 
 
 class PlainProgress:
@@ -96,12 +99,15 @@ class PlainProgress:
         task = self._tasks.get(task_id)
         if task is None:
             return
+        now = time.perf_counter()
+        first = task.base is None
         if completed is not None:
             task.completed = completed
         if advance is not None:
             task.completed += advance
+        if first:  # a first count above one step is work done before (a resumed training, cells stored before)
+            task.base, task.base_time = (task.completed, now) if task.completed > 1 else (0.0, task.start)
         task.fields.update(fields)
-        now = time.perf_counter()
         done = task.total is not None and task.completed >= task.total
         if done and not task.finished:
             task.finished = True
@@ -114,8 +120,10 @@ class PlainProgress:
         elapsed = now - task.start
         count = f"{task.completed:g}" + (f"/{task.total:g}" if task.total is not None else "")
         parts = [f"{task.description}: {count}", f"elapsed {_clock(elapsed)}"]
-        if not finished and task.total and task.completed > 0:
-            parts.append(f"ETA {_clock(elapsed / task.completed * (task.total - task.completed))}")
+        done_here = task.completed - (task.base or 0.0)
+        if not finished and task.total and done_here > 0:
+            rate = (now - task.base_time) / done_here
+            parts.append(f"ETA {_clock(rate * (task.total - task.completed))}")
         loss = task.fields.get("loss")
         if isinstance(loss, float) and loss == loss:
             parts.append(f"loss {loss:.3f}")

@@ -118,6 +118,9 @@ def _optimise(model, dataset, loss_fn, recipe, *, device, progress, resume, chec
     if resume is not None and resume.exists():
         step, epoch, skip = _load_state(resume, model, opt, sched, identity, device)
         resumed = step
+        _say(f"resumed at step {step} of {recipe.steps} from {resume}")
+        if progress is not None:
+            progress(step, last)
     while step < recipe.steps:
         loader = make_loader(dataset, batch_size, shuffle=True, seed=recipe.seed + epoch, drop_last=True)
         for i, batch in enumerate(loader):
@@ -143,6 +146,13 @@ def _optimise(model, dataset, loss_fn, recipe, *, device, progress, resume, chec
         resume.unlink(missing_ok=True)
     return {"steps": step, "epochs": epoch, "final_loss": last, "seconds": time.perf_counter() - start,
             "resumed_at": resumed}
+
+
+def _say(text: str) -> None:
+    """A line on standard error (a worker process's goes to the log of the build that started it)."""
+    import sys
+
+    print(text, file=sys.stderr, flush=True)
 
 
 def training_state(model, opt) -> tuple[dict[str, torch.Tensor], dict]:

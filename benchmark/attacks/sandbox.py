@@ -106,8 +106,10 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         yield
         return
 
+    _limit[0] = float(seconds)
+
     def _expire(signum, frame):
-        raise CellTimeout(seconds)
+        raise CellTimeout(_limit[0])
 
     previous = signal.signal(signal.SIGALRM, _expire)
     signal.setitimer(signal.ITIMER_REAL, float(seconds))
@@ -116,6 +118,24 @@ def time_limit(seconds: float | None) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        _limit[0] = None
+
+
+#: the limit of the :func:`time_limit` block running now (what its timeout message names)
+_limit: list[float | None] = [None]
+
+
+def extend_time_limit(total: float, elapsed: float) -> bool:
+    """Within a :func:`time_limit` block: make the limit ``total`` seconds from the block's start
+    (``elapsed`` seconds ago) when that is later than the limit set. Returns whether it did."""
+    if not hasattr(signal, "getitimer") or threading.current_thread() is not threading.main_thread():
+        return False
+    left, _ = signal.getitimer(signal.ITIMER_REAL)
+    if left <= 0 or total - elapsed <= left:
+        return False
+    signal.setitimer(signal.ITIMER_REAL, float(total - elapsed))
+    _limit[0] = float(total)
+    return True
 
 
 _user_interrupt = threading.Event()

@@ -26,6 +26,10 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite)
     suite.check_data_root(args.data_root)
+    if getattr(args, "imagenet_file", None):  # read by the build (and its workers) through the environment
+        import os
+
+        os.environ["MTLBENCH_IMAGENET_FILE"] = str(Path(args.imagenet_file).resolve())
     members = csv_list(args.model, option="--model")
     if not suite.tiny and args.data_root is None:
         raise UserError(f"{suite.name} is a full suite trained on real data: use `mtlbench zoo train {suite.name} "
@@ -42,7 +46,8 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
                         console=err_console,
                         rebuild=args.rebuild, threads=args.threads, workers=args.workers,
                         pretrain=args.pretrain, out=out, seed=args.seed,
-                        training={"steps": args.steps, "batch_size": args.batch_size, "init": args.init})
+                        training={"steps": args.steps, "batch_size": args.batch_size, "init": args.init,
+                                  "checkpoint_every": args.checkpoint_every})
     if args.ship:
         _pin(suite, built)
     else:
@@ -287,6 +292,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--batch-size", type=bounded(int, 1, 65_536),
                        help="override the recipe's batch size (memory: one step of the full ResNet34 AS at batch 16 "
                             "and 321x321 takes about 12 GB on the CPU)")
+        p.add_argument("--checkpoint-every", type=bounded(int, 1, 10_000_000), metavar="N",
+                       help="steps between the resume files a killed build goes on from (default: the recipe's, 500; "
+                            "not part of the recipe: the weights are the same)")
+        p.add_argument("--imagenet-file", metavar="PATH", help="the backbone's ImageNet weights file, brought from "
+                       "a machine with network (checked against the pinned sha256) instead of the Hugging Face cache")
         p.add_argument("--init", choices=("imagenet", "pretext", "scratch"),
                        help="where every member starts (default: the recipe's; the full suites: imagenet)")
         p.set_defaults(func=func)

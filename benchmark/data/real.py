@@ -104,6 +104,34 @@ def _check_labels(seg: np.ndarray, path: Path, classes: int, dataset: str, allow
                         f"(0-{classes - 1}{', ' + ', '.join(map(str, allowed)) + ' = ignored' if allowed else ''})")
 
 
+#: how many segmentation maps of a split are read up front to check that its labels are the 40-class ones
+COVERAGE_SAMPLE = 24
+
+
+def _check_class_coverage(root: Path, segs: list[str], split: str) -> None:
+    """Warn when the labels of a split look like another labelling than the 40 classes: NYUv2 also
+    circulates with 13 classes (0-12), whose ids are all valid 40-class ids, so no single map is
+    wrong, but a model trained on them learns another task. Every 40-class test image of NYUv2 has
+    labels above 20 (walls, floors and "other" classes are 0-based ids 0, 1 and 37-39)."""
+    if len(segs) < 8:  # a handful of images can honestly use few classes
+        return
+    step = max(1, len(segs) // COVERAGE_SAMPLE)
+    sample = segs[::step][:COVERAGE_SAMPLE]
+    top = -1
+    for rel in sample:
+        seg = _load_png(root / rel, "NYUv2")
+        labelled = seg[seg != IGNORE_INDEX]
+        if labelled.size:
+            top = max(top, int(labelled.max()))
+        if top >= 20:
+            return
+    warnings.warn(f"NYUv2 split {split!r} of {root}: the segmentation labels of {len(sample)} of its "
+                  f"{len(segs)} maps use only classes 0-{top} of the suite's 40 (0-39): this looks like "
+                  "another labelling (NYUv2's 13-class one uses 0-12). The NYUv2 suites' models predict the 40 "
+                  "classes of the paper (0-based, 255 = unlabelled); with other labels their scores mean nothing",
+                  UserWarning, stacklevel=3)
+
+
 def _load_npy(path: Path, dataset: str) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{dataset}: missing file {path}")
@@ -133,6 +161,7 @@ class NYUv2(Dataset):
         self.root = Path(root)
         self.split, self.crop = split, tuple(crop)
         self.rows = _read_index(self.root, "nyu_v2_3task.json", split, 4, "NYUv2")
+        _check_class_coverage(self.root, [row[1] for row in self.rows], split)
 
     def __len__(self) -> int:
         return len(self.rows)

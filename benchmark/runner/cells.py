@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from benchmark.attacks import list_attacks, run_attack
-from benchmark.attacks.sandbox import CellTimeout, time_limit
+from benchmark.attacks.sandbox import CellTimeout, extend_time_limit, time_limit
 from benchmark.attacks.spec import AttackSpec, is_ours
 from benchmark.defenses import parse_defense
 from benchmark.defenses.inference import deployed_outputs
@@ -53,6 +53,9 @@ class Cell:
     timeout_s: float | None = None  # wall-time limit of the cell (not part of its identity)
     keep_images: bool = False  # hand the adversarial images back with the result (a submission's bundle)
     budget_point: bool = False  # an extra step budget of a budget curve, not the profile's protocol
+    #: the time limit is the profile's default: it grows to twice the cell's projected time, measured
+    #: on its first batch (a full-size cell on a CPU takes longer than any fixed default)
+    timeout_scales: bool = False
 
     @property
     def model(self) -> str:
@@ -160,7 +163,7 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
     timeout = profile.cell_timeout if cell_timeout is None else cell_timeout
     cells = [Cell(t, a, e, s, profile.name, profile.eval_size, profile.batch_size,
                   check_determinism=i == 0 and needs_determinism_check(t, a, device), data_root=data_root,
-                  timeout_s=timeout or None)
+                  timeout_s=timeout or None, timeout_scales=cell_timeout is None)
              for t in targets for a in specs for s in seed_list for i, e in enumerate(eps_list)]
     # the profile's attacks for the members that get defenses (the black-box attack of the
     # gradient-masking checks), on each of their targets and on an external model
@@ -169,7 +172,7 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
         more = [a for a in _specs(profile.defense_attacks, suite, profile) if a not in specs]
         cells += [Cell(t, a, e, s, profile.name, profile.eval_size, profile.batch_size,
                        check_determinism=i == 0 and needs_determinism_check(t, a, device), data_root=data_root,
-                       timeout_s=timeout or None)
+                       timeout_s=timeout or None, timeout_scales=cell_timeout is None)
                   for t in targets if t.external or t.member in on
                   for a in more for s in seed_list for i, e in enumerate(eps_list)]
     # the budget curves' extra points: other step budgets on the undefended (budget) members, when
@@ -183,7 +186,7 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
                 continue
             cells += [Cell(t, spec.with_options(**{option: b}), e, s, profile.name, profile.eval_size,
                            profile.batch_size, check_determinism=False, data_root=data_root,
-                           timeout_s=timeout or None, budget_point=True)
+                           timeout_s=timeout or None, timeout_scales=cell_timeout is None, budget_point=True)
                       for b in extra for s in seed_list for e in eps_list]
     return cells
 
@@ -294,6 +297,10 @@ class PeakMemory:
                 self.peak, self.kind = None, ""
 
 
+#: a cell whose time limit is the profile's default gets at least this many times its projected time
+TIMEOUT_MARGIN = 2.0
+
+
 def _batch_seed(seed: int, index: int) -> int:
     return (int(seed) * 1_000_003 + index) % (2**63 - 1)
 
@@ -333,7 +340,12 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
     images: list[dict] = []  # each image's own metrics ({task: metric})
     kept: list[torch.Tensor] = []
     max_delta = 0.0
+    started = time.perf_counter()
     for i, batch in enumerate(ctx.batches):
+        if i == 1 and cell.timeout_scales and cell.timeout_s:
+            took = time.perf_counter() - started
+            if extend_time_limit(TIMEOUT_MARGIN * took * len(ctx.batches), took):
+                result.config["timeout_s"] = round(TIMEOUT_MARGIN * took * len(ctx.batches), 1)
         run = run_attack(attack, ctx.model, batch["image"], batch, tasks=ctx.tasks, eps=cell.eps,
                          seed=_batch_seed(cell.seed, i), check_determinism=cell.check_determinism and i == 0,
                          snapshot=ctx.snapshot)

@@ -75,6 +75,12 @@ def with_training(suite: Suite, **changes) -> Suite:
     return replace(suite, training=suite.training.replace(**changes)) if changes else suite
 
 
+def _say(text: str) -> None:
+    import sys
+
+    print(text, file=sys.stderr, flush=True)
+
+
 def training_seed(suite: Suite, member: Member) -> int:
     """The seed of ``member``'s training run: the recipe's ``seed`` (a million apart, so two seeds'
     reshuffled epochs never coincide) and the member's name."""
@@ -138,6 +144,7 @@ def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | Non
         init = {"init": "pretext", "pretext": {"objective": meta["recipe"]["objective"], "sha256": meta["sha256"],
                                                "steps": meta["recipe"]["steps"]}}
     elif imagenet is not None:
+        _say(f"{member.name}: every block copy from the ImageNet weights {imagenet.name} ...")
         source = ImagenetSource.from_table(member.backbone, suite.training.imagenet)
         init_from_pretext(model, _imagenet_blocks(str(imagenet), member.backbone, member.width, member.output_stride))
         init = {"init": "imagenet", "imagenet": source.to_dict()}
@@ -154,6 +161,8 @@ def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | Non
                         meta={"suite": suite.name, "member": member.name, "recipe_id": suite.training_id, **init})
     round_weights(model, recipe.weights_dtype)  # the clean metrics are those of the stored values
     test_set = test_set if test_set is not None else clean_test_set(suite, data_root=data_root)
+    if not suite.tiny:  # minutes at full size: said before, not a silent pause
+        _say(f"{member.name}: trained; its clean metrics on {len(test_set)} held-out images ...")
     metrics = evaluate(model, tasks, make_loader(test_set, 32), device=device)
     info = CheckpointInfo(model=model.config, dataset=suite.data_source, suite=suite.name, member=member.name,
                           input_size=member.input_size,
@@ -421,7 +430,10 @@ def _train(plan: _BuildPlan, then: Sequence[AfterJob], *, device: str, data_root
                            f"{', ...' if len(plan.todo) > 6 else ''}), in {max(1, n_workers)} process(es)"
                            + (f"; each first renders its {suite.training.train_size} training scenes (a minute or "
                               "two)" if suite.synthetic else "")
-                           + "; a killed build started again goes on where it stopped"), soft_wrap=True)
+                           + f"; a killed build started again goes on where it stopped: every "
+                           f"{suite.training.checkpoint_every} steps each member's resume file (the model and its "
+                           "optimiser's state, about three times its float32 weights; only the latest, deleted when "
+                           "the member is done) is written beside it"), soft_wrap=True)
         with progress(console, loss=True, eta=True) as bar:
             overall = bar.add_task(f"build {suite.name}", total=len(plan.todo) + len(then), loss=float("nan"))
             start = _starting_point(plan, root, rest, bar, overall, device=device, data_root=data_root,

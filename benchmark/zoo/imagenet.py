@@ -28,7 +28,7 @@ from torch import nn
 from benchmark.errors import UserError
 from benchmark.zoo.checkpoint import CheckpointError, file_sha256
 
-__all__ = ["DEFAULT_SOURCES", "ImagenetSource", "download_imagenet", "imagenet_blocks"]
+__all__ = ["DEFAULT_SOURCES", "ImagenetSource", "download_imagenet", "fetch_command", "imagenet_blocks"]
 
 
 @dataclass(frozen=True)
@@ -65,26 +65,50 @@ DEFAULT_SOURCES = {
 }
 
 
-def download_imagenet(source: ImagenetSource, *, cache_dir: str | Path | None = None) -> Path:
-    """The weights file at the pinned revision, from the Hub or its cache, its sha256 checked."""
-    from huggingface_hub import hf_hub_download
+def fetch_command(source: ImagenetSource) -> str:
+    """The command that puts the weights file into the Hugging Face cache (on a machine with network)."""
+    return (f"python -c \"from huggingface_hub import hf_hub_download; print(hf_hub_download('{source.repo_id}', "
+            f"'{source.file}', revision='{source.revision}'))\"")
+
+
+def download_imagenet(source: ImagenetSource, *, cache_dir: str | Path | None = None,
+                      local_file: str | Path | None = None) -> Path:
+    """The weights file at the pinned revision, its sha256 checked: ``local_file`` (a copy the
+    user brings, e.g. from a machine with network: ``--imagenet-file`` or ``MTLBENCH_IMAGENET_FILE``),
+    else from the Hub or its cache. Every failure says the exact command that fetches the file,
+    where the cache keeps it, and the option that takes a local copy."""
+    import os
+
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     from benchmark.zoo.hub import hub_offline
 
-    label = f"{source.repo_id}@{source.revision[:12]}/{source.file}"
-    try:
-        path = Path(hf_hub_download(source.repo_id, source.file, revision=source.revision, cache_dir=cache_dir,
-                                    local_files_only=hub_offline()))
-    except LocalEntryNotFoundError:
-        raise UserError(f"ImageNet weights {label}: not in the Hugging Face cache and downloads are off "
-                        "(HF_HUB_OFFLINE=1); download them once with network access") from None
-    except (HfHubHTTPError, OSError) as exc:
-        raise UserError(f"ImageNet weights {label}: download failed ({type(exc).__name__}: {exc})") from None
+    label = f"{source.repo_id}@{source.revision}/{source.file}"
+    local_file = local_file or os.environ.get("MTLBENCH_IMAGENET_FILE") or None
+    cache = Path(cache_dir) if cache_dir else Path(constants.HF_HUB_CACHE)
+    how = (f"fetch it on a machine with network ({fetch_command(source)}; the file lands under {cache}), then copy "
+           "the Hugging Face cache here or pass the file with --imagenet-file PATH (or MTLBENCH_IMAGENET_FILE=PATH): "
+           f"it is checked against the pinned sha256 {source.sha256}")
+    if local_file:
+        path = Path(local_file)
+        if not path.is_file():
+            raise UserError(f"ImageNet weights: --imagenet-file {path} is not a file")
+    else:
+        try:
+            path = Path(hf_hub_download(source.repo_id, source.file, revision=source.revision, cache_dir=cache_dir,
+                                        local_files_only=hub_offline()))
+        except LocalEntryNotFoundError:
+            raise UserError(f"ImageNet weights {label}: not in the Hugging Face cache ({cache}) and downloads are off "
+                            f"(HF_HUB_OFFLINE=1); {how}") from None
+        except (HfHubHTTPError, OSError) as exc:
+            raise UserError(f"ImageNet weights {label}: the download failed ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200]}); without network, set HF_HUB_OFFLINE=1 to fail at once "
+                            f"and {how}") from None
     actual = file_sha256(path)
     if actual != source.sha256:
-        raise CheckpointError(f"ImageNet weights {label}: sha256 {actual} does not match the pinned {source.sha256}; "
-                              "the cached file is corrupt or another file: delete it from the cache and download again")
+        raise CheckpointError(f"ImageNet weights {label}: {path} has sha256 {actual}, not the pinned "
+                              f"{source.sha256}; it is corrupt or another file: delete {path} and {how}")
     return path
 
 
