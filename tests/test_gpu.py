@@ -53,7 +53,7 @@ def test_zoo_build_and_defend_on_cuda(mini, tmp_path):
 def test_ray_cells_share_a_gpu(mini, tmp_path):
     pytest.importorskip("ray")
     db = tmp_path / "r.db"
-    run(RunOptions(suite=str(mini), results=str(db), device="cuda", executor="ray", gpus_per_cell=0.5,
+    run(RunOptions(suite=str(mini), results=str(db), device="cuda", executor="ray", gpus_per_worker=0.5,
                    attacks=["fgsm:total"], eps=[8]))
     with ResultsStore(db, readonly=True) as store:
         cells = store.cells()

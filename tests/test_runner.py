@@ -305,6 +305,47 @@ def test_ray_executor_gives_identical_results_and_retries_lost_workers(mini, ray
     assert summary.done["valid"] == 1
 
 
+def test_ray_schedules_one_worker_per_gpu_and_keeps_a_models_cells_on_it(mini, tmp_path, monkeypatch):
+    """On a cluster of 2 (fake) GPUs: 2 workers, one GPU each; every cell of a model on the worker
+    that loaded it; the results those of a local run. Ray's fake resources stand in for the cards
+    (the cells themselves run on the CPU)."""
+    ray = pytest.importorskip("ray")
+    from benchmark.runner.executors import RayExecutor
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        common = {"suite": str(mini), "attacks": ["fgsm:total", "pgd:gb-mta", "mim:total"], "eps": [4, 8]}
+        run(RunOptions(results=str(tmp_path / "local.db"), workers=1, **common))
+        executor = RayExecutor(device="cpu", gpus_per_worker=1.0)
+        assert executor.max_workers == 2
+        import sys
+
+        monkeypatch.setattr(sys.modules["benchmark.runner.run"], "make_executor", lambda *args, **kwargs: executor)
+        summary = run(RunOptions(results=str(tmp_path / "ray.db"), executor="ray", **common))
+        assert summary.done == {"valid": 12}
+        where = executor.where()
+        assert sorted(g for w in where for g in w["gpus"]) == ["0", "1"]  # one GPU each, none shared
+        with ResultsStore(tmp_path / "local.db", readonly=True) as a, ResultsStore(tmp_path / "ray.db",
+                                                                                   readonly=True) as b:
+            ca, cb = {c.key: c for c in a.cells()}, {c.key: c for c in b.cells()}
+        assert ca.keys() == cb.keys()
+        assert all(ca[k].adversarial == cb[k].adversarial and ca[k].arp == cb[k].arp for k in ca)
+        # a model's cells on the worker that was given it, but for those an idle worker took at the end
+        model_of = {k: c.model for k, c in cb.items()}
+        cells_on = {}
+        for w, placed in enumerate(executor.placements):
+            for key in placed["cells"]:
+                cells_on.setdefault(model_of[key], {}).setdefault(w, 0)
+                cells_on[model_of[key]][w] += 1
+        taken = sum(p.get("taken", 0) for p in executor.placements)
+        assert sum(sorted(n.values())[-1] for n in cells_on.values()) == 12 - taken, (cells_on, taken)
+        assert taken < 6 and len({max(n, key=n.get) for n in cells_on.values()}) == 2  # both workers used
+    finally:
+        ray.shutdown()
+
+
 def test_worker_processes_give_identical_results_and_replace_a_dead_worker(mini, tmp_path, monkeypatch):
     one, two = tmp_path / "one.db", tmp_path / "two.db"
     common = {"suite": str(mini), "attacks": ["fgsm:total", "pgd:gb-mta"], "eps": [4, 8]}

@@ -27,7 +27,8 @@ THREADS_HELP = ("torch threads per process (default: 1 for the tiny suites, whos
 
 
 WORKERS_HELP = ("local worker processes (default: one per usable core for the tiny suites on the CPU, each with "
-                "one thread; else 1)")
+                "one thread; else 1); with --executor ray, the most Ray workers (default: as many as the cluster's "
+                "GPUs, or CPUs, hold)")
 
 
 def add_compute_options(p: argparse.ArgumentParser) -> None:

@@ -38,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(suite=args.suite, profile=args.profile, attacks=csv_list(args.attacks, option="--attacks"),
                          **selection(args),
                          results=args.results, weights_dir=args.weights_dir, data_root=args.data_root,
-                         executor=args.executor, ray_address=args.address, gpus_per_cell=args.gpus_per_cell,
+                         executor=args.executor, ray_address=args.address, gpus_per_worker=args.gpus_per_worker,
                          cell_timeout=cell_timeout(args.cell_timeout),
                          defenses=csv_list(args.defenses, option="--defenses"),
                          eot_samples=args.eot_samples, score_draws=args.score_draws, model_dir=args.model,
@@ -274,8 +274,10 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", help="directory of the real data set (full suites)")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
     p.add_argument("--address", help="Ray cluster address (default: start a local one)")
-    p.add_argument("--gpus-per-cell", type=bounded(float, 0.01, 64), default=1.0,
-                   help="GPUs per Ray task (a fraction shares one)")
+    p.add_argument("--gpus-per-worker", "--gpus-per-cell", dest="gpus_per_worker", type=bounded(float, 0.01, 64),
+                   default=None, help="Ray: GPUs per worker (default 1 on a GPU run: one worker per GPU, the cells "
+                                      "of a model kept on one worker with the model resident; a fraction puts "
+                                      "several workers on a card)")
     add_timeout_option(p)
     add_images_option(p)
     p.add_argument("--defenses", help="comma-separated targets per model: 'none' (undefended), inference-time "

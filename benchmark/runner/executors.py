@@ -12,9 +12,10 @@ and the data is in the cell itself.
   (:meth:`Executor.run_groups`): a worker that finishes a target's last cell starts on the next
   target's. It runs on :class:`benchmark.workers.WorkerPool`, the scheduler the zoo's builds use:
   a worker that dies is replaced and its cells are retried once.
-* :class:`RayExecutor` (``--executor ray``): each cell is a Ray task with ``gpus_per_cell`` GPUs
-  (a fraction shares one GPU) on a cluster (``--address``, or a local one). A worker keeps the
-  last target it loaded; a worker that dies is replaced and its cells are retried.
+* :class:`RayExecutor` (``--executor ray``): long-lived workers (Ray actors) on a cluster
+  (``--address``, or a local one), one per GPU by default (``gpus_per_worker``; a fraction puts
+  several on a card); the cells of one target go to one worker, which keeps the model resident;
+  a worker that dies is restarted and its cells are retried.
 """
 
 from __future__ import annotations
@@ -79,16 +80,6 @@ def _worker_cell(cell: Cell, device: str, clean: dict, git_commit: str, env: dic
     return evaluate_cell(cell, ctx)
 
 
-def _ray_cell(cell: Cell, device: str, clean: dict, git_commit: str, threads: int,
-              env: dict[str, str], plugins: list[str]) -> CellResult:
-    # a worker of a cluster started elsewhere has its own environment: the driver's settings win,
-    # so that it loads the same weights (a different copy would be stored under another revision)
-    os.environ.update(env)
-    torch.set_num_threads(threads)
-    load_plugin_modules(plugins)
-    return _worker_cell(cell, device, clean, git_commit, env)
-
-
 def _pool_cell(cell: Cell, device: str, clean: dict, git_commit: str, env: dict[str, str],
                plugins: list[str]) -> CellResult:
     from benchmark.attacks.sandbox import watch_user_interrupts
@@ -148,9 +139,42 @@ class ProcessExecutor(Executor):
         self._pool.close()
 
 
+class _RayWorker:
+    """A Ray actor: one process holding its share of a device (``num_gpus``), the last target it
+    loaded kept resident (:func:`_worker_context`), cells evaluated one after the other."""
+
+    def __init__(self, threads: int, env: dict[str, str], plugins: list[str]) -> None:
+        # a worker of a cluster started elsewhere has its own environment: the driver's settings
+        # win, so that it loads the same weights (a different copy is stored under another revision)
+        os.environ.update(env)
+        torch.set_num_threads(threads)
+        load_plugin_modules(plugins)
+        self.env = env
+
+    def where(self) -> dict:
+        import ray
+
+        return {"pid": os.getpid(), "gpus": [str(g) for g in ray.get_gpu_ids()]}
+
+    def evaluate(self, cell: Cell, device: str, clean: dict, git_commit: str) -> CellResult:
+        return _worker_cell(cell, device, clean, git_commit, self.env)
+
+
 class RayExecutor(Executor):
-    def __init__(self, *, device: str = "cpu", address: str | None = None, gpus_per_cell: float = 1.0,
-                 max_retries: int = 3, threads: int = 1) -> None:
+    """Cells on a Ray cluster (``--address``, or a local one), in long-lived workers (Ray actors):
+    on a GPU one worker per ``gpus_per_worker`` GPUs (one by default; a fraction puts several on a
+    card), on CPUs one per ``threads`` CPUs; at most ``workers`` of them. The cells of one target
+    go to one worker, which keeps that model resident on its device and evaluates them in turn: a
+    model is loaded (and a CUDA context made) once per worker, not once per cell. A worker is given
+    the next target when it has fewer than :data:`AHEAD` cells left; when every target is handed
+    out, a worker with nothing left takes the later half of the longest queue. A worker that dies is
+    restarted and its cells retried (``max_retries``); past that they are stored failed."""
+
+    #: cells a worker holds in flight (the next starts while a result travels back)
+    AHEAD = 2
+
+    def __init__(self, *, device: str = "cpu", address: str | None = None, gpus_per_worker: float | None = None,
+                 max_retries: int = 3, threads: int = 1, workers: int | None = None) -> None:
         try:
             import ray
         except ImportError:
@@ -162,25 +186,95 @@ class RayExecutor(Executor):
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
                      runtime_env={"env_vars": env} if env else None)
         self.device = "cuda" if str(device).startswith("cuda") else "cpu"
-        self.gpus_per_cell = gpus_per_cell
+        # GPUs are asked for on a GPU run, or when given (a CPU run on a cluster's GPU nodes)
+        self.gpus_per_worker = (1.0 if self.device == "cuda" else 0.0) if gpus_per_worker is None else gpus_per_worker
         self.max_retries = max_retries
-        self.threads = threads  # per task: each holds the CPUs it asked Ray for, never every core
+        self.threads = threads  # per worker: each holds the CPUs it asked Ray for, never every core
+        self.max_workers = workers or self._fitting()
+        if self.max_workers < 1:
+            have = ray.cluster_resources()
+            raise UserError(f"the Ray cluster has {have.get('GPU', 0):g} GPU(s) and {have.get('CPU', 0):g} CPU(s): "
+                            f"not enough for one worker of {self.gpus_per_worker:g} GPU(s) and {threads} CPU(s)")
+        self._actors: list = []
+        #: for each worker (by index): where it runs (pid, GPU ids; see :meth:`where`), the cells it
+        #: evaluated (keys) and how many of them it took from another worker's queue at the end
+        self.placements: list[dict] = []
+
+    def _fitting(self) -> int:
+        """How many workers the cluster holds at once."""
+        have = self.ray.cluster_resources()
+        by_cpu = int(have.get("CPU", 0) // max(self.threads, 1))
+        if self.gpus_per_worker > 0:
+            return min(int(have.get("GPU", 0) // self.gpus_per_worker), by_cpu)
+        return by_cpu
+
+    def _actor(self, index: int):
+        while len(self._actors) <= index:
+            remote = self.ray.remote(_RayWorker).options(
+                num_cpus=self.threads, num_gpus=self.gpus_per_worker, max_restarts=self.max_retries,
+                max_task_retries=self.max_retries)
+            actor = remote.remote(self.threads, worker_env(), imported_plugin_modules())
+            self._actors.append(actor)
+            self.placements.append({"where": actor.where.remote(), "cells": []})
+        return self._actors[index]
 
     def run(self, cells: list[Cell], ctx: CellContext) -> Iterator[CellResult]:
+        for _, result in self.run_groups([(None, cells, ctx)]):
+            yield result
+
+    def run_groups(self, groups: Iterable[Group]) -> Iterator[tuple[Hashable, CellResult]]:
         ray = self.ray
-        remote = ray.remote(_ray_cell).options(
-            num_cpus=self.threads, num_gpus=self.gpus_per_cell if self.device == "cuda" else 0,
-            max_retries=self.max_retries, retry_exceptions=False)
-        env, plugins = worker_env(), imported_plugin_modules()
-        pending = {remote.remote(cell, self.device, ctx.clean, ctx.git_commit, self.threads, env, plugins): cell
-                   for cell in cells}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
+        groups = iter(groups)
+        backlog: list[list[tuple[Hashable, Cell, CellContext]]] = []  # per worker: its cells not yet sent
+        flying: dict = {}  # object ref -> (worker, key, cell, ctx)
+        exhausted = False
+
+        def send(w: int) -> None:
+            while backlog[w] and sum(1 for f in flying.values() if f[0] == w) < self.AHEAD:
+                key, cell, ctx = backlog[w].pop(0)
+                ref = self._actor(w).evaluate.remote(cell, self.device, ctx.clean, ctx.git_commit)
+                flying[ref] = (w, key, cell, ctx)
+
+        while True:
+            for w in range(self.max_workers):
+                if w >= len(backlog):
+                    backlog.append([])
+                if sum(1 for f in flying.values() if f[0] == w) + len(backlog[w]) < self.AHEAD:
+                    if not exhausted:
+                        try:
+                            key, cells, ctx = next(groups)
+                            backlog[w] += [(key, cell, ctx) for cell in cells]
+                        except StopIteration:
+                            exhausted = True
+                    if exhausted and not backlog[w]:  # steal the later half of the longest queue
+                        longest = max(range(len(backlog)), key=lambda i: len(backlog[i]))
+                        if len(backlog[longest]) > 1:
+                            half = len(backlog[longest]) // 2
+                            backlog[w], backlog[longest] = backlog[longest][half:], backlog[longest][:half]
+                            self.placements[w]["taken"] = self.placements[w].get("taken", 0) + len(backlog[w])
+                send(w)
+            if not flying:
+                if exhausted:  # every backlog was sent (send leaves none while a worker is free)
+                    return
+                continue  # the groups asked for were empty
+            ready, _ = ray.wait(list(flying), num_returns=1)
             for ref in ready:
-                cell = pending.pop(ref)
+                w, key, cell, ctx = flying.pop(ref)
                 try:
-                    yield ray.get(ref)
+                    result = ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    # the task died more often than it may be retried: a failed cell, the run goes on
-                    yield cell.new_result(ctx, Status.FAILED, f"Ray task lost after {self.max_retries} retries: "
-                                                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+                    # the worker died more often than it may be restarted: a failed cell, the run goes on
+                    result = cell.new_result(ctx, Status.FAILED, f"Ray worker lost after {self.max_retries} "
+                                                                 f"restarts: {type(exc).__name__}: "
+                                                                 f"{str(exc).splitlines()[0][:300]}")
+                self.placements[w]["cells"].append(result.key)
+                yield key, result
+
+    def where(self) -> list[dict]:
+        """Where each worker ran (as it started): its pid and the GPU ids Ray gave it."""
+        return [self.ray.get(p["where"]) for p in self.placements]
+
+    def close(self) -> None:
+        for actor in self._actors:
+            self.ray.kill(actor)
+        self._actors.clear()

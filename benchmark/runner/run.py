@@ -40,7 +40,7 @@ class RunOptions(Request):
     data_root: str | None = None
     executor: str = "local"
     ray_address: str | None = None
-    gpus_per_cell: float = 1.0
+    gpus_per_worker: float | None = None  # Ray: GPUs per worker (None: 1 on a GPU run, 0 on CPUs)
     cell_timeout: float | None = None  # seconds (None: the profile's; 0: no limit)
     threads: int | None = None  # torch threads per process (None: benchmark.threads decides)
     workers: int | None = None  # local worker processes (None: one per usable core for tiny suites on CPU)
@@ -178,8 +178,8 @@ class _Running:
 
 def make_executor(options: RunOptions, *, small_model: bool = False, in_memory: bool = False) -> Executor:
     if options.executor == "ray":
-        return RayExecutor(device=options.device, address=options.ray_address, gpus_per_cell=options.gpus_per_cell,
-                           threads=options.threads or 1)  # one CPU (and thread) per Ray task by default
+        return RayExecutor(device=options.device, address=options.ray_address, gpus_per_worker=options.gpus_per_worker,
+                           threads=options.threads or 1, workers=options.workers)  # one CPU (thread) per worker
     workers = choose_workers(options.workers, small_model=small_model, device=options.device)
     if workers > 1 and not in_memory:
         return ProcessExecutor(workers, device=options.device,
