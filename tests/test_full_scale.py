@@ -248,3 +248,26 @@ def test_a_13_class_nyuv2_root_is_named_for_a_40_class_suite(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(NYUv2(tmp_path / "40", "test")) == 12
+
+
+# ---------------------------------------------------------------------- reduced precision, opt-in
+def test_bf16_is_an_attack_option_kept_apart_from_float32(mini, tmp_path, slow_attack):
+    from benchmark.attacks import create_attack
+
+    with pytest.raises(UserError, match="precision must be one of float32, bf16"):
+        create_attack("pgd:gb-mta", precision="fp8")
+    db = tmp_path / "r.db"
+    common = {"suite": str(mini), "results": str(db), "attacks": ["pgd:gb-mta", "fgsm:total"], "eps": [8],
+              "models": ["AS"], "workers": 1}
+    run(RunOptions(**common))
+    run(RunOptions(**common, precision="bf16"))
+    with ResultsStore(db, readonly=True) as store:
+        cells = store.cells()
+    assert len(cells) == 4 and {c.status for c in cells} == {"valid"}
+    by = {(c.attack, c.config["options"].get("precision", "float32")): c for c in cells}
+    assert set(by) == {(a, p) for a in ("pgd:gb-mta", "fgsm:total") for p in ("float32", "bf16")}
+    # the same attack, steps and seed: close (bf16 rounds the forward passes) but not the same cell
+    assert abs(by["pgd:gb-mta", "bf16"].arp - by["pgd:gb-mta", "float32"].arp) < 5
+    assert by["pgd:gb-mta", "bf16"].key != by["pgd:gb-mta", "float32"].key
+    with pytest.raises(UserError, match="has no precision option"):
+        run(RunOptions(**{**common, "attacks": [slow_attack]}, precision="bf16"))

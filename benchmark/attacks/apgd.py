@@ -61,8 +61,8 @@ class APGD(OptimizerAttack):
 
     def __init__(self, objective: str = "gb-mta", *, steps: int = 20, restarts: int = 1, rho: float = 0.75,
                  momentum: float = 0.75, preset: str = "reference", random_start: bool | None = None,
-                 loss: str = "image") -> None:
-        super().__init__(objective, loss=loss)
+                 loss: str = "image", precision: str = "float32") -> None:
+        super().__init__(objective, loss=loss, precision=precision)
         if preset not in ("reference", "paper"):
             raise UserError(f"unknown APGD preset {preset!r}; use 'reference' (step 2 eps) or 'paper' (eps/steps)")
         if int(steps) < 1 or int(restarts) < 1:

@@ -43,8 +43,9 @@ class AutoSAGA(OptimizerAttack):
 
     def __init__(self, objective: str = "gb-mta", *, steps: int = 10, step_size: float | None = None,
                  alpha_lr: float = 10.0, fitting: float = 50.0, gamma: float = 0.0, loss: str = "image",
+                 precision: str = "float32",
                  preset: str = "reference") -> None:
-        super().__init__(objective, loss=loss)
+        super().__init__(objective, loss=loss, precision=precision)
         if preset not in ("reference", "paper"):
             raise UserError(f"unknown Auto-SAGA preset {preset!r}; use 'reference' or 'paper' (the authors' units)")
         self.preset = preset

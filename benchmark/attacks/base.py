@@ -24,7 +24,7 @@ from benchmark.attacks.objectives import Objective, create_objective
 from benchmark.errors import UserError
 from benchmark.tasks import Task
 
-__all__ = ["Attack", "OptimizerAttack", "PassCounter", "check_steps", "clip_to_ball", "frozen"]
+__all__ = ["PRECISIONS", "Attack", "OptimizerAttack", "PassCounter", "check_steps", "clip_to_ball", "frozen"]
 
 
 def check_steps(steps: int) -> int:
@@ -116,17 +116,24 @@ class Attack(ABC):
                 if not k.startswith("_") and isinstance(v, int | float | str | bool)}
 
 
+#: the precisions an optimizer's forward passes run in (``precision`` option; float32 by default)
+PRECISIONS = ("float32", "bf16")
+
+
 class OptimizerAttack(Attack):
     """An optimizer following an objective chosen by name (built for the model's tasks on use)."""
 
     optimizer: str = ""
 
-    def __init__(self, objective: str = "gb-mta", *, loss: str = "image") -> None:
+    def __init__(self, objective: str = "gb-mta", *, loss: str = "image", precision: str = "float32") -> None:
         if loss not in ("image", "batch"):
             raise UserError(f"loss must be 'image' (each image's mean over its valid pixels) or 'batch' (the "
                             f"authors' mean over the batch's valid pixels), got {loss!r}")
+        if precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.objective_name = objective
         self.loss = loss
+        self.precision = precision
         self._objective: Objective | None = None
         self._objective_tasks: tuple[str, ...] = ()
 
@@ -136,6 +143,15 @@ class OptimizerAttack(Attack):
             self._objective = create_objective(self.objective_name, tasks, batch_loss=self.loss == "batch")
             self._objective_tasks = key
         return self._objective
+
+    def __call__(self, model, images, targets, *, tasks, eps, generator):
+        """With ``precision="bf16"``, the attack's forward passes run under bfloat16 autocast
+        (convolutions and matrix products in bf16; the losses, the input gradient and the step in
+        float32); the cell scores the adversarial images in float32 like every other."""
+        if self.precision == "float32":
+            return super().__call__(model, images, targets, tasks=tasks, eps=eps, generator=generator)
+        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16):
+            return super().__call__(model, images, targets, tasks=tasks, eps=eps, generator=generator)
 
     @staticmethod
     def _start(images: torch.Tensor) -> torch.Tensor:

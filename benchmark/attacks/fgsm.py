@@ -10,8 +10,8 @@ __all__ = ["FGSM"]
 
 @register_attack("fgsm")
 class FGSM(OptimizerAttack):
-    def __init__(self, objective: str = "gb-mta", *, loss: str = "image") -> None:
-        super().__init__(objective, loss=loss)
+    def __init__(self, objective: str = "gb-mta", *, loss: str = "image", precision: str = "float32") -> None:
+        super().__init__(objective, loss=loss, precision=precision)
 
     def perturb(self, model, images, targets, *, tasks, eps, generator):
         x = self._start(images)

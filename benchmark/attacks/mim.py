@@ -16,8 +16,8 @@ class MIM(OptimizerAttack):
     budget_option = "steps"
 
     def __init__(self, objective: str = "gb-mta", *, steps: int = 10, step_size: float | None = None,
-                 mu: float = 1.0, loss: str = "image") -> None:
-        super().__init__(objective, loss=loss)
+                 mu: float = 1.0, loss: str = "image", precision: str = "float32") -> None:
+        super().__init__(objective, loss=loss, precision=precision)
         self.steps = check_steps(steps)
         self.step_size = step_size
         self.mu = float(mu)

@@ -21,8 +21,9 @@ class PGD(OptimizerAttack):
     budget_option = "steps"
 
     def __init__(self, objective: str = "gb-mta", *, steps: int = 10, step_size: float | None = None,
-                 random_start: bool | None = None, preset: str = "paper", loss: str = "image") -> None:
-        super().__init__(objective, loss=loss)
+                 random_start: bool | None = None, preset: str = "paper", loss: str = "image",
+                 precision: str = "float32") -> None:
+        super().__init__(objective, loss=loss, precision=precision)
         if preset not in ("paper", "madry"):
             raise UserError(f"unknown PGD preset {preset!r}; use 'paper' or 'madry'")
         self.preset = preset

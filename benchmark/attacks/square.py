@@ -36,8 +36,8 @@ class Square(OptimizerAttack):
     gradient_free = True
 
     def __init__(self, objective: str = "gb-mta", *, queries: int = 200, p_init: float = 0.3,
-                 loss: str = "image") -> None:
-        super().__init__(objective, loss=loss)
+                 loss: str = "image", precision: str = "float32") -> None:
+        super().__init__(objective, loss=loss, precision=precision)
         if int(queries) < 1:
             raise UserError(f"queries must be >= 1, got {queries}")
         if not 0 < float(p_init) <= 1:

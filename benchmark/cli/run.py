@@ -42,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          cell_timeout=cell_timeout(args.cell_timeout),
                          defenses=csv_list(args.defenses, option="--defenses"),
                          eot_samples=args.eot_samples, score_draws=args.score_draws, model_dir=args.model,
-                         model_name=args.name,
+                         model_name=args.name, precision=args.precision,
                          images=args.images, retry_failed=not args.no_retry)
     if args.plan:
         from benchmark.runner.plan import make_plan
@@ -280,6 +280,9 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
                                       "several workers on a card)")
     add_timeout_option(p)
     add_images_option(p)
+    p.add_argument("--precision", choices=("float32", "bf16"), default=None,
+                   help="bf16: the attacks' forward passes under bfloat16 autocast (an attack option: its cells are "
+                        "kept and labelled apart; the scoring stays float32). Default float32")
     p.add_argument("--defenses", help="comma-separated targets per model: 'none' (undefended), inference-time "
                                       "defenses and trained ones, e.g. 'none,bitdepth:4,fat:pgd:gb-mta' (default: "
                                       "the profile's); a trained defense needs `mtlbench defend` first")

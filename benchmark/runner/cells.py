@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import fnmatch
+import inspect
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -115,7 +116,8 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
                 data_root: str | None = None, cell_timeout: float | None = None,
                 defenses: list[str] | None = None, eot_samples: int | None = None, score_draws: int | None = None,
                 external: str | Path | torch.nn.Module | None = None, external_name: str | None = None,
-                device: str | torch.device = "cpu", images: int | None = None) -> list[Cell]:
+                device: str | torch.device = "cpu", images: int | None = None,
+                precision: str | None = None) -> list[Cell]:
     """suite x models x attacks (patterns expanded for the suite's tasks) x eps x seeds; with
     ``external`` (a checkpoint directory or an ``nn.Module``), that model instead of the members.
     With the profile's attacks, also the profile's extra step budgets on its budget models.
@@ -123,14 +125,16 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
     Where :func:`needs_determinism_check` says so, the attack's determinism is checked in the cells
     of the first eps (per target, attack and seed) at the profile's step budget: it is a property of
     the attack and the model, and checking it once halves the cost of the other cells (a budget
-    curve's points share its verdict). ``device``: where the cells will run."""
+    curve's points share its verdict). ``device``: where the cells will run. ``precision``
+    (``"bf16"``): the attacks' forward passes in that precision (an option of each optimizer
+    attack, so part of its cells' keys and labels; an attack without the option is refused)."""
     if images is not None:  # the first ``images`` of the split, in place of the profile's evaluation size
         if not 1 <= int(images) <= MAX_EVAL_SIZE:
             raise UserError(f"--images {images!r}: expected an integer in [1, {MAX_EVAL_SIZE}]")
         profile = replace(profile, eval_size=int(images))
     if profile.eval_size is not None and profile.batch_size > profile.eval_size:  # the batches it really runs
         profile = replace(profile, batch_size=profile.eval_size)
-    specs = _specs(attacks if attacks is not None else profile.attacks, suite, profile)
+    specs = _specs(attacks if attacks is not None else profile.attacks, suite, profile, precision)
     # a request that names an eps, seed or model twice asks for it once
     eps_list = list(dict.fromkeys(float(e) for e in (eps if eps is not None else profile.eps)))
     for e in eps_list:
@@ -169,7 +173,7 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
     # gradient-masking checks), on each of their targets and on an external model
     if attacks is None and profile.defense_attacks:
         on = set(profile.defended_models or [m.name for m in members])
-        more = [a for a in _specs(profile.defense_attacks, suite, profile) if a not in specs]
+        more = [a for a in _specs(profile.defense_attacks, suite, profile, precision) if a not in specs]
         cells += [Cell(t, a, e, s, profile.name, profile.eval_size, profile.batch_size,
                        check_determinism=i == 0 and needs_determinism_check(t, a, device), data_root=data_root,
                        timeout_s=timeout or None, timeout_scales=cell_timeout is None)
@@ -191,8 +195,9 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
     return cells
 
 
-def _specs(patterns, suite: Suite, profile: Profile) -> list[AttackSpec]:
-    """The attacks ``patterns`` name for the suite's tasks, with the profile's presets and budgets."""
+def _specs(patterns, suite: Suite, profile: Profile, precision: str | None = None) -> list[AttackSpec]:
+    """The attacks ``patterns`` name for the suite's tasks, with the profile's presets and budgets
+    (and ``precision``, where given)."""
     tasks = suite.tasks
     specs: list[AttackSpec] = []
     for pattern in patterns:
@@ -205,6 +210,11 @@ def _specs(patterns, suite: Suite, profile: Profile) -> list[AttackSpec]:
             preset = profile.options.get(spec.optimizer, {})
             spec = spec.with_options(**{k: v for k, v in preset.items() if k not in dict(spec.options)})
             spec = spec.with_budget(profile.steps)
+            if precision is not None and precision != "float32":
+                if "precision" not in inspect.signature(spec.attack_class).parameters:
+                    raise UserError(f"--precision {precision}: the attack {spec.name} has no precision option "
+                                    "(the built-in optimizers have it); leave it out of this run")
+                spec = spec.with_options(precision=precision)
             if spec not in specs:
                 specs.append(spec)
     return specs

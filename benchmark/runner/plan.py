@@ -49,6 +49,7 @@ class Request:
     score_draws: int | None = None  # draws a randomised defense is scored over (None: the profile's)
     model_dir: str | None = None  # an external Hub-format checkpoint directory, run instead of the members
     model_name: str | None = None  # its name in results (default: the directory's name)
+    precision: str | None = None  # "bf16": the attacks' forward passes under bf16 autocast (None: float32)
 
 
 @dataclass
@@ -156,7 +157,8 @@ def make_plan(request: Request, places: Places | None = None, *, module: torch.n
                         seeds=request.seeds, weights_dir=places.weights_dir, data_root=places.data_root,
                         cell_timeout=places.cell_timeout, defenses=request.defenses,
                         eot_samples=request.eot_samples, score_draws=request.score_draws, images=request.images,
-                        external=external, external_name=request.model_name, device=places.device)
+                        external=external, external_name=request.model_name, device=places.device,
+                        precision=request.precision)
     missing = _what_cannot_run(suite, cells, places, external is not None)
     left_out = sum(1 for c in cells if c.target.member in missing and not c.target.external)
     cells = [c for c in cells if c.target.external or c.target.member not in missing]
