@@ -222,6 +222,15 @@ class Profile:
     #: attacks run only on the members that get defenses (each of their targets, the undefended
     #: one included): the black-box attack of the gradient-masking checks
     defense_attacks: tuple[str, ...] = setting((), types=list, convert=tuple, check=_attack_patterns)
+    #: transfer attacks (a cross-model matrix): each profile attack crafted white-box on each of
+    #: these undefended members (``["*"]``: every member) and scored on every other target
+    transfer_from: tuple[str, ...] | None = setting(None, types=list, convert=_names, check=_MODEL_NAMES)
+    #: each defended target also gets the profile's attacks crafted on its own undefended member
+    #: (the transfer attack of the gradient-masking checks)
+    defense_transfer: bool = setting(False)
+    #: the first N evaluation images whose adversarial versions and predictions every cell keeps
+    #: for the leaderboard's inspection pages (about 10 KB per image and cell at 48x48)
+    inspect_images: int = setting(0, low=0, high=64)
 
 
 def _pinned(pattern: re.Pattern, what: str) -> Callable[[str], str | None]:
@@ -596,9 +605,9 @@ def _load(path: Path, raw: dict, _mirrors: tuple[str, ...]) -> Suite:
     pins, defended_pins = _weights(raw.get("weights"), names, tiny=bool(mirror) or data.startswith("synthetic-"))
     members = tuple(replace(m, sha256=pins[m.name]) if m.name in pins else m for m in members)
     for profile in profiles.values():
-        for key in ("defended_models", "models"):
+        for key in ("defended_models", "models", "transfer_from"):
             for m in getattr(profile, key) or ():
-                if m not in names:
+                if m not in names and not (key == "transfer_from" and m == "*"):
                     raise TableError(f"profiles.{profile.name}.{key}", f"no model {m!r} in the suite")
     return Suite(name=name, description=head.description, dataset=dataset, data_source=data, split=head.split,
                  backbone=defaults["backbone"], members=members, profiles=profiles, training=training,

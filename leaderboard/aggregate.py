@@ -32,6 +32,7 @@ from benchmark.enums import Status
 from benchmark.runner.store import CellResult, ResultsStore
 from benchmark.scoring import bootstrap_ci, stratified_bootstrap_ci, transferability
 from benchmark.version import __version__
+from leaderboard.crossmodel import model_transfer
 
 __all__ = ["DEFAULT_EPS", "build_board", "choose_eps", "eps_key", "headline_view", "views_of"]
 
@@ -550,7 +551,12 @@ def _view_board(suite: str, suite_cells: list[CellResult], model_info: dict, def
     external = sorted(m for m in info if info[m].get("kind") == "external")
     models = _model_order([m for m in info if not info[m].get("defense") and m not in external], info)
     defended = sorted(m for m in info if info[m].get("defense") and m not in external)
-    attacks = sorted({c.attack for c in suite_cells})
+    # transfer cells (crafted on another member) are their own attacks: the cross-model matrix,
+    # the defended targets' columns, best known and check (f); never the rankings
+    transfer = {c.attack: (c.attack.removesuffix(f" from {c.config['crafted_on']}"), c.config["crafted_on"])
+                for c in suite_cells if c.config.get("crafted_on")}
+    attacks = sorted({c.attack for c in suite_cells} - set(transfer))
+    every = attacks + sorted(transfer)
     eps_list = sorted({c.eps for c in suite_cells})
     tasks = next((list(c.task_arp) for c in suite_cells if c.task_arp), [])
     # the task a SINGLE-X attack targets, as the runner's AttackSpec stored it (never re-parsed)
@@ -561,9 +567,9 @@ def _view_board(suite: str, suite_cells: list[CellResult], model_info: dict, def
             by_key[(c.model, c.attack, c.eps)].append(c)
     per_eps: dict[str, Any] = {}
     for eps in eps_list:
-        entries = {(m, a): _entry(by_key[(m, a, eps)]) for m in models + defended + external for a in attacks
+        entries = {(m, a): _entry(by_key[(m, a, eps)]) for m in models + defended + external for a in every
                    if by_key.get((m, a, eps))}
-        worst = {m: _worst_case([c for a in attacks for c in by_key.get((m, a, eps), [])],
+        worst = {m: _worst_case([c for a in every for c in by_key.get((m, a, eps), [])],
                                 info[m].get("dataset")) for m in models + defended + external}
         worst = {m: w for m, w in worst.items() if w is not None}
         ranked, unranked, left_out = _rankings(entries, models, attacks)
@@ -575,7 +581,9 @@ def _view_board(suite: str, suite_cells: list[CellResult], model_info: dict, def
             "table": {m: {a: entries[(m, a)] for a in attacks if (m, a) in entries} for m in models},
             "transfer": _transfer(entries, models, attacks, targets, info),
             "worst": worst,
-            "defenses": _defenses(entries, defended, attacks, info, worst) if defended else None,
+            "defenses": _defenses(entries, defended, attacks + sorted(
+                a for a in transfer if any((t, a) in entries for t in defended)), info, worst) if defended else None,
+            "model_transfer": model_transfer(entries, transfer, models, info),
             "external": {m: {a: entries[(m, a)] for a in attacks if (m, a) in entries} for m in external},
             "budget": _budget_block(suite_cells, models, eps),
         }
@@ -597,6 +605,12 @@ def _view_board(suite: str, suite_cells: list[CellResult], model_info: dict, def
         "model_info": {m: {k: v for k, v in info[m].items() if k not in ("clean",)}
                        for m in models + defended + external},
         "defended": defended, "external": external,
+        # the targets whose cells kept images for the inspection pages, and how many
+        "inspected": {m: n for m in models + defended + external
+                      if (n := max(((c.config.get("inspection") or {}).get("images", 0) for c in suite_cells
+                                    if c.model == m and c.status == "valid"), default=0))},
+        # whether any eps has a cross-model transfer matrix (its page)
+        "crossmodel": any(block["model_transfer"] for block in per_eps.values()),
         # the members behind the defended targets (their undefended rows are the defenses page's reference)
         "defended_members": sorted({info[t].get("member") for t in defended if info[t].get("member") in info}),
         "clean": clean, "by_eps": per_eps, "reliability": reliability,

@@ -91,6 +91,9 @@ def _env() -> Environment:
     env = Environment(loader=PackageLoader("leaderboard", "templates"), autoescape=select_autoescape(["html", "j2"]),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters.update(fmt=_fmt, num=_num, mib=_bytes, slug=slug, mparams=_params, breakable=_breakable)
+    from leaderboard.inspection import inspection_page
+
+    env.globals["inspect_page"] = inspection_page
     return env
 
 
@@ -109,7 +112,7 @@ def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps:
             board = build_board(store, default_eps=default_eps)
             board["reproduction"] = reproduction(board, store.cells())
         board["of_record"] = of_record
-        return render_board(board, out_dir, plots_enabled=plots_enabled)
+        return render_board(board, out_dir, plots_enabled=plots_enabled, inspection=results)
     import tempfile
 
     from benchmark.runner.bundle import find_bundles
@@ -154,6 +157,7 @@ def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps:
             board["reproduction"] = reproduction(board, store.cells())
     board["bundles"] = [_bundle_row(v) for v in verdicts]
     board["of_record"] = of_record
+    inspection = results if Path(results).exists() else None
     for entry in board["suites"].values():
         mine = [v for v in verdicts if v.verified and v.manifest["suite"]["name"] == entry["name"]]
         for suite in entry["views"].values():
@@ -163,7 +167,7 @@ def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps:
             suite["self_reported"] = {v.labels[a]: [k for k in v.self_reported
                                                     if k != "passes per image" or a not in v.recounted]
                                       for v in mine for a in v.manifest["attack"]["names"]}
-    return render_board(board, out_dir, plots_enabled=plots_enabled)
+    return render_board(board, out_dir, plots_enabled=plots_enabled, inspection=inspection)
 
 
 def render_records(records: str | Path, out_dir: str | Path, *, suites: list[str] | None = None,
@@ -223,7 +227,10 @@ def view_page(suite: str, view: str, headline: bool) -> str:
     return slug(suite) if headline else f"{slug(suite)}--{slug(view)}"
 
 
-def render_board(board: dict[str, Any], out_dir: str | Path, *, plots_enabled: bool = True) -> Path:
+def render_board(board: dict[str, Any], out_dir: str | Path, *, plots_enabled: bool = True,
+                 inspection: str | Path | None = None) -> Path:
+    """The site of ``board`` in ``out_dir``; ``inspection``: the results database whose cells kept
+    images for the inspection pages."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"leaderboard output {out} is a file; give a folder (created if missing)")
@@ -253,6 +260,11 @@ def render_board(board: dict[str, Any], out_dir: str | Path, *, plots_enabled: b
         for view_name, view in entry["views"].items():
             _render_view(env, out, common, entry, view, figures[name][view_name],
                          board.get("reproduction", {}).get(name, {}).get(view_name))
+    if inspection is not None and Path(inspection).exists():
+        from leaderboard.inspection import render_inspection
+
+        with ResultsStore(inspection, readonly=True) as store:
+            render_inspection(store, board, out, env, common)
     return out / "index.html"
 
 
@@ -268,6 +280,9 @@ def _render_view(env: Environment, out: Path, common: dict, entry: dict, suite: 
                                                                                                   page="reproduction"))
     if suite["defended"]:
         _write(out / f"defenses-{page}.html", env.get_template("defenses.html.j2").render(**ctx, page="defenses"))
+    if suite["crossmodel"]:
+        _write(out / f"crossmodel-{page}.html", env.get_template("crossmodel.html.j2").render(**ctx,
+                                                                                              page="crossmodel"))
     for model in suite["models"]:
         info = suite["model_info"].get(model, {})
         # the tree labels each task by its index in the model's own task order (config.json's)

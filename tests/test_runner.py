@@ -29,9 +29,14 @@ def test_grid_expansion():
     # pgd:gb-mta, 3 x pgd:single-*) x 2 eps x 1 seed, Square (the defense attack) on AS and its two defended
     # targets at both eps, and the budget curves' points: PGD at 1 and 2 steps on AS and IND
     # (6 PGD attacks x 2 budgets x 2 eps x 2 models)
+    # and each defended target the 7 attacks crafted on the undefended AS (its transfer attack) at both eps
     curve = [c for c in cells if c.budget_point]
     square = [c for c in cells if c.attack.name == "square:gb-mta"]
-    assert len(cells) - len(curve) - len(square) == (25 + 2) * 7 * 2 and len(curve) == 6 * 2 * 2 * 2
+    crafted = [c for c in cells if c.source]
+    assert len(cells) - len(curve) - len(square) - len(crafted) == (25 + 2) * 7 * 2 and len(curve) == 6 * 2 * 2 * 2
+    assert len(crafted) == 2 * 7 * 2 and {(c.target.name, c.source) for c in crafted} == {
+        ("AS+fat:pgd:gb-mta", "AS"), ("AS+bitdepth:4", "AS")}
+    assert all(c.inspect == 4 for c in cells if not c.budget_point) and all(c.inspect == 0 for c in curve)
     assert sorted({c.target.name for c in square}) == ["AS", "AS+bitdepth:4", "AS+fat:pgd:gb-mta"]
     assert len(square) == 3 * 2
     assert {c.target.name for c in curve} == {"AS", "IND"} and {dict(c.attack.options)["steps"] for c in curve} == {

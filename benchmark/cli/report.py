@@ -1,4 +1,4 @@
-"""`mtlbench leaderboard`, `report`, `demo`: what the results say."""
+"""`mtlbench leaderboard`, `report`, `demo`, `transfer`: what the results say."""
 
 from __future__ import annotations
 
@@ -119,6 +119,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transfer(args: argparse.Namespace) -> int:
+    """The cross-model transfer matrix: the suite's transfer profile run, rendered, and its finding."""
+    from benchmark.runner import RunOptions, run
+    from benchmark.runner.store import ResultsStore
+    from benchmark.suites import load_suite
+    from leaderboard import render_leaderboard
+    from leaderboard.aggregate import build_board
+
+    suite = load_suite(args.suite)
+    profile = suite.profile(args.profile)
+    if not profile.transfer_from:
+        raise UserError(f"profile {args.profile!r} of {suite.name} crafts on no member (no transfer_from); its "
+                        "transfer profile is 'transfer'")
+    summary = run(RunOptions(suite=args.suite, profile=args.profile, results=args.results,
+                             models=csv_list(args.models, option="--models"), device=resolve_device(args.device),
+                             threads=args.threads, workers=args.workers), console=err_console)
+    with ResultsStore(args.results, readonly=True) as store:
+        board = build_board(store)
+    view = board["suites"].get(suite.name, {}).get("views", {}).get(args.profile)
+    index = render_leaderboard(args.results, args.out, console=err_console)
+    for block in (view or {}).get("by_eps", {}).values():
+        mt = block.get("model_transfer")
+        for attack, found in (mt or {}).get("by_attack", {}).items():
+            table = Table(title=f"{suite.name}, {attack} at eps {block['eps']:g}: relative transfer by shared blocks")
+            for column in ("shared blocks", "pairs", "mean relative transfer"):
+                table.add_column(column, justify="right")
+            for g in found["by_shared"]:
+                table.add_row(str(g["shared"]), str(g["pairs"]), f"{g['mean']:.3f}")
+            console.print(table)
+            console.print(Text.assemble("transfer falls as layouts share fewer blocks? ", (found["finding"]["text"],
+                                                                                             "bold")))
+    console.print(Text.assemble("leaderboard: ", (str(index.resolve()), "bold"), " (transfer across models: the "
+                                f"{args.profile} profile's page)"))
+    return 0 if not summary.bad else 1
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the sub-commands of this group to ``mtlbench``'s parser."""
     p = sub.add_parser("leaderboard", help="render the static HTML leaderboard from a results database")
@@ -148,6 +184,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                                            "closest every run has)")
     p.add_argument("--profile", help="the profile compared (default: the first database's headline profile)")
     p.set_defaults(func=cmd_report_compare)
+
+    p = sub.add_parser("transfer", help="cross-model transfer: each attack crafted on every member, scored on "
+                                        "every other; the matrix page and its finding")
+    p.add_argument("--suite", default="tiny-nyuv2-resnet34", help="suite name or manifest path (default: "
+                                                                  "tiny-nyuv2-resnet34)")
+    p.add_argument("--profile", default="transfer", help="the profile with transfer_from (default: transfer)")
+    p.add_argument("--models", help="comma-separated members, the sources and targets (default: every member)")
+    p.add_argument("--results", default="results.db")
+    p.add_argument("--out", default="site", help="output directory of the leaderboard (default: site)")
+    add_compute_options(p)
+    p.add_argument("--workers", type=bounded(int, 1, 256), help="local worker processes (default: one per usable "
+                                                                "core)")
+    p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("demo", help="build the tiny suite, run its quick profile, render the leaderboard site")
     p.add_argument("--out", default="site", help="output directory of the site (default: site)")

@@ -14,10 +14,13 @@ among many), or its loss surface fools first-order attacks. Each check here name
 (d) **one step beats many**: one-step FGSM causes a higher ARP than multi-step PGD with the same
     objective at the same eps;
 (e) **ARP does not rise with eps**: the strongest attack's ARP at the largest eps is not above
-    the strongest at the smallest (the strongest, because one-step FGSM alone need not rise).
+    the strongest at the smallest (the strongest, because one-step FGSM alone need not rise);
+(f) **transfer beats white box**: images crafted white-box on another model (the defended
+    member's own undefended model) cause a higher ARP on the target than the same attack run
+    white-box on the target itself: its gradients lead the attack astray.
 
 (a) and (b) look at the model (:func:`model_checks`, run when a defended target or an external
-model is loaded, stored with its description); (c)-(e) compare its cells
+model is loaded, stored with its description); (c)-(f) compare its cells
 (:func:`result_checks`). A flagged target is shown as "evaluation unreliable: <check, numbers>"
 and never as simply robust.
 """
@@ -126,9 +129,11 @@ def _text(d: dict[str, Any]) -> str:
     return f"{d['delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] paired over {d['images']} images"
 
 
-def result_checks(results: Mapping[tuple[str, float], list[Observed]], gradient_free: set[str]) -> dict:
-    """Checks (c)-(e) of the module docstring from one target's valid cells (``results``:
-    (attack, eps) -> its cells, over seeds); ``gradient_free``: the attacks that use no gradient.
+def result_checks(results: Mapping[tuple[str, float], list[Observed]], gradient_free: set[str],
+                  transfers: Mapping[tuple[str, str, float], list[Observed]] | None = None) -> dict:
+    """Checks (c)-(f) of the module docstring from one target's valid cells (``results``:
+    (attack, eps) -> its white-box cells, over seeds; ``transfers``: (attack, source, eps) -> the
+    cells of that attack crafted on ``source``); ``gradient_free``: the attacks that use no gradient.
     Every check is there: ``{"flag": True/False, "evidence": ...}`` when it ran, ``{"flag": None,
     "evidence": why it did not}`` otherwise. A difference flags only when it is clear of the noise:
     its 95% interval, paired over the images of the two cells, lies above 0 (above :data:`MARGIN`
@@ -186,13 +191,35 @@ def result_checks(results: Mapping[tuple[str, float], list[Observed]], gradient_
             out["arp_not_rising_with_eps"] = {"flag": falls, "evidence": text}
     if "arp_not_rising_with_eps" not in out:
         out["arp_not_rising_with_eps"] = {"flag": None, "evidence": "fewer than two eps ran"}
+    out["transfer_beats_white_box"] = _transfer_check(results, transfers or {})
     return out
+
+
+def _transfer_check(results: Mapping[tuple[str, float], list[Observed]],
+                    transfers: Mapping[tuple[str, str, float], list[Observed]]) -> dict[str, Any]:
+    """Check (f): each transfer attack against the same attack white-box on the target, paired."""
+    if not transfers:
+        return {"flag": None, "evidence": "no transfer attack ran on it"}
+    beats, below = [], []
+    for (a, source, e), crafted in sorted(transfers.items()):
+        own = results.get((a, e))
+        if not crafted or not own:
+            continue
+        d = _paired(crafted, own)
+        line = (f"eps {e:g}: {a} crafted on {source} {mean(o.arp for o in crafted):.2f} vs white-box "
+                f"{mean(o.arp for o in own):.2f}: {_text(d)}")
+        (beats if _above(d) else below).append(line)
+    if not beats and not below:
+        return {"flag": None, "evidence": "no white-box cell of the transferred attacks at their eps"}
+    return {"flag": bool(beats), "evidence": "; ".join(beats) if beats else
+            "no transfer attack is clearly stronger than the same attack white-box (" + "; ".join(below) + ")"}
 
 
 CHECK_NAMES = {"vanishing_gradients": "(a) vanishing gradients", "undeclared_randomness": "(b) undeclared randomness",
           "black_box_beats_white_box": "(c) black box beats white box",
           "one_step_beats_multi_step": "(d) one-step FGSM beats PGD", "arp_not_rising_with_eps": "(e) ARP not rising "
-                                                                                                 "with eps"}
+                                                                                                 "with eps",
+          "transfer_beats_white_box": "(f) transfer beats white box"}
 
 
 def evaluation_flags(checks: Mapping[str, Mapping]) -> list[str]:
@@ -201,7 +228,7 @@ def evaluation_flags(checks: Mapping[str, Mapping]) -> list[str]:
 
 
 def check_rows(checks: Mapping[str, Mapping]) -> list[dict[str, str]]:
-    """Every check of a target, in (a)-(e) order, as ``{"check", "status", "evidence"}`` with the
+    """Every check of a target, in (a)-(f) order, as ``{"check", "status", "evidence"}`` with the
     status ``passed``, ``flagged`` or ``not run`` (the evidence says why)."""
     rows = []
     for name, label in CHECK_NAMES.items():
@@ -227,13 +254,19 @@ def target_checks(cells, infos: Mapping[str, Mapping]) -> dict[str, dict]:
     "not run") and the checks of its valid cells (the protocol's, not a budget curve's extra
     points), over seeds."""
     values: dict[str, dict[tuple[str, float], list[Observed]]] = {}
+    transfers: dict[str, dict[tuple[str, str, float], list[Observed]]] = {}
     for c in cells:
         budget = c.config.get("budget")
         if c.status != Status.VALID or c.arp is None or (isinstance(budget, dict) and budget.get("extra")):
             continue
         per_image = c.per_image or {}
-        values.setdefault(c.model, {}).setdefault((c.config.get("attack", c.attack), c.eps), []).append(
-            Observed(c.arp, c.seed, tuple(per_image.get("ids") or ()), tuple(per_image.get("score") or ())))
+        seen = Observed(c.arp, c.seed, tuple(per_image.get("ids") or ()), tuple(per_image.get("score") or ()))
+        source = c.config.get("crafted_on")
+        if source:  # crafted on another model: check (f) only
+            attack = c.attack.removesuffix(f" from {source}")
+            transfers.setdefault(c.model, {}).setdefault((attack, source, c.eps), []).append(seen)
+        else:
+            values.setdefault(c.model, {}).setdefault((c.config.get("attack", c.attack), c.eps), []).append(seen)
     out = {}
     for target in sorted(set(values) | set(infos)):
         results = values.get(target, {})
@@ -242,5 +275,5 @@ def target_checks(cells, infos: Mapping[str, Mapping]) -> dict[str, dict]:
         model = {name: stored.get(name) or {"flag": None, "evidence": "not recorded when this model was loaded (run "
                                                                        "it again with this version to record it)"}
                  for name in MODEL_CHECKS}
-        out[target] = {**model, **result_checks(results, free)}
+        out[target] = {**model, **result_checks(results, free, transfers.get(target))}
     return out

@@ -20,6 +20,7 @@ import torch
 from benchmark.attacks import list_attacks, run_attack
 from benchmark.attacks.sandbox import CellTimeout, extend_time_limit, time_limit
 from benchmark.attacks.spec import AttackSpec, is_ours
+from benchmark.attacks.validate import AttackRun
 from benchmark.defenses import parse_defense
 from benchmark.defenses.inference import deployed_outputs
 from benchmark.errors import UserError
@@ -57,6 +58,20 @@ class Cell:
     #: the time limit is the profile's default: it grows to twice the cell's projected time, measured
     #: on its first batch (a full-size cell on a CPU takes longer than any fixed default)
     timeout_scales: bool = False
+    #: a transfer cell: the images are crafted white-box on this undefended member of the suite and
+    #: scored on the target (forward passes only there); None: white-box on the target itself
+    source: str | None = None
+    #: a white-box cell of a member that transfer cells craft on: its images are kept for them
+    share_crafted: bool = False
+    #: keep the first N adversarial images and the predictions on them (the inspection pages; not
+    #: part of the cell's identity)
+    inspect: int = 0
+
+    @property
+    def attack_name(self) -> str:
+        """The name results are stored and shown under: the attack's, ``... from SOURCE`` for a
+        transfer cell."""
+        return self.attack.name if self.source is None else f"{self.attack.name} from {self.source}"
 
     @property
     def model(self) -> str:
@@ -72,7 +87,7 @@ class Cell:
         """The full configuration that keys the cell in the store, on ``ctx``'s loaded target
         (with the code and weights versions)."""
         return {
-            "suite": ctx.suite, "model": self.target.name, "attack": self.attack.name, "eps": self.eps,
+            "suite": ctx.suite, "model": self.target.name, "attack": self.attack_name, "eps": self.eps,
             "seed": self.seed, "profile": self.profile, "options": dict(self.attack.options), "images": self.images,
             "batch_size": self.batch_size, "check_determinism": self.check_determinism,
             "objective": self.attack.objective, "task": self.attack.task,
@@ -83,6 +98,8 @@ class Cell:
             **({"defense": self.target.defense, "eot": self.target.eot_samples} if self.target.defense else {}),
             **({"score_draws": self.target.score_draws} if self.target.score_draws > 1 else {}),
             **({"external": str(self.target.external.kind)} if self.target.external else {}),
+            # a transfer cell's key holds the model its images are crafted on, at its revision
+            **({"crafted_on": self.source, "crafted_on_revision": ctx.source(self.source)[1]} if self.source else {}),
             # a suite scored with the authors' metric definitions (cells of our default keep their keys)
             **({"metrics": ctx.tasks[0].metric_mode} if ctx.tasks and ctx.tasks[0].metric_mode != "ours" else {}),
         }
@@ -103,7 +120,7 @@ class Cell:
             config["budget"] = {"option": option, "value": dict(self.attack.options)[option],
                                 "extra": self.budget_point}
         return CellResult(
-            key=key, suite=ctx.suite, model=self.model, attack=self.attack.name, eps=self.eps,
+            key=key, suite=ctx.suite, model=self.model, attack=self.attack_name, eps=self.eps,
             seed=self.seed, profile=self.profile, status=status, reason=reason, clean=ctx.clean,
             device=device_name(ctx.device), torch_version=torch.__version__, mtlbench_version=__version__,
             git_commit=ctx.git_commit, model_revision=ctx.model_revision, config=config,
@@ -179,6 +196,26 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
                        timeout_s=timeout or None, timeout_scales=cell_timeout is None)
                   for t in targets if t.external or t.member in on
                   for a in more for s in seed_list for i, e in enumerate(eps_list)]
+    # transfer cells, with the profile's attacks: crafted on each source member and scored on every
+    # other undefended target (the cross-model matrix; the diagonal is the white-box cells above),
+    # and on each defended target crafted on its own undefended member (a masking check)
+    if attacks is None and external is None and (profile.transfer_from or profile.defense_transfer):
+        names = [m.name for m in members]
+        sources = [] if not profile.transfer_from else names if "*" in profile.transfer_from else [
+            m for m in profile.transfer_from if m in names]
+        for t in targets:
+            froms = [m for m in sources if m != t.member] if t.defense is None else (
+                [t.member] if profile.defense_transfer else [])
+            cells += [Cell(t, a, e, s, profile.name, profile.eval_size, profile.batch_size, check_determinism=False,
+                           data_root=data_root, timeout_s=timeout or None, timeout_scales=cell_timeout is None,
+                           source=src)
+                      for src in froms for a in specs for s in seed_list for e in eps_list]
+        used = {c.source for c in cells if c.source}
+        cells = [replace(c, share_crafted=True) if c.source is None and c.target.defense is None
+                 and c.target.member in used and not c.budget_point else c for c in cells]
+    if profile.inspect_images:  # the protocol's cells keep their first images for the inspection pages
+        cells = [replace(c, inspect=min(profile.inspect_images, profile.eval_size or profile.inspect_images))
+                 for c in cells]
     # the budget curves' extra points: other step budgets on the undefended (budget) members, when
     # the profile's attacks run (a request naming its attacks, `check` or `submit`, gets those only)
     curve_models = set(profile.budget_models or [m.name for m in members]) if attacks is None else set()
@@ -350,15 +387,21 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
     images: list[dict] = []  # each image's own metrics ({task: metric})
     kept: list[torch.Tensor] = []
     max_delta = 0.0
+    inspected: list[bytes] = []
     started = time.perf_counter()
     for i, batch in enumerate(ctx.batches):
         if i == 1 and cell.timeout_scales and cell.timeout_s:
             took = time.perf_counter() - started
             if extend_time_limit(TIMEOUT_MARGIN * took * len(ctx.batches), took):
                 result.config["timeout_s"] = round(TIMEOUT_MARGIN * took * len(ctx.batches), 1)
-        run = run_attack(attack, ctx.model, batch["image"], batch, tasks=ctx.tasks, eps=cell.eps,
-                         seed=_batch_seed(cell.seed, i), check_determinism=cell.check_determinism and i == 0,
-                         snapshot=ctx.snapshot)
+        if cell.source is None:
+            run = run_attack(attack, ctx.model, batch["image"], batch, tasks=ctx.tasks, eps=cell.eps,
+                             seed=_batch_seed(cell.seed, i), check_determinism=cell.check_determinism and i == 0,
+                             snapshot=ctx.snapshot)
+            if cell.share_crafted and run.verdict.valid:  # the transfer cells' images of this member
+                _keep_crafted(_crafted_key(cell, ctx.model_revision, i, cell.target.member, ctx), run)
+        else:
+            run = _crafted(cell, ctx, attack, i)
         result.forward_passes += run.forward_passes
         result.backward_passes += run.backward_passes
         result.attack_s += run.extra.get("attack_s", 0.0)
@@ -367,13 +410,21 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
             result.reason = f"batch {i}: {run.verdict.reason}"
             return
         max_delta = max(max_delta, run.verdict.max_perturbation)
-        score_batch(ctx, i, run.adversarial, cell.seed, metrics, images)
+        first = score_batch(ctx, i, run.adversarial, cell.seed, metrics, images)
+        if cell.inspect > result.images:  # the inspected images are the first of the evaluation set
+            from benchmark.runner.inspection import encode_adversarial
+
+            inspected += encode_adversarial(batch["image"], run.adversarial, first, ctx.tasks,
+                                            cell.inspect - result.images)
         if cell.keep_images:
             kept.append(run.adversarial.detach().float().cpu())
         result.images += batch["image"].shape[0]
         result.batches += 1
     result.adversarial = {name: m.compute() for name, m in metrics.items()}
     result.max_perturbation = max_delta
+    if inspected:
+        result.inspection = inspected  # stored beside the cell (ResultsStore.put), not in its row
+        result.config["inspection"] = {"images": len(inspected), "clean": ctx.clean_key}
     if cell.keep_images:
         result.adversarial_images = torch.cat(kept)  # not stored in the database: the bundle's
     try:
@@ -385,19 +436,59 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
     result.per_image = per_image_record(ctx, images)
 
 
+#: crafted transfer images kept for the other targets of a transfer matrix, at most this many bytes
+CRAFTED_BYTES = 512 * 2**20
+_CRAFTED: dict[tuple, AttackRun] = {}
+
+
+def _crafted(cell: Cell, ctx: CellContext, attack, index: int) -> AttackRun:
+    """The images of batch ``index`` crafted white-box on the cell's source member (the attack run
+    on the source, validated there), made once per source, attack, eps, seed and batch and reused
+    for every target they are replayed on. The run's passes and time are the crafting's (the cost
+    of the attack, the same whichever target asked first)."""
+    source, revision = ctx.source(cell.source)
+    key = _crafted_key(cell, revision, index, cell.source, ctx)
+    run = _CRAFTED.pop(key, None)
+    if run is None:
+        batch = ctx.batches[index]
+        run = run_attack(attack, source, batch["image"], batch, tasks=ctx.tasks, eps=cell.eps,
+                         seed=_batch_seed(cell.seed, index), check_determinism=False)
+        if not run.verdict.valid:
+            run.verdict = replace(run.verdict, reason=f"crafted on {cell.source}: {run.verdict.reason}")
+            return run
+    _keep_crafted(key, run)
+    return run
+
+
+def _crafted_key(cell: Cell, revision: str, index: int, member: str, ctx: CellContext) -> tuple:
+    return (cell.target.suite, member, revision, cell.attack, cell.eps, cell.seed, index, cell.images,
+            cell.batch_size, cell.data_root, str(ctx.device))
+
+
+def _keep_crafted(key: tuple, run: AttackRun) -> None:
+    _CRAFTED.pop(key, None)
+    _CRAFTED[key] = run  # the most recently used last
+    while sum(r.adversarial.numel() * r.adversarial.element_size() for r in _CRAFTED.values()) > CRAFTED_BYTES:
+        _CRAFTED.pop(next(iter(_CRAFTED)))
+
+
 def score_batch(ctx: CellContext, index: int, adversarial: torch.Tensor, seed: int, metrics: dict,
-                images: list[dict]) -> None:
+                images: list[dict]) -> dict[str, torch.Tensor]:
     """Score the adversarial images of the batch ``index`` of a cell of ``seed`` as the target is
-    deployed: into the cell's streaming ``metrics`` and each image's own (``images``)."""
+    deployed: into the cell's streaming ``metrics`` and each image's own (``images``). Returns the
+    outputs of the first scoring draw."""
     batch = ctx.batches[index]
     mine: list[dict] = []
+    first: dict[str, torch.Tensor] = {}
     for outputs in deployed_outputs(ctx.model, adversarial, _batch_seed(seed, index) + 1, ctx.target.score_draws):
+        first = first or outputs
         for t in ctx.tasks:
             metrics[t.name].update(outputs[t.name], batch)
         per = per_image_metrics(ctx.tasks, outputs, batch)
         mine = per if not mine else [{k: m.merge(o[k]) for k, m in one.items()} for one, o in zip(mine, per,
                                                                                                strict=True)]
     images += mine
+    return first
 
 
 def per_image_record(ctx: CellContext, images: list[dict]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from benchmark.tasks import Task
 from benchmark.threads import deterministic_kernels
 from benchmark.version import __version__
 
-__all__ = ["CellContext", "device_name", "prepare_context"]
+__all__ = ["CellContext", "device_name", "ensure_clean_inspection", "prepare_context", "source_model"]
 
 
 @dataclass
@@ -47,6 +47,14 @@ class CellContext:
     #: what is wrong with an external model itself (checked alone, before any attack): its cells
     #: are invalid with this reason, which blames the model, not the attack
     model_problem: str = ""
+    #: the key of its clean evaluation (clean metrics, inspected clean images) in the store
+    clean_key: str = ""
+
+    def source(self, member: str) -> tuple[torch.nn.Module, str]:
+        """The suite's undefended ``member`` a transfer cell crafts its images on, on this
+        context's device, and its revision (:func:`source_model`)."""
+        target = Target.of(self.target.suite, member, weights_dir=self.target.weights_dir)
+        return source_model(target, str(self.device))
 
     def ensure_pristine(self) -> None:
         """Reload the model when an attack changed its structure, so that the run's restore of
@@ -63,6 +71,26 @@ class CellContext:
 #: evaluation sets larger than this are announced before they are prepared (rendering synthetic
 #: scenes runs at about 150 a second at 64 x 64)
 MANY_IMAGES = 2000
+
+
+_SOURCES: dict[tuple[Target, str], tuple[torch.nn.Module, str]] = {}
+#: source models kept loaded at once (a transfer matrix's cells go target by target, so every
+#: source is asked for by each target's cells: a tiny suite's all fit; a full one's are reloaded)
+SOURCES_KEPT = 32
+
+
+def source_model(target: Target, device: str) -> tuple[torch.nn.Module, str]:
+    """``target``'s model (loaded like any target, frozen) and revision, kept for the next cell
+    that crafts on it; the least recently used is let go past :data:`SOURCES_KEPT`."""
+    key = (target, device)
+    found = _SOURCES.pop(key, None)
+    if found is None:
+        loaded = target.load(device)
+        found = (loaded.model, loaded.revision)
+    _SOURCES[key] = found  # most recently used last
+    while len(_SOURCES) > SOURCES_KEPT:
+        _SOURCES.pop(next(iter(_SOURCES)))
+    return found
 
 
 def prepare_context(target: Target, images: int | None, batch_size: int, data_root: str | None, *,
@@ -142,7 +170,33 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
     return CellContext(target=target, model=model, tasks=tasks, batches=batches, clean=clean,
                        snapshot=WeightSnapshot(model), model_revision=revision, suite=suite.name,
                        data=suite.data_source, split=suite.split, input_size=input_size, device=device,
-                       git_commit=git_commit, image_ids=ids, model_problem=problem)
+                       git_commit=git_commit, image_ids=ids, model_problem=problem, clean_key=clean_key)
+
+
+def ensure_clean_inspection(ctx: CellContext, store: ResultsStore, n: int) -> None:
+    """Store the target's first ``n`` clean images with their ground truth, clean predictions and
+    clean metrics (the inspection pages' first row), unless the store has them."""
+    from benchmark.evaluation import per_image_metrics
+    from benchmark.runner.inspection import encode_clean
+
+    if n <= 0 or len(store.inspection(ctx.clean_key)) >= n:
+        return
+    blobs: list[bytes] = []
+    seen = 0
+    for batch in ctx.batches:
+        if seen >= n:
+            break
+        # the first of a randomised defense's scoring draws, as the adversarial images are shown
+        draws = deployed_outputs(ctx.model, batch["image"], 0, ctx.target.score_draws)
+        try:
+            outputs = next(draws)
+        finally:
+            draws.close()  # the defense's deployed state is left at once
+        metrics = [{t: m.compute() for t, m in one.items()} for one in per_image_metrics(ctx.tasks, outputs, batch)]
+        ids = (ctx.image_ids or [])[seen:seen + batch["image"].shape[0]]
+        blobs += encode_clean(batch, outputs, ctx.tasks, n - seen, metrics, list(ids))
+        seen += batch["image"].shape[0]
+    store.put_inspection(ctx.clean_key, blobs)
 
 
 #: how the pages name where a model's weights came from

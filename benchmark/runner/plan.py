@@ -160,8 +160,9 @@ def make_plan(request: Request, places: Places | None = None, *, module: torch.n
                         external=external, external_name=request.model_name, device=places.device,
                         precision=request.precision)
     missing = _what_cannot_run(suite, cells, places, external is not None)
-    left_out = sum(1 for c in cells if c.target.member in missing and not c.target.external)
-    cells = [c for c in cells if c.target.external or c.target.member not in missing]
+    runs = [(c.target.external or c.target.member not in missing) and c.source not in missing for c in cells]
+    left_out = runs.count(False)
+    cells = [c for c, ok in zip(cells, runs, strict=True) if ok]
     return Plan(suite, profile, request, places, cells, _builds(suite, cells), missing, left_out)
 
 
@@ -178,7 +179,8 @@ def _what_cannot_run(suite: Suite, cells: list[Cell], places: Places, external: 
                         "per model: DIR/<model>/model.safetensors and config.json)")
     if suite.synthetic:
         return {}  # a tiny member that is not here is built first (a build of the plan)
-    members = list(dict.fromkeys(c.target.member for c in cells if not c.target.external))
+    members = list(dict.fromkeys([*(c.target.member for c in cells if not c.target.external),
+                                  *(c.source for c in cells if c.source)]))  # a transfer cell's source too
     missing = {m: suite.member(m).repo_id or "(no Hub repo)" for m in members
                if not Target.of(cells[0].target.suite, m, weights_dir=places.weights_dir).is_built()}
     ways = (f"get weights by one of: `mtlbench zoo train {suite.name} --data-root DIR` (train them, from the ImageNet "
@@ -205,6 +207,8 @@ def _builds(suite: Suite, cells: list[Cell]) -> list[Build]:
     members = list(dict.fromkeys(t.member for t in missing if not t.trained_defense))
     parents = [t.member for t in missing if t.trained_defense and not Target.of(t.suite, t.member).is_built()]
     members += [m for m in dict.fromkeys(parents) if m not in members]
+    sources = {c.source for c in cells if c.source} - set(members)  # the members transfer cells craft on
+    members += [m for m in sorted(sources) if not Target.of(targets[0].suite, m).is_built()]
     defended = list(dict.fromkeys((t.member, t.defense) for t in missing if t.trained_defense))
     return [Build(m) for m in members] + [Build(m, d) for m, d in defended]
 

@@ -20,7 +20,7 @@ from benchmark.errors import UserError
 from benchmark.progress import make_console, progress
 from benchmark.provenance import git_commit
 from benchmark.runner.cells import Cell
-from benchmark.runner.context import CellContext, prepare_context
+from benchmark.runner.context import CellContext, ensure_clean_inspection, prepare_context
 from benchmark.runner.executors import Executor, LocalExecutor, ProcessExecutor, RayExecutor
 from benchmark.runner.plan import NoWeightsError, Places, Plan, Request, execute_builds, make_plan
 from benchmark.runner.store import CellResult, Owner, ResultsStore
@@ -269,6 +269,7 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
                         summary.missing_models[target.name] = str(exc)
                         bar.update(overall, advance=len(group))
                         continue
+                    ensure_clean_inspection(ctx, store, max(cell.inspect for cell in group))
                     summary.keys += [cell.store_key(ctx) for cell in group]
                     todo = _todo(group, store, ctx, retry_failed=options.retry_failed)
                     summary.skipped += len(group) - len(todo)

@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS clean (
     key TEXT PRIMARY KEY, suite TEXT NOT NULL, model TEXT NOT NULL, model_revision TEXT NOT NULL,
     split TEXT NOT NULL, images INTEGER NOT NULL, metrics TEXT NOT NULL, device TEXT, created TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS inspection (
+    key TEXT NOT NULL, image INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (key, image)
+);
 """
 _JSON_COLUMNS = ("task_arp", "clean", "adversarial", "config", "per_image")
 
@@ -306,8 +309,28 @@ class ResultsStore:
         row = result.to_row()
         cols = ", ".join(row)
         marks = ", ".join(f":{c}" for c in row)
+        blobs = getattr(result, "inspection", None) or []  # its inspected images (benchmark.runner.inspect)
         with self._transaction():
             self.conn.execute(f"INSERT OR REPLACE INTO cells ({cols}) VALUES ({marks})", row)
+            self.conn.execute("DELETE FROM inspection WHERE key = ?", (result.key,))
+            self.conn.executemany("INSERT INTO inspection VALUES (?, ?, ?)",
+                                  [(result.key, i, blob) for i, blob in enumerate(blobs)])
+
+    def put_inspection(self, key: str, blobs: list[bytes]) -> None:
+        """Store the inspected images of a target's clean evaluation under its clean key."""
+        with self._transaction():
+            self.conn.execute("DELETE FROM inspection WHERE key = ?", (key,))
+            self.conn.executemany("INSERT INTO inspection VALUES (?, ?, ?)",
+                                  [(key, i, blob) for i, blob in enumerate(blobs)])
+
+    def inspection(self, key: str) -> list[bytes]:
+        """The inspected images stored under ``key`` (a cell's or a clean evaluation's), in order;
+        none in a database written before they were kept."""
+        try:
+            rows = self.conn.execute("SELECT data FROM inspection WHERE key = ? ORDER BY image", (key,)).fetchall()
+        except sqlite3.OperationalError:  # no such table: an older database opened read-only
+            return []
+        return [bytes(r[0]) for r in rows]
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
