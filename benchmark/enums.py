@@ -17,10 +17,11 @@ class Status(StrEnum):
 
 
 class DefenseKind(StrEnum):
-    """What a defense does: wrap a model at evaluation time, or train new weights."""
+    """What a defense does: wrap a model at evaluation time, train new weights, or detect."""
 
     INFERENCE = "inference"
     TRAINING = "training"
+    DETECTOR = "detector"  # the model's predictions plus a per-image rejection score
 
 
 class Origin(StrEnum):

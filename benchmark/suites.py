@@ -238,6 +238,26 @@ def _pinned(pattern: re.Pattern, what: str) -> Callable[[str], str | None]:
 
 
 @dataclass(frozen=True)
+class DetectorRecipe:
+    """How a learned detector's head is trained on a member's clean predictions (the manifest's
+    ``[detectors]`` table): steps of ``batch_size`` images of the suite's training split."""
+
+    steps: int = setting(600, low=1, high=10_000_000)
+    batch_size: int = setting(16, low=1, high=65_536)
+    lr: float = setting(2e-3, low=1e-12, high=10)
+    train_size: int = setting(1024, low=1, high=MAX_EVAL_SIZE)
+    hidden: int = setting(32, low=4, high=1024)
+    seed: int = setting(0, low=0, high=2**62)
+
+    @classmethod
+    def from_table(cls, table: dict | None) -> DetectorRecipe:
+        return read_table(cls, table or {}, "detectors")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class PretextRecipe:
     """How a suite's common backbone is pre-trained (the manifest's ``[training.pretext]`` table)."""
 
@@ -345,6 +365,10 @@ class Suite:
     #: a tiny suite's shipped defended checkpoints: defense spec -> member -> sha256 of its weights
     defended_sha256: dict[str, dict[str, str]] = field(default_factory=dict)
     metrics: str = "ours"  # metric mode: "ours" (pooled) or "paper" (the authors' code; benchmark.paper_metrics)
+    #: how a learned detector's head is trained (``[detectors]``)
+    detector_recipe: DetectorRecipe = field(default_factory=DetectorRecipe)
+    #: a tiny suite's shipped detector heads: detector -> member -> sha256 of its weights
+    detector_sha256: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def ref(self) -> str:
@@ -393,7 +417,7 @@ class Suite:
                                 seed=seed)
         if data_root is None:
             raise UserError(f"suite {self.name} uses the real {self.data_source} data: pass --data-root DIR "
-                            "(directory format in the README)")
+                            "(directory format: docs/tutorials/full-suites.md)")
         return load_dataset(self.data_source, split, root=data_root, size=size, resolution=resolution)
 
     def check_data_root(self, data_root: str | None) -> None:
@@ -428,7 +452,7 @@ class Suite:
 
 # ---------------------------------------------------------------------- loading
 _DATASETS = {"nyuv2": 3, "taskonomy": 5}
-_TOP_KEYS = ("suite", "models", "profiles", "training", "defenses", "weights")
+_TOP_KEYS = ("suite", "models", "profiles", "training", "defenses", "detectors", "weights")
 
 
 def _valid_name(value: str) -> str | None:
@@ -602,7 +626,8 @@ def _load(path: Path, raw: dict, _mirrors: tuple[str, ...]) -> Suite:
     if training.warm_start is not None and training.warm_start not in names:
         raise TableError("training.warm_start", f"no model {training.warm_start!r} in the suite")
     defense_defaults, defense_recipes = _defenses(raw.get("defenses", {}))
-    pins, defended_pins = _weights(raw.get("weights"), names, tiny=bool(mirror) or data.startswith("synthetic-"))
+    pins, defended_pins, detector_pins = _weights(raw.get("weights"), names,
+                                                  tiny=bool(mirror) or data.startswith("synthetic-"))
     members = tuple(replace(m, sha256=pins[m.name]) if m.name in pins else m for m in members)
     for profile in profiles.values():
         for key in ("defended_models", "models", "transfer_from"):
@@ -612,15 +637,17 @@ def _load(path: Path, raw: dict, _mirrors: tuple[str, ...]) -> Suite:
     return Suite(name=name, description=head.description, dataset=dataset, data_source=data, split=head.split,
                  backbone=defaults["backbone"], members=members, profiles=profiles, training=training,
                  defense_defaults=defense_defaults, defense_recipes=defense_recipes, mirror_of=mirror,
-                 selection=head.selection, path=path, metrics=head.metrics, defended_sha256=defended_pins)
+                 selection=head.selection, path=path, metrics=head.metrics, defended_sha256=defended_pins,
+                 detector_recipe=DetectorRecipe.from_table(raw.get("detectors")), detector_sha256=detector_pins)
 
 
-def _weights(table: Any, names: set[str], *, tiny: bool) -> tuple[dict[str, str], dict[str, dict]]:
+def _weights(table: Any, names: set[str], *, tiny: bool) -> tuple[dict[str, str], dict[str, dict], dict[str, dict]]:
     """A tiny suite's ``[weights]`` table: the sha256 of each shipped member's weights file
-    (``[weights.sha256]``, member = sha256) and of each shipped defended checkpoint
-    (``[weights.defended."<defense>"]``, member = sha256)."""
+    (``[weights.sha256]``, member = sha256), of each shipped defended checkpoint
+    (``[weights.defended."<defense>"]``, member = sha256) and of each shipped detector head
+    (``[weights.detectors."<detector>"]``, member = sha256)."""
     if table is None:
-        return {}, {}
+        return {}, {}, {}
     if not tiny:
         raise TableError("weights", "a full suite pins each member's revision and sha256 in its [[models]] entry")
     from benchmark.defenses import canonical_defense
@@ -631,7 +658,16 @@ def _weights(table: Any, names: set[str], *, tiny: bool) -> tuple[dict[str, str]
                 raise TableError(f"{where}.{member}", f"{sha!r} is not a sha256 (64 lowercase hex digits)")
         return dict(entries)
 
-    check_keys(table, ("sha256", "defended"), "weights")
+    check_keys(table, ("sha256", "defended", "detectors"), "weights")
+    detectors = {}
+    for name, entries in check_keys(table.get("detectors", {}), table.get("detectors", {}),
+                                    "weights.detectors").items():
+        from benchmark.defenses.registry import DEFENSES
+
+        cls = DEFENSES.get(name, None)
+        if cls is None or not getattr(cls, "learned", False):
+            raise TableError(f"weights.detectors.{name}", "not a learned detector (one with a trained head)")
+        detectors[name] = pins(entries, f"weights.detectors.{name}")
     defended = {}
     for spec, entries in check_keys(table.get("defended", {}), table.get("defended", {}), "weights.defended").items():
         try:
@@ -647,7 +683,7 @@ def _weights(table: Any, names: set[str], *, tiny: bool) -> tuple[dict[str, str]
             raise TableError(f"weights.defended.{spec}", f"{spec} is an inference-time defense: it wraps a member at "
                                                          "evaluation time and has no weights of its own to pin")
         defended[spec] = pins(entries, f"weights.defended.{spec}")
-    return pins(table.get("sha256", {}), "weights.sha256"), defended
+    return pins(table.get("sha256", {}), "weights.sha256"), defended, detectors
 
 
 def _members(models: Any, defaults: dict, dataset: str, org: str | None, suite: str) -> tuple[Member, ...]:

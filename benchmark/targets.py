@@ -196,9 +196,19 @@ class Target:
         """``model`` behind the target's inference-time defense (unchanged without one)."""
         if self.defense is None or self.trained_defense:
             return model
-        from benchmark.defenses import DefendedModel, create_defense
+        from benchmark.defenses import DefendedModel, Detector, DetectorModel, create_defense
 
-        return DefendedModel(model, create_defense(self.defense), eot_samples=self.eot_samples).eval()
+        defense = create_defense(self.defense)
+        if isinstance(defense, Detector):
+            if defense.learned:  # its head, trained for this member
+                from benchmark.zoo.detectors import load_head
+
+                if self.external:
+                    raise UserError(f"{defense.spec} has a head trained per suite member; an external model has none")
+                device = next(model.parameters()).device
+                defense.use(load_head(self.suite_spec, defense.name, self.member, device))
+            return DetectorModel(model, defense, self.suite_spec.tasks).eval()
+        return DefendedModel(model, defense, eot_samples=self.eot_samples).eval()
 
     def describe(self) -> dict[str, Any]:
         """What the store and the leaderboard show about the target (no weights needed)."""

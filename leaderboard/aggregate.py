@@ -66,6 +66,10 @@ def _entry(cells: list[CellResult]) -> dict[str, Any]:
         "peak_memory_kind": cells[0].peak_memory_kind,
         # per image, the mean over seeds of its score (for the ranks' bootstrap; not written out)
         "_scores": _seed_mean_scores(cells),
+        # behind a detector: the share of adversarial images it rejected and the ARP as if it rejected none
+        **({"detection": {"rate": mean(c.config["detection"]["rate"] for c in cells),
+                          "plain_arp": mean(c.config["detection"]["plain_arp"] for c in cells)}}
+           if all(c.config.get("detection") for c in cells) else {}),
     }
 
 
@@ -268,6 +272,10 @@ def _defenses(entries: dict, defended: list[str], attacks: list[str], info: dict
                 cells[a] = {"arp": None, "n": len(values), "reason": bad[0]["reason"] if bad else "not run"}
                 continue
             cells[a] = {**_mean_ci(values, present[0].get("image_ci") if len(values) == 1 else None), "reason": ""}
+            found = [e["detection"] for e in present if e.get("detection")]
+            if found and len(found) == len(present):  # a detector's: detection rate, and the plain ARP beside
+                cells[a]["detection"] = {"rate": mean(f["rate"] for f in found),
+                                         "plain_arp": mean(f["plain_arp"] for f in found)}
         ranked = [a for a in attacks if cells[a]["arp"] is not None]
         known = [worst[t] for t in targets if t in worst]
         best_known = None
@@ -286,7 +294,10 @@ def _defenses(entries: dict, defended: list[str], attacks: list[str], info: dict
             if clean_def and clean_base:
                 costs.append(relative_drop(clean_base, clean_def, get_tasks(info[t]["dataset"])))
         first = info[targets[0]] if targets and targets[0] in info else {}
+        detectors = [info[t]["detector"] for t in targets if defense != "none" and info.get(t, {}).get("detector")]
         rows.append({
+            "detector": {"fpr_eval": mean(d["fpr_eval"] for d in detectors), "fpr_asked": detectors[0]["fpr_asked"],
+                         "calibration": detectors[0].get("calibration", "")} if detectors else None,
             "defense": defense, "targets": targets, "cells": cells, "strongest": strongest,
             "robust_arp": cells[strongest]["arp"] if strongest else None,
             "clean_cost": mean(costs) if costs else (0.0 if defense == "none" else None),

@@ -14,6 +14,7 @@ nothing is recomputed here.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -57,7 +58,12 @@ def _class_names(dataset: str, n: int) -> list[str]:
     return [names[k] if k < len(names) else f"class {k}" for k in range(n)]
 
 
+#: a colour-mapped pixel's level without ground truth (drawn grey)
+NO_TRUTH = 255
+
+
 def _png(array: np.ndarray, path: Path) -> str:
+    """Write an RGB image (H, W, 3); PIL's optimiser stores one with few colours as a palette PNG."""
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,26 +71,41 @@ def _png(array: np.ndarray, path: Path) -> str:
     return path.name
 
 
-def _colour_map(values: np.ndarray, low: float, high: float, name: str) -> np.ndarray:
+@functools.lru_cache(maxsize=8)
+def _lut(name: str) -> np.ndarray:
+    """The colour map ``name`` as 255 levels (level 255: grey, no ground truth)."""
     from matplotlib import colormaps
 
-    scaled = np.clip((values.astype(np.float32) - low) / max(high - low, 1e-12), 0, 1)
-    rgb = colormaps[name](scaled)[..., :3]
-    out = (rgb * 255).round().astype(np.uint8)
-    out[~np.isfinite(values.astype(np.float32))] = (128, 128, 128)
-    return out
+    table = np.full((256, 3), 128, dtype=np.uint8)
+    table[:NO_TRUTH] = (colormaps[name](np.linspace(0, 1, NO_TRUTH))[:, :3] * 255).round().astype(np.uint8)
+    return table
+
+
+def _levels(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Values as levels 0-254 of the range [low, high] (non-finite: no ground truth)."""
+    values = values.astype(np.float32)
+    scaled = np.clip((values - low) / max(high - low, 1e-12), 0, 1)
+    indices = np.round(np.nan_to_num(scaled) * (NO_TRUTH - 1)).astype(np.uint8)
+    indices[~np.isfinite(values)] = NO_TRUTH
+    return indices
+
+
+def _colour_map(values: np.ndarray, low: float, high: float, name: str) -> np.ndarray:
+    """Values as an RGB image in the colour map ``name`` (the colour bar's)."""
+    return _lut(name)[_levels(values, low, high)]
 
 
 def _draw(task, array: np.ndarray, scale: dict, *, truth: bool = False) -> np.ndarray:
-    """One task's map as an RGB image (H, W, 3); a ground truth's missing pixels grey."""
+    """One task's map as an RGB image (H, W, 3): a segmentation in the class palette, normals as
+    their components, any other map in its colour map (a ground truth's missing pixels grey)."""
     if task.kind == "segmentation":
         return scale["palette"][array]
     if task.kind == "normal":
         return np.transpose(array, (1, 2, 0))
-    drawn = _colour_map(array, scale["low"], scale["high"], scale["cmap"])
+    indices = _levels(array, scale["low"], scale["high"])
     if truth and "mask" in scale:
-        drawn[~scale["mask"]] = (128, 128, 128)
-    return drawn
+        indices[~scale["mask"]] = NO_TRUTH
+    return _lut(scale["cmap"])[indices]
 
 
 def _scales(tasks, clean: dict[str, np.ndarray], adversarial: list[dict[str, np.ndarray]],

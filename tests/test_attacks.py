@@ -16,7 +16,7 @@ from benchmark.scoring import arp
 
 def test_every_optimizer_objective_combination_is_listed():
     names = list_attacks()
-    optimizers = ["apgd", "autosaga", "fgsm", "mim", "pgd", "square"]
+    optimizers = ["apgd", "autosaga", "evade-pgd", "fgsm", "mim", "pgd", "square"]
     objectives = ["single-segment", "single-normal", "single-depth", "single-keypoint", "single-edge",
                   "total", "signtotal", "gb-mta"]
     for opt in optimizers:
@@ -24,7 +24,7 @@ def test_every_optimizer_objective_combination_is_listed():
             assert f"{opt}:{obj}" in names
     assert "autoattack" in names
     assert list_attacks("apgd:*") == [n for n in names if n.startswith("apgd:")]
-    # every optimizer with GB-MTA: the six built-in ones (the registries are restored after each test)
+    # every optimizer with GB-MTA: the seven built-in ones (the registries are restored after each test)
     gb_mta = list_attacks("*:gb-mta")
     assert gb_mta == [n for n in names if n.endswith(":gb-mta")]
     assert set(gb_mta) == {f"{opt}:gb-mta" for opt in optimizers}
@@ -161,9 +161,9 @@ def test_every_builtin_attack_is_deterministic_on_the_cpu(tiny_nyu):
     model, tasks, batch = tiny_nyu
     two = {k: v[:2] for k, v in batch.items()}
     paper = load_suite("tiny-nyuv2-resnet34").profile("paper").options
-    ours = {"apgd", "autosaga", "fgsm", "mim", "pgd", "square", "autoattack"}  # other tests' plugins may be there too
+    ours = {"apgd", "autosaga", "evade-pgd", "fgsm", "mim", "pgd", "square", "autoattack"}  # plugins may be there too
     names = [n for n in list_attacks(tasks=tasks) if n.partition(":")[0] in ours]
-    assert len(names) == 6 * 6 + 1
+    assert len(names) == 7 * 6 + 1
     for name in names:
         spec = AttackSpec.parse(name, tasks=tasks)
         assert spec.builtin, name

@@ -65,9 +65,9 @@ def test_attacks_list(capsys, wide_console):
 
     assert main(["attacks", "list"]) == 0
     out = capsys.readouterr().out
-    # 49 built-in (6 optimizers x 8 objectives + the AutoAttack ensemble); test plugins add theirs
+    # 57 built-in (7 optimizers x 8 objectives + the AutoAttack ensemble); test plugins add theirs
     builtin = [a for a in list_attacks() if ATTACKS[a.partition(":")[0]].__module__.startswith("benchmark.")]
-    assert len(builtin) == 49
+    assert len(builtin) == 57
     assert f"attacks ({len(list_attacks())})" in out and "pgd:gb-mta" in out and "autosaga:single-edge" in out
     assert main(["attacks", "list", "apgd:*"]) == 0
     assert "attacks (8)" in capsys.readouterr().out

@@ -141,7 +141,7 @@ def test_a_check_does_not_fire_on_a_difference_inside_the_noise():
 
 def test_every_check_says_whether_it_ran():
     rows = check_rows(result_checks({("pgd:gb-mta", 8.0): [Observed(5.0)]}, set()))
-    assert [r["check"][:3] for r in rows] == ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)"]
+    assert [r["check"][:3] for r in rows] == ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)"]
     status = {r["check"][:3]: r for r in rows}
     assert status["(c)"]["status"] == "not run" and "no black-box attack" in status["(c)"]["evidence"]
     assert status["(d)"]["status"] == "not run" and status["(e)"]["status"] == "not run"

@@ -1,8 +1,8 @@
 """Attacks: optimizers (FGSM, PGD, MIM, APGD, Auto-SAGA, and the score-based black-box Square) x
-objectives (SINGLE-X, TOTAL, SIGNTOTAL, GB-MTA), the multi-task AutoAttack ensemble, the registry
-and the output validator."""
+objectives (SINGLE-X, TOTAL, SIGNTOTAL, GB-MTA), the multi-task AutoAttack ensemble, PGD against a
+detector (evade-pgd), the registry and the output validator."""
 
-from benchmark.attacks import apgd, autosaga, ensemble, fgsm, mim, pgd, square  # noqa: F401  (register)
+from benchmark.attacks import apgd, autosaga, ensemble, evasion, fgsm, mim, pgd, square  # noqa: F401  (register)
 from benchmark.attacks.base import Attack, OptimizerAttack, PassCounter, clip_to_ball
 from benchmark.attacks.objectives import Objective, create_objective, list_objectives, register_objective
 from benchmark.attacks.registry import list_attacks, register_attack

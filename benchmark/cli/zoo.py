@@ -149,7 +149,7 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     if not suite.tiny and args.data_root is None:
         raise UserError(f"training {suite.name} needs the real {suite.data_source} data: pass --data-root DIR "
-                        "(directory format in the README, \"Running the full suites\")")
+                        "(directory format: docs/tutorials/full-suites.md, \"Running the full suites\")")
     return cmd_zoo_build(args)
 
 
@@ -232,6 +232,10 @@ def cmd_defend(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     suite.check_data_root(args.data_root)
     spec = canonical_defense(args.defense)
+    from benchmark.defenses import Detector, create_defense
+
+    if isinstance(create_defense(spec), Detector):
+        return _train_detector(args, suite, create_defense(spec))
     out = args.out
     if args.ship:
         if not suite.tiny or args.out is not None:
@@ -249,6 +253,47 @@ def cmd_defend(args: argparse.Namespace) -> int:
         _pin(suite, done, defense=spec)
     _print_clean(suite, done, args.data_root, title=f"{spec}: defended checkpoints and their clean metrics",
                  metrics_per_task=1, extra=True, found=set(found))
+    return 0
+
+
+def _train_detector(args: argparse.Namespace, suite, detector) -> int:
+    """`mtlbench defend SUITE --defense DETECTOR`: train a learned detector's head per member (the
+    manifest's [detectors] recipe); --ship writes them beside the shipped weights and pins them."""
+    from benchmark.zoo.checkpoint import file_sha256
+    from benchmark.zoo.detectors import WEIGHTS, head_dir, train_head
+    from benchmark.zoo.hub import pin_shipped
+
+    if not detector.learned:
+        raise UserError(f"{detector.spec} is a detector that needs no training: evaluate it with `mtlbench run "
+                        f"--defenses {detector.spec}` (its threshold is set when the target is loaded)")
+    unused = [f"--{k.replace('_', '-')}" for k in ("steps", "attack_steps", "tau", "eps", "seed", "checkpoint_every")
+              if getattr(args, k) is not None]
+    unused += (["--weights-dir"] if args.weights_dir else []) + (["--restart"] if args.restart else [])
+    if unused:
+        raise UserError(f"{detector.name}'s head is trained with the manifest's [detectors] recipe; "
+                        f"{', '.join(unused)} do not apply")
+    if args.ship and (not suite.tiny or args.out is not None):
+        raise UserError("--ship trains a tiny suite's shipped detector heads (no --out)")
+    members = csv_list(args.models, option="--models") or [m.name for m in suite.members]
+    for name in members:
+        suite.member(name)
+    done = {}
+    for name in members:
+        existing = head_dir(suite, detector.name, name, shipped=args.ship) / WEIGHTS
+        if existing.is_file() and not args.rebuild and args.out is None:
+            err_console.print(f"{detector.name} {name}: a head is already there ({existing.parent}); nothing trained "
+                              "(--rebuild trains it again)", highlight=False)
+            continue
+        out = head_dir(suite, detector.name, name, shipped=True).parent if args.ship else (
+            None if args.out is None else Path(args.out))
+        folder = train_head(suite, detector.name, name, out=out, device=resolve_device(args.device),
+                            data_root=args.data_root, console=err_console)
+        done[name] = folder
+        err_console.print(f"{detector.name} {name}: head trained into {folder}", highlight=False)
+        if args.ship:
+            pin_shipped(suite.path, name, file_sha256(folder / WEIGHTS), detector=detector.name)
+    if args.ship and done:
+        err_console.print(f"pinned the sha256 of {len(done)} detector head(s) in {suite.path}", highlight=False)
     return 0
 
 

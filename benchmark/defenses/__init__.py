@@ -1,7 +1,8 @@
 """Defenses: inference-time transformations attacked adaptively (BPDA, EOT) and training
 recipes that produce new checkpoints; every registered attack evaluates the defended targets."""
 
-from benchmark.defenses import fat, inference, pgdat  # noqa: F401  (registers the built-in defenses)
+from benchmark.defenses import detectors, fat, inference, pgdat  # noqa: F401  (registers the built-in defenses)
+from benchmark.defenses.detectors import Detector, DetectorModel
 from benchmark.defenses.fat import FAT
 from benchmark.defenses.inference import DefendedModel, InferenceDefense, straight_through
 from benchmark.defenses.pgdat import PGDAT
@@ -23,6 +24,8 @@ __all__ = [
     "AdversarialRecipe",
     "DefendedModel",
     "Defense",
+    "Detector",
+    "DetectorModel",
     "InferenceDefense",
     "TrainingDefense",
     "adversarial_recipe",

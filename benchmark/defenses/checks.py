@@ -17,10 +17,13 @@ among many), or its loss surface fools first-order attacks. Each check here name
     the strongest at the smallest (the strongest, because one-step FGSM alone need not rise);
 (f) **transfer beats white box**: images crafted white-box on another model (the defended
     member's own undefended model) cause a higher ARP on the target than the same attack run
-    white-box on the target itself: its gradients lead the attack astray.
+    white-box on the target itself: its gradients lead the attack astray;
+(g) **non-adaptive beats adaptive**: against a detector, PGD that ignores the detector causes a
+    higher (attacker's view) ARP than the same PGD that descends the detector's score
+    (``evade-pgd``): the adaptive attack is broken, not the detector strong.
 
 (a) and (b) look at the model (:func:`model_checks`, run when a defended target or an external
-model is loaded, stored with its description); (c)-(f) compare its cells
+model is loaded, stored with its description); (c)-(g) compare its cells
 (:func:`result_checks`). A flagged target is shown as "evaluation unreliable: <check, numbers>"
 and never as simply robust.
 """
@@ -192,7 +195,27 @@ def result_checks(results: Mapping[tuple[str, float], list[Observed]], gradient_
     if "arp_not_rising_with_eps" not in out:
         out["arp_not_rising_with_eps"] = {"flag": None, "evidence": "fewer than two eps ran"}
     out["transfer_beats_white_box"] = _transfer_check(results, transfers or {})
+    out["non_adaptive_beats_adaptive"] = _adaptive_check(results)
     return out
+
+
+def _adaptive_check(results: Mapping[tuple[str, float], list[Observed]]) -> dict[str, Any]:
+    """Check (g): ``pgd:X`` against ``evade-pgd:X`` (its adaptive version) at each eps, paired."""
+    beats, below = [], []
+    for (a, e), adaptive in sorted(results.items()):
+        if not a.startswith("evade-pgd:"):
+            continue
+        plain = results.get((a.removeprefix("evade-"), e))
+        if not plain or not adaptive:
+            continue
+        d = _paired(plain, adaptive)
+        line = (f"eps {e:g}: {a.removeprefix('evade-')} {mean(o.arp for o in plain):.2f} vs {a} "
+                f"{mean(o.arp for o in adaptive):.2f}: {_text(d)}")
+        (beats if _above(d) else below).append(line)
+    if not beats and not below:
+        return {"flag": None, "evidence": "no adaptive attack (evade-pgd) and its non-adaptive PGD ran at one eps"}
+    return {"flag": bool(beats), "evidence": "; ".join(beats) if beats else
+            "the non-adaptive attack is not clearly stronger than the adaptive one (" + "; ".join(below) + ")"}
 
 
 def _transfer_check(results: Mapping[tuple[str, float], list[Observed]],
@@ -219,7 +242,8 @@ CHECK_NAMES = {"vanishing_gradients": "(a) vanishing gradients", "undeclared_ran
           "black_box_beats_white_box": "(c) black box beats white box",
           "one_step_beats_multi_step": "(d) one-step FGSM beats PGD", "arp_not_rising_with_eps": "(e) ARP not rising "
                                                                                                  "with eps",
-          "transfer_beats_white_box": "(f) transfer beats white box"}
+          "transfer_beats_white_box": "(f) transfer beats white box",
+          "non_adaptive_beats_adaptive": "(g) non-adaptive beats adaptive"}
 
 
 def evaluation_flags(checks: Mapping[str, Mapping]) -> list[str]:
@@ -228,7 +252,7 @@ def evaluation_flags(checks: Mapping[str, Mapping]) -> list[str]:
 
 
 def check_rows(checks: Mapping[str, Mapping]) -> list[dict[str, str]]:
-    """Every check of a target, in (a)-(f) order, as ``{"check", "status", "evidence"}`` with the
+    """Every check of a target, in (a)-(g) order, as ``{"check", "status", "evidence"}`` with the
     status ``passed``, ``flagged`` or ``not run`` (the evidence says why)."""
     rows = []
     for name, label in CHECK_NAMES.items():

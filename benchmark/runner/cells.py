@@ -388,6 +388,9 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
     kept: list[torch.Tensor] = []
     max_delta = 0.0
     inspected: list[bytes] = []
+    # behind a detector: which adversarial images it rejected, and the metrics as if none were
+    detection = None if ctx.detection is None else {"rejected": [], "plain": {t.name: t.new_metric()
+                                                                              for t in ctx.tasks}}
     started = time.perf_counter()
     for i, batch in enumerate(ctx.batches):
         if i == 1 and cell.timeout_scales and cell.timeout_s:
@@ -410,7 +413,7 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
             result.reason = f"batch {i}: {run.verdict.reason}"
             return
         max_delta = max(max_delta, run.verdict.max_perturbation)
-        first = score_batch(ctx, i, run.adversarial, cell.seed, metrics, images)
+        first = score_batch(ctx, i, run.adversarial, cell.seed, metrics, images, detection)
         if cell.inspect > result.images:  # the inspected images are the first of the evaluation set
             from benchmark.runner.inspection import encode_adversarial
 
@@ -434,6 +437,30 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
         result.status, result.reason = "invalid", f"ARP undefined: {exc}"
         return
     result.per_image = per_image_record(ctx, images)
+    if detection is not None:
+        plain = {name: m.compute() for name, m in detection["plain"].items()}
+        rejected = detection["rejected"]
+        result.per_image["rejected"] = rejected
+        result.config["detection"] = {
+            "rejected": sum(rejected), "images": len(rejected), "rate": 100.0 * sum(rejected) / max(1, len(rejected)),
+            "plain_arp": arp(ctx.clean, plain, ctx.tasks), "plain_task_arp": task_arp(ctx.clean, plain, ctx.tasks),
+            "threshold": ctx.detection["threshold"], "fpr_eval": ctx.detection["fpr_eval"]}
+
+
+def _attacker_view(ctx: CellContext, batch: dict, adversarial: torch.Tensor, outputs: dict,
+                   detection: dict) -> dict[str, torch.Tensor]:
+    """A detector target's outputs as the attacker scores them: a rejected image's clean ones."""
+    with torch.no_grad():
+        rejected = ctx.model.rejected(adversarial)
+    for t in ctx.tasks:
+        detection["plain"][t.name].update(outputs[t.name], batch)
+    detection["rejected"] += [bool(r) for r in rejected.cpu()]
+    if not rejected.any():
+        return outputs
+    with torch.no_grad():
+        clean = ctx.model(batch["image"])
+    keep = rejected.view(-1, *([1] * (adversarial.dim() - 1)))
+    return {name: torch.where(keep.to(out.device), clean[name], out) for name, out in outputs.items()}
 
 
 #: crafted transfer images kept for the other targets of a transfer matrix, at most this many bytes
@@ -473,15 +500,19 @@ def _keep_crafted(key: tuple, run: AttackRun) -> None:
 
 
 def score_batch(ctx: CellContext, index: int, adversarial: torch.Tensor, seed: int, metrics: dict,
-                images: list[dict]) -> dict[str, torch.Tensor]:
+                images: list[dict], detection: dict | None = None) -> dict[str, torch.Tensor]:
     """Score the adversarial images of the batch ``index`` of a cell of ``seed`` as the target is
     deployed: into the cell's streaming ``metrics`` and each image's own (``images``). Returns the
-    outputs of the first scoring draw."""
+    outputs of the first scoring draw. Behind a detector (``detection``: the cell's tallies), an
+    image the detector rejects is scored with its clean prediction (the attack failed on it: the
+    attacker's view), and ``detection`` gets which were rejected and the plain metrics."""
     batch = ctx.batches[index]
     mine: list[dict] = []
     first: dict[str, torch.Tensor] = {}
     for outputs in deployed_outputs(ctx.model, adversarial, _batch_seed(seed, index) + 1, ctx.target.score_draws):
         first = first or outputs
+        if detection is not None:
+            outputs = _attacker_view(ctx, batch, adversarial, outputs, detection)
         for t in ctx.tasks:
             metrics[t.name].update(outputs[t.name], batch)
         per = per_image_metrics(ctx.tasks, outputs, batch)

@@ -49,6 +49,8 @@ class CellContext:
     model_problem: str = ""
     #: the key of its clean evaluation (clean metrics, inspected clean images) in the store
     clean_key: str = ""
+    #: a detector target's calibration: threshold, false-positive rates asked and measured
+    detection: dict[str, Any] | None = None
 
     def source(self, member: str) -> tuple[torch.nn.Module, str]:
         """The suite's undefended ``member`` a transfer cell crafts its images on, on this
@@ -122,6 +124,7 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
     count = sum(b["image"].shape[0] for b in batches)
     ids = image_ids(dataset)[:count]
     problem = ""
+    detection = _calibrate(model, suite, data_root, input_size, device, batches)
     if target.external:
         with deployed(model, 0):
             check_outputs(model, tasks, batches[0]["image"], what=f"the model {target.name!r}")
@@ -166,11 +169,30 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
         # say of each one which checks ran)
         extra["checks"] = model_checks(model, tasks, batches[0], randomised=_randomised(target))
         extra["origin"] = _ORIGIN_TEXT.get(origin, str(origin))
+        if detection is not None:
+            extra["detector"] = detection
         store.put_model(suite.name, target.name, revision, {**target.describe(), "clean": clean, **extra})
     return CellContext(target=target, model=model, tasks=tasks, batches=batches, clean=clean,
                        snapshot=WeightSnapshot(model), model_revision=revision, suite=suite.name,
                        data=suite.data_source, split=suite.split, input_size=input_size, device=device,
-                       git_commit=git_commit, image_ids=ids, model_problem=problem, clean_key=clean_key)
+                       git_commit=git_commit, image_ids=ids, model_problem=problem, clean_key=clean_key,
+                       detection=detection)
+
+
+def _calibrate(model: torch.nn.Module, suite, data_root: str | None, input_size: int, device: torch.device,
+               batches: list[dict]) -> dict[str, Any] | None:
+    """A detector target's threshold, set on clean held-out images of the suite at its false-positive
+    rate, and the rate measured again on the evaluation images (None for any other target)."""
+    from benchmark.defenses.detectors import CALIBRATION_IMAGES, CALIBRATION_SPLIT, DetectorModel
+
+    if not isinstance(model, DetectorModel):
+        return None
+    split = CALIBRATION_SPLIT if suite.synthetic else "train"  # never the evaluation images
+    held_out = suite.data(split, size=CALIBRATION_IMAGES, data_root=data_root, resolution=input_size)
+    threshold = model.calibrate(b["image"].to(device) for b in make_loader(held_out, 64))
+    rejected = torch.cat([model.rejected(b["image"]).cpu() for b in batches])
+    return {"threshold": threshold, "fpr_asked": model.defense.fpr, "fpr_eval": 100.0 * float(rejected.float().mean()),
+            "calibration": f"{len(held_out)} clean images of the {split} split"}
 
 
 def ensure_clean_inspection(ctx: CellContext, store: ResultsStore, n: int) -> None:

@@ -129,18 +129,24 @@ _SHIPPED_COMMENT = """\
 """
 
 
-def pin_shipped(manifest: str | Path, member: str, sha256: str, *, defense: str | None = None) -> None:
-    """Pin the sha256 of a shipped member's weights (``[weights.sha256]``), or of its checkpoint
-    under a training defense (``[weights.defended."<defense>"]``), in a tiny suite's manifest. The
-    table is rewritten in place with its entries sorted; the rest of the text is kept."""
+def pin_shipped(manifest: str | Path, member: str, sha256: str, *, defense: str | None = None,
+                detector: str | None = None) -> None:
+    """Pin the sha256 of a shipped member's weights (``[weights.sha256]``), of its checkpoint
+    under a training defense (``[weights.defended."<defense>"]``) or of its head of a learned
+    detector (``[weights.detectors."<detector>"]``), in a tiny suite's manifest. The table is
+    rewritten in place with its entries sorted; the rest of the text is kept."""
     import tomllib
 
     path = Path(manifest)
     text = path.read_text()
     table = tomllib.loads(text).get("weights", {})
-    entries = dict(table.get("sha256", {}) if defense is None else table.get("defended", {}).get(defense, {}))
+    if detector is not None:
+        entries = dict(table.get("detectors", {}).get(detector, {}))
+        header = f'[weights.detectors."{detector}"]'
+    else:
+        entries = dict(table.get("sha256", {}) if defense is None else table.get("defended", {}).get(defense, {}))
+        header = "[weights.sha256]" if defense is None else f'[weights.defended."{defense}"]'
     entries[member] = sha256
-    header = "[weights.sha256]" if defense is None else f'[weights.defended."{defense}"]'
     body = "".join(f"{k if re.fullmatch(r'[A-Za-z0-9_-]+', k) else json.dumps(k)} = \"{v}\"\n"
                    for k, v in sorted(entries.items()))
     lines = text.splitlines(keepends=True)
