@@ -315,7 +315,9 @@ def _worst_case(cells: list[CellResult], dataset: str | None) -> dict[str, Any] 
     """The worst case per image over every attack run on one target at one eps ("best known",
     as SEA and RobustBench keep it): each image taken from the cell (attack and seed) with its
     highest per-image score, and the ARP of that set scored exactly from the images' metric
-    statistics (never an average of ARPs). None when fewer than two attacks with statistics ran."""
+    statistics (never an average of ARPs): the highest of that pick among every cell, among the
+    white-box cells and each cell's own images. Its interval is the chosen scores' spread around
+    the exact value. None when fewer than two attacks with statistics ran."""
     from benchmark.metric_base import decode_states
     from benchmark.scoring import arp, task_arp
     from benchmark.tasks import get_tasks
@@ -327,35 +329,57 @@ def _worst_case(cells: list[CellResult], dataset: str | None) -> dict[str, Any] 
     usable = [c for c in usable if c.per_image.get("ids") == ids and c.clean == usable[0].clean]
     tasks = get_tasks(dataset, metrics=usable[0].config.get("metrics", "ours"))
     factories = {t.name: t.new_metric for t in tasks}
+    usable.sort(key=lambda c: (c.attack, c.seed))  # before the states: states[k] is usable[k]'s
     try:
         states = [decode_states(c.per_image["state"], factories) for c in usable]
     except ValueError:
         return None
-    usable.sort(key=lambda c: (c.attack, c.seed))
-    chosen: list[int] = []
-    for i in range(len(ids)):
-        scores = [c.per_image["score"][i] for c in usable]
-        scores = [v if isinstance(v, int | float) and math.isfinite(v) else -math.inf for v in scores]
-        chosen.append(max(range(len(usable)), key=lambda k: (scores[k], -k)))
-    merged = {t.name: t.new_metric() for t in tasks}
-    for i, k in enumerate(chosen):
-        for name, metric in states[k][i].items():
-            merged[name].merge(metric)
-    adversarial = {name: m.compute() for name, m in merged.items()}
     clean = usable[0].clean
-    supplied: dict[str, int] = defaultdict(int)
-    for k in chosen:
-        supplied[usable[k].attack] += 1
-    best_single = max(usable, key=lambda c: c.arp)
-    try:
-        value = arp(clean, adversarial, tasks)
-        per_task = task_arp(clean, adversarial, tasks)
-    except ValueError:
+
+    def pick(among: list[int]) -> tuple[float, dict, dict, list] | None:
+        """The images chosen by per-image score among the cells ``among``, scored exactly."""
+        chosen = []
+        for i in range(len(ids)):
+            scores = {k: usable[k].per_image["score"][i] for k in among}
+            scores = {k: v if isinstance(v, int | float) and math.isfinite(v) else -math.inf for k, v in scores.items()}
+            chosen.append(max(among, key=lambda k: (scores[k], -k)))
+        merged = {t.name: t.new_metric() for t in tasks}
+        for i, k in enumerate(chosen):
+            for name, metric in states[k][i].items():
+                merged[name].merge(metric)
+        adversarial = {name: m.compute() for name, m in merged.items()}
+        try:
+            value, per_task = arp(clean, adversarial, tasks), task_arp(clean, adversarial, tasks)
+        except ValueError:
+            return None
+        supplied: dict[str, int] = defaultdict(int)
+        for k in chosen:
+            supplied[usable[k].attack] += 1
+        return value, per_task, supplied, [usable[k].per_image["score"][i] for i, k in enumerate(chosen)]
+
+    # a pseudo-value is a noisy per-image score (pooled metrics such as mIoU): the images it picks
+    # can score below a smaller pick's, or below one attack's own. The candidates: the pick among
+    # every cell, among the white-box ones (no transfer cell), and each cell's own images; the
+    # worst case known is the highest of them, each a set of images an attack really made
+    everything = list(range(len(usable)))
+    white_box = [k for k in everything if not usable[k].config.get("crafted_on")]
+    picked = pick(everything)
+    candidates = [picked] + ([pick(white_box)] if len(white_box) not in (0, len(everything)) else [])
+    candidates += [(c.arp, dict(c.task_arp), {c.attack: len(ids)}, list(c.per_image["score"])) for c in usable]
+    candidates = [c for c in candidates if c is not None]
+    if not candidates:
         return None
-    scores = [usable[k].per_image["score"][i] for i, k in enumerate(chosen)]
+    value, per_task, supplied, scores = max(candidates, key=lambda c: c[0])
+    best_single = max(usable, key=lambda c: c.arp)
+    interval = _image_ci(scores)
+    if interval is not None:  # the spread of the chosen images' scores, centred on the exact value
+        centre = mean(v for v in scores if isinstance(v, int | float) and math.isfinite(v))
+        interval = [interval[0] - centre + value, interval[1] - centre + value]
     return {"arp": value, "task_arp": per_task, "images": len(ids), "attacks": len({c.attack for c in usable}),
             "supplied": dict(sorted(supplied.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "best_single": best_single.attack, "best_single_arp": best_single.arp, "image_ci": _image_ci(scores)}
+            "best_single": best_single.attack, "best_single_arp": best_single.arp, "image_ci": interval,
+            # the exact ARP of the images picked by score among every cell (one of the candidates)
+            "picked_arp": picked[0] if picked is not None else None}
 
 
 def _signature(c: CellResult) -> tuple:

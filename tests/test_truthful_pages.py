@@ -9,6 +9,7 @@ import torch
 from results_factory import TASKS, make_cell, put_models
 
 from benchmark.defenses.checks import Observed, check_rows, result_checks
+from benchmark.runner import RunOptions, run
 from benchmark.runner.store import ResultsStore
 from leaderboard import build_board, render_leaderboard
 from leaderboard.aggregate import headline_view
@@ -250,3 +251,37 @@ def test_a_run_with_members_missing_names_them_first_and_is_not_done(mini_suite,
     nowhere = [a if a != str(tmp_path / "w") else str(tmp_path / "nowhere") for a in args]
     assert main(nowhere) == 2
     assert f"--weights-dir {tmp_path / 'nowhere'}: no such directory" in " ".join(capsys.readouterr().err.split())
+
+
+def test_the_best_known_does_not_depend_on_the_order_of_the_cells(mini, tmp_path):
+    """Each image's metric statistics belong to its own cell whatever order the cells come in (two
+    seeds and several attacks: the cells arrive neither by attack nor by seed)."""
+    from leaderboard.aggregate import _worst_case
+
+    db = tmp_path / "r.db"
+    run(RunOptions(suite=str(mini), results=str(db), models=["AS"], eps=[8], seeds=[0, 1], workers=1))
+    with ResultsStore(db, readonly=True) as store:
+        cells = [c for c in store.cells() if c.model == "AS"]
+    assert len(cells) == 4
+    forward = _worst_case(cells, "nyuv2")
+    for order in (cells[::-1], [cells[1], cells[2], cells[0], cells[3]]):
+        again = _worst_case(order, "nyuv2")
+        assert again["arp"] == pytest.approx(forward["arp"], abs=1e-9) and again["supplied"] == forward["supplied"]
+    assert forward["arp"] >= max(c.arp for c in cells) - 1e-9  # never below one attack's own images
+    # and it is the exact ARP of the images picked by score, each with its own cell's statistics
+    from benchmark.metric_base import decode_states
+    from benchmark.scoring import arp
+    from benchmark.tasks import get_tasks
+
+    tasks = get_tasks("nyuv2")
+    ordered = sorted(cells, key=lambda c: (c.attack, c.seed))  # ties go to the first in this order
+    states = [decode_states(c.per_image["state"], {t.name: t.new_metric for t in tasks}) for c in ordered]
+    merged = {t.name: t.new_metric() for t in tasks}
+    for i in range(len(ordered[0].per_image["ids"])):
+        k = max(range(len(ordered)), key=lambda k: (ordered[k].per_image["score"][i], -k))
+        for name, metric in states[k][i].items():
+            merged[name].merge(metric)
+    picked = arp(ordered[0].clean, {name: m.compute() for name, m in merged.items()}, tasks)
+    for order in (cells, cells[::-1], [cells[1], cells[2], cells[0], cells[3]]):
+        assert _worst_case(order, "nyuv2")["picked_arp"] == pytest.approx(picked, abs=1e-9)
+    assert forward["arp"] == pytest.approx(max(picked, *(c.arp for c in cells)), abs=1e-9)
