@@ -49,7 +49,7 @@ def test_cells_keep_their_first_images_and_the_target_its_clean_ones(inspected):
             assert c.config["inspection"] == {"images": 3, "clean": clean_key}  # 3 images over 2 batches
             blobs = [decode(b)[0] for b in store.inspection(c.key)]
             assert len(blobs) == 3
-            for i, (arrays, (c_arrays, meta)) in enumerate(zip(blobs, clean, strict=True)):
+            for i, (arrays, (c_arrays, _)) in enumerate(zip(blobs, clean, strict=True)):
                 # the stored difference rebuilds the 8-bit adversarial image the cell scored
                 adv = (kept[(c.model, c.attack, c.eps)][i].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
                 rebuilt = np.clip(c_arrays["image"].astype(np.int16) + arrays["delta"], 0, 255)
@@ -57,7 +57,7 @@ def test_cells_keep_their_first_images_and_the_target_its_clean_ones(inspected):
                 assert np.abs(arrays["delta"]).max() <= c.eps + 1  # within the ball, 8-bit rounding aside
                 assert arrays["pred:segment_semantic"].shape == (32, 32)
                 assert arrays["pred:normal"].shape == (3, 32, 32) and arrays["pred:depth_zbuffer"].dtype == np.float16
-            assert set(meta["metrics"]) == {"segment_semantic", "normal", "depth_zbuffer"}
+            assert set(clean[0][1]["metrics"]) == {"segment_semantic", "normal", "depth_zbuffer"}
         sizes = [len(b) for c in cells for b in store.inspection(c.key)]
     assert max(sizes) < 12_000  # at 32x32; about 11 KB at the tiny suites' 48x48
 
