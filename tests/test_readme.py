@@ -1,4 +1,4 @@
-"""The README's code examples run as written."""
+"""The code examples of the README and of the documentation (docs/) run as written."""
 
 import os
 import re
@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from benchmark.attacks import create_attack, run_attack
@@ -13,15 +14,22 @@ from benchmark.attacks.registry import ATTACKS
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
+#: every page a newcomer reads: the README and the documentation's pages
+DOCUMENTS = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def _blocks(language: str) -> list[tuple[Path, str]]:
+    return [(path, block) for path in DOCUMENTS
+            for block in re.findall(rf"```{language}\n(.*?)```", path.read_text(), flags=re.S)]
 
 
 def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    return [block for _, block in _blocks("python")]
 
 
 def _bash_block(marker: str) -> list[str]:
-    """The commands of the README's bash block that contains ``marker``, without comments."""
-    (block,) = [b for b in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S) if marker in b]
+    """The commands of the one bash block (README or docs) that contains ``marker``, without comments."""
+    (block,) = [b for _, b in _blocks("bash") if marker in b]
     return [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
 
 
@@ -70,18 +78,20 @@ def test_readme_submit_an_attack_and_gate_your_ci_run_as_written(mini_suite, tmp
 
 
 def test_readme_add_an_attack_example_runs_and_is_valid(tiny_nyu):
-    (block,) = [b for b in _python_blocks() if "@register_attack(" in b]
+    blocks = [b for b in _python_blocks() if "@register_attack(" in b]
+    assert len(blocks) >= 2  # the README's and the tutorial's
     model, tasks, batch = tiny_nyu
-    try:
-        exec(compile(block, str(README), "exec"), {})
-        attack = create_attack("my-attack", steps=3)
-        run = run_attack(attack, model, batch["image"], batch, tasks=tasks, eps=8, seed=0)
-        assert run.verdict.valid, run.verdict
-        assert run.forward_passes == 3 and run.backward_passes == 3
-        assert 0 < run.verdict.max_perturbation <= 8 + 1e-3
-        assert not torch.equal(run.adversarial, batch["image"])
-    finally:
-        ATTACKS.pop("my-attack", None)
+    for block in blocks:
+        try:
+            exec(compile(block, str(README), "exec"), {})
+            attack = create_attack("my-attack", steps=3)
+            run = run_attack(attack, model, batch["image"], batch, tasks=tasks, eps=8, seed=0)
+            assert run.verdict.valid, run.verdict
+            assert run.forward_passes == 3 and run.backward_passes == 3
+            assert 0 < run.verdict.max_perturbation <= 8 + 1e-3
+            assert not torch.equal(run.adversarial, batch["image"])
+        finally:
+            ATTACKS.pop("my-attack", None)
 
 
 def test_readme_bring_your_own_model_example_runs(mini_suite, tmp_path, monkeypatch, capsys):
@@ -141,10 +151,25 @@ def test_every_other_python_snippet_of_the_readme_runs_as_written(tmp_path, monk
     left undefined."""
     monkeypatch.chdir(tmp_path)
     special = ("attack_strength", "benchmark.evaluate(")
-    blocks = [b for b in _python_blocks() if not any(s in b for s in special)]
-    assert len(blocks) >= 3
-    try:
-        for block in blocks:
-            exec(compile(block, str(README), "exec"), {"__name__": "readme"})
-    finally:
-        ATTACKS.pop("my-attack", None)
+    blocks = [(path, b) for path, b in _blocks("python") if not any(s in b for s in special)]
+    assert len(blocks) >= 5
+    for path, block in blocks:
+        try:
+            exec(compile(block, str(path), "exec"), {"__name__": "readme"})
+        finally:
+            ATTACKS.pop("my-attack", None)  # the README and the tutorial both register it
+
+
+def test_the_documentation_builds_strictly(tmp_path):
+    """mkdocs --strict: a broken link, a missing page or an API reference that does not resolve
+    fails the build; the command pages come from the parser."""
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    out = tmp_path / "docs-site"
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_page = (out / "reference" / "cli" / "run" / "index.html").read_text()
+    assert "--precision" in run_page and "--gpus-per-worker" in run_page  # the parser's own options
+    assert "ARP" in (out / "concepts" / "arp" / "index.html").read_text()
+    assert "Measured numbers" in (out / "reference" / "numbers" / "index.html").read_text()

@@ -50,7 +50,7 @@ __all__ = ["NYUv2", "Taskonomy"]
 def _read_index(root: Path, name: str, split: str, fields: int, dataset: str) -> list[list[str]]:
     if not root.is_dir():
         raise UserError(f"{dataset} data directory {root} does not exist; expected a directory with {name} "
-                        "(its layout is in the README, \"Running the full suites\")")
+                        "(its layout: docs/tutorials/full-suites.md, \"Running the full suites\")")
     index = root / name
     if not index.is_file():
         raise UserError(f"{dataset} data directory {root} has no {name}; expected the index file of the "

@@ -173,7 +173,7 @@ def _what_cannot_run(suite: Suite, cells: list[Cell], places: Places, external: 
         return {}
     if places.data_root is not None and not Path(places.data_root).is_dir():
         raise UserError(f"--data-root {places.data_root}: no such directory (the real {suite.data_source} data set "
-                        f"is read from it; its layout is in the README, \"Running the full suites\")")
+                        f"is read from it; its layout: docs/tutorials/full-suites.md, \"Running the full suites\")")
     if places.weights_dir is not None and not Path(places.weights_dir).is_dir():
         raise UserError(f"--weights-dir {places.weights_dir}: no such directory (it holds one checkpoint directory "
                         "per model: DIR/<model>/model.safetensors and config.json)")
@@ -190,7 +190,7 @@ def _what_cannot_run(suite: Suite, cells: list[Cell], places: Places, external: 
         weights = (f"; and {len(missing)} of its {len(members)} models have no weights here ({ways})" if missing
                    else "")
         raise UserError(f"{suite.name} runs on the real {suite.data_source} data: pass --data-root DIR (the "
-                        f"directory format is in the README, \"Running the full suites\"){weights}")
+                        f"directory format: docs/tutorials/full-suites.md, \"Running the full suites\"){weights}")
     if missing and len(missing) == len(members):
         raise NoWeightsError(f"no model of {suite.name} has weights on this machine ({len(missing)} models: "
                              f"{', '.join(missing)}); {ways}", missing, ways)
