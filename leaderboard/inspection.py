@@ -26,6 +26,7 @@ from benchmark.runner.inspection import decode
 from benchmark.runner.store import CellResult, ResultsStore
 from benchmark.scoring import arp, task_arp
 from benchmark.tasks import IGNORE_INDEX, get_tasks
+from leaderboard.names import slug
 
 __all__ = ["inspection_page", "render_inspection"]
 
@@ -34,8 +35,6 @@ ZOOM = 3
 
 
 def inspection_page(page: str, model: str) -> str:
-    from leaderboard.render import slug
-
     return f"inspect-{page}-{slug(model)}.html"
 
 
@@ -206,8 +205,6 @@ def render_inspection(store: ResultsStore, board: dict[str, Any], out: Path, env
 
 def _render_target(store, env, out: Path, common: dict, entry: dict, view: dict, model: str, info: dict, tasks,
                    cells: list[CellResult]) -> str | None:
-    from leaderboard.render import slug
-
     clean_key = cells[0].config["inspection"]["clean"]
     clean_blobs = [decode(b) for b in store.inspection(clean_key)]
     if not clean_blobs:

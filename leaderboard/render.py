@@ -20,7 +20,6 @@ import math
 import multiprocessing
 import os
 import shutil
-import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -30,22 +29,16 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from benchmark.errors import UserError
-from benchmark.paths import safe_name
 from benchmark.runner.store import ResultsStore
 from leaderboard import plots
 from leaderboard.aggregate import DEFAULT_EPS, build_board, eps_key
+from leaderboard.names import slug
 from leaderboard.reproduction import reproduction
 
 __all__ = ["render_leaderboard", "slug"]
 
 STATIC = Path(__file__).parent / "static"
 CURVES_PER_MODEL = 8
-
-
-def slug(name: str) -> str:
-    """A file-name-safe version of ``name`` (a hash keeps distinct names distinct)."""
-    safe = safe_name(name)
-    return safe if safe == name else f"{safe}-{zlib.crc32(name.encode()):08x}"
 
 
 def _fmt(value: Any, digits: int = 2) -> str:

@@ -68,7 +68,7 @@ def test_the_inspection_page_draws_each_attack_before_and_after(inspected, tmp_p
     render_leaderboard(db, out)
     page = next(out.glob("inspect-*-AS.html"))
     html = page.read_text()
-    from leaderboard.render import slug
+    from leaderboard.names import slug
 
     for attack in ("fgsm:total", "pgd:gb-mta"):
         for eps in ("4", "8"):

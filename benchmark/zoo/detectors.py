@@ -67,11 +67,14 @@ def train_head(suite: Suite, detector: str, member: str, *, out: Path | None = N
     from safetensors.torch import save_file
 
     from benchmark.data import make_loader
-    from benchmark.targets import Target
+    from benchmark.zoo.locate import find_member, load_location
 
     recipe = suite.detector_recipe
     torch.manual_seed(recipe.seed)
-    model = Target.of(suite.ref, member).load(device).model
+    model, _ = load_location(find_member(suite, suite.member(member)), device)  # the member's weights, as pinned
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
     tasks = suite.tasks
     data = suite.data("train", size=recipe.train_size, data_root=data_root)
     head = ConsistencyHead(_classes(suite), hidden=recipe.hidden).to(device)
