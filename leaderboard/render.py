@@ -126,8 +126,11 @@ def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps:
             if Path(results).exists():
                 with ResultsStore(results, readonly=True) as source:
                     for cell in source.cells():
+                        cell.inspection = source.inspection(cell.key)
                         store.put(cell)
                         host.add((cell.suite, cell.attack))
+                    for key in {(c.config.get("inspection") or {}).get("clean") for c in source.cells()} - {None}:
+                        store.put_inspection(key, source.inspection(key))
                     for row in source.models():
                         host_models.add((row["suite"], row["model"]))
                         store.put_model(row.pop("suite"), row.pop("model"), row.pop("model_revision"), row)
@@ -143,14 +146,26 @@ def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps:
                     label = (cell.attack if (cell.suite, cell.attack) not in taken
                              else f"{cell.attack} (bundle {v.name})")
                     v.labels[cell.attack] = label
-                    store.put(replace(cell, attack=label, key=f"bundle:{v.name}:{cell.key}",
-                                      config={**cell.config, "source": f"bundle {v.name}"}))
+                    joined = replace(cell, attack=label, key=f"bundle:{v.name}:{cell.key}",
+                                     config={**cell.config, "source": f"bundle {v.name}"})
+                    joined.inspection = getattr(cell, "inspection", None)  # its images, re-scored here
+                    store.put(joined)
+                for key, blobs in v.clean_inspection.items():
+                    if not store.inspection(key):
+                        store.put_inspection(key, blobs)
                 taken |= {(v.manifest["suite"]["name"], label) for label in v.labels.values()}
             board = build_board(store, default_eps=default_eps)
             board["reproduction"] = reproduction(board, store.cells())
-    board["bundles"] = [_bundle_row(v) for v in verdicts]
-    board["of_record"] = of_record
-    inspection = results if Path(results).exists() else None
+        board["bundles"] = [_bundle_row(v) for v in verdicts]
+        board["of_record"] = of_record
+        _label_bundles(board, verdicts)
+        # rendered while the merged store exists: the inspection pages read the host's images and
+        # the verified bundles' (re-scored here) from it
+        return render_board(board, out_dir, plots_enabled=plots_enabled, inspection=merged)
+
+
+def _label_bundles(board: dict[str, Any], verdicts: list) -> None:
+    """Each view's verified attacks and what of them is self-reported."""
     for entry in board["suites"].values():
         mine = [v for v in verdicts if v.verified and v.manifest["suite"]["name"] == entry["name"]]
         for suite in entry["views"].values():
@@ -160,7 +175,6 @@ def render_leaderboard(results: str | Path, out_dir: str | Path, *, default_eps:
             suite["self_reported"] = {v.labels[a]: [k for k in v.self_reported
                                                     if k != "passes per image" or a not in v.recounted]
                                       for v in mine for a in v.manifest["attack"]["names"]}
-    return render_board(board, out_dir, plots_enabled=plots_enabled, inspection=inspection)
 
 
 def render_records(records: str | Path, out_dir: str | Path, *, suites: list[str] | None = None,

@@ -108,3 +108,25 @@ def test_the_inspection_page_in_a_browser(inspected, tmp_path):
         assert page.locator("section.inspect:not([hidden]) h2").inner_text().startswith("Image 2")
         assert page.evaluate("document.documentElement.scrollWidth") <= 1280
         browser.close()
+
+
+def test_a_verified_bundles_images_are_inspected_too(mini, tmp_path):
+    """A bundle's stored adversarial images, re-scored by the verifier, get their rows on the
+    inspection pages beside the host's cells."""
+    from benchmark.cli import main
+
+    manifest = tmp_path / "look.toml"
+    manifest.write_text(Path(mini).read_text() + INSPECTED)
+    bundles = tmp_path / "bundles"
+    assert main(["submit", "fgsm:gb-mta", "--suite", str(manifest), "--profile", "look", "--models", "AS",
+                 "--out", str(bundles / "mine")]) == 0
+    host = tmp_path / "host.db"
+    run(RunOptions(suite=str(manifest), profile="look", results=str(host), models=["AS"], attacks=["pgd:gb-mta"],
+                   workers=1))
+    out = tmp_path / "site"
+    assert main(["leaderboard", "--results", str(host), "--bundles", str(bundles), "--suite", str(manifest),
+                 "--out", str(out)]) == 0
+    html = next(out.glob("inspect-*-AS.html")).read_text()
+    from leaderboard.names import slug
+
+    assert f'id="i0-{slug("pgd:gb-mta")}-8"' in html and f'id="i0-{slug("fgsm:gb-mta")}-8"' in html

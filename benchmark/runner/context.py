@@ -23,7 +23,8 @@ from benchmark.tasks import Task
 from benchmark.threads import deterministic_kernels
 from benchmark.version import __version__
 
-__all__ = ["CellContext", "device_name", "ensure_clean_inspection", "prepare_context", "source_model"]
+__all__ = ["CellContext", "clean_inspection", "device_name", "ensure_clean_inspection", "prepare_context",
+           "source_model"]
 
 
 @dataclass
@@ -198,11 +199,17 @@ def _calibrate(model: torch.nn.Module, suite, data_root: str | None, input_size:
 def ensure_clean_inspection(ctx: CellContext, store: ResultsStore, n: int) -> None:
     """Store the target's first ``n`` clean images with their ground truth, clean predictions and
     clean metrics (the inspection pages' first row), unless the store has them."""
+    if n <= 0 or len(store.inspection(ctx.clean_key)) >= n:
+        return
+    store.put_inspection(ctx.clean_key, clean_inspection(ctx, n))
+
+
+def clean_inspection(ctx: CellContext, n: int) -> list[bytes]:
+    """The target's first ``n`` clean images, their ground truth and clean predictions, encoded
+    (:func:`benchmark.runner.inspection.encode_clean`)."""
     from benchmark.evaluation import per_image_metrics
     from benchmark.runner.inspection import encode_clean
 
-    if n <= 0 or len(store.inspection(ctx.clean_key)) >= n:
-        return
     blobs: list[bytes] = []
     seen = 0
     for batch in ctx.batches:
@@ -218,7 +225,7 @@ def ensure_clean_inspection(ctx: CellContext, store: ResultsStore, n: int) -> No
         ids = (ctx.image_ids or [])[seen:seen + batch["image"].shape[0]]
         blobs += encode_clean(batch, outputs, ctx.tasks, n - seen, metrics, list(ids))
         seen += batch["image"].shape[0]
-    store.put_inspection(ctx.clean_key, blobs)
+    return blobs
 
 
 #: how the pages name where a model's weights came from

@@ -58,9 +58,10 @@ CREATE TABLE IF NOT EXISTS inspection (
 _JSON_COLUMNS = ("task_arp", "clean", "adversarial", "config", "per_image")
 
 
-#: entries of a cell's stored configuration that describe it without keying it (which option is the
-#: step budget and whether the cell is a budget curve's point)
-UNKEYED = frozenset({"budget"})
+#: entries of a cell's stored configuration that describe it without keying it: which option is the
+#: step budget and whether the cell is a budget curve's point, where the real data were read, the
+#: time limit it grew to, its inspected images and, behind a detector, what the detector rejected
+UNKEYED = frozenset({"budget", "data_root", "timeout_s", "inspection", "detection"})
 
 
 def cell_key(config: dict[str, Any]) -> str:

@@ -421,6 +421,9 @@ class BundleVerdict:
     skipped_recount: dict[str, str] = field(default_factory=dict)
     #: the name each attack has on a leaderboard it joins (its own, or with the bundle's where taken)
     labels: dict[str, str] = field(default_factory=dict)
+    #: the inspected clean images of each model it was re-scored on (clean key -> stored blobs):
+    #: its cells' adversarial ones are on the cells (``inspection``), for the inspection pages
+    clean_inspection: dict[str, list[bytes]] = field(default_factory=dict)
 
     @property
     def verified(self) -> bool:
@@ -701,6 +704,8 @@ def _rescore(verdict: BundleVerdict, reader: _Reader, claimed, grid: _Grid, suit
     from safetensors.torch import load as load_tensors
 
     from benchmark.runner.cells import per_image_record, score_batch
+    from benchmark.runner.context import clean_inspection
+    from benchmark.runner.inspection import encode_adversarial
     from benchmark.scoring import arp, task_arp
 
     ids = verdict.manifest["data"]["image_ids"]
@@ -746,8 +751,14 @@ def _rescore(verdict: BundleVerdict, reader: _Reader, claimed, grid: _Grid, suit
             continue
         metrics = {t.name: t.new_metric() for t in ctx.tasks}
         images: list[dict] = []
+        inspect = _inspected_images(suite, cell)
+        inspected: list[bytes] = []
         for i, part in enumerate(adv.split([b["image"].shape[0] for b in ctx.batches])):
-            score_batch(ctx, i, part.to(device), cell.seed, metrics, images)
+            first = score_batch(ctx, i, part.to(device), cell.seed, metrics, images)
+            seen = sum(b["image"].shape[0] for b in ctx.batches[:i])
+            if inspect > seen:  # the inspection pages show a verified bundle's images too
+                inspected += encode_adversarial(ctx.batches[i]["image"], part.to(device), first, ctx.tasks,
+                                                inspect - seen)
         adversarial = {name: m.compute() for name, m in metrics.items()}
         record = per_image_record(ctx, images)
         got_arp, got_task_arp = arp(ctx.clean, adversarial, ctx.tasks), task_arp(ctx.clean, adversarial, ctx.tasks)
@@ -759,10 +770,23 @@ def _rescore(verdict: BundleVerdict, reader: _Reader, claimed, grid: _Grid, suit
         # what is ranked follows from the images: the re-scored numbers, not the claims
         cell.adversarial, cell.arp, cell.task_arp, cell.clean = adversarial, got_arp, got_task_arp, ctx.clean
         cell.per_image = record
+        if inspected:
+            cell.inspection = inspected
+            cell.config = {**cell.config, "inspection": {"images": len(inspected), "clean": ctx.clean_key}}
+            if ctx.clean_key not in verdict.clean_inspection:
+                verdict.clean_inspection[ctx.clean_key] = clean_inspection(ctx, len(inspected))
         verdict.checked += 1
         verdict.models[cell.model] = {"revision": ctx.model_revision,
                                       "info": {**ctx.target.describe(), "clean": ctx.clean}}
     progress(len(claimed), len(claimed), "re-scored")
+
+
+def _inspected_images(suite, cell: CellResult) -> int:
+    """How many of a bundle cell's images its profile keeps for the inspection pages."""
+    try:
+        return suite.profile(cell.profile).inspect_images
+    except UserError:
+        return 0
 
 
 def _image_problem(adv: torch.Tensor, clean: torch.Tensor, eps: float, ids: list[str]) -> str:
