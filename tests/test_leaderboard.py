@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from results_factory import make_cell, put_models
 
+from benchmark.defenses.checks import CHECK_NAMES
 from benchmark.runner import ResultsStore, RunOptions, run
 from benchmark.scoring import bootstrap_ci
 from leaderboard import build_board, render_leaderboard
@@ -156,10 +157,11 @@ def test_browser(mini_suite, tmp_path, monkeypatch):
                 text = cell_td.inner_text()
                 assert text.startswith(f"{cell['arp']:.2f}"), (row["defense"], attack, text)
         assert defenses.locator("tbody tr").count() == 3
-        # the reference row says it is one; every target's six checks are listed with their status
+        # the reference row says it is one; every target's checks are listed with their status
         assert "reference" in defenses.locator('tr[data-defense="none"]').inner_text()
         checks = page.locator("table.checks-table tbody tr")
-        assert checks.count() == 6 * 6  # AS and layout-9, each undefended and behind the two defenses
+        # AS and layout-9, each undefended and behind the two defenses, each with every check
+        assert checks.count() == 6 * len(CHECK_NAMES)
         assert page.locator('table.checks-table tr[data-target="AS+test-shatter"][data-check="a"]').get_attribute(
             "data-status") == "flagged"
         assert page.locator('table.checks-table tr[data-target="AS"][data-check="a"]').get_attribute(
