@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 
 from benchmark.data import to_device
+from benchmark.metric_base import TaskMetrics
 from benchmark.tasks import Task, TaskMetric
 
 __all__ = ["check_outputs", "evaluate", "per_image_metrics"]
@@ -20,13 +21,11 @@ def evaluate(model: torch.nn.Module, tasks: list[Task], batches: Iterable[Batch]
     """Metrics of every task over ``batches`` (the runner scores adversarial images with
     :func:`per_image_metrics`)."""
     model.eval()
-    metrics = {t.name: t.new_metric() for t in tasks}
+    metrics = TaskMetrics.of(tasks)
     for batch in batches:
         batch = to_device(batch, device)
-        outputs = model(batch["image"])
-        for t in tasks:
-            metrics[t.name].update(outputs[t.name], batch)
-    return {name: m.compute() for name, m in metrics.items()}
+        metrics.update(model(batch["image"]), batch)
+    return metrics.compute()
 
 
 @torch.no_grad()
@@ -38,10 +37,7 @@ def per_image_metrics(tasks: list[Task], outputs: dict[str, torch.Tensor], batch
     for i in range(size):
         one = {k: v[i: i + 1] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == size else v
                for k, v in batch.items()}
-        metrics = {t.name: t.new_metric() for t in tasks}
-        for t in tasks:
-            metrics[t.name].update(outputs[t.name][i: i + 1], one)
-        out.append(metrics)
+        out.append(TaskMetrics.of(tasks).update({t.name: outputs[t.name][i: i + 1] for t in tasks}, one))
     return out
 
 
@@ -127,11 +123,10 @@ def degenerate_metrics(clean: dict[str, dict[str, float]], tasks: list[Task], ba
 
     problems = [f"{task} {metric} is {value:g}" for task, values in clean.items() for metric, value in values.items()
                 if value == 0 or not math.isfinite(value)]
-    trivial = {t.name: t.new_metric() for t in tasks}
+    trivial = TaskMetrics.of(tasks)
     for batch in batches:
-        for t in tasks:
-            trivial[t.name].update(t.trivial_prediction(batch), batch)
-    constant = {name: m.compute() for name, m in trivial.items()}
+        trivial.update({t.name: t.trivial_prediction(batch) for t in tasks}, batch)
+    constant = trivial.compute()
     for t in tasks:
         try:
             gain = task_arp({t.name: constant[t.name]}, {t.name: clean[t.name]}, [t])[t.name]

@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-__all__ = ["IGNORE_INDEX", "TaskMetric", "decode_states", "encode_states"]
+__all__ = ["IGNORE_INDEX", "TaskMetric", "TaskMetrics", "decode_states", "encode_states"]
 
 IGNORE_INDEX = 255
 _EPS = 1e-8
@@ -20,6 +20,8 @@ class TaskMetric(ABC):
     again when the leaderboard takes each image from another attack: the worst case per image)."""
 
     storable: bool = True
+    #: which way each of its metrics is better ({name: higher is better}; None: not declared)
+    directions: dict[str, bool] | None = None
 
     def __init__(self) -> None:
         self.reset()
@@ -63,6 +65,34 @@ class TaskMetric(ABC):
             setattr(out, name, value.clone())
         return out
 
+
+
+class TaskMetrics(dict):
+    """A streaming metric per task (``{task name: TaskMetric}``, in the tasks' order): the one
+    "a metric per task, update, compute" every scorer uses."""
+
+    @classmethod
+    def of(cls, tasks) -> TaskMetrics:
+        """A new metric for each of ``tasks`` (anything with ``name`` and ``new_metric()``)."""
+        return cls((t.name, t.new_metric()) for t in tasks)
+
+    def update(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> TaskMetrics:  # type: ignore[override]
+        """Each task's metric updated with its output in ``outputs`` against ``targets``."""
+        for name, metric in self.items():
+            metric.update(outputs[name], targets)
+        return self
+
+    def merge(self, other, *, sign: int = 1) -> TaskMetrics:
+        """Each task's statistics of ``other`` (a ``{task: TaskMetric}``) added (``sign=-1``: taken out)."""
+        for name, metric in other.items():
+            self[name].merge(metric, sign=sign)
+        return self
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        return {name: metric.compute() for name, metric in self.items()}
+
+    def copy(self) -> TaskMetrics:
+        return TaskMetrics((name, metric.copy()) for name, metric in self.items())
 
 
 def _seg_target(targets: dict[str, torch.Tensor], name: str = "segment_semantic") -> torch.Tensor:

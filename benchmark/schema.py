@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -28,7 +29,8 @@ from typing import Any
 
 from benchmark.errors import UserError
 
-__all__ = ["TableError", "check_fields", "check_keys", "check_table", "check_value", "read_table", "setting"]
+__all__ = ["TableError", "check_fields", "check_keys", "check_table", "check_value", "read_table", "setting",
+           "text_rule"]
 
 _RULE = "mtlbench.rule"
 _TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
@@ -71,6 +73,20 @@ def setting(default: Any = MISSING, *, types: type | tuple[type, ...] | None = N
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata={_RULE: rule})
     return dataclasses.field(default=default, metadata={_RULE: rule})
+
+
+def text_rule(limit: int, pattern: re.Pattern | None = None) -> Callable[[str], str | None]:
+    """The ``check`` of a text field: at most ``limit`` characters (and matching ``pattern``)."""
+
+    def check(value: str) -> str | None:
+        if len(value) > limit:
+            return f"expected a string of at most {limit:,} characters, got {len(value):,}"
+        if pattern is not None and not pattern.fullmatch(value):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            return f"{shown} is not valid here"
+        return None
+
+    return check
 
 
 def _rule(f: Field) -> Rule:

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from benchmark.metric_base import TaskMetrics
 from benchmark.tasks import Task, TaskMetric
 
 __all__ = ["arp", "bootstrap_ci", "image_scores", "kendall_tau", "metric_drop", "paired_bootstrap", "spearman",
@@ -72,16 +73,15 @@ def image_scores(clean: Metrics, images: Sequence[Mapping[str, TaskMetric]], tas
     such as mIoU or a median), so two runs on the same images compare image by image in the
     units of the leaderboard. NaN where leaving an image out leaves a metric undefined."""
     n = len(images)
-    total = {t.name: t.new_metric() for t in tasks}
+    total = TaskMetrics.of(tasks)
     for one in images:
-        for name, metric in one.items():
-            total[name].merge(metric)
-    full = arp(clean, {name: m.compute() for name, m in total.items()}, tasks)
+        total.merge(one)
+    full = arp(clean, total.compute(), tasks)
     if n == 1:
         return [full]
     scores = []
     for one in images:
-        rest = {name: total[name].copy().merge(metric, sign=-1).compute() for name, metric in one.items()}
+        rest = total.copy().merge(one, sign=-1).compute()
         try:
             loo = arp(clean, rest, tasks)
         except ValueError:

@@ -31,6 +31,7 @@ import tomllib
 
 from benchmark.enums import DefenseKind
 from benchmark.errors import UserError
+from benchmark.recipe import TrainRecipe
 from benchmark.schema import TableError, check_keys, check_table, read_table, setting
 
 __all__ = ["ImagenetTable", "Member", "PretextRecipe", "Profile", "Suite", "SuiteError", "Training", "list_suites",
@@ -301,13 +302,13 @@ class Training:
     (:attr:`Suite.training_id`), so a default spelled out or left out is the same recipe only when
     it is the same text."""
 
-    steps: int = setting(300, low=1, high=10_000_000)
-    batch_size: int = setting(16, low=1, high=65_536)
-    lr: float = setting(2e-3, low=1e-12, high=10)
-    weight_decay: float = setting(1e-4, low=0, high=10)
-    optimizer: str = setting("adam", choices=("adam", "sgd"))
-    schedule: str = setting("cosine", choices=("cosine", "constant"))
-    seed: int = setting(0, low=0, high=2**62)
+    steps: int = setting(TrainRecipe.steps, low=1, high=10_000_000)
+    batch_size: int = setting(TrainRecipe.batch_size, low=1, high=65_536)
+    lr: float = setting(TrainRecipe.lr, low=1e-12, high=10)
+    weight_decay: float = setting(TrainRecipe.weight_decay, low=0, high=10)
+    optimizer: str = setting(TrainRecipe.optimizer, choices=("adam", "sgd"))
+    schedule: str = setting(TrainRecipe.schedule, choices=("cosine", "constant"))
+    seed: int = setting(TrainRecipe.seed, low=0, high=2**62)
     train_size: int = setting(512, low=1, high=MAX_EVAL_SIZE)  # synthetic scenes members train on
     warm_start: str | None = setting(None)  # the member every other one is fine-tuned from
     finetune_steps: int | None = setting(None, low=0, high=10_000_000)
@@ -316,7 +317,7 @@ class Training:
     pretext: dict | None = setting(None, nested=PretextRecipe)
     imagenet: dict | None = setting(None, nested=ImagenetTable)
     #: the precision the weights are stored (and shipped) in
-    weights_dtype: str = setting("float32", choices=("float32", "float16", "bfloat16"))
+    weights_dtype: str = setting(TrainRecipe.weights_dtype, choices=("float32", "float16", "bfloat16"))
     #: steps between resume files (how the training runs, not what it trains: not part of the recipe's id)
     checkpoint_every: int = setting(500, low=1, high=10_000_000)
     table: dict = setting(factory=dict, table=False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +32,12 @@ from benchmark.registry import Registry
 __all__ = [
     "DATASET_TASKS",
     "IGNORE_INDEX",
+    "DepthTask",
+    "NormalTask",
+    "SegmentationTask",
     "Task",
     "TaskMetric",
+    "check_metric_directions",
     "get_tasks",
     "list_datasets",
     "register_dataset_tasks",
@@ -45,6 +50,8 @@ __all__ = [
 class SegmentationMetric(TaskMetric):
     """mIoU (mean over classes that occur in prediction or target) and pixel accuracy, from a
     streaming confusion matrix."""
+
+    directions: ClassVar[dict[str, bool]] = {"mIoU": True, "pixel_acc": True}
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -75,6 +82,8 @@ class SegmentationMetric(TaskMetric):
 class SegmentationErrorMetric(TaskMetric):
     """Taskonomy's segmentation ``err``: the mean per-sample (class-weighted) cross-entropy."""
 
+    directions: ClassVar[dict[str, bool]] = {"err": False}
+
     def __init__(self, task: Task) -> None:
         self.task = task
         super().__init__()
@@ -98,6 +107,9 @@ class NormalMetric(TaskMetric):
     median and % within 11.25/22.5/30 degrees, from a histogram of 0.25-degree bins (the thresholds
     are bin edges, so those shares are exact; the median is interpolated linearly inside its bin),
     so the metric streams and an image's statistics are small enough to keep per image."""
+
+    directions: ClassVar[dict[str, bool]] = {"mean": False, "median": False, "within_11.25": True,
+                                             "within_22.5": True, "within_30": True}
 
     BINS = 720  # 0.25 degree
 
@@ -138,6 +150,8 @@ class NormalMetric(TaskMetric):
 class CosineSimilarityMetric(TaskMetric):
     """Taskonomy's normal ``cosine_similarity``: mean cosine over valid pixels."""
 
+    directions: ClassVar[dict[str, bool]] = {"cosine_similarity": True}
+
     def reset(self):
         self.sum = torch.zeros((), dtype=torch.float64)
         self.count = torch.zeros((), dtype=torch.float64)
@@ -154,6 +168,9 @@ class CosineSimilarityMetric(TaskMetric):
 
 class DepthMetric(TaskMetric):
     """NYUv2 depth: abs_err, rel_err and the share of pixels with max(p/g, g/p) < 1.25^k."""
+
+    directions: ClassVar[dict[str, bool]] = {"abs_err": False, "rel_err": False, "delta_1.25": True,
+                                             "delta_1.25^2": True, "delta_1.25^3": True}
 
     def reset(self):
         self.abs = torch.zeros((), dtype=torch.float64)
@@ -194,6 +211,10 @@ class L1ErrorMetric(TaskMetric):
     def __init__(self, task: Task, metric_name: str) -> None:
         self.task, self.metric_name = task, metric_name
         super().__init__()
+
+    @property
+    def directions(self) -> dict[str, bool]:
+        return {self.metric_name: False}
 
     def reset(self):
         self.sum = torch.zeros((), dtype=torch.float64)
@@ -250,8 +271,11 @@ def _depth_valid(target: torch.Tensor, targets: dict[str, torch.Tensor]) -> torc
 class Task:
     """A dense-prediction task.
 
-    ``kind`` is one of ``segmentation``, ``normal``, ``depth``, ``l1`` (keypoint/edge).
-    ``metrics`` maps each metric name to True when higher is better.
+    ``kind`` is one of ``segmentation``, ``normal``, ``depth``, ``l1`` (keypoint/edge): each kind's
+    loss, valid pixels and constant prediction are its class's (:class:`SegmentationTask`,
+    :class:`NormalTask`, :class:`DepthTask`; ``Task(...)`` gives the class of the kind it names,
+    and an ``l1`` task is a plain :class:`Task`). ``metrics`` maps each metric name to True when
+    higher is better (the task's metric class declares the same: :func:`check_metric_directions`).
     """
 
     name: str
@@ -264,6 +288,12 @@ class Task:
     _metric_factory: Callable[[Task], TaskMetric] | None = field(default=None, repr=False)
     metric_mode: str = "ours"  # "paper": the authors' definitions (benchmark.paper_metrics)
 
+    def __new__(cls, *args, **kwargs):
+        if cls is Task:  # the class of the kind it names
+            kind = kwargs.get("kind", args[1] if len(args) > 1 else None)
+            cls = _KINDS.get(kind, Task)
+        return super().__new__(cls)
+
     # ---------------------------------------------------------------- loss
     def loss(self, pred: torch.Tensor, targets: dict[str, torch.Tensor], reduction: str = "none") -> torch.Tensor:
         """Per-sample loss of shape (B,) (``reduction="none"``), or the batch loss of the paper's
@@ -271,14 +301,6 @@ class Task:
         per-sample losses when every sample has the same number of valid pixels."""
         if reduction not in ("none", "mean"):
             raise ValueError(f"reduction must be 'none' or 'mean', got {reduction!r}")
-        if self.kind == "segmentation" and self.class_weights is None:
-            # fast path: cross-entropy already gives 0 on ignored pixels
-            target = _seg_target(targets, self.name).long()
-            values = _pixel_cross_entropy(pred, target)
-            count = (target != IGNORE_INDEX).sum((1, 2)).to(pred.dtype)
-            if reduction == "mean":
-                return values.sum() / count.sum().clamp_min(_EPS)
-            return values.sum((1, 2)) / count.clamp_min(_EPS)
         values, weights = self._pixel_loss(pred, targets)
         dims = tuple(range(1, values.dim()))
         if reduction == "mean":
@@ -286,27 +308,18 @@ class Task:
         return (values * weights).sum(dims) / weights.sum(dims).clamp_min(_EPS)
 
     def _pixel_loss(self, pred, targets) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-pixel loss values and their weights (0 for invalid pixels)."""
-        if self.kind == "segmentation":
-            target = _seg_target(targets, self.name).long()
-            valid = target != IGNORE_INDEX
-            safe = torch.where(valid, target, torch.zeros_like(target))
-            values = _pixel_cross_entropy(pred, safe)
-            if self.class_weights is not None:
-                w = self.class_weights.to(pred.device, pred.dtype)[safe]
-                return values, w * valid
-            return values, valid.to(pred.dtype)
-        if self.kind == "normal":
-            cos, valid = _normal_cosine(pred, targets, self.name)
-            return 1.0 - cos, valid.to(pred.dtype)
+        """Per-pixel loss values and their weights (0 for invalid pixels): the absolute error."""
         err, valid = self.pixel_error(pred, targets)
         return err, valid.to(pred.dtype)
+
+    def valid_pixels(self, target: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Where ``target`` is labelled."""
+        return target != IGNORE_INDEX
 
     def pixel_error(self, pred, targets) -> tuple[torch.Tensor, torch.Tensor]:
         """Absolute error per pixel and the valid mask, for the L1 tasks (depth, keypoint, edge)."""
         target = targets[self.name].to(pred.dtype)
-        valid = _depth_valid(target, targets) if self.kind == "depth" else target != IGNORE_INDEX
-        return (pred - target).abs(), valid
+        return (pred - target).abs(), self.valid_pixels(target, targets)
 
     # ---------------------------------------------------------------- metrics
     def new_metric(self) -> TaskMetric:
@@ -318,23 +331,78 @@ class Task:
 
     def trivial_prediction(self, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """A constant prediction (majority class / mean value / mean direction over the batch's
-        valid pixels): the baseline any trained model must clearly beat."""
-        ref = targets[self.name]
-        b, h, w = ref.shape[0], ref.shape[-2], ref.shape[-1]
-        out = torch.zeros(b, self.channels, h, w, device=ref.device)
-        if self.kind == "segmentation":
-            target = _seg_target(targets, self.name)
-            counts = torch.bincount(target[target != IGNORE_INDEX].long().flatten(), minlength=self.channels)
-            out[:, counts.argmax()] = 1.0
-        elif self.kind == "normal":
-            _, valid = _normal_cosine(out + 1, targets, self.name)
-            mean = (ref.float() * valid.unsqueeze(1)).sum((0, 2, 3))
-            out += F.normalize(mean, dim=0).view(1, 3, 1, 1)
-        else:
-            _, valid = self.pixel_error(out, targets)
-            vals = ref.float()[valid]
-            out += vals.median() if vals.numel() else 0.0
+        valid pixels): the baseline any trained model must clearly beat. Here the median of the
+        valid pixels."""
+        out = self._zeros(targets)
+        _, valid = self.pixel_error(out, targets)
+        vals = targets[self.name].float()[valid]
+        out += vals.median() if vals.numel() else 0.0
         return out
+
+    def _zeros(self, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        ref = targets[self.name]
+        return torch.zeros(ref.shape[0], self.channels, ref.shape[-2], ref.shape[-1], device=ref.device)
+
+
+@dataclass
+class SegmentationTask(Task):
+    """Per-pixel classes (``channels`` logits); cross-entropy, optionally class-weighted."""
+
+    def loss(self, pred: torch.Tensor, targets: dict[str, torch.Tensor], reduction: str = "none") -> torch.Tensor:
+        if self.class_weights is not None or reduction not in ("none", "mean"):
+            return super().loss(pred, targets, reduction)
+        # fast path: cross-entropy already gives 0 on ignored pixels
+        target = _seg_target(targets, self.name).long()
+        values = _pixel_cross_entropy(pred, target)
+        count = (target != IGNORE_INDEX).sum((1, 2)).to(pred.dtype)
+        if reduction == "mean":
+            return values.sum() / count.sum().clamp_min(_EPS)
+        return values.sum((1, 2)) / count.clamp_min(_EPS)
+
+    def _pixel_loss(self, pred, targets) -> tuple[torch.Tensor, torch.Tensor]:
+        target = _seg_target(targets, self.name).long()
+        valid = target != IGNORE_INDEX
+        safe = torch.where(valid, target, torch.zeros_like(target))
+        values = _pixel_cross_entropy(pred, safe)
+        if self.class_weights is not None:
+            w = self.class_weights.to(pred.device, pred.dtype)[safe]
+            return values, w * valid
+        return values, valid.to(pred.dtype)
+
+    def trivial_prediction(self, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's majority class everywhere."""
+        out = self._zeros(targets)
+        target = _seg_target(targets, self.name)
+        counts = torch.bincount(target[target != IGNORE_INDEX].long().flatten(), minlength=self.channels)
+        out[:, counts.argmax()] = 1.0
+        return out
+
+
+@dataclass
+class NormalTask(Task):
+    """Surface normals (3 channels); the loss is 1 - cosine similarity."""
+
+    def _pixel_loss(self, pred, targets) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, valid = _normal_cosine(pred, targets, self.name)
+        return 1.0 - cos, valid.to(pred.dtype)
+
+    def trivial_prediction(self, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's mean direction everywhere."""
+        out = self._zeros(targets)
+        _, valid = _normal_cosine(out + 1, targets, self.name)
+        mean = (targets[self.name].float() * valid.unsqueeze(1)).sum((0, 2, 3))
+        return out + F.normalize(mean, dim=0).view(1, 3, 1, 1)
+
+
+@dataclass
+class DepthTask(Task):
+    """Depth (1 channel); L1 on the valid pixels (the data's mask, else depth > 0)."""
+
+    def valid_pixels(self, target: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        return _depth_valid(target, targets)
+
+
+_KINDS: dict[str, type[Task]] = {"segmentation": SegmentationTask, "normal": NormalTask, "depth": DepthTask}
 
 
 TaskFactory = Callable[..., list[Task]]
@@ -358,9 +426,23 @@ def get_tasks(dataset: str, *, metrics: str = "ours", **options) -> list[Task]:
     if metrics not in ("ours", "paper"):
         raise ValueError(f"unknown metric mode {metrics!r}; use 'ours' or 'paper'")
     tasks = factory(**options)
+    check_metric_directions(tasks)
     for t in tasks:
         t.metric_mode = metrics
     return tasks
+
+
+def check_metric_directions(tasks: list[Task]) -> None:
+    """Each task's table of metrics (name -> higher is better) is what its metric class declares
+    (``TaskMetric.directions``; a metric that declares none is taken at the task's word): a
+    mismatch would score a drop as a gain."""
+    for t in tasks:
+        if t._metric_factory is None:
+            continue
+        declared = t._metric_factory(t).directions
+        if declared is not None and declared != t.metrics:
+            raise ValueError(f"task {t.name!r} of {t.dataset!r} says its metrics are {t.metrics} (True: higher is "
+                             f"better), its metric class {type(t._metric_factory(t)).__name__} declares {declared}")
 
 
 def all_tasks() -> list[Task]:

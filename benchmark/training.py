@@ -5,10 +5,11 @@ sum of the task losses."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
@@ -18,30 +19,17 @@ from torch.utils.data import Dataset
 
 from benchmark.data.datasets import make_loader, to_device
 from benchmark.errors import UserError
+from benchmark.recipe import TrainRecipe
 from benchmark.tasks import Task, total_loss
 from benchmark.threads import deterministic_kernels
 
-__all__ = ["TrainRecipe", "make_optimizer", "optimise", "restore_training_state", "train_model", "training_layout",
-           "training_state", "write_resume"]
+__all__ = ["RESUME_FILE", "TrainRecipe", "batches_from", "make_optimizer", "optimise", "restore_training_state",
+           "run_training", "train_model", "training_layout", "training_state", "write_resume"]
 
-
-@dataclass
-class TrainRecipe:
-    """How a checkpoint was trained (stored in its ``config.json``)."""
-
-    steps: int = 300
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adam"
-    schedule: str = "cosine"
-    seed: int = 0
-    #: the precision the weights are stored (and shipped) in; a member is rounded to it before its
-    #: clean metrics are measured, so the stored values are the model
-    weights_dtype: str = "float32"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+#: the training state a training saves as it goes, in the folder of the checkpoint it makes
+RESUME_FILE = "resume.safetensors"
+#: the metadata key of a resume file's JSON part
+RESUME_KEY = "mtlbench-training"
 
 
 def make_optimizer(params, name: str = "adam", *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -88,64 +76,88 @@ def optimise(model: torch.nn.Module, dataset: Dataset, loss_fn: Callable[[dict],
              device: torch.device | str = "cpu", progress: Callable[[int, float], None] | None = None,
              resume: Path | None = None, checkpoint_every: int | None = None,
              meta: dict | None = None) -> dict[str, float]:
-    """The training loop every recipe shares: seed, then ``recipe.steps`` steps of ``recipe``'s
-    optimiser and schedule on ``loss_fn(batch)`` over seeded, reshuffled epochs of ``dataset`` (a
-    set smaller than a batch is one batch); the model ends in eval mode.
+    """:func:`run_training` on a recipe (a member's :class:`TrainRecipe`, a pretext recipe): its
+    optimiser and schedule (``cosine``: torch's cosine annealing to 0; ``constant``), the loss
+    ``loss_fn(batch)``; ``meta`` and the recipe identify the training in its resume file."""
+    identity = {**(meta or {}), "recipe": asdict(recipe) if hasattr(recipe, "__dataclass_fields__") else str(recipe)}
+    cosine = getattr(recipe, "schedule", "cosine") == "cosine"
+    return run_training(
+        model, dataset, lambda step, batch: loss_fn(batch), steps=recipe.steps, batch_size=recipe.batch_size,
+        seed=recipe.seed, optimizer=getattr(recipe, "optimizer", "adam"), lr=recipe.lr,
+        weight_decay=recipe.weight_decay,
+        schedule=(lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps)) if cosine else
+        (lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)),
+        device=device, progress=progress, resume=resume, checkpoint_every=checkpoint_every, identity=identity)
 
-    With ``resume`` (a file) and ``checkpoint_every``, the whole training state (weights, optimiser,
-    schedule, the position in the data and torch's random state) is written there every
-    ``checkpoint_every`` steps, and a run that finds the file continues from it: a killed run
-    started again ends with the weights of a run that was never interrupted. ``meta`` identifies
-    the training (a resume file of another is refused)."""
-    torch.manual_seed(recipe.seed)
+
+def batches_from(dataset: Dataset, batch_size: int, seed: int, start: int) -> Iterator[dict]:
+    """The training batches from step ``start`` on: epoch e is the data in the order seeded by
+    ``seed + e`` without its last partial batch (the same order whether or not the run resumed)."""
+    per_epoch = max(len(dataset) // batch_size, 1)
+    epoch, skip = divmod(start, per_epoch)
+    while True:
+        for i, batch in enumerate(make_loader(dataset, batch_size, shuffle=True, seed=seed + epoch, drop_last=True)):
+            if i >= skip:
+                yield batch
+        epoch, skip = epoch + 1, 0
+
+
+def run_training(model: torch.nn.Module, dataset: Dataset, step_loss: Callable[[int, dict], torch.Tensor], *,
+                 steps: int, batch_size: int, seed: int, lr: float, weight_decay: float, optimizer: str = "adam",
+                 schedule: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler],
+                 device: torch.device | str = "cpu", progress: Callable[[int, float], None] | None = None,
+                 resume: Path | None = None, checkpoint_every: int | None = None, identity: dict | None = None,
+                 loss_every: int = 10, label: str = "training",
+                 restart: str = "delete it to train from the start") -> dict[str, float]:
+    """The one training loop (members, pretext backbones, training defenses): seed, then ``steps``
+    steps of the optimiser and ``schedule(optimizer)`` on ``step_loss(step, batch)`` over
+    :func:`batches_from` ``dataset`` (a set smaller than a batch is one batch); the model ends in
+    eval mode. The loss is read every ``loss_every`` steps (a GPU sync) and a non-finite one stops
+    the training with a message.
+
+    With ``resume`` (a file) and ``checkpoint_every``, the whole training state (weights,
+    optimiser, schedule, the step, torch's random state) is written there every
+    ``checkpoint_every`` steps (:data:`RESUME_FILE` in the checkpoint's folder, one file, replaced
+    each time), and a run that finds the file continues from it: a killed run started again ends
+    with the weights of a run that was never interrupted. ``identity`` says which training it is
+    (a resume file of another is refused: ``label`` and ``restart`` word the message). The caller
+    removes the file once the checkpoint is saved."""
+    if len(dataset) == 0:
+        raise UserError(f"{label}: the training set is empty")
+    torch.manual_seed(seed)
     deterministic_kernels(device)
     model.to(device).train()
     with training_layout(model, device):
-        return _optimise(model, dataset, loss_fn, recipe, device=device, progress=progress, resume=resume,
-                         checkpoint_every=checkpoint_every, meta=meta)
-
-
-def _optimise(model, dataset, loss_fn, recipe, *, device, progress, resume, checkpoint_every, meta) -> dict[str, float]:
-    opt = make_optimizer(model.parameters(), getattr(recipe, "optimizer", "adam"), lr=recipe.lr,
-                         weight_decay=recipe.weight_decay)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps)
-             if getattr(recipe, "schedule", "cosine") == "cosine"
-             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
-    batch_size = min(recipe.batch_size, len(dataset))
-    step, epoch, start, last = 0, 0, time.perf_counter(), float("nan")
-    skip = resumed = 0
-    identity = {**(meta or {}), "recipe": asdict(recipe) if hasattr(recipe, "__dataclass_fields__") else str(recipe)}
-    if resume is not None and resume.exists():
-        step, epoch, skip = _load_state(resume, model, opt, sched, identity, device)
-        resumed = step
-        _say(f"resumed at step {step} of {recipe.steps} from {resume}")
-        if progress is not None:
-            progress(step, last)
-    while step < recipe.steps:
-        loader = make_loader(dataset, batch_size, shuffle=True, seed=recipe.seed + epoch, drop_last=True)
-        for i, batch in enumerate(loader):
-            if i < skip:
-                continue
-            loss = loss_fn(to_device(batch, device))
+        opt = make_optimizer(model.parameters(), optimizer, lr=lr, weight_decay=weight_decay)
+        sched = schedule(opt)
+        batch_size = min(batch_size, len(dataset))
+        identity = json.loads(json.dumps(identity or {}, default=_jsonable))
+        start, last, began = 0, float("nan"), time.perf_counter()
+        if resume is not None and resume.exists():
+            start = _load_state(resume, model, opt, sched, identity, device, label, restart)
+            _say(f"resumed at step {start} of {steps} from {resume}")
+            if progress is not None:
+                progress(start, last)
+        data = batches_from(dataset, batch_size, seed, start)
+        for step in range(start, steps):
+            loss = step_loss(step, to_device(next(data), device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            step += 1
-            last = loss.item() if (step % 10 == 0 or step == recipe.steps) else last
-            if resume is not None and checkpoint_every and step % checkpoint_every == 0 and step < recipe.steps:
-                _save_state(resume, model, opt, sched, step, epoch, i + 1, identity)
+            done = step + 1
+            if done % loss_every == 0 or done == steps:
+                last = loss.item()
+                if not math.isfinite(last):
+                    raise UserError(f"{label}: the training loss is {last} at step {done}; lower the recipe's lr")
+            if resume is not None and checkpoint_every and done % checkpoint_every == 0 and done < steps:
+                _save_state(resume, model, opt, sched, done, identity)
             if progress is not None:
-                progress(step, last)
-            if step >= recipe.steps:
-                break
-        epoch += 1
-        skip = 0
+                progress(done, last)
     model.eval()
-    if resume is not None:
-        resume.unlink(missing_ok=True)
-    return {"steps": step, "epochs": epoch, "final_loss": last, "seconds": time.perf_counter() - start,
-            "resumed_at": resumed}
+    per_epoch = max(len(dataset) // batch_size, 1)
+    return {"steps": steps, "epochs": -(-steps // per_epoch), "final_loss": last,
+            "seconds": time.perf_counter() - began, "resumed_at": start}
 
 
 def _say(text: str) -> None:
@@ -153,6 +165,11 @@ def _say(text: str) -> None:
     import sys
 
     print(text, file=sys.stderr, flush=True)
+
+
+def show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def training_state(model, opt) -> tuple[dict[str, torch.Tensor], dict]:
@@ -199,34 +216,38 @@ def write_resume(path: Path, tensors: dict[str, torch.Tensor], key: str, info: d
     tmp.replace(path)
 
 
-def _save_state(path: Path, model, opt, sched, step: int, epoch: int, batch: int, identity: dict) -> None:
-    """The training state after ``step`` steps (``batch`` batches into ``epoch``)."""
+def _save_state(path: Path, model, opt, sched, step: int, identity: dict) -> None:
+    """The training state after ``step`` steps."""
     tensors, rest = training_state(model, opt)
     tensors["rng"] = torch.get_rng_state()
-    write_resume(path, tensors, "mtlbench-training",
-                 {"identity": identity, "step": step, "epoch": epoch, "batch": batch, "sched": sched.state_dict(),
-                  **rest})
+    write_resume(path, tensors, RESUME_KEY, {"identity": identity, "step": step, "sched": sched.state_dict(), **rest})
 
 
 def _jsonable(value):
     if isinstance(value, torch.Tensor):
         return value.tolist()
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
     raise TypeError(f"cannot store {type(value).__name__} in a resume file")
 
 
-def _load_state(path: Path, model, opt, sched, identity: dict, device) -> tuple[int, int, int]:
-    """Restore the state :func:`_save_state` wrote; returns (step, epoch, batches into the epoch)."""
+def _load_state(path: Path, model, opt, sched, identity: dict, device, label: str, restart: str) -> int:
+    """Restore the state :func:`_save_state` wrote; returns its step."""
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), "pt") as f:
-            info = json.loads((f.metadata() or {})["mtlbench-training"])
-    except (SafetensorError, OSError, KeyError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable training resume file ({type(exc).__name__}: {exc}); delete it to "
-                        "train from the start") from None
-    if info.get("identity") != json.loads(json.dumps(identity, default=_jsonable)):
-        raise UserError(f"{path}: this resume file is of another training (another recipe, member or start); delete "
-                        "it to train from the start")
+            info = json.loads((f.metadata() or {})[RESUME_KEY])
+        step = int(info["step"])
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable {label} resume file ({type(exc).__name__}: {exc}); "
+                        f"{restart}") from None
+    theirs = info.get("identity") or {}
+    changed = [k for k in dict.fromkeys([*identity, *theirs]) if theirs.get(k) != identity.get(k)]
+    if changed:
+        key = changed[0]
+        raise UserError(f"{path}: this resume file is of another training ({key} was {show(theirs.get(key))}, now "
+                        f"{show(identity.get(key))}); {restart}")
     restore_training_state(model, opt, tensors, info, device)
     sched.load_state_dict(info["sched"])
     torch.set_rng_state(tensors["rng"])
-    return int(info["step"]), int(info["epoch"]), int(info["batch"])
+    return step

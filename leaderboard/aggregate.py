@@ -29,6 +29,7 @@ from typing import Any
 
 from benchmark.defenses.checks import check_rows, evaluation_flags, target_checks
 from benchmark.enums import Status
+from benchmark.metric_base import TaskMetrics
 from benchmark.runner.store import CellResult, ResultsStore
 from benchmark.scoring import bootstrap_ci, stratified_bootstrap_ci, transferability
 from benchmark.version import __version__
@@ -161,7 +162,7 @@ def _rankings(entries: dict[tuple[str, str], dict], models: list[str], attacks: 
     left_out = []
     for m in present_models:
         mine = [entries[(m, a)] for a in attacks if (m, a) in entries]
-        if mine and all(e["status"] != "valid" for e in mine) and len(present_models) > 1:
+        if mine and all(e["status"] != Status.VALID for e in mine) and len(present_models) > 1:
             left_out.append({"model": m, "reason": mine[0]["reason"] or mine[0]["status"]})
     gone = {x["model"] for x in left_out}
     models = [m for m in models if m not in gone]
@@ -170,11 +171,11 @@ def _rankings(entries: dict[tuple[str, str], dict], models: list[str], attacks: 
         present = [entries[(m, a)] for m in models if (m, a) in entries]
         if not present:
             continue
-        bad = [e for e in present if e["status"] != "valid"]
+        bad = [e for e in present if e["status"] != Status.VALID]
         if bad or len(present) < len(models):
             unranked.append({
-                "attack": a, "models": len(present), "invalid": sum(e["status"] == "invalid" for e in bad),
-                "failed": sum(e["status"] == "failed" for e in bad), "missing": len(models) - len(present),
+                "attack": a, "models": len(present), "invalid": sum(e["status"] == Status.INVALID for e in bad),
+                "failed": sum(e["status"] == Status.FAILED for e in bad), "missing": len(models) - len(present),
                 # "partial": ran validly on some models only (by design, e.g. a defense's black-box attack)
                 "kind": "bad" if bad else "partial",
                 "reason": bad[0]["reason"] if bad else f"run on {len(present)} of {len(models)} models",
@@ -211,7 +212,7 @@ def _transfer(entries, models: list[str], attacks: list[str], targets: dict[str,
     for a, target in singles:
         for m in models:
             e = entries.get((m, a))
-            if e is None or e["status"] != "valid":
+            if e is None or e["status"] != Status.VALID:
                 continue
             t = transferability(e["task_arp"], target)
             per_model[a][m] = t
@@ -266,8 +267,8 @@ def _defenses(entries: dict, defended: list[str], attacks: list[str], info: dict
         cells: dict[str, Any] = {}
         for a in attacks:
             present = [entries.get((t, a)) for t in targets]
-            values = [e["arp"] for e in present if e and e["status"] == "valid"]
-            bad = [e for e in present if e and e["status"] != "valid"]
+            values = [e["arp"] for e in present if e and e["status"] == Status.VALID]
+            bad = [e for e in present if e and e["status"] != Status.VALID]
             if not values or bad:
                 cells[a] = {"arp": None, "n": len(values), "reason": bad[0]["reason"] if bad else "not run"}
                 continue
@@ -343,11 +344,10 @@ def _worst_case(cells: list[CellResult], dataset: str | None) -> dict[str, Any] 
             scores = {k: usable[k].per_image["score"][i] for k in among}
             scores = {k: v if isinstance(v, int | float) and math.isfinite(v) else -math.inf for k, v in scores.items()}
             chosen.append(max(among, key=lambda k: (scores[k], -k)))
-        merged = {t.name: t.new_metric() for t in tasks}
+        merged = TaskMetrics.of(tasks)
         for i, k in enumerate(chosen):
-            for name, metric in states[k][i].items():
-                merged[name].merge(metric)
-        adversarial = {name: m.compute() for name, m in merged.items()}
+            merged.merge(states[k][i])
+        adversarial = merged.compute()
         try:
             value, per_task = arp(clean, adversarial, tasks), task_arp(clean, adversarial, tasks)
         except ValueError:
@@ -643,7 +643,7 @@ def _view_board(suite: str, suite_cells: list[CellResult], model_info: dict, def
         # the targets whose cells kept images for the inspection pages, and how many
         "inspected": {m: n for m in models + defended + external
                       if (n := max(((c.config.get("inspection") or {}).get("images", 0) for c in suite_cells
-                                    if c.model == m and c.status == "valid"), default=0))},
+                                    if c.model == m and c.status == Status.VALID), default=0))},
         # whether any eps has a cross-model transfer matrix (its page)
         "crossmodel": any(block["model_transfer"] for block in per_eps.values()),
         # the members behind the defended targets (their undefended rows are the defenses page's reference)

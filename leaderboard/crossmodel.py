@@ -18,6 +18,7 @@ import random
 from statistics import mean
 from typing import Any
 
+from benchmark.enums import Status
 from benchmark.scoring import spearman
 
 __all__ = ["PERMUTATIONS", "model_transfer", "shared_blocks"]
@@ -63,7 +64,7 @@ def model_transfer(entries: dict[tuple[str, str], dict], transfer: dict[str, tup
             row = {}
             for t in models:
                 e = entries.get((t, attack if s == t else f"{attack} from {s}"))
-                row[t] = e["arp"] if e and e.get("status") == "valid" else None
+                row[t] = e["arp"] if e and e.get("status") == Status.VALID else None
             arp[s] = row
         pairs = []  # (source, target, shared blocks, relative transfer)
         for s in sources:
@@ -80,7 +81,7 @@ def model_transfer(entries: dict[tuple[str, str], dict], transfer: dict[str, tup
 
 def _own(entries: dict, target: str, attack: str) -> float | None:
     e = entries.get((target, attack))
-    return e["arp"] if e and e.get("status") == "valid" else None
+    return e["arp"] if e and e.get("status") == Status.VALID else None
 
 
 def _by_shared(pairs: list[tuple]) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.enums import Status
 from benchmark.runner.inspection import decode
 from benchmark.runner.store import CellResult, ResultsStore
 from benchmark.scoring import arp, task_arp
@@ -167,7 +168,7 @@ def _rows_of(targets: list[str], cells: list[CellResult]) -> dict[str, list[Cell
     wanted = set(targets)
     by: dict[str, list[CellResult]] = defaultdict(list)
     for c in cells:
-        if c.model in wanted and c.status == "valid" and (c.config.get("inspection") or {}).get("images") \
+        if c.model in wanted and c.status == Status.VALID and (c.config.get("inspection") or {}).get("images") \
                 and not (c.config.get("budget") or {}).get("extra"):
             by[c.model].append(c)
     for rows in by.values():

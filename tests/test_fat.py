@@ -19,9 +19,10 @@ from benchmark.attacks import create_attack
 from benchmark.attacks.objectives import output_losses
 from benchmark.cli import main
 from benchmark.defenses.fat import _loss_ratio, fat_examples
-from benchmark.defenses.training import RESUME_FILE, AdversarialRecipe
+from benchmark.defenses.training import AdversarialRecipe
 from benchmark.runner import ResultsStore, RunOptions, run
 from benchmark.suites import load_suite
+from benchmark.training import RESUME_FILE
 from benchmark.zoo.checkpoint import CONFIG_FILE, WEIGHTS_FILE, file_sha256, read_config
 from benchmark.zoo.locate import defended_dir
 
@@ -114,7 +115,7 @@ def _resume_step(path: Path) -> int:
     import json
 
     with safe_open(str(path), "pt") as f:
-        return json.loads(f.metadata()["mtlbench-fat"])["step"]
+        return json.loads(f.metadata()["mtlbench-training"])["step"]
 
 
 @pytest.mark.parametrize("spec", ["fat:pgd:total", "pgdat:pgd:total"])

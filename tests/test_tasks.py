@@ -189,3 +189,38 @@ def test_trivial_prediction_shapes():
         pred = task.trivial_prediction(targets)
         assert pred.shape == (2, task.channels, 4, 4)
         assert torch.isfinite(task.loss(pred, targets)).all()
+
+
+def test_a_tasks_kind_is_its_class():
+    """Each kind's loss, valid pixels and constant prediction are its class's; ``Task(...)`` gives
+    the class of the kind it names (an ``l1`` task stays a plain Task)."""
+    from benchmark.tasks import DepthTask, NormalTask, SegmentationTask, Task
+
+    assert [type(t) for t in get_tasks("nyuv2")] == [SegmentationTask, NormalTask, DepthTask]
+    assert [type(t) for t in get_tasks("taskonomy")][3:] == [Task, Task]
+    made = Task("d", "depth", 1, {"abs_err": False}, "custom")
+    assert type(made) is DepthTask and made.kind == "depth"
+    # depth counts only pixels with depth (or the data's mask); an l1 task every labelled pixel
+    target = torch.tensor([[[[0.0, 2.0], [IGNORE_INDEX, 1.0]]]])
+    pred = torch.zeros_like(target)
+    _, depth_valid = made.pixel_error(pred, {"d": target})
+    _, l1_valid = Task("k", "l1", 1, {"key_err": False}, "custom").pixel_error(pred, {"k": target})
+    assert depth_valid.flatten().tolist() == [False, True, True, True]
+    assert l1_valid.flatten().tolist() == [True, True, False, True]
+
+
+def test_a_metric_direction_that_contradicts_its_metric_is_refused():
+    """A task table saying lower mIoU is better would score every drop as a gain: the metric
+    class declares its directions and get_tasks checks the table against them."""
+    from benchmark.tasks import SegmentationMetric, Task, register_dataset_tasks
+
+    @register_dataset_tasks("contradicting")
+    def tasks():
+        return [Task("segment_semantic", "segmentation", 4, {"mIoU": False, "pixel_acc": True}, "contradicting",
+                     _metric_factory=lambda t: SegmentationMetric(t.channels))]
+
+    with pytest.raises(ValueError, match="declares"):
+        get_tasks("contradicting")
+    for dataset in ("nyuv2", "taskonomy"):  # the built-in tables agree with their metrics
+        for t in get_tasks(dataset):
+            assert t.new_metric().directions == t.metrics, t.name

@@ -26,6 +26,7 @@ from benchmark.cli.common import (
     resolve_device,
     selection,
 )
+from benchmark.enums import Status
 from benchmark.errors import UserError
 from benchmark.paths import safe_name
 from benchmark.progress import progress
@@ -96,7 +97,7 @@ def cmd_results_show(args: argparse.Namespace) -> int:
     from benchmark.defenses.checks import evaluation_flags, target_checks
     from benchmark.runner import ResultsStore
 
-    statuses = csv_list(args.status, option="--status") or ["valid", "invalid", "failed"]
+    statuses = csv_list(args.status, option="--status") or [str(s) for s in Status]
     with ResultsStore(args.results, readonly=True) as store:
         every = store.cells()
         infos = {(row["suite"], row["model"]): row for row in store.models()}

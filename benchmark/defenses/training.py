@@ -16,35 +16,27 @@ with the same weights as a run that was never interrupted.
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from benchmark.attacks.validate import output_problem
-from benchmark.data.datasets import make_loader, to_device
 from benchmark.defenses.registry import Defense
 from benchmark.enums import DefenseKind
 from benchmark.errors import UserError
 from benchmark.schema import check_fields, read_table, setting
 from benchmark.tasks import Task, total_loss
-from benchmark.training import make_optimizer, restore_training_state, training_layout, training_state, write_resume
+from benchmark.training import RESUME_FILE, run_training
 
 __all__ = ["RESUME_FILE", "AdversarialRecipe", "TrainingDefense", "adversarial_recipe", "adversarial_training",
            "checked_examples"]
 
-RESUME_FILE = "resume.safetensors"
-#: the metadata key of a training defense's resume file
-RESUME_KEY = "mtlbench-fat"
 #: ``examples(model, batch, generator) -> adversarial images`` of one training batch
 Examples = Callable[[nn.Module, dict, torch.Generator], torch.Tensor]
 
@@ -154,45 +146,18 @@ def adversarial_recipe(suite, defense: str | None = None, **overrides: Any) -> A
     return read_table(AdversarialRecipe, values, "adversarial training recipe")
 
 
-def _batches(dataset, batch_size: int, seed: int, start: int) -> Iterator[dict]:
-    """The training batches from step ``start`` on: epoch e is the data in the order seeded by
-    ``seed + e`` (the same order whether or not the run was resumed)."""
-    per_epoch = len(dataset) // batch_size
-    epoch, skip = divmod(start, per_epoch)
-    while True:
-        for i, batch in enumerate(make_loader(dataset, batch_size, shuffle=True, seed=seed + epoch, drop_last=True)):
-            if i >= skip:
-                yield batch
-        epoch, skip = epoch + 1, 0
+class _Cosine(torch.optim.lr_scheduler.LRScheduler):
+    """The recipe's lr cosine-annealed to 0 over its steps, computed in closed form at each step
+    (the training defenses' schedule; members use torch's recursive form, whose rounding differs).
+    Its state (a resume file's) is numbers only."""
 
+    def __init__(self, optimizer: torch.optim.Optimizer, recipe: AdversarialRecipe) -> None:
+        self.peak, self.total = recipe.lr, recipe.steps
+        super().__init__(optimizer)
 
-def _cosine(recipe: AdversarialRecipe, step: int) -> float:
-    return recipe.lr * 0.5 * (1.0 + math.cos(math.pi * step / recipe.steps))
-
-
-def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, meta: dict) -> None:
-    """Model and optimiser state after ``step`` steps, in one safetensors file (written under a
-    temporary name and renamed, so a kill never leaves half a file)."""
-    tensors, rest = training_state(model, opt)
-    write_resume(path, tensors, RESUME_KEY, {**meta, "step": step, **rest})
-
-
-def _load_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, meta: dict, device, label: str) -> int:
-    try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            info = json.loads((f.metadata() or {})[RESUME_KEY])
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not a readable {label} resume file ({type(exc).__name__}: {exc}); delete it, or "
-                        "pass --restart to train from the start") from None
-    for key in ("defense", "recipe", "parent_sha256"):
-        if info.get(key) != meta[key]:
-            raise UserError(f"{path}: this resume file is of another training ({key} was {info.get(key)!r}, now "
-                            f"{meta[key]!r}); pass --restart to train from the start")
-    restore_training_state(model, opt, tensors, info, device)
-    return int(info["step"])
+    def get_lr(self) -> list[float]:
+        lr = self.peak * 0.5 * (1.0 + math.cos(math.pi * self.last_epoch / self.total))
+        return [lr for _ in self.optimizer.param_groups]
 
 
 def adversarial_training(model: nn.Module, tasks: list[Task], dataset, examples: Examples,
@@ -200,53 +165,30 @@ def adversarial_training(model: nn.Module, tasks: list[Task], dataset, examples:
                          meta: dict | None = None, progress: Callable[[int, float], None] | None = None,
                          label: str = "adversarial training") -> dict[str, Any]:
     """Train ``model`` in place for ``recipe.steps`` steps on the adversarial examples that
-    ``examples(model, batch, generator)`` makes of each batch (with the model in eval mode). With
-    ``resume`` (a file path), continue from the state there when it exists and write it every
-    ``checkpoint_every`` steps. ``label`` names the defense in messages. Returns training statistics."""
-    if len(dataset) == 0:
-        raise UserError(f"{label}: the training set is empty")
-    model.to(device)
-    with training_layout(model, device):
-        return _adversarial_training(model, tasks, dataset, examples, recipe, device=device, resume=resume,
-                                     meta=meta, progress=progress, label=label)
+    ``examples(model, batch, generator)`` makes of each batch (with the model in eval mode), on
+    the one training loop (:func:`~benchmark.training.run_training`): each step reseeds from the
+    recipe's seed and the step number. With ``resume`` (a file path), continue from the state
+    there when it exists and write it every ``checkpoint_every`` steps; ``meta`` identifies the
+    training. ``label`` names the defense in messages. Returns training statistics."""
 
-
-def _adversarial_training(model, tasks, dataset, examples, recipe, *, device, resume, meta, progress,
-                          label) -> dict[str, Any]:
-    batch_size = min(recipe.batch_size, len(dataset))
-    for p in model.parameters():
-        p.requires_grad_(True)
-    opt = make_optimizer(model.parameters(), "adam", lr=recipe.lr, weight_decay=recipe.weight_decay)
-    meta = meta or {}
-    start = 0
-    if resume is not None and resume.exists():
-        start = _load_resume(resume, model, opt, meta, device, label)
-    began, last = time.perf_counter(), float("nan")
-    data = _batches(dataset, batch_size, recipe.seed, start)
-    for step in range(start, recipe.steps):
-        batch = to_device(next(data), device)
+    def step_loss(step: int, batch: dict) -> torch.Tensor:
         torch.manual_seed(recipe.seed * 1_000_003 + step)
         generator = torch.Generator(device=device).manual_seed(recipe.seed * 1_000_003 + step)
         model.eval()
         x_adv = examples(model, batch, generator)
         model.train()
-        for group in opt.param_groups:
-            group["lr"] = _cosine(recipe, step)
         loss = total_loss(tasks, model(x_adv), batch)
         if recipe.clean_weight > 0:
             loss = loss + recipe.clean_weight * total_loss(tasks, model(batch["image"]), batch)
-        if not torch.isfinite(loss):
-            raise UserError(f"{label}: the training loss is {loss.item()} at step {step + 1}; lower the recipe's lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        last = loss.item()
-        done = step + 1
-        if resume is not None and done % recipe.checkpoint_every == 0 and done < recipe.steps:
-            _save_resume(resume, model, opt, done, meta)
-        if progress is not None:
-            progress(done, last)
-    model.eval()
+        return loss
+
+    for p in model.parameters():
+        p.requires_grad_(True)
+    stats = run_training(model, dataset, step_loss, steps=recipe.steps, batch_size=recipe.batch_size,
+                         seed=recipe.seed, lr=recipe.lr, weight_decay=recipe.weight_decay, optimizer="adam",
+                         schedule=lambda opt: _Cosine(opt, recipe), device=device, progress=progress, resume=resume,
+                         checkpoint_every=recipe.checkpoint_every, identity=meta, loss_every=1, label=label,
+                         restart="delete it, or pass --restart to train from the start")
     for p in model.parameters():
         p.requires_grad_(False)
-    return {"steps": recipe.steps, "resumed_at": start, "final_loss": last, "seconds": time.perf_counter() - began}
+    return stats

@@ -38,10 +38,14 @@ from benchmark.paths import safe_name
 from benchmark.runner.store import CellResult, pid_alive
 from benchmark.zoo.checkpoint import file_sha256
 
-__all__ = ["SubmitResult", "attack_sources", "find_bundles", "images_file", "submit"]
+__all__ = ["BundleError", "SubmitResult", "attack_sources", "find_bundles", "images_file", "submit"]
 
 BUNDLE_FORMAT = "mtlbench-bundle"
 BUNDLE_VERSION = 1
+
+
+class BundleError(UserError):
+    """A bundle that cannot be verified; the message names the file, the cell and the field."""
 
 
 def attack_sources(names: list[str]) -> dict[str, str]:

@@ -23,9 +23,10 @@ from benchmark.attacks.spec import AttackSpec, is_ours
 from benchmark.attacks.validate import AttackRun
 from benchmark.defenses import parse_defense
 from benchmark.defenses.inference import deployed_outputs
+from benchmark.enums import Status
 from benchmark.errors import UserError
 from benchmark.evaluation import per_image_metrics
-from benchmark.metric_base import encode_states
+from benchmark.metric_base import TaskMetrics, encode_states
 from benchmark.runner.context import CellContext, device_name
 from benchmark.runner.store import CellResult, cell_key
 from benchmark.scoring import arp, image_scores, task_arp
@@ -182,54 +183,66 @@ def expand_grid(suite: Suite, profile: Profile, *, attacks: list[str] | None = N
                  for m in members for d in defense_list)
     targets = list(dict.fromkeys(t for t in every if t.defense is None or defended is None or t.member in defended))
     timeout = profile.cell_timeout if cell_timeout is None else cell_timeout
-    cells = [Cell(t, a, e, s, profile.name, profile.eval_size, profile.batch_size,
-                  check_determinism=i == 0 and needs_determinism_check(t, a, device), data_root=data_root,
-                  timeout_s=timeout or None, timeout_scales=cell_timeout is None)
+
+    def make(t, a, e, s, **kw) -> Cell:
+        return Cell(t, a, e, s, profile.name, profile.eval_size, profile.batch_size, data_root=data_root,
+                    timeout_s=timeout or None, timeout_scales=cell_timeout is None, **kw)
+
+    cells = [make(t, a, e, s, check_determinism=i == 0 and needs_determinism_check(t, a, device))
              for t in targets for a in specs for s in seed_list for i, e in enumerate(eps_list)]
     # the profile's attacks for the members that get defenses (the black-box attack of the
     # gradient-masking checks), on each of their targets and on an external model
     if attacks is None and profile.defense_attacks:
         on = set(profile.defended_models or [m.name for m in members])
         more = [a for a in _specs(profile.defense_attacks, suite, profile, precision) if a not in specs]
-        cells += [Cell(t, a, e, s, profile.name, profile.eval_size, profile.batch_size,
-                       check_determinism=i == 0 and needs_determinism_check(t, a, device), data_root=data_root,
-                       timeout_s=timeout or None, timeout_scales=cell_timeout is None)
+        cells += [make(t, a, e, s, check_determinism=i == 0 and needs_determinism_check(t, a, device))
                   for t in targets if t.external or t.member in on
                   for a in more for s in seed_list for i, e in enumerate(eps_list)]
-    # transfer cells, with the profile's attacks: crafted on each source member and scored on every
-    # other undefended target (the cross-model matrix; the diagonal is the white-box cells above),
-    # and on each defended target crafted on its own undefended member (a masking check)
     if attacks is None and external is None and (profile.transfer_from or profile.defense_transfer):
-        names = [m.name for m in members]
-        sources = [] if not profile.transfer_from else names if "*" in profile.transfer_from else [
-            m for m in profile.transfer_from if m in names]
-        for t in targets:
-            froms = [m for m in sources if m != t.member] if t.defense is None else (
-                [t.member] if profile.defense_transfer else [])
-            cells += [Cell(t, a, e, s, profile.name, profile.eval_size, profile.batch_size, check_determinism=False,
-                           data_root=data_root, timeout_s=timeout or None, timeout_scales=cell_timeout is None,
-                           source=src)
-                      for src in froms for a in specs for s in seed_list for e in eps_list]
-        used = {c.source for c in cells if c.source}
-        cells = [replace(c, share_crafted=True) if c.source is None and c.target.defense is None
-                 and c.target.member in used and not c.budget_point else c for c in cells]
+        cells = _with_transfer_cells(cells, make, profile, members, targets, specs, seed_list, eps_list)
     if profile.inspect_images:  # the protocol's cells keep their first images for the inspection pages
         cells = [replace(c, inspect=min(profile.inspect_images, profile.eval_size or profile.inspect_images))
                  for c in cells]
     # the budget curves' extra points: other step budgets on the undefended (budget) members, when
     # the profile's attacks run (a request naming its attacks, `check` or `submit`, gets those only)
-    curve_models = set(profile.budget_models or [m.name for m in members]) if attacks is None else set()
+    if attacks is None:
+        cells += _budget_cells(make, profile, members, targets, specs, seed_list, eps_list)
+    return cells
+
+
+def _with_transfer_cells(cells: list[Cell], make, profile: Profile, members, targets, specs, seeds,
+                         eps) -> list[Cell]:
+    """``cells`` and the transfer cells of the profile's attacks: crafted on each source member and
+    scored on every other undefended target (the cross-model matrix; the diagonal is the white-box
+    cells), and on each defended target crafted on its own undefended member (a masking check).
+    The white-box cells of a source keep their images for its transfer cells (``share_crafted``)."""
+    names = [m.name for m in members]
+    sources = [] if not profile.transfer_from else names if "*" in profile.transfer_from else [
+        m for m in profile.transfer_from if m in names]
+    for t in targets:
+        froms = [m for m in sources if m != t.member] if t.defense is None else (
+            [t.member] if profile.defense_transfer else [])
+        cells += [make(t, a, e, s, check_determinism=False, source=src)
+                  for src in froms for a in specs for s in seeds for e in eps]
+    used = {c.source for c in cells if c.source}
+    return [replace(c, share_crafted=True) if c.source is None and c.target.defense is None
+            and c.target.member in used and not c.budget_point else c for c in cells]
+
+
+def _budget_cells(make, profile: Profile, members, targets, specs, seeds, eps) -> list[Cell]:
+    """The budget curves' extra points: each optimizer's other step budgets of the profile on its
+    undefended budget members (all members when it names none)."""
+    curve_models = set(profile.budget_models or [m.name for m in members])
+    out = []
     for spec in specs:
         option = getattr(spec.attack_class, "budget_option", None)
         extra = [b for b in profile.budgets.get(spec.optimizer, ()) if option and b != dict(spec.options).get(option)]
         for t in targets:
             if t.defense is not None or t.external or t.member not in curve_models:
                 continue
-            cells += [Cell(t, spec.with_options(**{option: b}), e, s, profile.name, profile.eval_size,
-                           profile.batch_size, check_determinism=False, data_root=data_root,
-                           timeout_s=timeout or None, timeout_scales=cell_timeout is None, budget_point=True)
-                      for b in extra for s in seed_list for e in eps_list]
-    return cells
+            out += [make(t, spec.with_options(**{option: b}), e, s, check_determinism=False, budget_point=True)
+                    for b in extra for s in seeds for e in eps]
+    return out
 
 
 def _specs(patterns, suite: Suite, profile: Profile, precision: str | None = None) -> list[AttackSpec]:
@@ -362,7 +375,7 @@ def evaluate_cell(cell: Cell, ctx: CellContext) -> CellResult:
         with meter, time_limit(cell.timeout_s):
             _attack_and_score(cell, ctx, result)
     except CellTimeout as exc:
-        result.status = "failed"
+        result.status = Status.FAILED
         result.reason = (f"{exc} in batch {result.batches + 1} of {len(ctx.batches)}; raise it with --cell-timeout "
                          "or the profile's cell_timeout")
         result.adversarial, result.arp, result.task_arp = {}, None, {}
@@ -376,21 +389,20 @@ def evaluate_cell(cell: Cell, ctx: CellContext) -> CellResult:
 
 def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
     if ctx.model_problem:  # the model's own fault, found before any attack ran
-        result.status, result.reason = "invalid", ctx.model_problem
+        result.status, result.reason = Status.INVALID, ctx.model_problem
         return
     try:
         attack = cell.attack.create()
     except UserError as exc:
-        result.status, result.reason = "failed", f"cannot create the attack: {exc}"
+        result.status, result.reason = Status.FAILED, f"cannot create the attack: {exc}"
         return
-    metrics = {t.name: t.new_metric() for t in ctx.tasks}
+    metrics = TaskMetrics.of(ctx.tasks)
     images: list[dict] = []  # each image's own metrics ({task: metric})
     kept: list[torch.Tensor] = []
     max_delta = 0.0
     inspected: list[bytes] = []
     # behind a detector: which adversarial images it rejected, and the metrics as if none were
-    detection = None if ctx.detection is None else {"rejected": [], "plain": {t.name: t.new_metric()
-                                                                              for t in ctx.tasks}}
+    detection = None if ctx.detection is None else {"rejected": [], "plain": TaskMetrics.of(ctx.tasks)}
     started = time.perf_counter()
     for i, batch in enumerate(ctx.batches):
         if i == 1 and cell.timeout_scales and cell.timeout_s:
@@ -423,7 +435,7 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
             kept.append(run.adversarial.detach().float().cpu())
         result.images += batch["image"].shape[0]
         result.batches += 1
-    result.adversarial = {name: m.compute() for name, m in metrics.items()}
+    result.adversarial = metrics.compute()
     result.max_perturbation = max_delta
     if inspected:
         result.inspection = inspected  # stored beside the cell (ResultsStore.put), not in its row
@@ -434,11 +446,11 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
         result.task_arp = task_arp(ctx.clean, result.adversarial, ctx.tasks)
         result.arp = arp(ctx.clean, result.adversarial, ctx.tasks)
     except ValueError as exc:  # a clean metric of 0: ARP is undefined
-        result.status, result.reason = "invalid", f"ARP undefined: {exc}"
+        result.status, result.reason = Status.INVALID, f"ARP undefined: {exc}"
         return
     result.per_image = per_image_record(ctx, images)
     if detection is not None:
-        plain = {name: m.compute() for name, m in detection["plain"].items()}
+        plain = detection["plain"].compute()
         rejected = detection["rejected"]
         result.per_image["rejected"] = rejected
         result.config["detection"] = {
@@ -452,8 +464,7 @@ def _attacker_view(ctx: CellContext, batch: dict, adversarial: torch.Tensor, out
     """A detector target's outputs as the attacker scores them: a rejected image's clean ones."""
     with torch.no_grad():
         rejected = ctx.model.rejected(adversarial)
-    for t in ctx.tasks:
-        detection["plain"][t.name].update(outputs[t.name], batch)
+    detection["plain"].update(outputs, batch)
     detection["rejected"] += [bool(r) for r in rejected.cpu()]
     if not rejected.any():
         return outputs
@@ -513,11 +524,9 @@ def score_batch(ctx: CellContext, index: int, adversarial: torch.Tensor, seed: i
         first = first or outputs
         if detection is not None:
             outputs = _attacker_view(ctx, batch, adversarial, outputs, detection)
-        for t in ctx.tasks:
-            metrics[t.name].update(outputs[t.name], batch)
+        metrics.update(outputs, batch)
         per = per_image_metrics(ctx.tasks, outputs, batch)
-        mine = per if not mine else [{k: m.merge(o[k]) for k, m in one.items()} for one, o in zip(mine, per,
-                                                                                               strict=True)]
+        mine = per if not mine else [one.merge(o) for one, o in zip(mine, per, strict=True)]
     images += mine
     return first
 
@@ -526,7 +535,7 @@ def per_image_record(ctx: CellContext, images: list[dict]) -> dict[str, Any]:
     """What a cell stores per image (batch order): its id, its score (the jackknife pseudo-value of
     the cell's ARP), its own metrics, and (where they are small) its metrics' statistics, from
     which any set of images taken from several cells is scored exactly (the worst case per image)."""
-    own = [{name: m.compute() for name, m in one.items()} for one in images]
+    own = [TaskMetrics(one).compute() for one in images]
     record = {
         "ids": list(ctx.image_ids or map(str, range(len(images))))[: len(images)],
         "score": image_scores(ctx.clean, images, ctx.tasks),

@@ -199,7 +199,7 @@ def _compare(name: str, base: dict[str, Any], new: dict[str, Any], opts: CheckOp
                       passes_before=base.get("passes_per_image"), passes_after=new.get("passes_per_image"),
                       ratio_before=base.get("time_ratio"), ratio_after=new.get("time_ratio"))
     for cell in new["cells"]:
-        if cell["status"] != "valid":
+        if cell["status"] != Status.VALID:
             out.invalid = True
             out.failures.append(f"{cell['status']} output on {cell['model']} eps {cell['eps']:g} seed {cell['seed']}: "
                                 f"{cell['reason']}")

@@ -17,6 +17,7 @@ from benchmark.defenses.inference import deployed, deployed_outputs
 from benchmark.enums import Origin
 from benchmark.errors import UserError
 from benchmark.evaluation import check_outputs, degenerate_metrics, model_problem
+from benchmark.metric_base import TaskMetrics
 from benchmark.runner.store import ResultsStore, cell_key
 from benchmark.targets import Target, freeze
 from benchmark.tasks import Task
@@ -139,12 +140,11 @@ def prepare_context(target: Target, images: int | None, batch_size: int, data_ro
     if clean is None and store is not None:
         clean = store.get_clean(clean_key)
     if clean is None:
-        metrics = {t.name: t.new_metric() for t in tasks}
+        metrics = TaskMetrics.of(tasks)
         for batch in batches:  # a randomised defense: pooled over its scoring draws, as its attacked images are
             for outputs in deployed_outputs(model, batch["image"], 0, target.score_draws):
-                for t in tasks:
-                    metrics[t.name].update(outputs[t.name], batch)
-        clean = {name: m.compute() for name, m in metrics.items()}
+                metrics.update(outputs, batch)
+        clean = metrics.compute()
         if store is not None:
             store.put_clean(clean_key, suite=suite.name, model=target.name, model_revision=revision,
                             split=suite.split, images=count, metrics=clean, device=str(device),

@@ -68,12 +68,12 @@ class RunSummary:
     @property
     def bad(self) -> int:
         """Failed or invalid cells of this run."""
-        return self.done["failed"] + self.done["invalid"]
+        return self.done[Status.FAILED] + self.done[Status.INVALID]
 
     @property
     def stored_bad(self) -> int:
         """Failed or invalid cells of the grid in the store, whichever run computed them."""
-        return self.stored["failed"] + self.stored["invalid"]
+        return self.stored[Status.FAILED] + self.stored[Status.INVALID]
 
 
 def _todo(cells: list[Cell], store: ResultsStore, ctx: CellContext, *, retry_failed: bool = True) -> list[Cell]:
@@ -116,11 +116,11 @@ def _spread_nondeterminism(group: list[Cell], ctx: CellContext, store: ResultsSt
             continue
         checked = failed[_verdict_key(cell)]
         budget = "" if checked.attack == cell.attack else f" at {dict(checked.attack.options)}"
-        r.status, r.arp, r.task_arp = "invalid", None, {}
+        r.status, r.arp, r.task_arp = Status.INVALID, None, {}
         r.reason = (f"{NONDETERMINISTIC}: the same seed gave a different output (checked in the eps "
                     f"{checked.eps:g} cell of this attack{budget} and seed)")
         store.put(r)
-        summary.done["invalid"] += 1
+        summary.done[Status.INVALID] += 1
         if r.key in ran:
             summary.done["valid"] -= 1
         changed += 1
@@ -168,7 +168,7 @@ class _Running:
 
     def line(self) -> Text:
         mean = f"mean ARP {sum(self.arps) / len(self.arps):6.2f}" if self.arps else "no valid cell"
-        bad = ", ".join(f"{n} {s}" for s, n in self.statuses.items() if n and s != "valid")
+        bad = ", ".join(f"{n} {s}" for s, n in self.statuses.items() if n and s != Status.VALID)
         line = Text(f"{self.ctx.target.name:>12}: {len(self.ran)} cells in {time.perf_counter() - self.start:5.1f} s, "
                     f"{mean}")
         if bad:
@@ -297,7 +297,7 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
                 state.add(result)
                 if state.left == 0:
                     del running[index]
-                    state.statuses["invalid"] += _spread_nondeterminism(state.group, state.ctx, store, summary,
+                    state.statuses[Status.INVALID] += _spread_nondeterminism(state.group, state.ctx, store, summary,
                                                                         state.ran)
                     bar.console.print(state.line())
         for status in store.statuses(summary.keys).values():

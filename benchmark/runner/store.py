@@ -12,15 +12,17 @@ import contextlib
 import hashlib
 import json
 import math
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmark.enums import Status
 from benchmark.errors import UserError
+from benchmark.schema import setting, text_rule
 
 __all__ = ["CellResult", "Owner", "ResultsStore", "cell_key", "storage_error"]
 
@@ -136,42 +138,86 @@ def _json_object(text: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+SHA256 = re.compile(r"[0-9a-f]{64}")
+_INT_MAX = 2**53  # JSON's exact integers
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def images_rule(value: int) -> str | None:
+    from benchmark.suites import MAX_EVAL_SIZE
+
+    return None if value <= MAX_EVAL_SIZE else f"expected an integer in [0, {MAX_EVAL_SIZE}], got {_show(value)}"
+
+
+def _number_problem(value: Any, nan: bool, bound: float) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"expected a number, got {_show(value)}"
+    if math.isnan(value):
+        return None if nan else f"expected a number, got {_show(value)}"
+    return None if abs(value) <= bound else f"expected a number in [{-bound:g}, {bound:g}], got {_show(value)}"
+
+
+def _task_numbers(value: dict) -> tuple[str, str] | None:
+    """A task's ARP per task: finite numbers."""
+    for task, x in value.items():
+        if (problem := _number_problem(x, nan=False, bound=1e9)) is not None:
+            return str(task), problem
+    return None
+
+
+def _metric_tables(value: dict) -> tuple[str, str] | None:
+    """``{task: {metric: number}}``: NaN allowed (a metric can be undefined), never inf."""
+    for task, metrics in value.items():
+        if not isinstance(metrics, dict):
+            return str(task), f"expected a table of metrics, got {_show(metrics)}"
+        for name, x in metrics.items():
+            if (problem := _number_problem(x, nan=True, bound=1e12)) is not None:
+                return f"{task}.{name}", problem
+    return None
+
+
 @dataclass
 class CellResult:
-    """Everything stored about one evaluated cell."""
+    """Everything stored about one evaluated cell. Each field declares what it may hold
+    (:func:`~benchmark.schema.setting`): a cell read from a third party (a bundle's cells.json) is
+    checked against these rules before any value is used."""
 
-    key: str
-    suite: str
-    model: str
-    attack: str
-    eps: float
-    seed: int
-    profile: str
-    status: str  # valid | invalid | failed
-    reason: str = ""
-    arp: float | None = None
-    task_arp: dict[str, float] = field(default_factory=dict)
-    clean: dict[str, dict[str, float]] = field(default_factory=dict)
-    adversarial: dict[str, dict[str, float]] = field(default_factory=dict)
-    images: int = 0
-    batches: int = 0
-    wall_s: float = 0.0
-    attack_s: float = 0.0
-    time_per_image_s: float = 0.0
-    forward_passes: int = 0  # model calls made by the attack, over all batches
-    backward_passes: int = 0
-    peak_memory_bytes: int | None = None
-    peak_memory_kind: str = ""
-    max_perturbation: float | None = None  # 0-255 units
-    device: str = ""
-    torch_version: str = ""
-    mtlbench_version: str = ""
-    git_commit: str = ""
-    model_revision: str = ""
-    config: dict[str, Any] = field(default_factory=dict)
-    created: str = ""
+    key: str = setting(check=text_rule(64, SHA256))
+    suite: str = setting(check=text_rule(200))
+    model: str = setting(check=text_rule(200))
+    attack: str = setting(check=text_rule(200))
+    eps: float = setting(low=0.0, open_low=True, high=255.0)  # 0-255 units
+    seed: int = setting(low=0, high=2**63 - 1)
+    profile: str = setting(check=text_rule(200))
+    status: str = setting(choices=tuple(Status))
+    reason: str = setting("", check=text_rule(2000))
+    arp: float | None = setting(None, low=-1e9, high=1e9)
+    task_arp: dict[str, float] = setting(factory=dict, check=_task_numbers)
+    clean: dict[str, dict[str, float]] = setting(factory=dict, check=_metric_tables)
+    adversarial: dict[str, dict[str, float]] = setting(factory=dict, check=_metric_tables)
+    images: int = setting(0, low=0, check=images_rule)
+    batches: int = setting(0, low=0, check=images_rule)
+    wall_s: float = setting(0.0, low=0.0, high=1e9)
+    attack_s: float = setting(0.0, low=0.0, high=1e9)
+    time_per_image_s: float = setting(0.0, low=0.0, high=1e9)
+    forward_passes: int = setting(0, low=0, high=_INT_MAX)  # model calls made by the attack, over all batches
+    backward_passes: int = setting(0, low=0, high=_INT_MAX)
+    peak_memory_bytes: int | None = setting(None, low=0, high=_INT_MAX)
+    peak_memory_kind: str = setting("", check=text_rule(2000))
+    max_perturbation: float | None = setting(None, low=0.0, high=255.0)  # 0-255 units
+    device: str = setting("", check=text_rule(2000))
+    torch_version: str = setting("", check=text_rule(2000))
+    mtlbench_version: str = setting("", check=text_rule(2000))
+    git_commit: str = setting("", check=text_rule(2000))
+    model_revision: str = setting("", check=text_rule(2000))
+    config: dict[str, Any] = setting(factory=dict)
+    created: str = setting("", check=text_rule(2000))
     # per image, in batch order: {"ids": [...], "score": [...], "metrics": {task: {metric: [...]}}}
-    per_image: dict[str, Any] = field(default_factory=dict)
+    per_image: dict[str, Any] = setting(factory=dict)
 
     @property
     def passes_per_image(self) -> float | None:
@@ -200,7 +246,7 @@ class CellResult:
             if not isinstance(data[col], dict):
                 data[col], damaged = {}, [*damaged, f"column {col} is not a JSON object"]
         arp = data.get("arp")
-        if data.get("status") == "valid" and (not isinstance(arp, int | float) or not math.isfinite(arp)
+        if data.get("status") == Status.VALID and (not isinstance(arp, int | float) or not math.isfinite(arp)
                                               or not all(isinstance(v, int | float) and math.isfinite(v)
                                                          for v in data["task_arp"].values())):
             damaged.append(f"ARP is not a finite number ({arp!r})")

@@ -4,14 +4,15 @@ A bundle (:mod:`benchmark.runner.bundle`) is third-party input: everything in it
 before it is believed, in this order, and a bundle that fails any check is rejected with the
 reason, naming the file, the cell and the field:
 
-1. **What it may cost.** A bundle is read in place (a zip is never extracted): only
-   ``manifest.json``, ``cells.json`` and the images files of the cells the manifest declares may be
-   in it, no links, and each file is bounded by what the manifest's grid needs (images x 3 x H x W
-   float32 per cell), so a small zip cannot expand into gigabytes.
-2. **Types and ranges.** The manifest and every cell are validated field by field (integers are
-   integers in range, numbers finite, names valid) before any value is used; the suite is named,
-   never a path: a bundle opens nothing outside itself (``--suite PATH`` is the verifier's own
-   choice).
+1. **What it may cost** (:mod:`benchmark.runner.archive`). A bundle is read in place (a zip is
+   never extracted): only ``manifest.json``, ``cells.json`` and the images files of the cells the
+   manifest declares may be in it, no links, and each file is bounded by what the manifest's grid
+   needs (images x 3 x H x W float32 per cell), so a small zip cannot expand into gigabytes.
+2. **Types and ranges** (:mod:`benchmark.runner.bundle_schema`). The manifest and every cell are
+   checked against their declarations (a cell against the store's own ``CellResult``) before any
+   value is used: integers are integers in range, numbers finite, names valid; the suite is
+   named, never a path: a bundle opens nothing outside itself (``--suite PATH`` is the
+   verifier's own choice).
 3. **The grid.** The cells are exactly the grid the manifest declares (its models x attacks x eps x
    seeds), each once, with the manifest's attack options, image count and batch size, and a key
    that is the hash of its own configuration; the members' pins are this suite's.
@@ -53,14 +54,8 @@ gave the same bits at every thread count (the differences come with a partial la
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import re
-import stat
-import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +64,10 @@ import torch
 from benchmark.attacks.validate import output_problem
 from benchmark.enums import Status
 from benchmark.errors import UserError
-from benchmark.runner.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, attack_sources, images_file
+from benchmark.metric_base import TaskMetrics
+from benchmark.runner.archive import Archive, open_archive
+from benchmark.runner.bundle import BundleError, attack_sources, images_file
+from benchmark.runner.bundle_schema import CELL_BYTES_FIXED, CELL_BYTES_PER_IMAGE, Grid, read_cell, read_manifest, show
 from benchmark.runner.store import CellResult, cell_key
 
 __all__ = ["ARP_TOLERANCE", "IMAGE_METRIC_TOLERANCE", "METRIC_TOLERANCE", "RECOUNT_PIXEL_SHARE",
@@ -92,316 +90,6 @@ RECOUNT_PIXEL_SHARE = 0.001
 MANIFEST_MAX_BYTES = 16 * 2**20
 #: a safetensors file's header beyond its tensor bytes (the tensor's name, shape and the metadata)
 HEADER_SLACK = 64 * 2**10
-#: the most one cell's record may take in cells.json, per image and fixed
-CELL_BYTES_PER_IMAGE, CELL_BYTES_FIXED = 8 * 2**10, 256 * 2**10
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_INT_MAX = 2**53  # JSON's exact integers
-
-
-class BundleError(UserError):
-    """A bundle that cannot be verified; the message names the file, the cell and the field."""
-
-
-# ---------------------------------------------------------------------- reading, bounded
-class _Reader:
-    """A bundle's files read in place (a directory, or a zip that is never extracted): their
-    names and sizes, and their bytes read with a bound."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.zip: zipfile.ZipFile | None = None
-        self.sizes: dict[str, int] = {}
-        if path.is_dir():
-            self._list_dir()
-        elif path.is_file():
-            self._list_zip()
-        else:
-            raise BundleError(f"bundle {path} does not exist")
-
-    def _list_dir(self) -> None:
-        for entry in sorted(self.path.rglob("*")):
-            rel = entry.relative_to(self.path).as_posix()
-            if entry.is_symlink():
-                raise BundleError(f"bundle {self.path}: {rel} is a link; a bundle holds plain files only")
-            if entry.is_file():
-                self.sizes[rel] = entry.stat().st_size
-            elif not entry.is_dir():
-                raise BundleError(f"bundle {self.path}: {rel} is not a plain file")
-
-    def _list_zip(self) -> None:
-        if not zipfile.is_zipfile(self.path):
-            raise BundleError(f"bundle {self.path} is neither a directory nor a .zip file")
-        try:
-            self.zip = zipfile.ZipFile(self.path)
-            infos = self.zip.infolist()
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise BundleError(f"bundle {self.path}: not a readable zip file ({exc})") from None
-        for info in infos:
-            name = info.filename
-            parts = Path(name).parts
-            if name.startswith("/") or Path(name).is_absolute() or ".." in parts or "\\" in name:
-                raise BundleError(f"bundle {self.path}: member {name!r} points outside the bundle")
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise BundleError(f"bundle {self.path}: member {name!r} is a link; a bundle holds plain files only")
-            if info.is_dir():
-                continue
-            if name in self.sizes:
-                raise BundleError(f"bundle {self.path}: member {name!r} appears twice")
-            self.sizes[name] = info.file_size
-
-    def read(self, name: str, limit: int) -> bytes:
-        size = self.sizes.get(name)
-        if size is None:
-            raise BundleError(f"bundle {self.path}: no {name}")
-        if size > limit:
-            raise BundleError(f"bundle {self.path}: {name} is {size:,} bytes, more than the {limit:,} its grid "
-                              "can need")
-        try:
-            if self.zip is not None:
-                with self.zip.open(name) as f:
-                    data = f.read(limit + 1)
-            else:
-                with open(self.path / name, "rb") as f:
-                    data = f.read(limit + 1)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-            raise BundleError(f"bundle {self.path}: {name} cannot be read ({exc})") from None
-        if len(data) > limit:
-            raise BundleError(f"bundle {self.path}: {name} holds more than the {limit:,} bytes it declares")
-        return data
-
-    def json(self, name: str, limit: int) -> Any:
-        try:
-            return json.loads(self.read(name, limit))
-        except ValueError as exc:
-            raise BundleError(f"bundle {self.path}: {name} is not valid JSON ({exc})") from None
-        except RecursionError:
-            raise BundleError(f"bundle {self.path}: {name} nests its values too deeply to be a bundle's") from None
-
-    def close(self) -> None:
-        if self.zip is not None:
-            self.zip.close()
-
-
-@contextmanager
-def _reader(path: Path) -> Iterator[_Reader]:
-    reader = _Reader(path)
-    try:
-        yield reader
-    finally:
-        reader.close()
-
-
-# ---------------------------------------------------------------------- typed validation
-class _Check:
-    """Typed access to untrusted JSON: each accessor names the field it refuses."""
-
-    def __init__(self, where: str, prefix: str = "") -> None:
-        self.where, self.prefix = where, prefix
-
-    def at(self, key: str) -> _Check:
-        """The same checks inside the table ``key`` (messages name ``key.field``)."""
-        return _Check(self.where, f"{self.prefix}{key}.")
-
-    def fail(self, key: str, message: str) -> BundleError:
-        return BundleError(f"{self.where}: {self.prefix}{key}: {message}")
-
-    def table(self, table: Any, key: str) -> dict:
-        value = table.get(key) if isinstance(table, dict) else None
-        if not isinstance(value, dict):
-            raise self.fail(key, f"expected a table, got {_show(value)}")
-        return value
-
-    def text(self, table: dict, key: str, *, pattern: re.Pattern | None = None, limit: int = 1000,
-             default: Any = ...) -> str:
-        value = table.get(key, default)
-        if value is ... or not isinstance(value, str) or len(value) > limit:
-            raise self.fail(key, f"expected a string, got {_show(value)}")
-        if pattern is not None and not pattern.fullmatch(value):
-            raise self.fail(key, f"{value!r} is not valid here")
-        return value
-
-    def integer(self, table: dict, key: str, low: int, high: int, *, optional: bool = False) -> int | None:
-        value = table.get(key)
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.fail(key, f"expected an integer in [{low}, {high}], got {_show(value)}")
-        return value
-
-    def number(self, table: dict, key: str, low: float, high: float, *, optional: bool = False,
-               nan: bool = False) -> float | None:
-        value = table.get(key)
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(key, f"expected a number, got {_show(value)}")
-        if math.isnan(value) and nan:
-            return float(value)
-        if not math.isfinite(value) or not low <= value <= high:
-            raise self.fail(key, f"expected a number in [{low:g}, {high:g}], got {_show(value)}")
-        return float(value)
-
-    def numbers(self, values: Any, key: str, *, length: int | None = None, nan: bool = True) -> list[float]:
-        """A list of numbers (NaN allowed where a quantity can be undefined, never inf)."""
-        if not isinstance(values, list) or (length is not None and len(values) != length):
-            raise self.fail(key, f"expected a list of {length if length is not None else ''} numbers, got "
-                                 f"{_show(values)}")
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, int | float) or (math.isinf(v) or (math.isnan(v) and not nan)):
-                raise self.fail(key, f"expected numbers, found {_show(v)}")
-        return [float(v) for v in values]
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _metrics(check: _Check, table: Any, key: str) -> dict[str, dict[str, float]]:
-    """``{task: {metric: number}}`` (NaN allowed: a metric can be undefined; never inf)."""
-    if not isinstance(table, dict):
-        raise check.fail(key, f"expected a table of task metrics, got {_show(table)}")
-    out = {}
-    for task, values in table.items():
-        if not isinstance(values, dict):
-            raise check.fail(f"{key}.{task}", f"expected a table of metrics, got {_show(values)}")
-        out[task] = {m: check.number(values, m, -1e12, 1e12, nan=True) for m in values}
-    return out
-
-
-@dataclass(frozen=True)
-class _Grid:
-    models: tuple[str, ...]
-    attacks: tuple[str, ...]
-    eps: tuple[float, ...]
-    seeds: tuple[int, ...]
-    images: int
-    batch_size: int
-
-    def cells(self) -> list[tuple[str, str, float, int]]:
-        return [(m, a, e, s) for m in self.models for a in self.attacks for e in self.eps for s in self.seeds]
-
-
-def _manifest(raw: Any, path: Path) -> tuple[dict, _Grid]:
-    """The manifest, type-checked; the grid of cells it declares."""
-    from benchmark.suites import MAX_EVAL_SIZE, VALID_NAME
-
-    check = _Check(f"bundle {path}: manifest.json")
-    if not isinstance(raw, dict) or raw.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"bundle {path}: manifest.json is not an mtlbench result bundle manifest")
-    if raw.get("version") != BUNDLE_VERSION:
-        raise BundleError(f"bundle {path}: bundle version {_show(raw.get('version'))}; this mtlbench reads "
-                          f"{BUNDLE_VERSION}")
-    suite = check.table(raw, "suite")
-    check.at("suite").text(suite, "name", pattern=VALID_NAME, limit=200)
-    members = check.at("suite").table(suite, "members")
-    if not members or len(members) > 10_000:
-        raise check.fail("suite.members", f"expected the models the bundle was scored on, got {len(members)}")
-    for name, entry in members.items():
-        if not isinstance(name, str) or not VALID_NAME.fullmatch(name):
-            raise check.fail("suite.members", f"{_show(name)} is not a model name")
-        if not isinstance(entry, dict):
-            raise check.fail(f"suite.members.{name}", "expected a table")
-        for key in ("repo_id", "revision", "sha256", "scored_revision"):
-            check.at(f"suite.members.{name}").text(entry, key, limit=200)
-    attack = check.table(raw, "attack")
-    names = attack.get("names")
-    if not isinstance(names, list) or not names or len(names) > 1000 or not all(isinstance(n, str) for n in names):
-        raise check.fail("attack.names", f"expected a list of attack names, got {_show(names)}")
-    if len(set(names)) != len(names):
-        raise check.fail("attack.names", "an attack is named twice")
-    options = check.at("attack").table(attack, "options")
-    for name in names:
-        if not isinstance(options.get(name), dict):
-            raise check.fail(f"attack.options.{name}", f"expected the attack's options, got {_show(options.get(name))}")
-    sources = check.at("attack").table(attack, "sources")
-    for key, digest in sources.items():
-        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
-            raise check.fail(f"attack.sources.{key}", f"expected a sha256, got {_show(digest)}")
-    data = check.table(raw, "data")
-    images = check.at("data").integer(data, "images", 1, MAX_EVAL_SIZE)
-    batch_size = check.at("data").integer(data, "batch_size", 1, 65_536)
-    ids = data.get("image_ids")
-    if not isinstance(ids, list) or len(ids) != images or not all(isinstance(i, str) and len(i) < 500 for i in ids):
-        raise check.fail("data.image_ids", f"expected {images} image ids (strings), got {_show(ids)}")
-    eps = raw.get("eps")
-    if (not isinstance(eps, list) or not eps or len(eps) > 1000 or len(set(map(str, eps))) != len(eps)
-            or not all(isinstance(e, int | float) and not isinstance(e, bool) and math.isfinite(e) and 0 < e <= 255
-                       for e in eps)):
-        raise check.fail("eps", f"expected distinct numbers in (0, 255] (0-255 units), got {_show(eps)}")
-    seeds = raw.get("seeds")
-    if (not isinstance(seeds, list) or not seeds or len(seeds) > 1000 or len(set(map(str, seeds))) != len(seeds)
-            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in seeds)):
-        raise check.fail("seeds", f"expected distinct integers in [0, 2^63), got {_show(seeds)}")
-    for key in ("device", "torch", "created"):
-        check.text(raw, key, limit=500)
-    check.at("mtlbench").text(check.table(raw, "mtlbench"), "version", limit=100)
-    grid = _Grid(tuple(members), tuple(names), tuple(float(e) for e in eps), tuple(seeds), images, batch_size)
-    if len(grid.cells()) > 100_000:
-        raise check.fail("", f"declares {len(grid.cells()):,} cells; a bundle holds at most 100,000")
-    return raw, grid
-
-
-def _cell(raw: Any, i: int, path: Path, tasks: list[str]) -> tuple[CellResult, str, str]:
-    """Cell ``i`` of cells.json, every field type-checked; its images file and that file's sha256."""
-    from benchmark.suites import MAX_EVAL_SIZE
-
-    if not isinstance(raw, dict):
-        raise BundleError(f"bundle {path}: cells.json: cell {i} is not a table")
-    label = f"{raw.get('model')} {raw.get('attack')} eps {raw.get('eps')} seed {raw.get('seed')}"
-    check = _Check(f"bundle {path}: cells.json: cell {i} ({_show(label)[:120]})")
-    known = {f.name for f in fields(CellResult)} | {"images_file", "images_sha256"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise check.fail(unknown[0], "not a field of a cell")
-    values: dict[str, Any] = {}
-    for key in ("key", "images_sha256"):
-        check.text(raw, key, pattern=_SHA256)
-    for key in ("key", "suite", "model", "attack", "profile", "status"):
-        values[key] = check.text(raw, key, limit=200)
-    for key in ("reason", "peak_memory_kind", "device", "torch_version", "mtlbench_version", "git_commit",
-                "model_revision", "created"):
-        values[key] = check.text(raw, key, limit=2000, default="")
-    values["eps"] = check.number(raw, "eps", 1e-9, 255.0)
-    values["seed"] = check.integer(raw, "seed", 0, 2**63 - 1)
-    values["images"] = check.integer(raw, "images", 1, MAX_EVAL_SIZE)
-    values["batches"] = check.integer(raw, "batches", 1, values["images"])
-    for key in ("wall_s", "attack_s", "time_per_image_s"):
-        values[key] = check.number(raw, key, 0.0, 1e9)
-    for key in ("forward_passes", "backward_passes"):
-        values[key] = check.integer(raw, key, 0, _INT_MAX)
-    values["peak_memory_bytes"] = check.integer(raw, "peak_memory_bytes", 0, _INT_MAX, optional=True)
-    values["max_perturbation"] = check.number(raw, "max_perturbation", 0.0, 255.0, optional=True)
-    values["arp"] = check.number(raw, "arp", -1e9, 1e9)
-    task_arp = raw.get("task_arp")
-    if not isinstance(task_arp, dict) or sorted(task_arp) != sorted(tasks):
-        raise check.fail("task_arp", f"expected the ARP of each task ({', '.join(tasks)}), got {_show(task_arp)}")
-    values["task_arp"] = {t: check.number(task_arp, t, -1e9, 1e9) for t in tasks}
-    for key in ("clean", "adversarial"):
-        values[key] = _metrics(check, raw.get(key), key)
-        if sorted(values[key]) != sorted(tasks):
-            raise check.fail(key, f"expected the metrics of {', '.join(tasks)}, got {_show(sorted(values[key]))}")
-    if not isinstance(raw.get("config"), dict):
-        raise check.fail("config", f"expected a table, got {_show(raw.get('config'))}")
-    values["config"] = raw["config"]
-    per = raw.get("per_image")
-    n = values["images"]
-    if not isinstance(per, dict) or not {"ids", "score", "metrics"} <= set(per) <= {"ids", "score", "metrics", "state"}:
-        raise check.fail("per_image", "expected ids, score, metrics (and the metrics' statistics) per image")
-    if "state" in per and (not isinstance(per["state"], str) or len(per["state"]) > n * CELL_BYTES_PER_IMAGE):
-        raise check.fail("per_image.state", "expected the per-image statistics as a base64 string")
-    if not isinstance(per["ids"], list) or len(per["ids"]) != n or not all(isinstance(x, str) for x in per["ids"]):
-        raise check.fail("per_image.ids", f"expected {n} image ids")
-    check.numbers(per["score"], "per_image.score", length=n)
-    if not isinstance(per["metrics"], dict) or sorted(per["metrics"]) != sorted(tasks):
-        raise check.fail("per_image.metrics", f"expected each task's metrics per image ({', '.join(tasks)})")
-    for task, table in per["metrics"].items():
-        if not isinstance(table, dict):
-            raise check.fail(f"per_image.metrics.{task}", "expected a table of metrics")
-        for metric, series in table.items():
-            check.numbers(series, f"per_image.metrics.{task}.{metric}", length=n)
-    values["per_image"] = per
-    return CellResult(**values), check.text(raw, "images_file", limit=1000), raw["images_sha256"]
 
 
 # ---------------------------------------------------------------------- the verdict
@@ -483,7 +171,7 @@ def bundle_suite_name(path: str | Path) -> str | None:
     """The name of the suite a bundle says it was scored on (None where its manifest cannot be
     read): what a verifier's options are checked against before the bundle is."""
     try:
-        with _reader(Path(path)) as reader:
+        with open_archive(Path(path)) as reader:
             raw = reader.json("manifest.json", MANIFEST_MAX_BYTES)
     except UserError:
         return None
@@ -515,8 +203,8 @@ def _suite_of(name: str, given: str | list[str] | None, path: Path):
 def _verify(verdict: BundleVerdict, *, suite, device, data_root, arp_tolerance, metric_tolerance, recount,
             recount_sample, recount_seed, console, progress) -> None:
     path = verdict.path
-    with _reader(path) as reader:
-        manifest, grid = _manifest(reader.json("manifest.json", MANIFEST_MAX_BYTES), path)
+    with open_archive(path) as reader:
+        manifest, grid = read_manifest(reader.json("manifest.json", MANIFEST_MAX_BYTES), path)
         verdict.manifest = manifest
         suite_obj = _suite_of(manifest["suite"]["name"], suite, path)
         size = max(m.input_size for m in suite_obj.members)
@@ -538,7 +226,7 @@ def _verify(verdict: BundleVerdict, *, suite, device, data_root, arp_tolerance, 
         if not records:
             raise BundleError(f"bundle {path}: no cells")
         tasks = [t.name for t in suite_obj.tasks]
-        claimed = [_cell(raw, i, path, tasks) for i, raw in enumerate(records)]
+        claimed = [read_cell(raw, i, path, tasks) for i, raw in enumerate(records)]
         verdict.cells = [c for c, _, _ in claimed]
         _check_grid(verdict, claimed, grid, suite_obj)
         _check_protocol(verdict, claimed, grid, suite_obj)
@@ -556,7 +244,7 @@ def _where(c: CellResult) -> str:
     return f"{c.model} {c.attack} eps {c.eps:g} seed {c.seed}"
 
 
-def _check_grid(verdict: BundleVerdict, claimed, grid: _Grid, suite) -> None:
+def _check_grid(verdict: BundleVerdict, claimed, grid: Grid, suite) -> None:
     """The cells are exactly the manifest's grid, each with the manifest's options and data, a key
     that is the hash of its configuration, and members pinned as this suite's."""
     manifest = verdict.manifest
@@ -598,7 +286,7 @@ def _check_grid(verdict: BundleVerdict, claimed, grid: _Grid, suite) -> None:
                 "batch_size": grid.batch_size}
         for key, value in mine.items():
             if config.get(key) != value:
-                reasons.append(f"{where}: config.{key} is {_show(config.get(key))}, the manifest says {_show(value)}")
+                reasons.append(f"{where}: config.{key} is {show(config.get(key))}, the manifest says {show(value)}")
         if cell_key(config) != cell.key:
             reasons.append(f"{where}: key is not the hash of the cell's configuration")
         if cell.images != grid.images:
@@ -611,7 +299,7 @@ def _check_grid(verdict: BundleVerdict, claimed, grid: _Grid, suite) -> None:
                        "from cells.json)")
 
 
-def _check_protocol(verdict: BundleVerdict, claimed, grid: _Grid, suite) -> None:
+def _check_protocol(verdict: BundleVerdict, claimed, grid: Grid, suite) -> None:
     """The bundle ran a profile of its suite as that profile says: the profile exists, every eps is
     one of its eps (compared exactly: 8.0000001 is not 8), every attack has the options the profile
     gives it (presets and step budget; an attack not installed here is checked on its budget only),
@@ -622,7 +310,7 @@ def _check_protocol(verdict: BundleVerdict, claimed, grid: _Grid, suite) -> None
     profile_table = manifest.get("profile")
     name = profile_table.get("name") if isinstance(profile_table, dict) else None
     if not isinstance(name, str) or name not in suite.profiles:
-        verdict.reasons.append(f"manifest: profile {_show(name)} is not a profile of {suite.name} (its profiles: "
+        verdict.reasons.append(f"manifest: profile {show(name)} is not a profile of {suite.name} (its profiles: "
                                f"{', '.join(suite.profiles)})")
         return
     profile = suite.profile(name)
@@ -651,8 +339,8 @@ def _check_protocol(verdict: BundleVerdict, claimed, grid: _Grid, suite) -> None
             continue
         expected = dict(spec.options)
         if said != expected:
-            verdict.reasons.append(f"manifest: {attack} ran with options {_show(said)}; under the profile {name} it "
-                                   f"runs with {_show(expected)}")
+            verdict.reasons.append(f"manifest: {attack} ran with options {show(said)}; under the profile {name} it "
+                                   f"runs with {show(expected)}")
 
 
 def _check_attacks(verdict: BundleVerdict, manifest: dict) -> None:
@@ -698,7 +386,7 @@ def _contexts(verdict, suite, grid, device, data_root, console):
     return out
 
 
-def _rescore(verdict: BundleVerdict, reader: _Reader, claimed, grid: _Grid, suite, *, device, data_root,
+def _rescore(verdict: BundleVerdict, reader: Archive, claimed, grid: Grid, suite, *, device, data_root,
              arp_tolerance, metric_tolerance, console, progress) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load as load_tensors
@@ -749,7 +437,7 @@ def _rescore(verdict: BundleVerdict, reader: _Reader, claimed, grid: _Grid, suit
         if problem:
             verdict.reasons.append(f"{where}: {problem}")
             continue
-        metrics = {t.name: t.new_metric() for t in ctx.tasks}
+        metrics = TaskMetrics.of(ctx.tasks)
         images: list[dict] = []
         inspect = _inspected_images(suite, cell)
         inspected: list[bytes] = []
@@ -759,7 +447,7 @@ def _rescore(verdict: BundleVerdict, reader: _Reader, claimed, grid: _Grid, suit
             if inspect > seen:  # the inspection pages show a verified bundle's images too
                 inspected += encode_adversarial(ctx.batches[i]["image"], part.to(device), first, ctx.tasks,
                                                 inspect - seen)
-        adversarial = {name: m.compute() for name, m in metrics.items()}
+        adversarial = metrics.compute()
         record = per_image_record(ctx, images)
         got_arp, got_task_arp = arp(ctx.clean, adversarial, ctx.tasks), task_arp(ctx.clean, adversarial, ctx.tasks)
         reasons = _compare_cell(cell, ctx, adversarial, record, got_arp, got_task_arp, arp_tolerance,
@@ -878,7 +566,7 @@ def _compare_states(claimed: str, ours: str | None, ctx, tolerance: float) -> li
     return []
 
 
-def _recount(verdict: BundleVerdict, reader: _Reader, claimed, suite, *, device, data_root, console,
+def _recount(verdict: BundleVerdict, reader: Archive, claimed, suite, *, device, data_root, console,
              sample: int | None, seed: int, progress) -> None:
     """Run each attack again, where its code is installed here with the bundle's sources, on every
     cell (or on ``sample`` cells drawn with ``seed``, over every eps): its counted passes must be

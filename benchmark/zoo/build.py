@@ -32,7 +32,7 @@ from benchmark.progress import make_console, progress
 from benchmark.registry import imported_plugin_modules
 from benchmark.suites import TRAINING_VERSION, Member, Suite, load_suite
 from benchmark.threads import choose_threads, choose_workers, set_threads
-from benchmark.training import TrainRecipe, train_model
+from benchmark.training import RESUME_FILE, TrainRecipe, train_model
 from benchmark.workers import WorkerPool
 from benchmark.zoo.checkpoint import (
     CONFIG_FILE,
@@ -175,11 +175,8 @@ def build_member(suite: Suite, member: Member, *, init_from: BranchedModel | Non
                                     **machine(device)},
                           clean_metrics=metrics)
     save_checkpoint(model.cpu(), info, out, dtype=recipe.weights_dtype)
+    (out / RESUME_FILE).unlink(missing_ok=True)  # the checkpoint is saved: the training state is done with
     return out
-
-
-#: the training state a member's build saves as it goes (recipes with ``checkpoint_every``)
-RESUME_FILE = "resume.safetensors"
 
 
 @functools.lru_cache(maxsize=2)

@@ -17,11 +17,12 @@ from rich.console import Console
 
 from benchmark.data import make_loader
 from benchmark.defenses import create_defense
-from benchmark.defenses.training import RESUME_FILE, AdversarialRecipe
+from benchmark.defenses.training import AdversarialRecipe
 from benchmark.evaluation import evaluate
 from benchmark.progress import make_console, progress
 from benchmark.suites import Member, Suite, load_suite
 from benchmark.threads import set_threads
+from benchmark.training import RESUME_FILE
 from benchmark.zoo.build import clean_test_set, ensure_member, machine, render_once, training_set
 from benchmark.zoo.checkpoint import CONFIG_FILE, CheckpointInfo, round_weights, save_checkpoint
 from benchmark.zoo.locate import (
