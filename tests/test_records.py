@@ -234,3 +234,17 @@ def test_the_site_of_record_in_a_browser(tmp_path):
         page.screenshot(path=str(tmp_path / "record.png"), full_page=True)
         browser.close()
     assert errors == []
+
+
+def test_the_committed_records_are_not_stale():
+    """Every entry committed in records/ was computed from the code and weights of this checkout:
+    a change to an attack's source, a suite's pins, its recipe or its record profile without
+    recomputing the entries it touches fails here, naming them (`mtlbench records recompute
+    --stale` computes them again)."""
+    root = Path(__file__).resolve().parents[1] / "records"
+    suites = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not suites:
+        pytest.skip("no records committed")
+    stale = [f"{s.entry.path}: {s.why}" for name in suites for s in record_status(load_suite(name), root)
+             if s.state == "stale"]
+    assert not stale, "stale records:\n" + "\n".join(stale)
