@@ -167,7 +167,7 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def show(value) -> str:
+def _show(value) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -245,8 +245,8 @@ def _load_state(path: Path, model, opt, sched, identity: dict, device, label: st
     changed = [k for k in dict.fromkeys([*identity, *theirs]) if theirs.get(k) != identity.get(k)]
     if changed:
         key = changed[0]
-        raise UserError(f"{path}: this resume file is of another training ({key} was {show(theirs.get(key))}, now "
-                        f"{show(identity.get(key))}); {restart}")
+        raise UserError(f"{path}: this resume file is of another training ({key} was {_show(theirs.get(key))}, now "
+                        f"{_show(identity.get(key))}); {restart}")
     restore_training_state(model, opt, tensors, info, device)
     sched.load_state_dict(info["sched"])
     torch.set_rng_state(tensors["rng"])
