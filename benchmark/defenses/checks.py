@@ -199,23 +199,28 @@ def result_checks(results: Mapping[tuple[str, float], list[Observed]], gradient_
     return out
 
 
+def _clearly_stronger(pairs, *, nothing: str, not_clearly: str) -> dict[str, Any]:
+    """Flag when, in any of ``pairs`` (``(label, first, second)``), the first attack's ARP is
+    clearly above the second's, paired over images; the evidence lists every pair."""
+    beats, below = [], []
+    for label, first, second in pairs:
+        d = _paired(first, second)
+        (beats if _above(d) else below).append(f"{label}: {_text(d)}")
+    if not beats and not below:
+        return {"flag": None, "evidence": nothing}
+    return {"flag": bool(beats), "evidence": "; ".join(beats) if beats else f"{not_clearly} (" + "; ".join(below) + ")"}
+
+
 def _adaptive_check(results: Mapping[tuple[str, float], list[Observed]]) -> dict[str, Any]:
     """Check (g): ``pgd:X`` against ``evade-pgd:X`` (its adaptive version) at each eps, paired."""
-    beats, below = [], []
+    pairs = []
     for (a, e), adaptive in sorted(results.items()):
-        if not a.startswith("evade-pgd:"):
-            continue
-        plain = results.get((a.removeprefix("evade-"), e))
-        if not plain or not adaptive:
-            continue
-        d = _paired(plain, adaptive)
-        line = (f"eps {e:g}: {a.removeprefix('evade-')} {mean(o.arp for o in plain):.2f} vs {a} "
-                f"{mean(o.arp for o in adaptive):.2f}: {_text(d)}")
-        (beats if _above(d) else below).append(line)
-    if not beats and not below:
-        return {"flag": None, "evidence": "no adaptive attack (evade-pgd) and its non-adaptive PGD ran at one eps"}
-    return {"flag": bool(beats), "evidence": "; ".join(beats) if beats else
-            "the non-adaptive attack is not clearly stronger than the adaptive one (" + "; ".join(below) + ")"}
+        plain = results.get((a.removeprefix("evade-"), e)) if a.startswith("evade-pgd:") else None
+        if plain and adaptive:
+            pairs.append((f"eps {e:g}: {a.removeprefix('evade-')} {mean(o.arp for o in plain):.2f} vs {a} "
+                          f"{mean(o.arp for o in adaptive):.2f}", plain, adaptive))
+    return _clearly_stronger(pairs, nothing="no adaptive attack (evade-pgd) and its non-adaptive PGD ran at one eps",
+                             not_clearly="the non-adaptive attack is not clearly stronger than the adaptive one")
 
 
 def _transfer_check(results: Mapping[tuple[str, float], list[Observed]],
@@ -223,19 +228,14 @@ def _transfer_check(results: Mapping[tuple[str, float], list[Observed]],
     """Check (f): each transfer attack against the same attack white-box on the target, paired."""
     if not transfers:
         return {"flag": None, "evidence": "no transfer attack ran on it"}
-    beats, below = [], []
+    pairs = []
     for (a, source, e), crafted in sorted(transfers.items()):
         own = results.get((a, e))
-        if not crafted or not own:
-            continue
-        d = _paired(crafted, own)
-        line = (f"eps {e:g}: {a} crafted on {source} {mean(o.arp for o in crafted):.2f} vs white-box "
-                f"{mean(o.arp for o in own):.2f}: {_text(d)}")
-        (beats if _above(d) else below).append(line)
-    if not beats and not below:
-        return {"flag": None, "evidence": "no white-box cell of the transferred attacks at their eps"}
-    return {"flag": bool(beats), "evidence": "; ".join(beats) if beats else
-            "no transfer attack is clearly stronger than the same attack white-box (" + "; ".join(below) + ")"}
+        if crafted and own:
+            pairs.append((f"eps {e:g}: {a} crafted on {source} {mean(o.arp for o in crafted):.2f} vs white-box "
+                          f"{mean(o.arp for o in own):.2f}", crafted, own))
+    return _clearly_stronger(pairs, nothing="no white-box cell of the transferred attacks at their eps",
+                             not_clearly="no transfer attack is clearly stronger than the same attack white-box")
 
 
 CHECK_NAMES = {"vanishing_gradients": "(a) vanishing gradients", "undeclared_randomness": "(b) undeclared randomness",
