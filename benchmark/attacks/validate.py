@@ -34,6 +34,7 @@ __all__ = [
     "model_fingerprint",
     "output_problem",
     "run_attack",
+    "unit_eps",
     "validate_output",
 ]
 
@@ -168,6 +169,13 @@ def validate_output(adv, images: torch.Tensor, eps: float) -> Verdict:
     return Verdict(Status.VALID, "", delta * 255)
 
 
+def unit_eps(eps: float) -> float:
+    """``eps`` in 0-255 pixel units (the CLI's, the manifests' and the results' unit: 8 means 8/255)
+    on the [0, 1] image scale the attacks and the checks work in. Every eps crosses from one unit
+    to the other here."""
+    return eps / 255.0
+
+
 def run_attack(attack: Attack, model: torch.nn.Module, images: torch.Tensor, targets: dict[str, torch.Tensor], *,
                tasks: list[Task], eps: float, seed: int, check_determinism: bool = True,
                snapshot: WeightSnapshot | None = None) -> AttackRun:
@@ -180,7 +188,7 @@ def run_attack(attack: Attack, model: torch.nn.Module, images: torch.Tensor, tar
     is ``False`` when the model could not be put back in place (the caller must reload it). The
     attack's own wall time (first run, synchronised on CUDA) is in ``extra["attack_s"]``."""
     deterministic_kernels(images.device)  # the same seed gives the same output on a GPU too
-    scale = eps / 255.0
+    scale = unit_eps(eps)
     before = snapshot or WeightSnapshot(model)
     run = AttackRun(None, Verdict(Status.VALID))
     adv, verdict = _sandboxed(attack, model, images, targets, tasks, scale, seed, before, run)

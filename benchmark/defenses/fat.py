@@ -77,7 +77,7 @@ def fat_examples(attack, model: nn.Module, batch: dict, tasks: list[Task], recip
                  generator: torch.Generator) -> torch.Tensor:
     """FAT's adversarial examples of ``batch`` for ``model`` (in eval mode while attacked)."""
     images = batch["image"]
-    eps = recipe.eps / 255.0
+    eps = recipe.unit_eps
     if recipe.tau >= recipe.attack_steps:  # no sample can stop early: the attack itself
         x_adv = attack(model, images, batch, tasks=tasks, eps=eps, generator=generator)
     else:

@@ -30,4 +30,4 @@ class PGDAT(TrainingDefense):
         return spec.with_options(preset="madry") if spec.optimizer == "pgd" else spec
 
     def examples(self, attack, model, batch, tasks, recipe, generator):
-        return attack(model, batch["image"], batch, tasks=tasks, eps=recipe.eps / 255.0, generator=generator)
+        return attack(model, batch["image"], batch, tasks=tasks, eps=recipe.unit_eps, generator=generator)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark.attacks.validate import output_problem
+from benchmark.attacks.validate import output_problem, unit_eps
 from benchmark.defenses.registry import Defense
 from benchmark.enums import DefenseKind
 from benchmark.errors import UserError
@@ -99,7 +99,7 @@ def checked_examples(x_adv: torch.Tensor, images: torch.Tensor, recipe: Adversar
                      label: str) -> torch.Tensor:
     """``x_adv`` after the validator's output checks: a training attack that returns NaN or leaves
     the eps-ball or [0, 1] stops the training with a message."""
-    problem = output_problem(x_adv, images, recipe.eps / 255.0)
+    problem = output_problem(x_adv, images, recipe.unit_eps)
     if problem is not None and problem.kind == "non-finite":
         raise UserError(f"{label}: the attack {attack!r} returned NaN or inf images")
     if problem is not None:
@@ -132,6 +132,11 @@ class AdversarialRecipe:
 
     def __post_init__(self) -> None:
         check_fields(self, "")
+
+    @property
+    def unit_eps(self) -> float:
+        """The training attacks' eps on the [0, 1] image scale."""
+        return unit_eps(self.eps)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

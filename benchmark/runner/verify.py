@@ -61,7 +61,7 @@ from typing import Any
 
 import torch
 
-from benchmark.attacks.validate import output_problem
+from benchmark.attacks.validate import output_problem, unit_eps
 from benchmark.enums import Status
 from benchmark.errors import UserError
 from benchmark.metric_base import TaskMetrics
@@ -479,7 +479,7 @@ def _inspected_images(suite, cell: CellResult) -> int:
 
 def _image_problem(adv: torch.Tensor, clean: torch.Tensor, eps: float, ids: list[str]) -> str:
     """The validator's output checks (:func:`output_problem`), said of a bundle's image (eps 0-255)."""
-    p = output_problem(adv, clean, eps / 255.0)
+    p = output_problem(adv, clean, unit_eps(eps))
     if p is None:
         return ""
     if p.kind == "non-finite":
