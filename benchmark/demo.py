@@ -33,21 +33,21 @@ def run_demo(out_dir: str | Path = "site", *, suite: str = "tiny-nyuv2-resnet34"
     from leaderboard import render_leaderboard
 
     console = console or make_console(stderr=True)
-    spec = load_suite(suite)
+    suite_obj = load_suite(suite)
     start = time.perf_counter()
-    console.print(Text.assemble(("mtlbench demo", "bold"), f": {spec.name} ({len(spec.members)} models), "
+    console.print(Text.assemble(("mtlbench demo", "bold"), f": {suite_obj.name} ({len(suite_obj.members)} models), "
                                                            f"profile {profile!r}"))
-    options = RunOptions(suite=suite, profile=profile, device=device, results=str(results), threads=threads)
+    run_options = RunOptions(suite=suite, profile=profile, device=device, results=str(results), threads=threads)
     # every member, and the profile's trained defenses (FAT on AS) beside them once AS is built
-    build_targets(options, console=console, whole_suite=True)
+    build_targets(run_options, console=console, whole_suite=True)
     trained = time.perf_counter()
-    summary = run(options, console=console)
+    summary = run(run_options, console=console)
     ran = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     index = render_leaderboard(results, out)
-    scenes = spec.data(size=4)
-    save_preview(scenes, out / "plots" / "scenes.png", rows=4, title=f"{spec.data_source}: RGB and ground truth")
+    scenes = suite_obj.data(size=4)
+    save_preview(scenes, out / "plots" / "scenes.png", rows=4, title=f"{suite_obj.data_source}: RGB and ground truth")
     console.print(f"zoo and defenses ready in {trained - start:.0f} s, {summary.total - summary.skipped} cells "
                   f"{ran - trained:.0f} s, site {time.perf_counter() - ran:.0f} s; results in {results}")
     return index

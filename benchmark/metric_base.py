@@ -108,7 +108,7 @@ def _mask(targets: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     return (m > 0) if m.dim() == 4 else (m > 0).unsqueeze(1)
 
 
-def encode_states(images: list[dict[str, TaskMetric]]) -> str | None:
+def encode_states(image_metrics: list[dict[str, TaskMetric]]) -> str | None:
     """Each image's metric statistics (``{task: metric}`` per image), compactly: one safetensors
     blob of the per-image stacks (float32 where that is exact, else float64), zlib-compressed and
     base64-encoded. None when a metric's statistics are not storable per image."""
@@ -117,12 +117,12 @@ def encode_states(images: list[dict[str, TaskMetric]]) -> str | None:
 
     from safetensors.torch import save
 
-    if not images or not all(m.storable for m in images[0].values()):
+    if not image_metrics or not all(m.storable for m in image_metrics[0].values()):
         return None
     arrays = {}
-    for task in images[0]:
-        for name in images[0][task].state():
-            stack = torch.stack([one[task].state()[name] for one in images]).to(torch.float64)
+    for task in image_metrics[0]:
+        for name in image_metrics[0][task].state():
+            stack = torch.stack([one[task].state()[name] for one in image_metrics]).to(torch.float64)
             small = stack.to(torch.float32)
             arrays[f"{task}/{name}"] = small if torch.equal(small.to(torch.float64), stack) else stack
     return base64.b64encode(zlib.compress(save({k: v.contiguous() for k, v in arrays.items()}), 6)).decode()

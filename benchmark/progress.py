@@ -28,12 +28,12 @@ from rich.progress import (
 __all__ = ["PlainProgress", "make_console", "progress"]
 
 
-def make_console(*, stderr: bool = False, **options: Any) -> Console:
+def make_console(*, stderr: bool = False, **console_args: Any) -> Console:
     """The console every command prints on. Markup is off: names, paths and messages a user
     wrote are printed literally (``[/x]`` or ``[bold red]x`` in a model name is text, never a
     style or a MarkupError); our own styling is passed as :class:`rich.text.Text` spans."""
-    console = Console(stderr=stderr, markup=False, highlight=False, **options)
-    if "width" not in options and not console.is_terminal and not os.environ.get("COLUMNS"):
+    console = Console(stderr=stderr, markup=False, highlight=False, **console_args)
+    if "width" not in console_args and not console.is_terminal and not os.environ.get("COLUMNS"):
         # off a terminal (a log, a pipe, CI) rich would squeeze tables into 80 columns, a word per line:
         # a log has room for wide lines
         console.width = NOT_A_TERMINAL_WIDTH

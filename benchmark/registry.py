@@ -152,14 +152,14 @@ def load_plugin_modules(modules: Iterable[str]) -> None:
     """Import each plugin module (a module name, or the path of a ``.py`` file) once; its
     ``@register_*`` decorators register what it defines. A module that fails to import is the
     user's error, named."""
-    for spec in modules:
-        spec = str(Path(spec).resolve()) if spec.endswith(".py") else spec
-        if spec in _IMPORTED:
+    for plugin in modules:
+        plugin = str(Path(plugin).resolve()) if plugin.endswith(".py") else plugin
+        if plugin in _IMPORTED:
             continue
-        _IMPORTED[spec] = None
+        _IMPORTED[plugin] = None
         try:
-            if spec.endswith(".py"):
-                path = Path(spec)
+            if plugin.endswith(".py"):
+                path = Path(plugin)
                 if not path.exists():
                     raise FileNotFoundError(f"no file {path}")
                 module_spec = importlib.util.spec_from_file_location(f"mtlbench_plugin_{path.stem}", path)
@@ -167,10 +167,10 @@ def load_plugin_modules(modules: Iterable[str]) -> None:
                 sys.modules[module_spec.name] = module
                 module_spec.loader.exec_module(module)
             else:
-                importlib.import_module(spec)
+                importlib.import_module(plugin)
         except Exception as exc:  # the plugin's failure, reported as the user's error
-            _IMPORTED.pop(spec, None)
-            raise UserError(f"plugin {spec!r} failed to import: {type(exc).__name__}: {exc}") from exc
+            _IMPORTED.pop(plugin, None)
+            raise UserError(f"plugin {plugin!r} failed to import: {type(exc).__name__}: {exc}") from exc
 
 
 def imported_plugin_modules() -> list[str]:

@@ -63,24 +63,25 @@ def arp(clean: Metrics, adv: Metrics, tasks: Directions) -> float:
     return float(np.mean(list(task_arp(clean, adv, tasks).values())))
 
 
-def image_scores(clean: Metrics, images: Sequence[Mapping[str, TaskMetric]], tasks: Sequence[Task]) -> list[float]:
+def image_scores(clean: Metrics, image_metrics: Sequence[Mapping[str, TaskMetric]],
+                 tasks: Sequence[Task]) -> list[float]:
     """The per-image multi-task score of a cell: each image's jackknife pseudo-value of the
     cell's ARP, ``N * ARP - (N - 1) * ARP(all images but this one)``, from the images' streaming
-    metrics ``images`` (one ``{task: metric}`` per image) against the split's clean metrics.
+    metrics ``image_metrics`` (one ``{task: metric}`` per image) against the split's clean metrics.
 
     A pseudo-value is in ARP points and the scores average to the cell's ARP (exactly for a
     metric that is a mean over images, up to the jackknife's bias correction for pooled ones
     such as mIoU or a median), so two runs on the same images compare image by image in the
     units of the leaderboard. NaN where leaving an image out leaves a metric undefined."""
-    n = len(images)
+    n = len(image_metrics)
     total = TaskMetrics.of(tasks)
-    for one in images:
+    for one in image_metrics:
         total.merge(one)
     full = arp(clean, total.compute(), tasks)
     if n == 1:
         return [full]
     scores = []
-    for one in images:
+    for one in image_metrics:
         rest = total.copy().merge(one, sign=-1).compute()
         try:
             loo = arp(clean, rest, tasks)

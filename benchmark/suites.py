@@ -363,7 +363,7 @@ class Suite:
     mirror_of: str | None = None
     selection: str = ""
     path: Path | None = None
-    #: a tiny suite's shipped defended checkpoints: defense spec -> member -> sha256 of its weights
+    #: a tiny suite's shipped defended checkpoints: defense name -> member -> sha256 of its weights
     defended_sha256: dict[str, dict[str, str]] = field(default_factory=dict)
     metrics: str = "ours"  # metric mode: "ours" (pooled) or "paper" (the authors' code; benchmark.paper_metrics)
     #: how a learned detector's head is trained (``[detectors]``)
@@ -670,20 +670,22 @@ def _weights(table: Any, names: set[str], *, tiny: bool) -> tuple[dict[str, str]
             raise TableError(f"weights.detectors.{name}", "not a learned detector (one with a trained head)")
         detectors[name] = pins(entries, f"weights.detectors.{name}")
     defended = {}
-    for spec, entries in check_keys(table.get("defended", {}), table.get("defended", {}), "weights.defended").items():
+    given = table.get("defended", {})
+    for defense, entries in check_keys(given, given, "weights.defended").items():
         try:
-            canonical = canonical_defense(spec)
+            canonical = canonical_defense(defense)
         except UserError as exc:
-            raise TableError(f"weights.defended.{spec}", str(exc)) from None
-        if canonical != spec:
-            raise TableError(f"weights.defended.{spec}", f"write the defense as {canonical!r}")
+            raise TableError(f"weights.defended.{defense}", str(exc)) from None
+        if canonical != defense:
+            raise TableError(f"weights.defended.{defense}", f"write the defense as {canonical!r}")
         from benchmark.defenses import create_defense
         from benchmark.defenses.training import TrainingDefense
 
-        if not isinstance(create_defense(spec), TrainingDefense):
-            raise TableError(f"weights.defended.{spec}", f"{spec} is an inference-time defense: it wraps a member at "
-                                                         "evaluation time and has no weights of its own to pin")
-        defended[spec] = pins(entries, f"weights.defended.{spec}")
+        if not isinstance(create_defense(defense), TrainingDefense):
+            raise TableError(f"weights.defended.{defense}", f"{defense} is an inference-time defense: it wraps a "
+                                                            "member at evaluation time and has no weights of its own "
+                                                            "to pin")
+        defended[defense] = pins(entries, f"weights.defended.{defense}")
     return pins(table.get("sha256", {}), "weights.sha256"), defended, detectors
 
 

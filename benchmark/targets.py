@@ -98,7 +98,7 @@ class Target:
         from benchmark.defenses import parse_defense
 
         d = parse_defense(defense)
-        spec = None if d is None else d.spec
+        spec = None if d is None else d.canonical_name
         randomised = d is not None and getattr(d, "randomised", False)
         eot_samples, score_draws = (int(eot_samples), int(score_draws)) if randomised else (1, 1)
         if eot_samples < 1 or score_draws < 1:
@@ -135,11 +135,11 @@ class Target:
                             "another name (name=... / --name)")
         d = parse_defense(defense)
         if d is not None and d.kind == DefenseKind.TRAINING:
-            raise UserError(f"{d.spec} trains suite members (`mtlbench defend`); an external model can be run "
-                            "behind an inference-time defense only")
+            raise UserError(f"{d.canonical_name} trains suite members (`mtlbench defend`); an external model can be "
+                            "run behind an inference-time defense only")
         randomised = d is not None and getattr(d, "randomised", False)
         eot_samples, score_draws = (int(eot_samples), int(score_draws)) if randomised else (1, 1)
-        return cls(suite_obj.ref, name, None, None if d is None else d.spec, eot_samples, external,
+        return cls(suite_obj.ref, name, None, None if d is None else d.canonical_name, eot_samples, external,
                    score_draws=score_draws)
 
     @property
@@ -204,7 +204,8 @@ class Target:
                 from benchmark.zoo.detectors import load_head
 
                 if self.external:
-                    raise UserError(f"{defense.spec} has a head trained per suite member; an external model has none")
+                    raise UserError(f"{defense.canonical_name} has a head trained per suite member; an external model "
+                                    "has none")
                 device = next(model.parameters()).device
                 defense.use(load_head(self.suite_spec, defense.name, self.member, device))
             return DetectorModel(model, defense, self.suite_spec.tasks).eval()
@@ -255,14 +256,15 @@ class Target:
 
         d = create_defense(self.defense)
         if d.kind == DefenseKind.TRAINING:
-            return {"defense": d.spec, "defense_kind": "training", "randomised": False, "differentiable": True,
-                    "eot": 1, "gradient": "exact", "trained_with": d.attack.name, **self._defended_record()}
+            return {"defense": d.canonical_name, "defense_kind": "training", "randomised": False,
+                    "differentiable": True, "eot": 1, "gradient": "exact", "trained_with": d.attack.name,
+                    **self._defended_record()}
         gradient = []
         if d.randomised:
             gradient.append(f"EOT over {self.eot_samples} draws")
         if not d.differentiable:
             gradient.append("BPDA (straight-through)")
-        return {"defense": d.spec, "defense_kind": d.kind, "randomised": d.randomised,
+        return {"defense": d.canonical_name, "defense_kind": d.kind, "randomised": d.randomised,
                 "differentiable": d.differentiable, "eot": self.eot_samples,
                 "gradient": "; ".join(gradient) or "exact", "score_draws": self.score_draws}
 

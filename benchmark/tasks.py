@@ -419,13 +419,14 @@ def list_datasets() -> list[str]:
     return sorted(DATASET_TASKS.names())
 
 
-def get_tasks(dataset: str, *, metrics: str = "ours", **options) -> list[Task]:
+def get_tasks(dataset: str, *, metrics: str = "ours", **table_args) -> list[Task]:
     """The tasks of ``dataset`` in task-id order (the layout's task ids index this list), scored
-    with our metrics or (``metrics="paper"``) the authors' definitions."""
+    with our metrics or (``metrics="paper"``) the authors' definitions; ``table_args`` go to the
+    dataset's task table (e.g. Taskonomy's ``class_weights``)."""
     factory = DATASET_TASKS.get(dataset)
     if metrics not in ("ours", "paper"):
         raise ValueError(f"unknown metric mode {metrics!r}; use 'ours' or 'paper'")
-    tasks = factory(**options)
+    tasks = factory(**table_args)
     check_metric_directions(tasks)
     for t in tasks:
         t.metric_mode = metrics

@@ -108,14 +108,27 @@ def test_early_stop_keeps_the_point_where_a_sample_stopped(tiny_nyu):
 
 def _defend_cmd(manifest, spec: str = "fat:pgd:total") -> list[str]:
     return [sys.executable, "-m", "benchmark", "defend", str(manifest), "--defense", spec, "--models",
-            "AS", "--steps", "16", "--checkpoint-every", "2", "--device", "cpu"]
+            "AS", "--steps", str(STEPS), "--checkpoint-every", "2", "--device", "cpu"]
+
+
+#: the killed training's steps: enough that a loaded machine still kills it before it finishes
+STEPS = 40
 
 
 def _resume_step(path: Path) -> int:
+    """The step of the resume file at ``path``; -1 while there is none (not yet written, or
+    removed by a training that has finished between the poll's check and its read)."""
     import json
 
-    with safe_open(str(path), "pt") as f:
-        return json.loads(f.metadata()["mtlbench-training"])["step"]
+    if not path.exists():
+        return -1
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads(f.metadata()["mtlbench-training"])["step"]
+    except (FileNotFoundError, RuntimeError):  # safetensors reports a missing file as a RuntimeError
+        if path.exists():
+            raise
+        return -1
 
 
 @pytest.mark.parametrize("spec", ["fat:pgd:total", "pgdat:pgd:total"])
@@ -137,8 +150,9 @@ def test_kill_minus_9_of_defend_resumes_to_the_same_weights(home, tmp_path, spec
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and not (resume.exists() and _resume_step(resume) >= 6):
+        while time.time() < deadline and proc.poll() is None and _resume_step(resume) < 6:
             time.sleep(0.05)
+        assert proc.poll() is None, "defend finished before the test could kill it"
         assert resume.exists(), "defend did not write a resume checkpoint"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -151,7 +165,7 @@ def test_kill_minus_9_of_defend_resumes_to_the_same_weights(home, tmp_path, spec
                            text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     info = read_config(copy / rel)
-    assert 6 <= info.training["resumed_at_step"] < 16
+    assert 6 <= info.training["resumed_at_step"] < STEPS
     assert file_sha256(copy / rel / WEIGHTS_FILE) == reference
 
 

@@ -109,8 +109,8 @@ def cell_timeout(value: float | None) -> float | None:
     return value
 
 
-def fmt_number(value: float | None, spec: str = ".2f") -> str:
-    return "-" if value is None or value != value else format(value, spec)
+def fmt_number(value: float | None, fmt: str = ".2f") -> str:
+    return "-" if value is None or value != value else format(value, fmt)
 
 
 def load_plugins(plugins: str | None) -> None:

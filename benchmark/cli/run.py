@@ -36,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.runner import RunOptions, run
     from benchmark.runner.run import NoWeightsError
 
-    options = RunOptions(suite=args.suite, profile=args.profile, attacks=csv_list(args.attacks, option="--attacks"),
+    run_options = RunOptions(suite=args.suite, profile=args.profile, attacks=csv_list(args.attacks, option="--attacks"),
                          **selection(args),
                          results=args.results, weights_dir=args.weights_dir, data_root=args.data_root,
                          executor=args.executor, ray_address=args.address, gpus_per_worker=args.gpus_per_worker,
@@ -48,10 +48,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.plan:
         from benchmark.runner.plan import make_plan
 
-        make_plan(options, options.places).print(console)
+        make_plan(run_options, run_options.places).print(console)
         return EXIT_OK
     try:
-        summary = run(options, console=err_console)
+        summary = run(run_options, console=err_console)
     except NoWeightsError as exc:
         table = Table(title=f"{args.suite}: no model has weights on this machine")
         for col in ("model", "Hub repo (weights not published yet)"):

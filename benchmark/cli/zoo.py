@@ -231,27 +231,28 @@ def cmd_defend(args: argparse.Namespace) -> int:
                  "checkpoint_every": args.checkpoint_every, "seed": args.seed}
     suite = load_suite(args.suite)
     suite.check_data_root(args.data_root)
-    spec = canonical_defense(args.defense)
+    defense_name = canonical_defense(args.defense)
     from benchmark.defenses import Detector, create_defense
 
-    if isinstance(create_defense(spec), Detector):
-        return _train_detector(args, suite, create_defense(spec))
+    if isinstance(create_defense(defense_name), Detector):
+        return _train_detector(args, suite, create_defense(defense_name))
     out = args.out
     if args.ship:
         if not suite.tiny or args.out is not None:
             raise UserError("--ship trains a tiny suite's shipped defended checkpoints (no --out)")
-        out = shipped_defended_dir(suite, spec)
+        out = shipped_defended_dir(suite, defense_name)
     members = csv_list(args.models, option="--models")
-    found, _ = defended_plan(suite, spec, members, weights_dir=args.weights_dir, rebuild=args.rebuild, out=out)
+    found, _ = defended_plan(suite, defense_name, members, weights_dir=args.weights_dir, rebuild=args.rebuild, out=out)
     for name, directory in found.items():
-        err_console.print(Text(f"{name}: a {spec} checkpoint of this recipe is already there ({_where(directory)}); "
-                               "nothing trained. `--rebuild --out DIR` trains a new one beside it"), soft_wrap=True)
-    done = defend_suite(suite, spec, members, device=resolve_device(args.device),
+        err_console.print(Text(f"{name}: a {defense_name} checkpoint of this recipe is already there "
+                               f"({_where(directory)}); nothing trained. `--rebuild --out DIR` trains a new one "
+                               "beside it"), soft_wrap=True)
+    done = defend_suite(suite, defense_name, members, device=resolve_device(args.device),
                         data_root=args.data_root, weights_dir=args.weights_dir, rebuild=args.rebuild,
                         restart=args.restart, console=err_console, threads=args.threads, out=out, **overrides)
     if args.ship:
-        _pin(suite, done, defense=spec)
-    _print_clean(suite, done, args.data_root, title=f"{spec}: defended checkpoints and their clean metrics",
+        _pin(suite, done, defense=defense_name)
+    _print_clean(suite, done, args.data_root, title=f"{defense_name}: defended checkpoints and their clean metrics",
                  metrics_per_task=1, extra=True, found=set(found))
     return 0
 
@@ -264,8 +265,9 @@ def _train_detector(args: argparse.Namespace, suite, detector) -> int:
     from benchmark.zoo.hub import pin_shipped
 
     if not detector.learned:
-        raise UserError(f"{detector.spec} is a detector that needs no training: evaluate it with `mtlbench run "
-                        f"--defenses {detector.spec}` (its threshold is set when the target is loaded)")
+        raise UserError(f"{detector.canonical_name} is a detector that needs no training: evaluate it with "
+                        f"`mtlbench run --defenses {detector.canonical_name}` (its threshold is set when the target is "
+                        "loaded)")
     unused = [f"--{k.replace('_', '-')}" for k in ("steps", "attack_steps", "tau", "eps", "seed", "checkpoint_every")
               if getattr(args, k) is not None]
     unused += (["--weights-dir"] if args.weights_dir else []) + (["--restart"] if args.restart else [])

@@ -93,7 +93,7 @@ class DetectorModel(DefendedModel):
         ``batches`` (an iterable of image tensors)."""
         scores = torch.cat([self.rejection_score(b).float().cpu() for b in batches])
         if scores.numel() < 20:
-            raise UserError(f"{self.defense.spec}: {scores.numel()} calibration images are too few to set a "
+            raise UserError(f"{self.defense.canonical_name}: {scores.numel()} calibration images are too few to set a "
                             f"threshold at a {self.defense.fpr:g} % false-positive rate")
         self.threshold = float(torch.quantile(scores, 1.0 - self.defense.fpr / 100.0))
         return self.threshold

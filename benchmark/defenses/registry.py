@@ -46,7 +46,7 @@ class Defense:
         return value
 
     @property
-    def spec(self) -> str:
+    def canonical_name(self) -> str:
         """The canonical name, ``name:argument``."""
         return f"{self.name}:{self.argument}" if self.argument else self.name
 
@@ -70,35 +70,35 @@ def register_defense(name: str):
     return DEFENSES.register(name)
 
 
-def create_defense(spec: str) -> Defense:
+def create_defense(text: str) -> Defense:
     """A defense from its name and argument (``"bitdepth:4"``)."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise UserError(f"a defense name must be a non-empty string, got {spec!r}")
-    name, colon, argument = spec.strip().partition(":")
+    if not isinstance(text, str) or not text.strip():
+        raise UserError(f"a defense name must be a non-empty string, got {text!r}")
+    name, colon, argument = text.strip().partition(":")
     if name not in DEFENSES:
-        raise DEFENSES.unknown(name, spec, extra=["none"])
+        raise DEFENSES.unknown(name, text, extra=["none"])
     cls = DEFENSES.get(name)
     if colon and not argument.strip():
         default = cls.default_argument
-        raise UserError(f"defense {spec!r} has nothing after ':'; write {name!r}"
+        raise UserError(f"defense {text!r} has nothing after ':'; write {name!r}"
                         + (f" for its default ({name}:{default})" if default else "") + f" or '{name}:ARGUMENT'")
     try:
         return cls(argument)
     except (TypeError, ValueError) as exc:
-        raise UserError(f"defense {spec!r}: {exc}") from None
+        raise UserError(f"defense {text!r}: {exc}") from None
 
 
-def parse_defense(spec: str | None) -> Defense | None:
+def parse_defense(text: str | None) -> Defense | None:
     """``None`` for no defense (``None``, ``""`` or ``"none"``), else the defense."""
-    if spec is None or spec.strip() in ("", "none"):
+    if text is None or text.strip() in ("", "none"):
         return None
-    return create_defense(spec)
+    return create_defense(text)
 
 
-def canonical_defense(spec: str | None) -> str | None:
+def canonical_defense(text: str | None) -> str | None:
     """``None`` for no defense, else the defense's canonical name (``bitdepth`` -> ``bitdepth:4``)."""
-    defense = parse_defense(spec)
-    return None if defense is None else defense.spec
+    defense = parse_defense(text)
+    return None if defense is None else defense.canonical_name
 
 
 def list_defenses() -> list[type]:

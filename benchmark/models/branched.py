@@ -28,8 +28,8 @@ PAPER_MEAN = (104.008, 116.669, 122.679)
 
 @functools.lru_cache(maxsize=64)
 def _block_parameters(backbone: str, width: float, output_stride: int | None) -> tuple[int, ...]:
-    spec = build_backbone(backbone, width=width, output_stride=output_stride)
-    return tuple(sum(p.numel() for p in b.parameters()) for b in spec.blocks)
+    trunk = build_backbone(backbone, width=width, output_stride=output_stride)
+    return tuple(sum(p.numel() for p in b.parameters()) for b in trunk.blocks)
 
 
 def count_backbone_parameters(layout: Layout, backbone: str = "resnet34", width: float = 1.0,
@@ -110,22 +110,22 @@ class BranchedModel(nn.Module):
         if isinstance(layout, str):
             layout = Layout.parse(layout, num_tasks=len(tasks))
         layout.check(num_tasks=len(tasks))
-        spec = build_backbone(backbone, width=width, output_stride=output_stride)
-        layout.check(num_blocks=len(spec.blocks))
+        trunk = build_backbone(backbone, width=width, output_stride=output_stride)
+        layout.check(num_blocks=len(trunk.blocks))
         self.layout = layout
         self.task_names = list(tasks)
         hidden = head_hidden if head_hidden is not None else max(8, round(1024 * width))
         self.config = ModelConfig(layout=str(layout), tasks=tasks, backbone=backbone, width=width,
-                                  output_stride=spec.output_stride, head_hidden=hidden,
+                                  output_stride=trunk.output_stride, head_hidden=hidden,
                                   head_rates=list(head_rates))
         # Every copy of a block starts from the same initial weights (as TreeMTL's copies of a
         # pretrained backbone do); training makes them diverge.
         self.blocks = nn.ModuleList(
             nn.ModuleDict({set_key(s): copy.deepcopy(proto) for s in task_sets})
-            for proto, task_sets in zip(spec.blocks, layout.blocks, strict=True)
+            for proto, task_sets in zip(trunk.blocks, layout.blocks, strict=True)
         )
         self.heads = nn.ModuleDict({
-            name: ASPPHead(spec.feature_dim, channels, hidden=hidden, rates=head_rates)
+            name: ASPPHead(trunk.feature_dim, channels, hidden=hidden, rates=head_rates)
             for name, channels in tasks.items()
         })
         self.register_buffer("mean", torch.tensor(PAPER_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -138,7 +138,7 @@ class BranchedModel(nn.Module):
         self._head_input = {name: set_key(layout.task_set(last, t)) for t, name in enumerate(self.task_names)}
         self.channels_last = False
         #: the backbone trains faster in channels-last order on the CPU (:func:`train_layout`)
-        self.channels_last_training = spec.channels_last_training
+        self.channels_last_training = trunk.channels_last_training
 
     def use_channels_last(self, enabled: bool = True) -> BranchedModel:
         """Run the convolutions in channels-last memory order (weights and activations; inputs,

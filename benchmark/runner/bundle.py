@@ -131,14 +131,14 @@ def submit(attacks: list[str], *, suite: str = "tiny-nyuv2-resnet34", profile: s
                       metadata={"model": result.model, "attack": result.attack, "eps": f"{result.eps:g}",
                                 "seed": str(result.seed)})
 
-        options = RunOptions(suite=suite, profile=profile, attacks=attacks, eps=eps, models=models, seeds=seeds,
+        run_options = RunOptions(suite=suite, profile=profile, attacks=attacks, eps=eps, models=models, seeds=seeds,
                              device=device, results=str(staging / "cells.db"), data_root=data_root,
                              defenses=["none"], threads=threads, workers=workers, keep_images=True,
                              cell_timeout=cell_timeout, images=images)
-        summary = run(options, console=console, on_result=keep)
+        summary = run(run_options, console=console, on_result=keep)
         from benchmark.runner.store import ResultsStore
 
-        with ResultsStore(options.results, readonly=True) as store:
+        with ResultsStore(run_options.results, readonly=True) as store:
             cells = [c for c in map(store.get, summary.keys) if c is not None]
         failures = [f"{c.model} {c.attack} eps {c.eps:g} seed {c.seed}: {c.status}: {c.reason}"
                     for c in cells if c.status != Status.VALID]

@@ -43,9 +43,9 @@ def evaluate(model: torch.nn.Module | str | Path, suite: str = "tiny-nyuv2-resne
         raise UserError(f"evaluate() takes an nn.Module or a checkpoint directory, not a {type(model).__name__}")
     with tempfile.TemporaryDirectory(prefix="mtlbench-") as tmp:
         db = Path(results) if results is not None else Path(tmp) / "results.db"
-        options = RunOptions(suite=suite, profile=profile, attacks=attacks, eps=eps, seeds=seeds, device=device,
+        run_options = RunOptions(suite=suite, profile=profile, attacks=attacks, eps=eps, seeds=seeds, device=device,
                              results=str(db), data_root=data_root, defenses=defenses, model_dir=model_dir,
                              model_name=name)
-        summary = run(options, console=console or make_console(stderr=True, quiet=True), module=module)
+        summary = run(run_options, console=console or make_console(stderr=True, quiet=True), module=module)
         with ResultsStore(db, readonly=True) as store:
             return store.to_pandas(keys=summary.keys)

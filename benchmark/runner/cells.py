@@ -397,7 +397,7 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
         result.status, result.reason = Status.FAILED, f"cannot create the attack: {exc}"
         return
     metrics = TaskMetrics.of(ctx.tasks)
-    images: list[dict] = []  # each image's own metrics ({task: metric})
+    image_metrics: list[dict] = []  # each image's own metrics ({task: metric})
     kept: list[torch.Tensor] = []
     max_delta = 0.0
     inspected: list[bytes] = []
@@ -425,7 +425,7 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
             result.reason = f"batch {i}: {run.verdict.reason}"
             return
         max_delta = max(max_delta, run.verdict.max_perturbation)
-        first = score_batch(ctx, i, run.adversarial, cell.seed, metrics, images, detection)
+        first = score_batch(ctx, i, run.adversarial, cell.seed, metrics, image_metrics, detection)
         if cell.inspect > result.images:  # the inspected images are the first of the evaluation set
             from benchmark.runner.inspection import encode_adversarial
 
@@ -448,7 +448,7 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
     except ValueError as exc:  # a clean metric of 0: ARP is undefined
         result.status, result.reason = Status.INVALID, f"ARP undefined: {exc}"
         return
-    result.per_image = per_image_record(ctx, images)
+    result.per_image = per_image_record(ctx, image_metrics)
     if detection is not None:
         plain = detection["plain"].compute()
         rejected = detection["rejected"]
@@ -511,9 +511,9 @@ def _keep_crafted(key: tuple, run: AttackRun) -> None:
 
 
 def score_batch(ctx: CellContext, index: int, adversarial: torch.Tensor, seed: int, metrics: dict,
-                images: list[dict], detection: dict | None = None) -> dict[str, torch.Tensor]:
+                image_metrics: list[dict], detection: dict | None = None) -> dict[str, torch.Tensor]:
     """Score the adversarial images of the batch ``index`` of a cell of ``seed`` as the target is
-    deployed: into the cell's streaming ``metrics`` and each image's own (``images``). Returns the
+    deployed: into the cell's streaming ``metrics`` and each image's own (``image_metrics``). Returns the
     outputs of the first scoring draw. Behind a detector (``detection``: the cell's tallies), an
     image the detector rejects is scored with its clean prediction (the attack failed on it: the
     attacker's view), and ``detection`` gets which were rejected and the plain metrics."""
@@ -527,21 +527,21 @@ def score_batch(ctx: CellContext, index: int, adversarial: torch.Tensor, seed: i
         metrics.update(outputs, batch)
         per = per_image_metrics(ctx.tasks, outputs, batch)
         mine = per if not mine else [one.merge(o) for one, o in zip(mine, per, strict=True)]
-    images += mine
+    image_metrics += mine
     return first
 
 
-def per_image_record(ctx: CellContext, images: list[dict]) -> dict[str, Any]:
+def per_image_record(ctx: CellContext, image_metrics: list[dict]) -> dict[str, Any]:
     """What a cell stores per image (batch order): its id, its score (the jackknife pseudo-value of
     the cell's ARP), its own metrics, and (where they are small) its metrics' statistics, from
     which any set of images taken from several cells is scored exactly (the worst case per image)."""
-    own = [TaskMetrics(one).compute() for one in images]
+    own = [TaskMetrics(one).compute() for one in image_metrics]
     record = {
-        "ids": list(ctx.image_ids or map(str, range(len(images))))[: len(images)],
-        "score": image_scores(ctx.clean, images, ctx.tasks),
+        "ids": list(ctx.image_ids or map(str, range(len(image_metrics))))[: len(image_metrics)],
+        "score": image_scores(ctx.clean, image_metrics, ctx.tasks),
         "metrics": {t.name: {m: [o[t.name][m] for o in own] for m in own[0][t.name]} for t in ctx.tasks},
     }
-    state = encode_states(images)
+    state = encode_states(image_metrics)
     if state is not None:
         record["state"] = state
     return record

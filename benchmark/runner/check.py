@@ -180,13 +180,13 @@ def _run(opts: CheckOptions, suite: str, profile: str, attacks: list[str], model
     from benchmark.runner.run import RunOptions, run
 
     with tempfile.TemporaryDirectory(prefix="mtlbench-check-") as tmp:
-        options = RunOptions(suite=suite, profile=profile, attacks=list(dict.fromkeys([*attacks, reference])),
+        run_options = RunOptions(suite=suite, profile=profile, attacks=list(dict.fromkeys([*attacks, reference])),
                              models=models, eps=eps, seeds=seeds, device=opts.device,
                              results=str(Path(tmp) / "check.db"),
                              defenses=["none"], threads=opts.threads, workers=opts.workers,
                              cell_timeout=opts.cell_timeout, images=images)
-        summary = run(options, console=console)
-        with ResultsStore(options.results, readonly=True) as store:
+        summary = run(run_options, console=console)
+        with ResultsStore(run_options.results, readonly=True) as store:
             cells = [c for c in map(store.get, summary.keys) if c is not None]
     by_attack: dict[str, list[CellResult]] = defaultdict(list)
     for c in cells:

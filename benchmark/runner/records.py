@@ -132,7 +132,7 @@ def inputs(entry: Entry, suite: Suite) -> dict[str, Any]:
 
     profile = _record_profile(suite)
     pins = {m.name: m.sha256 for m in suite.members}
-    pins.update({f"{m}+{spec}": sha for spec, by in suite.defended_sha256.items() for m, sha in by.items()})
+    pins.update({f"{m}+{defense}": sha for defense, by in suite.defended_sha256.items() for m, sha in by.items()})
     attacks = [entry.name] if entry.kind == "attack" else _expanded(profile.defense_attacks, suite, profile)
     sources = (attack_sources(attacks) if entry.plugin is None
                else {Path(entry.plugin).name: _sha256(Path(entry.plugin))})
@@ -293,13 +293,13 @@ def _run_entry(entry: Entry, suite: Suite, store_path: Path, *, workers: int | N
     from benchmark.runner.run import RunOptions, run
 
     request = entry.request(suite)
-    options = RunOptions(**{f: getattr(request, f) for f in Request.__dataclass_fields__}, results=str(store_path),
+    run_options = RunOptions(**{f: getattr(request, f) for f in Request.__dataclass_fields__}, results=str(store_path),
                          threads=1, workers=workers, data_root=data_root)
     if entry.plugin is not None:
         from benchmark.registry import load_plugin_modules
 
         load_plugin_modules([str(Path(entry.plugin).resolve())])
-    summary = run(options, console=console)
+    summary = run(run_options, console=console)
     with ResultsStore(store_path, readonly=True) as store:
         return [c for c in map(store.get, summary.keys) if c is not None]
 

@@ -137,13 +137,13 @@ def _released(store: ResultsStore, owner: Owner):
             store.release(owner)
 
 
-def build_targets(options: RunOptions, *, console: Console | None = None, whole_suite: bool = False) -> None:
-    """Train, before the run, what the run ``options`` describe needs and a tiny suite builds on
+def build_targets(run_options: RunOptions, *, console: Console | None = None, whole_suite: bool = False) -> None:
+    """Train, before the run, what ``run_options`` describe needs and a tiny suite builds on
     first use (the builds of its plan; ``whole_suite``: every member too)."""
-    request = replace(options, models=None) if whole_suite else options
-    plan = make_plan(request, options.places)
-    set_threads(options.threads, small_model=plan.suite.tiny)
-    execute_builds(plan, threads=options.threads, workers=options.workers,
+    request = replace(run_options, models=None) if whole_suite else run_options
+    plan = make_plan(request, run_options.places)
+    set_threads(run_options.threads, small_model=plan.suite.tiny)
+    execute_builds(plan, threads=run_options.threads, workers=run_options.workers,
                    console=console or make_console(stderr=True))
 
 
@@ -176,14 +176,15 @@ class _Running:
         return line
 
 
-def make_executor(options: RunOptions, *, small_model: bool = False, in_memory: bool = False) -> Executor:
-    if options.executor == "ray":
-        return RayExecutor(device=options.device, address=options.ray_address, gpus_per_worker=options.gpus_per_worker,
-                           threads=options.threads or 1, workers=options.workers)  # one CPU (thread) per worker
-    workers = choose_workers(options.workers, small_model=small_model, device=options.device)
+def make_executor(run_options: RunOptions, *, small_model: bool = False, in_memory: bool = False) -> Executor:
+    if run_options.executor == "ray":
+        return RayExecutor(device=run_options.device, address=run_options.ray_address,
+                           gpus_per_worker=run_options.gpus_per_worker,
+                           threads=run_options.threads or 1, workers=run_options.workers)  # one CPU (thread) per worker
+    workers = choose_workers(run_options.workers, small_model=small_model, device=run_options.device)
     if workers > 1 and not in_memory:
-        return ProcessExecutor(workers, device=options.device,
-                               threads=choose_threads(options.threads, small_model=small_model, workers=workers))
+        return ProcessExecutor(workers, device=run_options.device,
+                               threads=choose_threads(run_options.threads, small_model=small_model, workers=workers))
     return LocalExecutor()
 
 
@@ -215,24 +216,24 @@ def _ticking(bar, task, every: float | None = None):
         thread.join()
 
 
-def run(options: RunOptions, *, console: Console | None = None, module: torch.nn.Module | None = None,
+def run(run_options: RunOptions, *, console: Console | None = None, module: torch.nn.Module | None = None,
         on_result: Callable[[CellResult], None] | None = None) -> RunSummary:
-    """Evaluate the grid ``options`` describe into the results store. ``module``: an ``nn.Module``
+    """Evaluate the grid ``run_options`` describe into the results store. ``module``: an ``nn.Module``
     evaluated instead of the suite's members (:func:`benchmark.evaluate`; local executor only).
     ``on_result`` is called with each cell evaluated by this run, once it is stored."""
     console = console or make_console(stderr=True)
-    if module is not None and options.model_dir is not None:
+    if module is not None and run_options.model_dir is not None:
         raise UserError("give an nn.Module or a model directory, not both")
-    if module is not None and options.executor != "local":
+    if module is not None and run_options.executor != "local":
         raise UserError("an nn.Module of this process runs with the local executor; save it as a checkpoint "
                         "directory (`mtlbench run --model DIR`) to run it on Ray")
-    plan = make_plan(options, options.places, module=module)
+    plan = make_plan(run_options, run_options.places, module=module)
     suite, profile = plan.suite, plan.profile
-    set_threads(options.threads, small_model=suite.tiny)
+    set_threads(run_options.threads, small_model=suite.tiny)
     if plan.missing:
         _say_missing(console, suite.name, plan.missing, plan.left_out)
-    cells = [replace(cell, keep_images=True) for cell in plan.cells] if options.keep_images else plan.cells
-    device = torch.device(options.device)
+    cells = [replace(cell, keep_images=True) for cell in plan.cells] if run_options.keep_images else plan.cells
+    device = torch.device(run_options.device)
     _say_size(console, plan)
     summary = RunSummary(total=len(cells), missing_models=dict(plan.missing), missing_cells=plan.left_out)
     start = time.perf_counter()
@@ -242,13 +243,14 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
     groups: dict[tuple, list[Cell]] = defaultdict(list)
     for cell in cells:
         groups[cell.data_key].append(cell)
-    execute_builds(plan, threads=options.threads, workers=options.workers, console=console)
+    execute_builds(plan, threads=run_options.threads, workers=run_options.workers, console=console)
     owner = Owner.this_process()
     # a claim whose run sent no heartbeat for longer than a cell may take is abandoned
-    stale_after = (options.cell_timeout if options.cell_timeout is not None else profile.cell_timeout) or 86400.0
-    with ResultsStore(options.results) as store, watch_user_interrupts(), _released(store, owner), \
+    timeout = run_options.cell_timeout
+    stale_after = (timeout if timeout is not None else profile.cell_timeout) or 86400.0
+    with ResultsStore(run_options.results) as store, watch_user_interrupts(), _released(store, owner), \
             contextlib.ExitStack() as stack:
-        executor = make_executor(options, small_model=suite.tiny, in_memory=module is not None)
+        executor = make_executor(run_options, small_model=suite.tiny, in_memory=module is not None)
         stack.callback(executor.close)
         with progress(console) as bar:
             overall = bar.add_task(f"{suite.name} [{profile.name}]", total=len(cells))
@@ -263,7 +265,7 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
                         ctx = prepare_context(*group[0].data_key, device=device, store=store, console=console,
                                               git_commit=commit, module=module)
                     except MissingWeightsError as exc:
-                        if (target.member not in unpublished and options.weights_dir is None
+                        if (target.member not in unpublished and run_options.weights_dir is None
                                 and not target.trained_defense):
                             raise
                         summary.missing_models[target.name] = str(exc)
@@ -271,7 +273,7 @@ def run(options: RunOptions, *, console: Console | None = None, module: torch.nn
                         continue
                     ensure_clean_inspection(ctx, store, max(cell.inspect for cell in group))
                     summary.keys += [cell.store_key(ctx) for cell in group]
-                    todo = _todo(group, store, ctx, retry_failed=options.retry_failed)
+                    todo = _todo(group, store, ctx, retry_failed=run_options.retry_failed)
                     summary.skipped += len(group) - len(todo)
                     bar.update(overall, advance=len(group) - len(todo))
                     if todo:  # cells another run is computing are left to it

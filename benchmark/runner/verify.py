@@ -438,17 +438,17 @@ def _rescore(verdict: BundleVerdict, reader: Archive, claimed, grid: Grid, suite
             verdict.reasons.append(f"{where}: {problem}")
             continue
         metrics = TaskMetrics.of(ctx.tasks)
-        images: list[dict] = []
+        image_metrics: list[dict] = []
         inspect = _inspected_images(suite, cell)
         inspected: list[bytes] = []
         for i, part in enumerate(adv.split([b["image"].shape[0] for b in ctx.batches])):
-            first = score_batch(ctx, i, part.to(device), cell.seed, metrics, images)
+            first = score_batch(ctx, i, part.to(device), cell.seed, metrics, image_metrics)
             seen = sum(b["image"].shape[0] for b in ctx.batches[:i])
             if inspect > seen:  # the inspection pages show a verified bundle's images too
                 inspected += encode_adversarial(ctx.batches[i]["image"], part.to(device), first, ctx.tasks,
                                                 inspect - seen)
         adversarial = metrics.compute()
-        record = per_image_record(ctx, images)
+        record = per_image_record(ctx, image_metrics)
         got_arp, got_task_arp = arp(ctx.clean, adversarial, ctx.tasks), task_arp(ctx.clean, adversarial, ctx.tasks)
         reasons = _compare_cell(cell, ctx, adversarial, record, got_arp, got_task_arp, arp_tolerance,
                                 metric_tolerance)

@@ -38,34 +38,34 @@ from benchmark.zoo.locate import (
 __all__ = ["defend_member", "defend_suite", "defended_plan", "defense_job", "ensure_defended"]
 
 
-def ensure_defended(suite: Suite, member: Member, spec: str, *, weights_dir: str | Path | None = None,
+def ensure_defended(suite: Suite, member: Member, defense_name: str, *, weights_dir: str | Path | None = None,
                     device: str = "cpu", build: bool = True, console: Console | None = None) -> Location:
-    """Where ``member``'s checkpoint under the training defense ``spec`` is
+    """Where ``member``'s checkpoint under the training defense ``defense_name`` is
     (:func:`~benchmark.zoo.locate.locate_defended`), checked against its defense and parent weights;
     a tiny member's is trained first when it is not on this machine (as its members are built on
     first use), a full member's is an error that says how to train it."""
-    location = locate_defended(suite, member, spec, weights_dir=weights_dir)
+    location = locate_defended(suite, member, defense_name, weights_dir=weights_dir)
     if not location.found and suite.tiny and build:
-        defend_suite(suite, spec, [member.name], device=str(device), console=console, weights_dir=weights_dir)
-    return find_defended(suite, member, spec, weights_dir=weights_dir)
+        defend_suite(suite, defense_name, [member.name], device=str(device), console=console, weights_dir=weights_dir)
+    return find_defended(suite, member, defense_name, weights_dir=weights_dir)
 
 
-def defend_member(suite: Suite, member: Member, spec: str, recipe: AdversarialRecipe, *, device: str = "cpu",
+def defend_member(suite: Suite, member: Member, defense_name: str, recipe: AdversarialRecipe, *, device: str = "cpu",
                   data_root: str | None = None, weights_dir: str | None = None, out_dir: str | Path | None = None,
                   restart: bool = False, console: Console | None = None, bar=None) -> Path:
-    """Train ``member`` with the training defense ``spec`` (resuming a killed run) and save it."""
-    defense = training_defense(spec)
-    out = Path(out_dir) if out_dir is not None else defended_dir(suite, member, defense.spec)
+    """Train ``member`` with the training defense ``defense_name`` (resuming a killed run) and save it."""
+    defense = training_defense(defense_name)
+    out = Path(out_dir) if out_dir is not None else defended_dir(suite, member, defense.canonical_name)
     model, _ = load_location(ensure_member(suite, member, weights_dir=weights_dir, console=console), device)
     parent = parent_sha256(suite, member, weights_dir=weights_dir)
     out.mkdir(parents=True, exist_ok=True)
     resume = out / RESUME_FILE
     if restart and resume.exists():
         resume.unlink()
-    meta = {"defense": defense.spec, "recipe": recipe.to_dict(), "parent_sha256": parent}
+    meta = {"defense": defense.canonical_name, "recipe": recipe.to_dict(), "parent_sha256": parent}
     train_set = training_set(suite, data_root, size=recipe.train_size)
     render_once(train_set)
-    label = f"  {member.name} {defense.spec}"
+    label = f"  {member.name} {defense.canonical_name}"
     task = bar.add_task(label, total=recipe.steps, loss=float("nan")) if bar is not None else None
     stats, attack_spec = defense.train(model, suite.tasks, train_set, recipe, device=torch.device(device),
                                        resume=resume, meta=meta, progress=None if bar is None else
@@ -80,7 +80,7 @@ def defend_member(suite: Suite, member: Member, spec: str, recipe: AdversarialRe
         training={**recipe.to_dict(), "train_size": len(train_set), "seconds": round(stats["seconds"], 1),
                   "resumed_at_step": stats["resumed_at"], "final_loss": stats["final_loss"], "weights_dtype": dtype,
                   **machine(device)},
-        defense={"spec": defense.spec, "kind": "training", "attack": defense.attack.name,
+        defense={"spec": defense.canonical_name, "kind": "training", "attack": defense.attack.name,
                  "attack_options": dict(attack_spec.options),
                  "parent_sha256": parent, "recipe": recipe.to_dict()})
     save_checkpoint(model.cpu(), info, out, dtype=dtype)
@@ -90,38 +90,39 @@ def defend_member(suite: Suite, member: Member, spec: str, recipe: AdversarialRe
     return out
 
 
-def defend_suite(suite: Suite | str, spec: str, members: list[str] | None = None, *, device: str = "cpu",
+def defend_suite(suite: Suite | str, defense_name: str, members: list[str] | None = None, *, device: str = "cpu",
                  data_root: str | None = None, weights_dir: str | None = None, rebuild: bool = False,
                  restart: bool = False, console: Console | None = None, threads: int | None = None,
                  out: str | Path | None = None, **overrides) -> dict[str, Path]:
-    """Defend the members of a suite (all by default) with ``spec``; members already defended are
+    """Defend the members of a suite (all by default) with ``defense_name``; members already defended are
     kept unless ``rebuild``. ``overrides`` change the suite's recipe (``steps=``, ``attack_steps=``...).
     ``out``: write ``out/<member>/`` instead of the local zoo (members finished there are kept)."""
     suite = load_suite(suite) if isinstance(suite, str | Path) else suite
     console = console or make_console(stderr=True)
-    defense = training_defense(spec)
+    defense = training_defense(defense_name)
     recipe = defense.recipe(suite, **overrides)
-    done, todo = defended_plan(suite, defense.spec, members, weights_dir=weights_dir, rebuild=rebuild, out=out)
+    done, todo = defended_plan(suite, defense.canonical_name, members, weights_dir=weights_dir, rebuild=rebuild,
+                               out=out)
     if not todo:
         return done
     set_threads(threads, small_model=suite.tiny)
     start = time.perf_counter()
     with progress(console, loss=True) as bar:
-        overall = bar.add_task(f"defend {suite.name} with {defense.spec}", total=len(todo))
+        overall = bar.add_task(f"defend {suite.name} with {defense.canonical_name}", total=len(todo))
         for m in todo:
-            done[m.name] = _defend_missing(suite, m, defense.spec, recipe, device=device, data_root=data_root,
+            done[m.name] = _defend_missing(suite, m, defense.canonical_name, recipe, device=device, data_root=data_root,
                                            weights_dir=weights_dir, rebuild=rebuild, restart=restart,
                                            console=console, bar=bar,
                                            out_dir=None if out is None else Path(out) / m.name)
             bar.update(overall, advance=1)
     seconds = time.perf_counter() - start
-    console.print(f"defended {len(todo)} model(s) of {suite.name} with {defense.spec} in {seconds:.0f} s "
+    console.print(f"defended {len(todo)} model(s) of {suite.name} with {defense.canonical_name} in {seconds:.0f} s "
                   f"({seconds / len(todo):.0f} s per model) under {done[todo[0].name].parent}",
                   highlight=False, markup=False)
     return done
 
 
-def defended_plan(suite: Suite, spec: str, members: list[str] | None = None, *, weights_dir: str | None = None,
+def defended_plan(suite: Suite, defense_name: str, members: list[str] | None = None, *, weights_dir: str | None = None,
                   rebuild: bool = False, out: str | Path | None = None) -> tuple[dict[str, Path], list[Member]]:
     """What :func:`defend_suite` would do, without doing it: the members whose defended checkpoint of
     this recipe is already there (member -> its folder: shipped, local zoo, ``weights_dir`` or
@@ -133,7 +134,7 @@ def defended_plan(suite: Suite, spec: str, members: list[str] | None = None, *, 
         if out is not None:
             found = Path(out) / m.name if (Path(out) / m.name / CONFIG_FILE).exists() and not rebuild else None
         else:
-            found = None if rebuild else locate_defended(suite, m, spec, weights_dir=weights_dir).directory
+            found = None if rebuild else locate_defended(suite, m, defense_name, weights_dir=weights_dir).directory
         if found is not None:
             done[m.name] = found
         else:
@@ -141,34 +142,36 @@ def defended_plan(suite: Suite, spec: str, members: list[str] | None = None, *, 
     return done, todo
 
 
-def _defend_missing(suite: Suite, member: Member, spec: str, recipe: AdversarialRecipe, *, rebuild: bool = False,
-                    restart: bool = False, out_dir: Path | None = None, **kwargs) -> Path:
-    """Train ``member`` with ``spec`` where it has no (current) defended checkpoint: a tiny member's
+def _defend_missing(suite: Suite, member: Member, defense_name: str, recipe: AdversarialRecipe, *,
+                    rebuild: bool = False, restart: bool = False, out_dir: Path | None = None, **kwargs) -> Path:
+    """Train ``member`` with ``defense_name`` where it has no (current) defended checkpoint: a tiny member's
     checkpoint of older parent weights (or any, with ``rebuild``) is trained again from the start."""
-    old = (out_dir or defended_dir(suite, member, spec)) / CONFIG_FILE
+    old = (out_dir or defended_dir(suite, member, defense_name)) / CONFIG_FILE
     again = rebuild or old.exists()  # not found by locate_defended, yet there: stale
     if again:
         old.unlink(missing_ok=True)
-    return defend_member(suite, member, spec, recipe, restart=restart or again, out_dir=out_dir, **kwargs)
+    return defend_member(suite, member, defense_name, recipe, restart=restart or again, out_dir=out_dir, **kwargs)
 
 
-def defense_job(suite: Suite, member: Member, spec: str, *, device: str = "cpu", data_root: str | None = None,
+def defense_job(suite: Suite, member: Member, defense_name: str, *, device: str = "cpu", data_root: str | None = None,
                 weights_dir: str | None = None, after_build: bool = False):
-    """``member`` trained with the training defense ``spec`` as an :class:`~benchmark.zoo.build.AfterJob`
+    """``member`` trained with the training defense ``defense_name`` as an :class:`~benchmark.zoo.build.AfterJob`
     of a suite's build (run by its worker processes beside the members; ``after_build``: once the
     member itself is built by that build)."""
     from benchmark.zoo.build import AfterJob
 
-    args = (suite.ref, member.name, create_defense(spec).spec, device, data_root, weights_dir)
-    return AfterJob(_defend_in_worker, args, label=f"{member.name} {spec}", after=member.name if after_build else None)
+    args = (suite.ref, member.name, create_defense(defense_name).canonical_name, device, data_root, weights_dir)
+    return AfterJob(_defend_in_worker, args, label=f"{member.name} {defense_name}",
+                    after=member.name if after_build else None)
 
 
-def _defend_in_worker(suite_ref: str, member: str, spec: str, device: str, data_root: str | None,
+def _defend_in_worker(suite_ref: str, member: str, defense_name: str, device: str, data_root: str | None,
                       weights_dir: str | None) -> str:
     suite = load_suite(suite_ref)
     m = suite.member(member)
-    found = locate_defended(suite, m, spec, weights_dir=weights_dir)
+    found = locate_defended(suite, m, defense_name, weights_dir=weights_dir)
     if found.found:
         return str(found.directory)
-    return str(_defend_missing(suite, m, spec, training_defense(spec).recipe(suite), device=device, data_root=data_root,
+    recipe = training_defense(defense_name).recipe(suite)
+    return str(_defend_missing(suite, m, defense_name, recipe, device=device, data_root=data_root,
                                weights_dir=weights_dir))

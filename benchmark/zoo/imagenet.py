@@ -180,8 +180,8 @@ def imagenet_blocks(path: str | Path, backbone: str, width: float, output_stride
         state = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    spec = build_backbone(backbone, width=width, output_stride=output_stride)
-    ours = [_pairs(block) for block in spec.blocks]
+    trunk = build_backbone(backbone, width=width, output_stride=output_stride)
+    ours = [_pairs(block) for block in trunk.blocks]
     theirs = _source_pairs(state, backbone)
     flat = [pair for block in ours for pair in block]
     if len(flat) != len(theirs):
@@ -198,4 +198,4 @@ def imagenet_blocks(path: str | Path, backbone: str, width: float, output_stride
                     raise CheckpointError(f"{path}: {name} has shape {tuple(value.shape)}, our layer "
                                           f"{tuple(target.shape)}")
                 target.copy_(value.to(target.dtype))
-    return [block.state_dict() for block in spec.blocks]
+    return [block.state_dict() for block in trunk.blocks]

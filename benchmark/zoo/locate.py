@@ -214,38 +214,38 @@ def parent_sha256(suite: Suite, member: Member, *, weights_dir: str | Path | Non
 
 # -- members under a training defense ----------------------------------------------------------
 
-def training_defense(spec: str) -> TrainingDefense:
-    """The training defense ``spec`` names; an inference-time one is a message."""
-    defense = create_defense(spec)
+def training_defense(defense_name: str) -> TrainingDefense:
+    """The training defense ``defense_name`` names; an inference-time one is a message."""
+    defense = create_defense(defense_name)
     if not isinstance(defense, TrainingDefense):
-        raise UserError(f"{defense.spec!r} is an inference-time defense: it wraps a model at evaluation time "
-                        f"(`mtlbench run --defenses {defense.spec}`); `mtlbench defend` trains training defenses "
-                        "such as fat:pgd:gb-mta or pgdat:pgd:total")
+        raise UserError(f"{defense.canonical_name!r} is an inference-time defense: it wraps a model at evaluation time "
+                        f"(`mtlbench run --defenses {defense.canonical_name}`); `mtlbench defend` trains training "
+                        "defenses such as fat:pgd:gb-mta or pgdat:pgd:total")
     return defense
 
 
-def defended_dir(suite: Suite, member: Member, spec: str) -> Path:
-    """Where ``mtlbench defend`` writes ``member`` trained with the defense ``spec``."""
-    return defended_root(suite.name, spec) / member.name
+def defended_dir(suite: Suite, member: Member, defense_name: str) -> Path:
+    """Where ``mtlbench defend`` writes ``member`` trained with the defense ``defense_name``."""
+    return defended_root(suite.name, defense_name) / member.name
 
 
-def shipped_defended_dir(suite: Suite, spec: str) -> Path:
-    """Where a tiny suite's checkpoints under the training defense ``spec`` ship with mtlbench
+def shipped_defended_dir(suite: Suite, defense_name: str) -> Path:
+    """Where a tiny suite's checkpoints under the training defense ``defense_name`` ship with mtlbench
     (``<dir>/<member>/``)."""
-    return defended_root(suite.name, spec, shipped=True)
+    return defended_root(suite.name, defense_name, shipped=True)
 
 
-def _shipped_defended(suite: Suite, member: Member, spec: str) -> Path | None:
-    """The checkpoint of ``member`` under ``spec`` that ships with mtlbench, when the manifest
-    pins it (``[weights.defended."<spec>"]``) and it was trained with the manifest's recipe from
+def _shipped_defended(suite: Suite, member: Member, defense_name: str) -> Path | None:
+    """The checkpoint of ``member`` under ``defense_name`` that ships with mtlbench, when the manifest
+    pins it (``[weights.defended."<defense_name>"]``) and it was trained with the manifest's recipe from
     the member's current weights."""
-    if not suite.defended_sha256.get(spec, {}).get(member.name):
+    if not suite.defended_sha256.get(defense_name, {}).get(member.name):
         return None
-    directory = shipped_defended_dir(suite, spec) / member.name
+    directory = shipped_defended_dir(suite, defense_name) / member.name
     present = [f for f in (WEIGHTS_FILE, CONFIG_FILE) if (directory / f).exists()]
     if len(present) == 1:
         missing = next(f for f in (WEIGHTS_FILE, CONFIG_FILE) if f not in present)
-        raise CheckpointError(f"{directory / missing} is missing from the {spec} checkpoint of "
+        raise CheckpointError(f"{directory / missing} is missing from the {defense_name} checkpoint of "
                               f"{suite.name}/{member.name} that ships with mtlbench: reinstall mtlbench (in a "
                               f"checkout: `git checkout -- {directory}`)")
     if not present or _is_stale_defended(directory, suite, member):
@@ -254,7 +254,7 @@ def _shipped_defended(suite: Suite, member: Member, spec: str) -> Path | None:
         recorded = read_config(directory).defense.get("recipe")
     except CheckpointError:
         return directory  # damaged: loading it says what is wrong
-    return directory if recorded == training_defense(spec).recipe(suite).to_dict() else None
+    return directory if recorded == training_defense(defense_name).recipe(suite).to_dict() else None
 
 
 def _is_stale_defended(directory: Path, suite: Suite, member: Member) -> bool:
@@ -270,42 +270,43 @@ def _is_stale_defended(directory: Path, suite: Suite, member: Member) -> bool:
     return recorded != parent_sha256(suite, member)
 
 
-def locate_defended(suite: Suite, member: Member, spec: str, *, weights_dir: str | Path | None = None) -> Location:
-    """Where the finished checkpoint of ``member`` under the training defense ``spec`` is (in
+def locate_defended(suite: Suite, member: Member, defense_name: str, *,
+                    weights_dir: str | Path | None = None) -> Location:
+    """Where the finished checkpoint of ``member`` under the training defense ``defense_name`` is (in
     ``weights_dir``, shipped with mtlbench, or in the local zoo); not found when it is in none (a
     tiny member's stale one in the local zoo is trained again)."""
     expect = expected_config(member, suite)
     if weights_dir is not None:
-        mine = Path(weights_dir) / "defended" / safe_name(spec) / member.name
+        mine = Path(weights_dir) / "defended" / safe_name(defense_name) / member.name
         if (mine / CONFIG_FILE).exists():
             return Location(mine, Origin.DEFENDED, expect=expect)
-    shipped = _shipped_defended(suite, member, spec)
+    shipped = _shipped_defended(suite, member, defense_name)
     if shipped is not None:
-        pin = suite.defended_sha256[spec][member.name]
+        pin = suite.defended_sha256[defense_name][member.name]
         return Location(shipped, Origin.DEFENDED, pin, expect,
                         f"either the file was changed (it ships with mtlbench: reinstall mtlbench; in a checkout: "
                         f"`git checkout -- {shipped}`) or the pin was (the manifest {suite.path or suite.name}, "
-                        f"[weights.defended.\"{spec}\"] {member.name} = \"{pin}\")")
-    local = defended_dir(suite, member, spec)
+                        f"[weights.defended.\"{defense_name}\"] {member.name} = \"{pin}\")")
+    local = defended_dir(suite, member, defense_name)
     if (local / CONFIG_FILE).exists() and not _is_stale_defended(local, suite, member):
         return Location(local, Origin.DEFENDED, expect=expect)
     return Location(None, Origin.DEFENDED, expect=expect)
 
 
-def check_defended(directory: Path, suite: Suite, member: Member, spec: str, *,
+def check_defended(directory: Path, suite: Suite, member: Member, defense_name: str, *,
                    weights_dir: str | Path | None = None) -> None:
     """Refuse a defended checkpoint of another defense, or one trained from other parent weights
     than the member's current ones (a rebuilt member makes its defended checkpoints stale)."""
     info = read_config(directory)
-    if info.defense.get("spec") != spec:
+    if info.defense.get("spec") != defense_name:
         raise CheckpointError(f"{directory / CONFIG_FILE}: defense.spec is {info.defense.get('spec')!r}, expected "
-                              f"{spec!r}")
+                              f"{defense_name!r}")
     parent = parent_sha256(suite, member, weights_dir=weights_dir)
     if parent is not None and info.defense.get("parent_sha256") != parent:
         raise CheckpointError(
             f"{directory}: trained from parent weights sha256 {str(info.defense.get('parent_sha256'))[:12]}..., but "
             f"{suite.name}/{member.name} is now {parent[:12]}...; train it again with "
-            f"`mtlbench defend {suite.name} --defense {spec} --models {member.name} --rebuild`")
+            f"`mtlbench defend {suite.name} --defense {defense_name} --models {member.name} --rebuild`")
 
 
 # -- finding, never building ---------------------------------------------------------------------
@@ -321,14 +322,15 @@ def find_member(suite: Suite, member: Member, *, weights_dir: str | Path | None 
     return location
 
 
-def find_defended(suite: Suite, member: Member, spec: str, *, weights_dir: str | Path | None = None) -> Location:
-    """Where ``member``'s checkpoint under the training defense ``spec`` is, checked against its
+def find_defended(suite: Suite, member: Member, defense_name: str, *,
+                  weights_dir: str | Path | None = None) -> Location:
+    """Where ``member``'s checkpoint under the training defense ``defense_name`` is, checked against its
     defense and parent weights, or an error that says how to train it (never a training run)."""
-    location = locate_defended(suite, member, spec, weights_dir=weights_dir)
+    location = locate_defended(suite, member, defense_name, weights_dir=weights_dir)
     if not location.found:
-        raise MissingWeightsError(f"{suite.name}/{member.name}+{spec} is not trained yet: run `mtlbench defend "
-                                  f"{suite.name} --defense {spec} --models {member.name}`")
-    check_defended(location.directory, suite, member, spec, weights_dir=weights_dir)
+        raise MissingWeightsError(f"{suite.name}/{member.name}+{defense_name} is not trained yet: run `mtlbench defend "
+                                  f"{suite.name} --defense {defense_name} --models {member.name}`")
+    check_defended(location.directory, suite, member, defense_name, weights_dir=weights_dir)
     return location
 
 

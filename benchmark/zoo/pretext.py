@@ -76,12 +76,12 @@ class PretextModel(nn.Module):
         super().__init__()
         if objective not in OBJECTIVES:
             raise UserError(f"unknown pretext objective {objective!r}; known: {', '.join(OBJECTIVES)}")
-        spec = build_backbone(backbone, width=width, output_stride=output_stride)
+        trunk = build_backbone(backbone, width=width, output_stride=output_stride)
         self.objective = objective
-        self.stride = spec.output_stride
-        self.blocks = nn.ModuleList(spec.blocks)
-        self.head = (nn.Linear(spec.feature_dim, 4) if objective == "rotation"
-                     else nn.Conv2d(spec.feature_dim, 3 * spec.output_stride**2, 1))
+        self.stride = trunk.output_stride
+        self.blocks = nn.ModuleList(trunk.blocks)
+        self.head = (nn.Linear(trunk.feature_dim, 4) if objective == "rotation"
+                     else nn.Conv2d(trunk.feature_dim, 3 * trunk.output_stride**2, 1))
         self.register_buffer("mean", torch.tensor(PAPER_MEAN).view(1, 3, 1, 1), persistent=False)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
