@@ -30,6 +30,7 @@ from typing import Any
 
 import tomllib
 
+from benchmark.attacks.objectives import parse_single
 from benchmark.enums import Status
 from benchmark.runner.store import CellResult
 from benchmark.scoring import paired_bootstrap, spearman
@@ -180,7 +181,7 @@ def _arp_vs_eps(suite: dict, paper: dict) -> list[dict[str, Any]]:
             continue
         rising = {a: spearman([e for e, _ in pts], [v for _, v in pts]) for a, pts in curves.items()}
         multi = {a: mean(v for _, v in pts) for a, pts in curves.items()
-                 if not a.split(" [")[0].split(":")[1].startswith("single-")}
+                 if parse_single(a.split(" [")[0].partition(":")[2], []) is None}  # the multi-task objectives
         gb = group.get(f"{optimizer}:gb-mta", "")
         highest = bool(multi) and gb in multi and multi[gb] >= max(multi.values()) - 1e-9
         ok = all(r >= 0.9 for r in rising.values()) and highest

@@ -52,6 +52,20 @@ def test_single_objective_needs_the_task(tiny_nyu):
     assert create_objective("single-depth_zbuffer", tasks).name == "single-depth"
 
 
+def test_single_x_is_read_in_one_place(tiny_nyu):
+    """A task is named by its full name, short name or label, in any case; the attack's name, the
+    objective's and the leaderboard's reading of a label agree."""
+    from benchmark.attacks.objectives import parse_single
+
+    _, tasks, _ = tiny_nyu
+    for written in ("single-depth", "single-depth_zbuffer", " SINGLE-Depth "):
+        assert parse_single(written, tasks) == ("depth_zbuffer", "single-depth", True)
+        assert AttackSpec.parse(f"pgd:{written.strip()}", tasks=tasks).objective == "single-depth"
+        assert create_objective(written, tasks).name == "single-depth"
+    assert parse_single("single-keypoint", tasks) == ("keypoint", "single-keypoint", False)
+    assert parse_single("total", tasks) is None and parse_single("gb-mta", tasks) is None
+
+
 def _slow_task_gradients(model, x, batch, tasks):
     grads, losses = [], []
     for i, _ in enumerate(tasks):

@@ -88,11 +88,23 @@ def test_entries_are_computed_committed_and_checked(record_suite, tmp_path, caps
     out = " ".join(capsys.readouterr().out.split())
     assert code == 1 and "mini-run/attacks/fgsm_total.jsonl: AS fgsm:total eps 8 seed 0: ARP is" in out
     assert "differs by 0.5" in out
-    # the record profile changed: every entry is stale, and says why
+    # PGD's steps changed: the entries that run PGD are stale and say why; FGSM's is not
     edited = record_suite.read_text().replace("steps = { pgd = 2 }", "steps = { pgd = 3 }")
     (tmp_path / "edited.toml").write_text(edited)
-    stale = record_status(load_suite(tmp_path / "edited.toml"), records)
-    assert {s.state for s in stale} == {"stale"} and "the record profile" in stale[0].why
+    states = {s.entry.name: s for s in record_status(load_suite(tmp_path / "edited.toml"), records)}
+    assert {n: s.state for n, s in states.items()} == {"fgsm:total": "current", "pgd:gb-mta": "stale",
+                                                       "bitdepth:4": "stale"}
+    assert "the record profile" in states["pgd:gb-mta"].why
+    # the eps changed: every entry is stale
+    (tmp_path / "eps.toml").write_text(record_suite.read_text().replace("eps = [8]", "eps = [4]"))
+    assert {s.state for s in record_status(load_suite(tmp_path / "eps.toml"), records)} == {"stale"}
+    # an attack and a defense added to the record: two missing entries, the others still current
+    grown = record_suite.read_text().replace('"pgd:gb-mta"]\nsteps', '"pgd:gb-mta", "mim:total"]\nsteps')
+    grown = grown.replace('defenses = ["none", "bitdepth:4"]', 'defenses = ["none", "bitdepth:4", "median:3"]')
+    (tmp_path / "grown.toml").write_text(grown)
+    states = {s.entry.name: s.state for s in record_status(load_suite(tmp_path / "grown.toml"), records)}
+    assert states == {"fgsm:total": "current", "pgd:gb-mta": "current", "mim:total": "missing",
+                      "bitdepth:4": "current", "median:3": "missing"}
 
 
 def test_a_contribution_joins_with_its_records_and_every_tampering_fails(record_suite, tmp_path, capsys,

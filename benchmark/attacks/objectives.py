@@ -25,6 +25,7 @@ from __future__ import annotations
 import fnmatch
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -34,15 +35,21 @@ from benchmark.tasks import Task
 
 __all__ = [
     "OBJECTIVES",
+    "SINGLE",
     "TASK_SHORT_NAMES",
     "Objective",
+    "SingleX",
     "create_objective",
     "find_task",
     "list_objectives",
+    "parse_single",
     "register_objective",
     "relative_score",
+    "single_name",
 ]
 
+#: the prefix of the single-task objectives' names (``single-X``)
+SINGLE = "single-"
 #: short names of the tasks in ``single-X`` objectives
 TASK_SHORT_NAMES = {"segment_semantic": "segment", "normal": "normal", "depth_zbuffer": "depth",
                     "keypoints2d": "keypoint", "edge_texture": "edge"}
@@ -133,11 +140,11 @@ class SingleTask(Objective):
         super().__init__(tasks)
         names = [t.name for t in self.tasks]
         if task not in names:
-            raise UserError(f"single-{task}: the model has no task {task!r} (tasks: {', '.join(names)})")
+            raise UserError(f"{single_name(task)}: the model has no task {task!r} (tasks: {', '.join(names)})")
         self.index = names.index(task)
         self.loss_tasks = [self.index]
         self.task = task
-        self.name = f"single-{TASK_SHORT_NAMES.get(task, task)}"
+        self.name = single_name(task)
 
     def direction(self, model, x, targets):
         if self.batch_loss:
@@ -210,7 +217,7 @@ ObjectiveFactory = Callable[[list[Task]], Objective]
 
 
 def _check_objective(name: str, factory: ObjectiveFactory) -> None:
-    if name.startswith("single-"):
+    if name.startswith(SINGLE):
         raise ValueError(f"objective name {name!r} is taken: single-<task> names the single-task objectives")
     if not callable(factory):
         raise TypeError(f"@register_objective({name!r}) needs a class or function of the task list, got {factory!r}")
@@ -235,15 +242,40 @@ def find_task(short: str, tasks: list[Task]) -> Task | None:
     return next((t for t in tasks if short in (t.name, TASK_SHORT_NAMES.get(t.name), t.label.lower())), None)
 
 
+class SingleX(NamedTuple):
+    """A parsed ``single-X`` objective: the task it names (its full name when one of the tasks
+    matched, else X as written), its canonical name (``single-<short>``), and whether X matched."""
+
+    task: str
+    name: str
+    found: bool
+
+
+def single_name(task: str) -> str:
+    """The canonical ``single-X`` name of the objective of ``task`` (a full task name)."""
+    return f"{SINGLE}{TASK_SHORT_NAMES.get(task, task)}"
+
+
+def parse_single(objective: str, tasks: list[Task]) -> SingleX | None:
+    """``single-X`` (X a task's full name, short name or label among ``tasks``) parsed; None for
+    any other objective. Every ``single-X`` of a name, a manifest or a run is read here."""
+    key = objective.strip().lower()
+    if not key.startswith(SINGLE):
+        return None
+    short = key.removeprefix(SINGLE)
+    match = find_task(short, tasks)
+    task = match.name if match is not None else short
+    return SingleX(task, single_name(task), match is not None)
+
+
 def create_objective(name: str, tasks: list[Task], *, batch_loss: bool = False) -> Objective:
     """``single-<task>`` (short or full task name), ``total``, ``signtotal``, ``gb-mta`` or a
     registered name. ``batch_loss``: TOTAL and SINGLE-X follow the authors' batch loss (GB-MTA
     and SIGNTOTAL use per-sample losses in their code as in ours)."""
     key = name.strip().lower()
-    if key.startswith("single-"):
-        short = key.removeprefix("single-")
-        task = find_task(short, tasks)
-        objective = SingleTask(tasks, task.name if task is not None else short)
+    single = parse_single(key, tasks)
+    if single is not None:
+        objective = SingleTask(tasks, single.task)
     elif key not in OBJECTIVES:
         raise UserError(f"unknown objective {name!r}; known: {', '.join(list_objectives(tasks))}")
     else:
@@ -253,5 +285,5 @@ def create_objective(name: str, tasks: list[Task], *, batch_loss: bool = False) 
 
 
 def list_objectives(tasks: list[Task], pattern: str = "*") -> list[str]:
-    names = [f"single-{TASK_SHORT_NAMES.get(t.name, t.name)}" for t in tasks] + OBJECTIVES.names()
+    names = [single_name(t.name) for t in tasks] + OBJECTIVES.names()
     return [n for n in names if fnmatch.fnmatch(n, pattern)]

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from benchmark.attacks.objectives import OBJECTIVES, TASK_SHORT_NAMES, find_task, list_objectives
+from benchmark.attacks.objectives import OBJECTIVES, SINGLE, list_objectives, parse_single
 from benchmark.attacks.registry import ATTACKS, is_optimizer, load_plugins
 from benchmark.errors import UserError
 from benchmark.tasks import Task, all_tasks
@@ -68,14 +68,12 @@ class AttackSpec:
                 raise UserError(f"attack {text!r} needs an objective, e.g. '{optimizer}:gb-mta' or "
                                 f"'{optimizer}:single-depth'")
             pool = tasks if tasks is not None else all_tasks()
-            if objective.startswith("single-"):
-                short = objective.removeprefix("single-")
-                match = find_task(short, pool)
-                if match is None and tasks is not None:
-                    raise UserError(f"attack {text!r}: no task {short!r} among {', '.join(t.name for t in pool)}")
+            single = parse_single(objective, pool)
+            if single is not None:
+                if not single.found and tasks is not None:
+                    raise UserError(f"attack {text!r}: no task {single.task!r} among {', '.join(t.name for t in pool)}")
                 # without the model's tasks, an unknown name stays as given (checked when the attack runs)
-                task = match.name if match is not None else short
-                objective = f"single-{TASK_SHORT_NAMES.get(task, task)}"
+                task, objective = single.task, single.name
             elif objective not in OBJECTIVES:
                 raise UserError(f"attack {text!r}: unknown objective {objective!r}; known: "
                                 f"{', '.join(list_objectives(pool))}")
@@ -101,7 +99,7 @@ class AttackSpec:
         and its objective come with the package, not from a plugin, a submission or a
         ``register_objective`` of the user's."""
         parts = [self.attack_class]
-        if self.objective is not None and not self.objective.startswith("single-"):
+        if self.objective is not None and not self.objective.startswith(SINGLE):
             parts.append(OBJECTIVES[self.objective])
         return all(is_ours(part) for part in parts)
 

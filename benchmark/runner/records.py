@@ -12,9 +12,12 @@ numbers rounded to 7 significant digits. ``records/<suite>/targets.json`` holds 
 description and clean metrics. One line per cell, sorted keys: a recomputation that changes one
 cell changes one line of the diff.
 
-An entry is **stale** when an input it was computed from changed: the suite's pins (the weights),
-its training recipe, the record profile, or the source files of its attack (or of a defense's
-code). :func:`recompute` writes entries (all, one suite's, those named, or only the stale and
+An entry is **stale** when an input it was computed from changed: the pins of the weights it
+attacks (every member's for an attack; the defended members' and their defended checkpoints' for a
+defense), the suite's training recipe, the record profile's settings it runs with (eps, images,
+seeds, batch, its optimizers' steps and options; a defense's also its attacks, members and EOT
+samples), or the source files of its attack (or of a defense's code). Adding an attack or a defense
+to the record adds a missing entry and leaves the others current. :func:`recompute` writes entries (all, one suite's, those named, or only the stale and
 missing ones); :func:`check_records` recomputes entries and names every cell that differs from the
 committed one, and by how much. Bit-identical is expected where the CPU instruction set, the
 torch build and the thread count are the record's (its header says them); elsewhere a number may
@@ -124,16 +127,31 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+#: the record profile's settings every entry's cells depend on; a defense entry's also depend on
+#: the defense settings. Which other entries the profile lists is not an input of an entry: adding
+#: an attack or a defense to the record leaves the committed entries current.
+_SETTINGS = ("eps", "eval_size", "seeds", "batch_size", "score_draws")
+_DEFENSE_SETTINGS = ("defended_models", "defense_attacks", "eot_samples")
+
+
 def inputs(entry: Entry, suite: Suite) -> dict[str, Any]:
-    """What the entry's numbers depend on besides the scoring code: the suite's pins (members' and
-    defended checkpoints'), its training recipe, the record profile, and the source files of the
-    attacks (and the defense) it runs. A change of any makes the entry stale."""
+    """What the entry's numbers depend on besides the scoring code: the pins of the weights it
+    attacks (an attack entry: every member's; a defense entry: its defended members' and their
+    checkpoints under the defense), the suite's training recipe, the record profile's settings it
+    runs with (its optimizers' steps and options among them), and the source files of the attacks
+    (and the defense) it runs. A change of any makes the entry stale."""
     from benchmark.runner.bundle import attack_sources
 
     profile = _record_profile(suite)
-    pins = {m.name: m.sha256 for m in suite.members}
-    pins.update({f"{m}+{defense}": sha for defense, by in suite.defended_sha256.items() for m, sha in by.items()})
-    attacks = [entry.name] if entry.kind == "attack" else _expanded(profile.defense_attacks, suite, profile)
+    if entry.kind == "attack":
+        attacks = [entry.name]
+        pins = {m.name: m.sha256 for m in suite.members}
+    else:
+        attacks = _expanded(profile.defense_attacks, suite, profile)
+        models = profile.defended_models or [m.name for m in suite.members]
+        defended = suite.defended_sha256.get(entry.name, {})
+        pins = {m: suite.member(m).sha256 for m in models}
+        pins.update({f"{m}+{entry.name}": defended[m] for m in models if m in defended})
     sources = (attack_sources(attacks) if entry.plugin is None
                else {Path(entry.plugin).name: _sha256(Path(entry.plugin))})
     if entry.kind == "defense":
@@ -141,9 +159,10 @@ def inputs(entry: Entry, suite: Suite) -> dict[str, Any]:
 
         module = type(create_defense(entry.name)).__module__
         sources.update(_module_source(module))
-    table = {k: getattr(profile, k) for k in ("eps", "attacks", "steps", "eval_size", "seeds", "batch_size",
-                                                "options", "defenses", "defended_models", "defense_attacks",
-                                                "eot_samples", "score_draws")}
+    optimizers = sorted({a.partition(":")[0] for a in attacks})  # or complete attacks
+    table = {k: getattr(profile, k) for k in _SETTINGS + (_DEFENSE_SETTINGS if entry.kind == "defense" else ())}
+    table["steps"] = {o: profile.steps[o] for o in optimizers if o in profile.steps}
+    table["options"] = {o: profile.options[o] for o in optimizers if o in profile.options}
     return {"pins": _digest(pins), "recipe": suite.training_id, "profile": _digest(table), "sources": sources}
 
 
