@@ -17,13 +17,13 @@ attacks (every member's for an attack; the defended members' and their defended 
 defense), the suite's training recipe, the record profile's settings it runs with (eps, images,
 seeds, batch, its optimizers' steps and options; a defense's also its attacks, members and EOT
 samples), or the source files of its attack (or of a defense's code). Adding an attack or a defense
-to the record adds a missing entry and leaves the others current. :func:`recompute` writes entries (all, one suite's, those named, or only the stale and
-missing ones); :func:`check_records` recomputes entries and names every cell that differs from the
-committed one, and by how much. Bit-identical is expected where the CPU instruction set, the
-torch build and the thread count are the record's (its header says them); elsewhere a number may
-differ by the spread measured for re-scoring (:data:`benchmark.runner.verify.ARP_TOLERANCE` and
-the per-image score tolerance), while the images themselves were bit-identical across thread
-counts and instruction sets.
+to the record adds a missing entry and leaves the others current. :func:`recompute` writes entries
+(all, one suite's, those named, or only the stale and missing ones); :func:`check_records`
+recomputes entries and names every cell that differs from the committed one, and by how much.
+Bit-identical is expected where the CPU instruction set, the torch build and the thread count are
+the record's (its header says them); elsewhere a number may differ by the spread measured for
+re-scoring (:data:`benchmark.runner.verify.ARP_TOLERANCE` and the per-image score tolerance), while
+the images themselves were bit-identical across thread counts and instruction sets.
 """
 
 from __future__ import annotations
