@@ -98,13 +98,13 @@ class Target:
         from benchmark.defenses import parse_defense
 
         d = parse_defense(defense)
-        spec = None if d is None else d.canonical_name
+        defense_name = None if d is None else d.canonical_name
         randomised = d is not None and getattr(d, "randomised", False)
         eot_samples, score_draws = (int(eot_samples), int(score_draws)) if randomised else (1, 1)
         if eot_samples < 1 or score_draws < 1:
             raise UserError(f"EOT samples and scoring draws must be >= 1, got {eot_samples} and {score_draws}")
         return cls(suite_ref(suite), member, None if weights_dir is None else str(Path(weights_dir).resolve()),
-                   spec, eot_samples, score_draws=score_draws)
+                   defense_name, eot_samples, score_draws=score_draws)
 
     @classmethod
     def external_model(cls, suite: str | Path, source: str | Path | torch.nn.Module, *, name: str | None = None,

@@ -38,6 +38,8 @@ def test_bpda_gives_a_gradient_where_the_plain_one_is_zero(tiny_nyu):
 def test_defense_names_are_checked():
     assert create_defense("resize").canonical_name == "resize:0.15"
     assert create_defense("gaussian:2").canonical_name == "gaussian:2"
+    with pytest.warns(DeprecationWarning, match="canonical_name"):  # the name plugins used before
+        assert create_defense("resize").spec == "resize:0.15"
     for bad, message in (("bitdepth:0", "bits must be in"), ("median:4", "odd"), ("blur", "unknown defense")):
         with pytest.raises(Exception, match=message):
             create_defense(bad)

@@ -120,8 +120,6 @@ def _resume_step(path: Path) -> int:
     removed by a training that has finished between the poll's check and its read)."""
     import json
 
-    if not path.exists():
-        return -1
     try:
         with safe_open(str(path), "pt") as f:
             return json.loads(f.metadata()["mtlbench-training"])["step"]

@@ -234,8 +234,9 @@ def cmd_defend(args: argparse.Namespace) -> int:
     defense_name = canonical_defense(args.defense)
     from benchmark.defenses import Detector, create_defense
 
-    if isinstance(create_defense(defense_name), Detector):
-        return _train_detector(args, suite, create_defense(defense_name))
+    defense = create_defense(defense_name)
+    if isinstance(defense, Detector):
+        return _train_detector(args, suite, defense)
     out = args.out
     if args.ship:
         if not suite.tiny or args.out is not None:

@@ -10,6 +10,7 @@ adversarial training with the attack ``pgd:gb-mta``). ``none`` is the undefended
 from __future__ import annotations
 
 import inspect
+import warnings
 
 from benchmark.errors import UserError
 from benchmark.registry import Registry
@@ -49,6 +50,12 @@ class Defense:
     def canonical_name(self) -> str:
         """The canonical name, ``name:argument``."""
         return f"{self.name}:{self.argument}" if self.argument else self.name
+
+    @property
+    def spec(self) -> str:
+        """Deprecated name of :attr:`canonical_name` (plugins written for mtlbench before it)."""
+        warnings.warn("Defense.spec is deprecated: use Defense.canonical_name", DeprecationWarning, stacklevel=2)
+        return self.canonical_name
 
 
 def _check_defense(name: str, cls) -> None:
