@@ -24,7 +24,14 @@ TINY = ("tiny-nyuv2-resnet34", "tiny-nyuv2-mobilenetv2", "tiny-taskonomy-resnet3
 SHIPPED = [name for name in TINY if any(m.sha256 for m in load_suite(name).members)]
 #: the most a suite's shipped weights may take in the repository
 BUDGET_BYTES = 64 * 2**20
+#: the most all shipped weights together may take (160 MB)
+TOTAL_BUDGET_BYTES = 160 * 10**6
 REFERENCE = Path(__file__).parent / "data" / "tiny_build_reference.json"
+
+
+def _shipped_bytes(root: Path) -> int:
+    """The bytes of the weights, configs and cards under ``root`` (not a build's resume files)."""
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.name != "resume.safetensors")
 
 
 def _constant_predictor(suite):
@@ -69,7 +76,7 @@ def test_every_shipped_member_loads_through_its_pin(name):
         assert loaded.origin == "shipped" and not model.training
         gain = task_arp(trivial, info.clean_metrics, suite.tasks)  # negative: better than the constant
         assert all(v < -10 for v in gain.values()), (member.name, gain)
-    size = sum(p.stat().st_size for p in shipped_root(suite).rglob("*") if p.is_file())
+    size = _shipped_bytes(shipped_root(suite))
     assert size <= BUDGET_BYTES, f"{name}: {size / 2**20:.1f} MB of shipped weights"
 
 
@@ -85,8 +92,10 @@ def test_the_stored_clean_metrics_are_those_of_the_stored_weights():
                 assert again[task][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (name, task, key)
 
 
-def test_a_run_of_the_default_suite_trains_nothing(tmp_path, monkeypatch):
-    """The demo's targets (every member, FAT on AS) are all there in a fresh MTLBENCH_HOME."""
+@pytest.mark.parametrize("name", TINY)
+def test_no_tiny_suite_trains_on_first_use(tmp_path, monkeypatch, name):
+    """Every tiny suite's targets (every member, and the defended models of its quick profile) are
+    all there in a fresh MTLBENCH_HOME: a first run of any of them trains nothing."""
     import benchmark.defenses.training as adversarial
     import benchmark.zoo.build as build
     from benchmark.runner import RunOptions
@@ -99,8 +108,15 @@ def test_a_run_of_the_default_suite_trains_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(build, "train_model", refuse)
     monkeypatch.setattr(adversarial, "adversarial_training", refuse)
-    build_targets(RunOptions(suite="tiny-nyuv2-resnet34", profile="quick"), whole_suite=True)
-    assert not (tmp_path / "fresh" / "zoo" / "tiny-nyuv2-resnet34").exists()
+    build_targets(RunOptions(suite=name, profile="quick"), whole_suite=True)
+    assert not (tmp_path / "fresh" / "zoo" / name).exists()
+
+
+def test_all_shipped_weights_fit_the_budget():
+    """What the tiny suites ship together (weights, configs and cards; not a build's resume files)
+    stays within the repository's budget for weights."""
+    size = _shipped_bytes(shipped_root(load_suite("tiny-nyuv2-resnet34")).parent)
+    assert size <= TOTAL_BUDGET_BYTES, f"{size / 10**6:.1f} MB of shipped weights in all"
 
 
 def test_a_damaged_shipped_file_names_itself_and_the_fix(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from benchmark import tasks as tasks_module
 from benchmark.models import BranchedModel
 from benchmark.models import branched as branched_module
 from benchmark.models.heads import ASPPHead
+from benchmark.suites import load_suite
 from benchmark.tasks import IGNORE_INDEX, get_tasks, total_loss
 from benchmark.training import make_optimizer
 
@@ -101,10 +102,12 @@ def test_training_step(benchmark, layout):
 
 
 def _mobilenet_stepper(layout: str, channels_last: bool):
-    """A tiny MobileNetV2 member's training step (the tiny suite's width 1/4, output stride 8)."""
+    """A tiny MobileNetV2 member's training step (the tiny suite's width, output stride and heads)."""
+    member = load_suite("tiny-nyuv2-mobilenetv2").members[0]
     torch.manual_seed(0)
-    model = BranchedModel(layout, CHANNELS, backbone="mobilenetv2", width=0.25, output_stride=8, head_hidden=32,
-                          head_rates=(1, 2, 3, 4)).train()
+    model = BranchedModel(layout, CHANNELS, backbone="mobilenetv2", width=member.width,
+                          output_stride=member.output_stride, head_hidden=member.head_hidden,
+                          head_rates=tuple(member.head_rates)).train()
     if channels_last:
         model.use_channels_last()
     opt = make_optimizer(model.parameters(), "adam", lr=1e-3, weight_decay=1e-4)
