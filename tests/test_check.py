@@ -1,12 +1,14 @@
 """`mtlbench check`: the CI gate on attack strength (paired test) and speed (ratios)."""
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
 
 from benchmark.cli import main
-from benchmark.runner.check import CheckOptions, check, load_baseline
+from benchmark.runner import check as check_module
+from benchmark.runner.check import SPEED_ROUNDS, CheckOptions, check, load_baseline, paired_time_ratio, slower_p
 
 PROBE = str(Path(__file__).parent / "plugin_probe.py")
 
@@ -33,6 +35,10 @@ def test_the_baseline_holds_per_image_scores_passes_and_the_time_ratio(baseline)
     assert data["reference"] == "pgd:total" and data["models"] == ["AS", "layout-9"] and data["eps"] == [4.0, 8.0]
     assert len(entry["cells"]) == 4 and all(len(c["score"]) == len(c["ids"]) == 4 for c in entry["cells"])
     assert entry["passes_per_image"] == 8  # 4 steps: 4 forward + 4 backward passes per image, counted
+    timing = entry["timing"]  # the attack and the reference timed in alternation on one batch of one cell
+    assert (timing["model"], timing["eps"], timing["rounds"]) == ("AS", 4.0, SPEED_ROUNDS)
+    assert len(timing["ratios"]) == len(timing["attack_s"]) == len(timing["reference_s"]) == SPEED_ROUNDS
+    assert entry["time_ratio"] == pytest.approx(statistics.median(timing["ratios"]), rel=1e-3)
     assert entry["time_ratio"] > 0
 
 
@@ -72,6 +78,72 @@ def test_more_passes_or_a_slower_attack_fail_the_speed_gate(baseline, monkeypatc
     (a,) = check(CheckOptions(baseline=str(baseline))).attacks
     assert [f for f in a.failures if f.startswith("slower")], a.failures
     assert not [f for f in a.failures if f.startswith(("weaker", "more passes"))]
+
+
+def test_cells_timed_under_different_loads_do_not_fail_an_unchanged_attack(baseline, monkeypatch):
+    """The defect this guards against: cells are timed one after the other, minutes apart, so the
+    machine's load can make an unchanged attack's cells look several times slower than the
+    reference's (5.65x against a baseline of 3.05x was seen). The verdict reads the paired
+    timing, in which both run in alternation, not the cells' times."""
+    run = check_module._run
+
+    def loaded_reference_cells_fast(*args, **kwargs):
+        by_attack = run(*args, **kwargs)
+        for cell in by_attack["pgd:total"]:  # as if the reference's cells had the machine to themselves
+            cell.attack_s *= 0.2
+        return by_attack
+
+    monkeypatch.setattr(check_module, "_run", loaded_reference_cells_fast)
+    (a,) = check(CheckOptions(baseline=str(baseline))).attacks
+    assert not [f for f in a.failures if f.startswith("slower")], a.failures
+    assert a.timing is not None and a.ratio_after == a.timing["time_ratio"]
+
+
+def test_the_paired_timing_alternates_and_a_burst_of_load_in_one_round_does_not_move_it(baseline, monkeypatch):
+    from benchmark.attacks import validate
+    from benchmark.attacks.validate import AttackRun, Verdict
+
+    calls = []
+
+    def scripted(attack, *args, **kwargs):  # the attack takes 2 units, the reference 1; one burst
+        which = "reference" if type(attack).__name__ == "PGD" else "attack"
+        calls.append(which)
+        took = 2.0 if which == "attack" else 1.0
+        if len(calls) == 5:  # round 2's first run (its reference) hit by a burst of load
+            took *= 10
+        return AttackRun(kwargs.get("images", args[1]), Verdict("valid"), extra={"attack_s": took})
+
+    monkeypatch.setattr(validate, "run_attack", scripted)
+    data = load_baseline(baseline)
+    by_attack = check_module._run(CheckOptions(baseline=str(baseline)), data["suite"], "quick", ["probe:gb-mta"],
+                                  ["AS"], [8.0], [0], "pgd:total", None)
+    timing = paired_time_ratio(data["suite"], by_attack["probe:gb-mta"][0], by_attack["pgd:total"][0], rounds=5)
+    # warm-up (attack, reference), then rounds alternating which goes first
+    assert calls == ["attack", "reference"] + ["attack", "reference", "reference", "attack"] * 2 + ["attack",
+                                                                                                    "reference"]
+    assert timing["ratios"] == [2.0, 0.2, 2.0, 2.0, 2.0] and timing["time_ratio"] == 2.0
+
+
+def test_the_slower_test_is_exact_and_needs_the_rounds_to_agree():
+    same = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 0.98]
+    assert slower_p(same, same, 0.5) > 0.5  # unchanged: far from significant
+    slower = [x * 2 for x in same]  # every round twice the ratio, beyond +50%
+    assert slower_p(same, slower, 0.5) == pytest.approx(1 / 3432)  # the smallest p of 7 + 7 rounds: C(14, 7)
+    one_burst = [*same[:6], 10.0]  # one round of seven hit by load: not significant
+    assert slower_p(same, one_burst, 0.5) > 0.05
+
+
+def test_a_version_1_baseline_is_written_again_with_update(baseline, capsys, wide_console):
+    data = json.loads(baseline.read_text())
+    data["version"] = 1
+    for entry in data["attacks"].values():
+        entry.pop("timing")
+    baseline.write_text(json.dumps(data))
+    assert main(["check", "--baseline", str(baseline)]) == 2
+    assert "has version 1" in capsys.readouterr().err
+    assert main(["check", "--baseline", str(baseline), "--update"]) == 0
+    again = load_baseline(baseline)
+    assert again["version"] == 2 and again["attacks"]["probe:gb-mta"]["timing"]["rounds"] == SPEED_ROUNDS
 
 
 def test_invalid_outputs_fail_with_the_validators_reason(baseline, monkeypatch):

@@ -210,7 +210,7 @@ def _verifier_options(bundle: str, suite: str | None, data_root: str | None, bun
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from benchmark.runner.check import CheckOptions, check
+    from benchmark.runner.check import SPEED_ROUNDS, CheckOptions, check
 
     opts = CheckOptions(baseline=args.baseline, suite=args.suite, profile=args.profile,
                         attacks=csv_list(args.attacks, option="--attacks"), **selection(args),
@@ -235,7 +235,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         table.add_row(a.attack, fmt(a.before), fmt(a.after), change(a.before, a.after),
                       f"{fmt(a.delta, '+.2f')} [{fmt(a.low, '+.2f')}, {fmt(a.high, '+.2f')}]", fmt(a.p, ".4f"),
                       f"{fmt(a.passes_before, 'g')} -> {fmt(a.passes_after, 'g')}",
-                      f"{fmt(a.ratio_before)} -> {fmt(a.ratio_after)}", verdict)
+                      f"{fmt(a.ratio_before)} -> {fmt(a.ratio_after)}{_spread(a.timing)}", verdict)
         if args.verbose:
             for m in a.per_model:
                 table.add_row(f"  {m['model']}", fmt(m["before"]), fmt(m["after"]), change(m["before"], m["after"]),
@@ -244,12 +244,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"change: of the mean cell ARP; paired change and p: bootstrap over (model, image) of the images' "
                   f"scores (jackknife pseudo-values of the cell ARP), one-sided; an attack fails when its ARP dropped "
-                  f"by more than {args.tolerance:g} with p < {args.alpha:g}; time ratio: median over cells of its "
-                  f"time over {report.new['reference']}'s; {report.seconds:.0f} s")
+                  f"by more than {args.tolerance:g} with p < {args.alpha:g}; time ratio: its time over "
+                  f"{report.new['reference']}'s on one batch, the median of {SPEED_ROUNDS} rounds that run both in "
+                  f"alternation (it fails above the baseline's by more than {args.speed_tolerance:.0%} with p < "
+                  f"{args.alpha:g}, a permutation test over both checks' rounds); "
+                  f"{report.seconds:.0f} s")
     if report.written is not None:
         console.print(Text.assemble("baseline written: ", (str(report.written), "bold")))
         return 0
     return 0 if report.ok else 1
+
+
+def _spread(timing: dict | None) -> str:
+    """The range of a paired timing's per-round ratios, after its median."""
+    rounds = (timing or {}).get("ratios") or []
+    return f" ({min(rounds):.2f}-{max(rounds):.2f})" if len(rounds) > 1 else ""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -371,7 +380,8 @@ def _register_check(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", required=True, help="baseline JSON (written by --update)")
     add_selection_options(p, defaults="the baseline's", suite=None, profile=None)
     p.add_argument("--attacks", help="comma-separated attacks (default: the baseline's)")
-    p.add_argument("--reference", help="attack whose time per image is the unit of speed (default: pgd:total)")
+    p.add_argument("--reference", help="attack whose time is the unit of speed, timed in alternation with each "
+                                       "attack on one batch (default: pgd:total)")
     p.add_argument("--tolerance", type=bounded(float, 0), default=1.0,
                    help="ARP points an attack may lose (default 1)")
     p.add_argument("--alpha", type=bounded(float, 1e-9, 1), default=0.05, help="significance level (default 0.05)")

@@ -34,8 +34,8 @@ from benchmark.suites import MAX_EVAL_SIZE, Profile, Suite
 from benchmark.targets import Target
 from benchmark.version import __version__
 
-__all__ = ["Cell", "PeakMemory", "evaluate_cell", "expand_grid", "needs_determinism_check", "per_image_record",
-           "score_batch"]
+__all__ = ["Cell", "PeakMemory", "batch_seed", "evaluate_cell", "expand_grid", "needs_determinism_check",
+           "per_image_record", "score_batch"]
 
 
 @dataclass(frozen=True)
@@ -361,7 +361,8 @@ class PeakMemory:
 TIMEOUT_MARGIN = 2.0
 
 
-def _batch_seed(seed: int, index: int) -> int:
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of the attack's generator on batch ``index`` of a cell of seed ``seed``."""
     return (int(seed) * 1_000_003 + index) % (2**63 - 1)
 
 
@@ -411,7 +412,7 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
                 result.config["timeout_s"] = round(TIMEOUT_MARGIN * took * len(ctx.batches), 1)
         if cell.source is None:
             run = run_attack(attack, ctx.model, batch["image"], batch, tasks=ctx.tasks, eps=cell.eps,
-                             seed=_batch_seed(cell.seed, i), check_determinism=cell.check_determinism and i == 0,
+                             seed=batch_seed(cell.seed, i), check_determinism=cell.check_determinism and i == 0,
                              snapshot=ctx.snapshot)
             if cell.share_crafted and run.verdict.valid:  # the transfer cells' images of this member
                 _keep_crafted(_crafted_key(cell, ctx.model_revision, i, cell.target.member, ctx), run)
@@ -490,7 +491,7 @@ def _crafted(cell: Cell, ctx: CellContext, attack, index: int) -> AttackRun:
     if run is None:
         batch = ctx.batches[index]
         run = run_attack(attack, source, batch["image"], batch, tasks=ctx.tasks, eps=cell.eps,
-                         seed=_batch_seed(cell.seed, index), check_determinism=False)
+                         seed=batch_seed(cell.seed, index), check_determinism=False)
         if not run.verdict.valid:
             run.verdict = replace(run.verdict, reason=f"crafted on {cell.source}: {run.verdict.reason}")
             return run
@@ -520,7 +521,7 @@ def score_batch(ctx: CellContext, index: int, adversarial: torch.Tensor, seed: i
     batch = ctx.batches[index]
     mine: list[dict] = []
     first: dict[str, torch.Tensor] = {}
-    for outputs in deployed_outputs(ctx.model, adversarial, _batch_seed(seed, index) + 1, ctx.target.score_draws):
+    for outputs in deployed_outputs(ctx.model, adversarial, batch_seed(seed, index) + 1, ctx.target.score_draws):
         first = first or outputs
         if detection is not None:
             outputs = _attacker_view(ctx, batch, adversarial, outputs, detection)

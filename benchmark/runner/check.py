@@ -11,9 +11,15 @@ process. ``check`` runs the same attacks on the same images, models and eps agai
   assumes a symmetric one, and per-image differences of a weakened attack are skewed). An attack
   fails only when it got weaker by more than ``tolerance`` ARP points **and** the drop is
   significant at ``alpha`` (one-sided).
-* **speed**: counted forward+backward passes per image must not grow, and the attack's time per
-  image over the reference attack's (a ratio, so a slower CI machine does not fail the build) must
-  not grow by more than ``speed_tolerance``.
+* **speed**: counted forward+backward passes per image must not grow, and the attack's time over
+  the reference attack's (a ratio, so a slower CI machine does not fail the build) must not grow by
+  more than ``speed_tolerance``. The ratio is measured in pairs (:func:`paired_time_ratio`): the
+  attack and the reference run in alternation on one batch of one cell, several rounds, and the
+  median of the rounds' ratios is kept. Cells timed one after the other, minutes apart, see
+  whatever else loads the machine at the time (an unchanged attack measured 5.65x the reference
+  against a baseline of 3.05x on a loaded machine); a round's two runs share it. As for strength,
+  an attack fails only when its median ratio grew by more than the tolerance **and** the growth
+  is significant at ``alpha`` (:func:`slower_p`, over the rounds of both checks).
 * **validity**: a cell whose output the validator refused fails the attack with its reason.
 """
 
@@ -34,10 +40,20 @@ from benchmark.runner.store import CellResult, ResultsStore
 from benchmark.scoring import paired_bootstrap
 from benchmark.version import __version__
 
-__all__ = ["AttackCheck", "CheckOptions", "CheckReport", "check", "load_baseline"]
+__all__ = ["AttackCheck", "CheckOptions", "CheckReport", "check", "load_baseline", "paired_time_ratio",
+           "slower_p"]
 
 BASELINE_FORMAT = "mtlbench-baseline"
-BASELINE_VERSION = 1
+BASELINE_VERSION = 2
+#: version 1 kept the median over cells of the cells' time ratio (load-sensitive); readable to be
+#: written again with --update
+OLD_BASELINE_VERSIONS = (1,)
+#: rounds of the paired speed measurement, after one warm-up run of each attack
+SPEED_ROUNDS = 7
+#: one measurement of a round repeats the attack (on the same batch, with the same seed) until it
+#: lasts about this long, at most MAX_REPEATS times
+MIN_TIMED_S = 0.25
+MAX_REPEATS = 50
 
 
 @dataclass
@@ -76,8 +92,10 @@ class AttackCheck:
     p: float | None = None
     passes_before: float | None = None
     passes_after: float | None = None
-    ratio_before: float | None = None
+    ratio_before: float | None = None  # the attack's time over the reference's, paired (:func:`paired_time_ratio`)
     ratio_after: float | None = None
+    timing: dict[str, Any] | None = None  # the new paired measurement (cell, rounds, each round's ratio)
+    speed_p: float | None = None  # p that it got slower beyond the tolerance (only when its median ratio did)
     failures: list[str] = field(default_factory=list)
     per_model: list[dict[str, Any]] = field(default_factory=list)
     invalid: bool = False  # an output the validator refused (or a failed cell): no baseline is written from it
@@ -114,7 +132,7 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT:
         raise UserError(f"baseline {p} is not an mtlbench baseline (no \"format\": \"{BASELINE_FORMAT}\"); "
                         "write one with `mtlbench check --baseline FILE --update --attacks ...`")
-    if data.get("version") != BASELINE_VERSION:
+    if data.get("version") != BASELINE_VERSION and data.get("version") not in OLD_BASELINE_VERSIONS:
         raise UserError(f"baseline {p} has version {data.get('version')!r}; this mtlbench reads {BASELINE_VERSION}")
     for key, kind in (("suite", str), ("profile", str), ("models", list), ("eps", list), ("seeds", list),
                       ("reference", str), ("attacks", dict)):
@@ -147,19 +165,11 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _summarise(cells: list[CellResult], reference: list[CellResult]) -> dict[str, Any]:
-    """One attack's entry of a baseline, from its cells of one run (and the reference's).
-
-    The time ratio is the median over (model, eps, seed) of the attack's time over the reference
-    attack's time on the same cell: the median, because the first cells a worker runs also pay
-    for its warm-up, whichever attack they are."""
-    import statistics
-
+def _summarise(cells: list[CellResult], timing: dict[str, Any] | None) -> dict[str, Any]:
+    """One attack's entry of a baseline, from its cells of one run and its paired timing
+    (:func:`paired_time_ratio`; None when a cell failed, so that no timing was run)."""
     images = sum(c.images for c in cells)
     batches = sum(c.batches for c in cells)
-    ref = {(c.model, c.eps, c.seed): c for c in reference}
-    ratios = [c.attack_s / ref[k].attack_s for c in cells
-              if (k := (c.model, c.eps, c.seed)) in ref and ref[k].attack_s > 0 and c.attack_s > 0]
     valid = [c for c in cells if c.status == Status.VALID]
     return {
         "options": cells[0].config.get("options", {}) if cells else {},
@@ -167,7 +177,8 @@ def _summarise(cells: list[CellResult], reference: list[CellResult]) -> dict[str
         # pooled over the cells: a model call on a batch is one pass of each of its images
         "passes_per_image": (sum(c.forward_passes + c.backward_passes for c in cells) / batches) if batches else None,
         "time_per_image_s": sum(c.attack_s for c in cells) / images if images else None,
-        "time_ratio": statistics.median(ratios) if ratios else None,
+        "time_ratio": timing["time_ratio"] if timing else None,
+        "timing": timing,
         "cells": [{"model": c.model, "eps": c.eps, "seed": c.seed, "status": c.status, "reason": c.reason,
                    "arp": c.arp, "ids": c.per_image.get("ids", []), "score": c.per_image.get("score", [])}
                   for c in cells],
@@ -192,6 +203,100 @@ def _run(opts: CheckOptions, suite: str, profile: str, attacks: list[str], model
     for c in cells:
         by_attack[c.attack].append(c)
     return by_attack
+
+
+def paired_time_ratio(suite: str, cell: CellResult, reference: CellResult, *, device: str = "cpu",
+                      rounds: int = SPEED_ROUNDS, min_s: float = MIN_TIMED_S) -> dict[str, Any]:
+    """The attack of ``cell`` timed against the reference attack of ``reference`` (a cell of the
+    same model, eps and seed) on the cell's first batch, in this process, with the cell's seed so
+    that every run does the same work. One warm-up run of each sets how many runs in a row one
+    measurement takes (enough for ``min_s`` seconds: a single FGSM run lasts milliseconds, which a
+    busy machine's scheduler alone can double); then ``rounds`` rounds each measure both, which goes
+    first alternating. A round's ratio is the attack's time per run over the reference's in that
+    round; ``time_ratio`` is the median. Both measurements of a round share whatever else loads the
+    machine then, and the median sets aside a round that a burst of load hit in one of them.
+    Raises :class:`UserError` when a timing run's output is invalid."""
+    import statistics
+
+    import torch
+
+    from benchmark.attacks.spec import AttackSpec
+    from benchmark.attacks.validate import run_attack
+    from benchmark.runner.cells import batch_seed
+    from benchmark.runner.context import prepare_context
+    from benchmark.targets import Target
+
+    config = cell.config
+    ctx = prepare_context(Target.of(suite, cell.model), config.get("images"), int(config["batch_size"]),
+                          config.get("data_root"), device=torch.device(device), clean={})
+    batch = ctx.batches[0]
+    attacks = {"attack": AttackSpec.parse(cell.attack, **config.get("options", {})).create(),
+               "reference": AttackSpec.parse(reference.attack, **reference.config.get("options", {})).create()}
+
+    def once(which: str) -> float:
+        run = run_attack(attacks[which], ctx.model, batch["image"], batch, tasks=ctx.tasks, eps=cell.eps,
+                         seed=batch_seed(cell.seed, 0), check_determinism=False, snapshot=ctx.snapshot)
+        ctx.ensure_pristine()
+        if not run.verdict.valid:
+            name = cell.attack if which == "attack" else reference.attack
+            raise UserError(f"{name} gave an invalid output in its paired timing run on {cell.model} eps "
+                            f"{cell.eps:g}: {run.verdict.reason}")
+        return max(float(run.extra.get("attack_s", 0.0)), 1e-9)
+
+    # warm-up: the first run of each pays for allocations and caches; it also sets the repeats
+    repeats = {which: max(1, min(MAX_REPEATS, math.ceil(min_s / once(which)))) for which in attacks}
+
+    def measured(which: str) -> float:
+        return sum(once(which) for _ in range(repeats[which])) / repeats[which]
+
+    attack_s, reference_s = [], []
+    for i in range(rounds):
+        order = ("attack", "reference") if i % 2 == 0 else ("reference", "attack")
+        took = {which: measured(which) for which in order}
+        attack_s.append(took["attack"])
+        reference_s.append(took["reference"])
+    ratios = [a / r for a, r in zip(attack_s, reference_s, strict=True)]
+    return {"model": cell.model, "eps": cell.eps, "seed": cell.seed, "images": int(batch["image"].shape[0]),
+            "rounds": rounds, "repeats": repeats, "time_ratio": statistics.median(ratios),
+            "ratios": [round(x, 4) for x in ratios], "attack_s": [round(x, 5) for x in attack_s],
+            "reference_s": [round(x, 5) for x in reference_s]}
+
+
+def slower_p(before: list[float], after: list[float], tolerance: float) -> float:
+    """One-sided p-value that the time ratios ``after`` (one per round) exceed ``before``'s by more
+    than ``tolerance`` (a share): an exact permutation test of the mean log ratio, the ``after``
+    ratios first divided by ``1 + tolerance``. Rounds of two checks are not paired with each other,
+    so this is a two-sample test; each round's ratio is already paired within its round."""
+    from itertools import combinations
+
+    a = [math.log(x) for x in before]
+    b = [math.log(x) - math.log1p(tolerance) for x in after]
+    pool, n = a + b, len(b)
+    total = sum(pool)
+    observed = sum(b) / n - (total - sum(b)) / len(a)
+    count = splits = 0
+    for idx in combinations(range(len(pool)), n):
+        chosen = sum(pool[i] for i in idx)
+        splits += 1
+        count += chosen / n - (total - chosen) / len(a) >= observed - 1e-12
+    return count / splits
+
+
+def _timing_cell(cells: list[CellResult], reference: list[CellResult], base_entry: dict[str, Any] | None
+                 ) -> tuple[CellResult, CellResult] | None:
+    """The cell to time ``cells``' attack on, and the reference's cell beside it: the baseline's
+    timing cell when this run has it (the same work timed again), else the first cell that the
+    reference also ran. None when a cell did not give a valid output (the attack fails on that)."""
+    if not cells or any(c.status != Status.VALID for c in cells):
+        return None
+    ref = {(c.model, float(c.eps), c.seed): c for c in reference if c.status == Status.VALID}
+    timing = (base_entry or {}).get("timing") or {}
+    wanted = (timing.get("model"), timing.get("eps"), timing.get("seed"))
+    pairs = [(c, ref[k]) for c in cells if (k := (c.model, float(c.eps), c.seed)) in ref]
+    for c, r in pairs:
+        if (c.model, c.eps, c.seed) == wanted:
+            return c, r
+    return pairs[0] if pairs else None
 
 
 def _compare(name: str, base: dict[str, Any], new: dict[str, Any], opts: CheckOptions) -> AttackCheck:
@@ -239,10 +344,19 @@ def _compare(name: str, base: dict[str, Any], new: dict[str, Any], opts: CheckOp
             and out.passes_after > out.passes_before * (1 + opts.passes_tolerance) + 1e-9):
         out.failures.append(f"more passes: {out.passes_before:g} -> {out.passes_after:g} forward+backward passes "
                             "per image")
-    if (out.ratio_before and out.ratio_after and math.isfinite(out.ratio_before)
+    out.timing = new.get("timing")
+    before_rounds = (base.get("timing") or {}).get("ratios") or []
+    after_rounds = (out.timing or {}).get("ratios") or []
+    if (out.ratio_before and out.ratio_after and before_rounds and after_rounds
             and out.ratio_after > out.ratio_before * (1 + opts.speed_tolerance)):
-        out.failures.append(f"slower: {out.ratio_after:.2f}x the reference's time per image, baseline "
-                            f"{out.ratio_before:.2f}x (tolerance +{opts.speed_tolerance:.0%})")
+        out.speed_p = slower_p(before_rounds, after_rounds, opts.speed_tolerance)
+        if out.speed_p < opts.alpha:
+            t = out.timing
+            out.failures.append(
+                f"slower: {out.ratio_after:.2f}x the reference's time (median of {len(after_rounds)} paired rounds on "
+                f"{t['model']} eps {t['eps']:g}: {min(after_rounds):.2f}x to {max(after_rounds):.2f}x), baseline "
+                f"{out.ratio_before:.2f}x ({min(before_rounds):.2f}x to {max(before_rounds):.2f}x); more than "
+                f"+{opts.speed_tolerance:.0%} with p = {out.speed_p:.4f} < alpha {opts.alpha:g}")
     return out
 
 
@@ -264,6 +378,11 @@ def check(opts: CheckOptions, *, console=None) -> CheckReport:
     if base is None and not opts.update:
         raise UserError(f"baseline {path} does not exist; write it first with `mtlbench check --baseline {path} "
                         "--update --attacks ATTACK [--models ...] [--eps ...]`")
+    if base is not None and base["version"] != BASELINE_VERSION and not opts.update:
+        raise UserError(f"baseline {path} has version {base['version']}: its time ratios are medians over cells "
+                        "timed one after the other, which the machine's load moves; this mtlbench times each attack "
+                        "against the reference in pairs. Write it again with `mtlbench check --baseline "
+                        f"{path} --update` (its attacks, models, eps and seeds are kept)")
     if base is not None and opts.suite and load_suite(opts.suite).name != load_suite(base["suite"]).name:
         raise UserError(f"baseline {path} is for the suite {base['suite']}, not {opts.suite}; pass --update to "
                         "replace it")
@@ -299,10 +418,19 @@ def check(opts: CheckOptions, *, console=None) -> CheckReport:
            "torch_version": any_cell.torch_version, "mtlbench_version": __version__,
            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "attacks": {}}
+    from benchmark.threads import set_threads
+
+    set_threads(opts.threads, small_model=load_suite(suite).tiny)  # the paired timing runs in this process
     for name, cells in by_attack.items():
         if name == reference and reference not in attacks:
             continue
-        new["attacks"][name] = _summarise(cells, ref_cells)
+        pair = _timing_cell(cells, ref_cells, base["attacks"].get(name) if base else None)
+        timing = None
+        if pair is not None:
+            console.print(f"timing {name} against {reference} on {pair[0].model} eps {pair[0].eps:g}: "
+                          f"{SPEED_ROUNDS} paired rounds", highlight=False, markup=False)
+            timing = paired_time_ratio(suite, *pair, device=opts.device)
+        new["attacks"][name] = _summarise(cells, timing)
     report = CheckReport(attacks=[], baseline=base or {}, new=new)
     if base is not None:
         report.attacks = [_compare(name, base["attacks"][name], new["attacks"][name], opts)
