@@ -64,3 +64,16 @@ class ExitAttack(Attack):
         import os
 
         os._exit(9)
+
+
+@register_attack("test-widest-eps")
+class WidestEpsAttack(Attack):
+    """Says its images are independent, but steps every image by the largest eps of its batch:
+    alone (one eps) it is valid; batched with a smaller eps, that eps's images leave their ball."""
+
+    images_independent = True
+
+    def perturb(self, model, images, targets, *, tasks, eps, generator):
+        step = eps.max() if isinstance(eps, torch.Tensor) else eps
+        signs = torch.randint(0, 2, images.shape, generator=generator, device=images.device).to(images.dtype) * 2 - 1
+        return (images + step * signs).clamp(0.0, 1.0)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from benchmark.attacks.base import OptimizerAttack, clip_to_ball
+from benchmark.attacks.batching import ImagesIndependent
 from benchmark.attacks.registry import register_attack
 
 __all__ = ["FGSM"]
 
 
 @register_attack("fgsm")
-class FGSM(OptimizerAttack):
+class FGSM(ImagesIndependent, OptimizerAttack):
     def __init__(self, objective: str = "gb-mta", *, loss: str = "image", precision: str = "float32") -> None:
         super().__init__(objective, loss=loss, precision=precision)
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import torch
 
 from benchmark.attacks.base import OptimizerAttack, check_steps, clip_to_ball
+from benchmark.attacks.batching import ImagesIndependent
 from benchmark.attacks.registry import register_attack
 
 __all__ = ["MIM"]
 
 
 @register_attack("mim")
-class MIM(OptimizerAttack):
+class MIM(ImagesIndependent, OptimizerAttack):
     budget_option = "steps"
 
     def __init__(self, objective: str = "gb-mta", *, steps: int = 10, step_size: float | None = None,

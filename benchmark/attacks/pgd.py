@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from benchmark.attacks.base import OptimizerAttack, check_steps, clip_to_ball
+from benchmark.attacks.batching import ImagesIndependent
 from benchmark.attacks.registry import register_attack
 from benchmark.errors import UserError
 
@@ -17,7 +18,7 @@ __all__ = ["PGD"]
 
 
 @register_attack("pgd")
-class PGD(OptimizerAttack):
+class PGD(ImagesIndependent, OptimizerAttack):
     budget_option = "steps"
 
     def __init__(self, objective: str = "gb-mta", *, steps: int = 10, step_size: float | None = None,

@@ -128,9 +128,10 @@ class OutputProblem:
     delta: float
 
 
-def output_problem(adv: torch.Tensor, images: torch.Tensor, eps: float) -> OutputProblem | None:
+def output_problem(adv: torch.Tensor, images: torch.Tensor, eps: float | torch.Tensor) -> OutputProblem | None:
     """The output checks every consumer of adversarial images applies (the validator, the bundle
-    verifier, adversarial training), per image; ``eps`` on the [0, 1] scale. None when all pass."""
+    verifier, adversarial training), per image; ``eps`` on the [0, 1] scale (a 1-D tensor: each
+    image's own). None when all pass."""
     flat = adv.detach().flatten(1)
     finite = torch.isfinite(flat).all(1)
     if not bool(finite.all()):
@@ -138,6 +139,8 @@ def output_problem(adv: torch.Tensor, images: torch.Tensor, eps: float) -> Outpu
         return OutputProblem("non-finite", i, math.nan, math.nan, math.nan)
     low, high = flat.min(1).values, flat.max(1).values
     delta = (flat - images.detach().flatten(1).to(flat)).abs().max(1).values
+    if isinstance(eps, torch.Tensor):
+        eps = eps.to(delta).flatten()
     for kind, bad in (("range", (low < -TOLERANCE) | (high > 1 + TOLERANCE)), ("ball", delta > eps + TOLERANCE)):
         if bool(bad.any()):
             i = int(bad.nonzero()[0])
@@ -145,8 +148,9 @@ def output_problem(adv: torch.Tensor, images: torch.Tensor, eps: float) -> Outpu
     return None
 
 
-def validate_output(adv, images: torch.Tensor, eps: float) -> Verdict:
-    """Shape/dtype/device, finiteness, range and eps-ball checks of one output (eps on [0, 1])."""
+def validate_output(adv, images: torch.Tensor, eps: float | torch.Tensor) -> Verdict:
+    """Shape/dtype/device, finiteness, range and eps-ball checks of one output (eps on [0, 1]; a
+    1-D tensor gives each image its own)."""
     if not isinstance(adv, torch.Tensor):
         return Verdict(Status.INVALID, f"returned {type(adv).__name__}, not a tensor")
     if adv.shape != images.shape:
@@ -163,23 +167,32 @@ def validate_output(adv, images: torch.Tensor, eps: float) -> Verdict:
         return Verdict(Status.INVALID, f"pixels outside [0, 1]: min {float(adv.min()):.6g}, max {float(adv.max()):.6g}")
     delta = float((adv - images).abs().max())
     if problem is not None:
+        if isinstance(eps, torch.Tensor):  # per-image eps: the first image out of its own ball
+            own = float(eps[problem.image]) * 255
+            return Verdict(Status.INVALID, f"left the eps-ball: image {problem.image}'s max |delta| = "
+                                           f"{problem.delta:.4f}/255 > its eps = {own:.4f}/255", delta * 255)
         return Verdict(Status.INVALID,
                        f"left the eps-ball: max |delta| = {delta * 255:.4f}/255 > eps = {eps * 255:.4f}/255",
                        delta * 255)
     return Verdict(Status.VALID, "", delta * 255)
 
 
-def unit_eps(eps: float) -> float:
+def unit_eps(eps: float | torch.Tensor) -> float | torch.Tensor:
     """``eps`` in 0-255 pixel units (the CLI's, the manifests' and the results' unit: 8 means 8/255)
-    on the [0, 1] image scale the attacks and the checks work in. Every eps crosses from one unit
-    to the other here."""
+    on the [0, 1] image scale the attacks and the checks work in (a tensor of per-image eps too).
+    Every eps crosses from one unit to the other here."""
     return eps / 255.0
 
 
 def run_attack(attack: Attack, model: torch.nn.Module, images: torch.Tensor, targets: dict[str, torch.Tensor], *,
-               tasks: list[Task], eps: float, seed: int, check_determinism: bool = True,
+               tasks: list[Task], eps: float | torch.Tensor, seed: int, check_determinism: bool = True,
                snapshot: WeightSnapshot | None = None) -> AttackRun:
     """Run ``attack`` (eps in 0-255 units) with a generator seeded by ``seed`` and validate it.
+
+    ``eps`` may be a 1-D tensor of one eps per image, for an attack whose ``images_independent``
+    is true (each image's result depends on that image alone): the attack gets it as a
+    ``(B, 1, 1, 1)`` tensor on the images' device and dtype, and each image is checked against its
+    own ball.
 
     The attack gets its own copies of the images and targets, and whatever it does to the model
     (weights, buffers, hooks) or to torch's global autograd state is undone afterwards and makes
@@ -189,13 +202,22 @@ def run_attack(attack: Attack, model: torch.nn.Module, images: torch.Tensor, tar
     attack's own wall time (first run, synchronised on CUDA) is in ``extra["attack_s"]``."""
     deterministic_kernels(images.device)  # the same seed gives the same output on a GPU too
     scale = unit_eps(eps)
+    ball = scale  # what each image is checked against
+    if isinstance(eps, torch.Tensor):
+        if not getattr(attack, "images_independent", False):
+            raise ValueError(f"{type(attack).__name__} does not declare images_independent: one eps per image "
+                             "would change what it computes")
+        if eps.dim() != 1 or eps.shape[0] != images.shape[0]:
+            raise ValueError(f"a per-image eps needs one value per image: {tuple(eps.shape)} for {images.shape[0]}")
+        ball = scale.to(images.device, torch.float32)
+        scale = ball.to(images.dtype).view(-1, *([1] * (images.dim() - 1)))
     before = snapshot or WeightSnapshot(model)
     run = AttackRun(None, Verdict(Status.VALID))
     adv, verdict = _sandboxed(attack, model, images, targets, tasks, scale, seed, before, run)
     if verdict is not None:
         run.verdict = verdict
         return run
-    verdict = validate_output(adv, images, scale)
+    verdict = validate_output(adv, images, ball)
     if not verdict.valid:
         run.verdict = verdict
         return run

@@ -44,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          defenses=csv_list(args.defenses, option="--defenses"),
                          eot_samples=args.eot_samples, score_draws=args.score_draws, model_dir=args.model,
                          model_name=args.name, precision=args.precision,
-                         images=args.images, retry_failed=not args.no_retry)
+                         images=args.images, retry_failed=not args.no_retry, batch_cells=args.batch_cells)
     if args.plan:
         from benchmark.runner.plan import make_plan
 
@@ -278,6 +278,9 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attacks", help="comma-separated attacks or patterns, e.g. 'pgd:gb-mta,fgsm:*' "
                                      "(default: the profile's)")
     p.add_argument("--results", default="results.db", help="SQLite results database (created or resumed)")
+    p.add_argument("--batch-cells", choices=("auto", "on", "off"), default="auto",
+                   help="attack the cells that differ only by eps in one batch, each eps's copy of the images "
+                        "beside the others (FGSM, PGD, MIM, Square): auto = on a GPU only (default)")
     p.add_argument("--no-retry", action="store_true", help="leave cells stored as failed as they are (by default a "
                                                            "run computes them again; invalid ones always stay)")
     p.add_argument("--weights-dir", help="local checkpoint directories DIR/<model>/ (Hub format)")

@@ -134,7 +134,8 @@ def submit(attacks: list[str], *, suite: str = "tiny-nyuv2-resnet34", profile: s
         run_options = RunOptions(suite=suite, profile=profile, attacks=attacks, eps=eps, models=models, seeds=seeds,
                              device=device, results=str(staging / "cells.db"), data_root=data_root,
                              defenses=["none"], threads=threads, workers=workers, keep_images=True,
-                             cell_timeout=cell_timeout, images=images)
+                             cell_timeout=cell_timeout, images=images,
+                             batch_cells="off")  # each cell alone, as the verifier recomputes it
         summary = run(run_options, console=console, on_result=keep)
         from benchmark.runner.store import ResultsStore
 

@@ -397,13 +397,7 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
     except UserError as exc:
         result.status, result.reason = Status.FAILED, f"cannot create the attack: {exc}"
         return
-    metrics = TaskMetrics.of(ctx.tasks)
-    image_metrics: list[dict] = []  # each image's own metrics ({task: metric})
-    kept: list[torch.Tensor] = []
-    max_delta = 0.0
-    inspected: list[bytes] = []
-    # behind a detector: which adversarial images it rejected, and the metrics as if none were
-    detection = None if ctx.detection is None else {"rejected": [], "plain": TaskMetrics.of(ctx.tasks)}
+    scoring = CellScoring(cell, ctx, result)
     started = time.perf_counter()
     for i, batch in enumerate(ctx.batches):
         if i == 1 and cell.timeout_scales and cell.timeout_s:
@@ -418,46 +412,78 @@ def _attack_and_score(cell: Cell, ctx: CellContext, result: CellResult) -> None:
                 _keep_crafted(_crafted_key(cell, ctx.model_revision, i, cell.target.member, ctx), run)
         else:
             run = _crafted(cell, ctx, attack, i)
-        result.forward_passes += run.forward_passes
-        result.backward_passes += run.backward_passes
-        result.attack_s += run.extra.get("attack_s", 0.0)
         if not run.verdict.valid:
+            scoring.count(run.forward_passes, run.backward_passes, run.extra.get("attack_s", 0.0))
             result.status = run.verdict.status
             result.reason = f"batch {i}: {run.verdict.reason}"
             return
-        max_delta = max(max_delta, run.verdict.max_perturbation)
-        first = score_batch(ctx, i, run.adversarial, cell.seed, metrics, image_metrics, detection)
+        scoring.add(i, batch, run.adversarial, run.forward_passes, run.backward_passes,
+                    run.extra.get("attack_s", 0.0), run.verdict.max_perturbation)
+    scoring.finish()
+
+
+class CellScoring:
+    """What one cell accumulates over its batches (metrics, per-image records, inspected and kept
+    images, passes and time), and its result once every batch is in."""
+
+    def __init__(self, cell: Cell, ctx: CellContext, result: CellResult) -> None:
+        self.cell, self.ctx, self.result = cell, ctx, result
+        self.metrics = TaskMetrics.of(ctx.tasks)
+        self.image_metrics: list[dict] = []  # each image's own metrics ({task: metric})
+        self.kept: list[torch.Tensor] = []
+        self.max_delta = 0.0
+        self.inspected: list[bytes] = []
+        # behind a detector: which adversarial images it rejected, and the metrics as if none were
+        self.detection = None if ctx.detection is None else {"rejected": [], "plain": TaskMetrics.of(ctx.tasks)}
+
+    def count(self, forward: int, backward: int, attack_s: float) -> None:
+        self.result.forward_passes += forward
+        self.result.backward_passes += backward
+        self.result.attack_s += attack_s
+
+    def add(self, i: int, batch: dict, adversarial: torch.Tensor, forward: int, backward: int, attack_s: float,
+            max_perturbation: float) -> None:
+        """Batch ``i``'s valid adversarial images, scored, and what they cost."""
+        cell, ctx, result = self.cell, self.ctx, self.result
+        self.count(forward, backward, attack_s)
+        self.max_delta = max(self.max_delta, max_perturbation)
+        first = score_batch(ctx, i, adversarial, cell.seed, self.metrics, self.image_metrics, self.detection)
         if cell.inspect > result.images:  # the inspected images are the first of the evaluation set
             from benchmark.runner.inspection import encode_adversarial
 
-            inspected += encode_adversarial(batch["image"], run.adversarial, first, ctx.tasks,
-                                            cell.inspect - result.images)
+            self.inspected += encode_adversarial(batch["image"], adversarial, first, ctx.tasks,
+                                                 cell.inspect - result.images)
         if cell.keep_images:
-            kept.append(run.adversarial.detach().float().cpu())
+            self.kept.append(adversarial.detach().float().cpu())
         result.images += batch["image"].shape[0]
         result.batches += 1
-    result.adversarial = metrics.compute()
-    result.max_perturbation = max_delta
-    if inspected:
-        result.inspection = inspected  # stored beside the cell (ResultsStore.put), not in its row
-        result.config["inspection"] = {"images": len(inspected), "clean": ctx.clean_key}
-    if cell.keep_images:
-        result.adversarial_images = torch.cat(kept)  # not stored in the database: the bundle's
-    try:
-        result.task_arp = task_arp(ctx.clean, result.adversarial, ctx.tasks)
-        result.arp = arp(ctx.clean, result.adversarial, ctx.tasks)
-    except ValueError as exc:  # a clean metric of 0: ARP is undefined
-        result.status, result.reason = Status.INVALID, f"ARP undefined: {exc}"
-        return
-    result.per_image = per_image_record(ctx, image_metrics)
-    if detection is not None:
-        plain = detection["plain"].compute()
-        rejected = detection["rejected"]
-        result.per_image["rejected"] = rejected
-        result.config["detection"] = {
-            "rejected": sum(rejected), "images": len(rejected), "rate": 100.0 * sum(rejected) / max(1, len(rejected)),
-            "plain_arp": arp(ctx.clean, plain, ctx.tasks), "plain_task_arp": task_arp(ctx.clean, plain, ctx.tasks),
-            "threshold": ctx.detection["threshold"], "fpr_eval": ctx.detection["fpr_eval"]}
+
+    def finish(self) -> None:
+        ctx, result = self.ctx, self.result
+        result.adversarial = self.metrics.compute()
+        result.max_perturbation = self.max_delta
+        if self.inspected:
+            result.inspection = self.inspected  # stored beside the cell (ResultsStore.put), not in its row
+            result.config["inspection"] = {"images": len(self.inspected), "clean": ctx.clean_key}
+        if self.cell.keep_images:
+            result.adversarial_images = torch.cat(self.kept)  # not stored in the database: the bundle's
+        try:
+            result.task_arp = task_arp(ctx.clean, result.adversarial, ctx.tasks)
+            result.arp = arp(ctx.clean, result.adversarial, ctx.tasks)
+        except ValueError as exc:  # a clean metric of 0: ARP is undefined
+            result.status, result.reason = Status.INVALID, f"ARP undefined: {exc}"
+            return
+        result.per_image = per_image_record(ctx, self.image_metrics)
+        detection = self.detection
+        if detection is not None:
+            plain = detection["plain"].compute()
+            rejected = detection["rejected"]
+            result.per_image["rejected"] = rejected
+            result.config["detection"] = {
+                "rejected": sum(rejected), "images": len(rejected),
+                "rate": 100.0 * sum(rejected) / max(1, len(rejected)),
+                "plain_arp": arp(ctx.clean, plain, ctx.tasks), "plain_task_arp": task_arp(ctx.clean, plain, ctx.tasks),
+                "threshold": ctx.detection["threshold"], "fpr_eval": ctx.detection["fpr_eval"]}
 
 
 def _attacker_view(ctx: CellContext, batch: dict, adversarial: torch.Tensor, outputs: dict,

@@ -1,7 +1,8 @@
-"""Executors: where cells run. Both call :func:`~benchmark.runner.cells.evaluate_cell`, and the
-driver process is the only writer of the results store. An executor takes cells (and the driver's
-context of their target, for its clean metrics); everything a worker needs to rebuild the model
-and the data is in the cell itself.
+"""Executors: where cells run. Each calls :func:`~benchmark.runner.batching.evaluate_unit` on a
+unit of work (a cell, or a :class:`~benchmark.runner.batching.CellBatch` of cells attacked in one
+batch), and the driver process is the only writer of the results store. An executor takes units
+(and the driver's context of their target, for its clean metrics); everything a worker needs to
+rebuild the model and the data is in the cells themselves.
 
 * :class:`LocalExecutor` (default): in this process, one target at a time, its evaluation batches
   kept on the device.
@@ -30,7 +31,8 @@ import torch
 from benchmark.enums import Status
 from benchmark.errors import UserError
 from benchmark.registry import imported_plugin_modules, load_plugin_modules
-from benchmark.runner.cells import Cell, evaluate_cell
+from benchmark.runner.batching import Unit, evaluate_unit
+from benchmark.runner.cells import Cell
 from benchmark.runner.context import CellContext, prepare_context
 from benchmark.runner.store import CellResult
 from benchmark.threads import worker_env
@@ -39,22 +41,26 @@ from benchmark.workers import WorkerPool
 __all__ = ["Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor"]
 
 
-Group = tuple[Hashable, list[Cell], CellContext]  # (the caller's key, cells of one target, its context)
+Group = tuple[Hashable, list[Unit], CellContext]  # (the caller's key, units of one target, its context)
+
+
+def _cells(unit: Unit) -> tuple[Cell, ...]:
+    return (unit,) if isinstance(unit, Cell) else unit.cells
 
 
 class Executor(ABC):
     """Runs cells that share one target; yields their results in any order."""
 
     @abstractmethod
-    def run(self, cells: list[Cell], ctx: CellContext) -> Iterator[CellResult]:
-        """Evaluate ``cells`` (all of ``ctx``'s target)."""
+    def run(self, units: list[Unit], ctx: CellContext) -> Iterator[CellResult]:
+        """Evaluate ``units`` (cells or batches of cells, all of ``ctx``'s target)."""
 
     def run_groups(self, groups: Iterable[Group]) -> Iterator[tuple[Hashable, CellResult]]:
         """Evaluate groups of cells, one target each, pulled from ``groups`` as the executor is
         ready for them (the caller may prepare a group's context when it is asked for it); yields
         ``(key, result)``. By default one group after the other."""
-        for key, cells, ctx in groups:
-            for result in self.run(cells, ctx):
+        for key, units, ctx in groups:
+            for result in self.run(units, ctx):
                 yield key, result
 
     def close(self) -> None:  # noqa: B027 - most executors hold nothing to release
@@ -62,9 +68,9 @@ class Executor(ABC):
 
 
 class LocalExecutor(Executor):
-    def run(self, cells: list[Cell], ctx: CellContext) -> Iterator[CellResult]:
-        for cell in cells:
-            yield evaluate_cell(cell, ctx)
+    def run(self, units: list[Unit], ctx: CellContext) -> Iterator[CellResult]:
+        for unit in units:
+            yield from evaluate_unit(unit, ctx)
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,21 +78,22 @@ def _worker_context(data_key: tuple, device: str, env: tuple) -> CellContext:
     return prepare_context(*data_key, device=torch.device(device), clean={})
 
 
-def _worker_cell(cell: Cell, device: str, clean: dict, git_commit: str, env: dict[str, str]) -> CellResult:
-    """A cell in a worker, on the worker's context of its target (kept while the target is the same)."""
-    ctx = _worker_context(cell.data_key, device, tuple(sorted(env.items())))
+def _worker_unit(unit: Unit, device: str, clean: dict, git_commit: str, env: dict[str, str]) -> list[CellResult]:
+    """A unit of work in a worker, on the worker's context of its target (kept while the target is
+    the same)."""
+    ctx = _worker_context(unit.data_key, device, tuple(sorted(env.items())))
     # the driver's clean metrics, so every executor scores against the same numbers
     ctx.clean, ctx.git_commit = clean, git_commit
-    return evaluate_cell(cell, ctx)
+    return evaluate_unit(unit, ctx)
 
 
-def _pool_cell(cell: Cell, device: str, clean: dict, git_commit: str, env: dict[str, str],
-               plugins: list[str]) -> CellResult:
+def _pool_unit(unit: Unit, device: str, clean: dict, git_commit: str, env: dict[str, str],
+               plugins: list[str]) -> list[CellResult]:
     from benchmark.attacks.sandbox import watch_user_interrupts
 
-    load_plugin_modules(plugins)  # the driver's plugin modules travel with each cell (imported once)
+    load_plugin_modules(plugins)  # the driver's plugin modules travel with each unit (imported once)
     with watch_user_interrupts():  # an attack's KeyboardInterrupt is its cell's failure, not a Ctrl-C
-        return _worker_cell(cell, device, clean, git_commit, env)
+        return _worker_unit(unit, device, clean, git_commit, env)
 
 
 class ProcessExecutor(Executor):
@@ -97,43 +104,46 @@ class ProcessExecutor(Executor):
         self.workers, self.device = workers, device
         self._pool = WorkerPool(workers, threads=threads, max_retries=max_retries)
 
-    def run(self, cells: list[Cell], ctx: CellContext) -> Iterator[CellResult]:
-        for _, result in self.run_groups([(None, cells, ctx)]):
+    def run(self, units: list[Unit], ctx: CellContext) -> Iterator[CellResult]:
+        for _, result in self.run_groups([(None, units, ctx)]):
             yield result
 
     def run_groups(self, groups: Iterable[Group]) -> Iterator[tuple[Hashable, CellResult]]:
-        """The cells of every group through one queue: the next group is asked for (and its
+        """The units of every group through one queue: the next group is asked for (and its
         context prepared by the caller) while the workers still run the cells of the previous
         ones, so no worker waits at the end of a target for the other's last cell."""
         groups = iter(groups)
-        contexts: dict[tuple[Hashable, Cell], CellContext] = {}
+        contexts: dict[tuple[Hashable, Unit], CellContext] = {}
         exhausted = False
         while True:
             # keep every worker busy and two more cells each queued: ask for the next group then
             while not exhausted and len(self._pool) < 3 * self.workers:
                 try:
-                    key, cells, ctx = next(groups)
+                    key, units, ctx = next(groups)
                 except StopIteration:
                     exhausted = True
                     break
-                if not self._pool.started and len(cells) < 2:  # not worth a process: the same code path here
-                    for result in LocalExecutor().run(cells, ctx):
+                if not self._pool.started and len(units) < 2:  # not worth a process: the same code path here
+                    for result in LocalExecutor().run(units, ctx):
                         yield key, result
                     continue
-                for cell in cells:
-                    contexts[key, cell] = ctx
-                    self._pool.submit((key, cell), _pool_cell, cell, self.device, ctx.clean, ctx.git_commit,
+                for unit in units:
+                    contexts[key, unit] = ctx
+                    self._pool.submit((key, unit), _pool_unit, unit, self.device, ctx.clean, ctx.git_commit,
                                       self._pool.env, imported_plugin_modules())
             if not len(self._pool):
                 return
             for done in self._pool.wait():
-                key, cell = done.tag
+                key, unit = done.tag
                 ctx = contexts.pop(done.tag)
                 if done.lost:
-                    yield key, cell.new_result(ctx, Status.FAILED, f"the worker process running it died {done.lost} "
-                                                                   "times (killed, out of memory, or a crash)")
+                    for cell in _cells(unit):
+                        yield key, cell.new_result(ctx, Status.FAILED, f"the worker process running it died "
+                                                                       f"{done.lost} times (killed, out of memory, "
+                                                                       "or a crash)")
                 else:
-                    yield key, done.result
+                    for result in done.result:
+                        yield key, result
 
     def close(self) -> None:
         self._pool.close()
@@ -156,8 +166,8 @@ class _RayWorker:
 
         return {"pid": os.getpid(), "gpus": [str(g) for g in ray.get_gpu_ids()]}
 
-    def evaluate(self, cell: Cell, device: str, clean: dict, git_commit: str) -> CellResult:
-        return _worker_cell(cell, device, clean, git_commit, self.env)
+    def evaluate(self, unit: Unit, device: str, clean: dict, git_commit: str) -> list[CellResult]:
+        return _worker_unit(unit, device, clean, git_commit, self.env)
 
 
 class RayExecutor(Executor):
@@ -218,22 +228,22 @@ class RayExecutor(Executor):
             self.placements.append({"where": actor.where.remote(), "cells": []})
         return self._actors[index]
 
-    def run(self, cells: list[Cell], ctx: CellContext) -> Iterator[CellResult]:
-        for _, result in self.run_groups([(None, cells, ctx)]):
+    def run(self, units: list[Unit], ctx: CellContext) -> Iterator[CellResult]:
+        for _, result in self.run_groups([(None, units, ctx)]):
             yield result
 
     def run_groups(self, groups: Iterable[Group]) -> Iterator[tuple[Hashable, CellResult]]:
         ray = self.ray
         groups = iter(groups)
-        backlog: list[list[tuple[Hashable, Cell, CellContext]]] = []  # per worker: its cells not yet sent
-        flying: dict = {}  # object ref -> (worker, key, cell, ctx)
+        backlog: list[list[tuple[Hashable, Unit, CellContext]]] = []  # per worker: its units not yet sent
+        flying: dict = {}  # object ref -> (worker, key, unit, ctx)
         exhausted = False
 
         def send(w: int) -> None:
             while backlog[w] and sum(1 for f in flying.values() if f[0] == w) < self.AHEAD:
-                key, cell, ctx = backlog[w].pop(0)
-                ref = self._actor(w).evaluate.remote(cell, self.device, ctx.clean, ctx.git_commit)
-                flying[ref] = (w, key, cell, ctx)
+                key, unit, ctx = backlog[w].pop(0)
+                ref = self._actor(w).evaluate.remote(unit, self.device, ctx.clean, ctx.git_commit)
+                flying[ref] = (w, key, unit, ctx)
 
         while True:
             for w in range(self.max_workers):
@@ -242,8 +252,8 @@ class RayExecutor(Executor):
                 if sum(1 for f in flying.values() if f[0] == w) + len(backlog[w]) < self.AHEAD:
                     if not exhausted:
                         try:
-                            key, cells, ctx = next(groups)
-                            backlog[w] += [(key, cell, ctx) for cell in cells]
+                            key, units, ctx = next(groups)
+                            backlog[w] += [(key, unit, ctx) for unit in units]
                         except StopIteration:
                             exhausted = True
                     if exhausted and not backlog[w]:  # steal the later half of the longest queue
@@ -259,16 +269,18 @@ class RayExecutor(Executor):
                 continue  # the groups asked for were empty
             ready, _ = ray.wait(list(flying), num_returns=1)
             for ref in ready:
-                w, key, cell, ctx = flying.pop(ref)
+                w, key, unit, ctx = flying.pop(ref)
                 try:
-                    result = ray.get(ref)
+                    results = ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    # the worker died more often than it may be restarted: a failed cell, the run goes on
-                    result = cell.new_result(ctx, Status.FAILED, f"Ray worker lost after {self.max_retries} "
-                                                                 f"restarts: {type(exc).__name__}: "
-                                                                 f"{str(exc).splitlines()[0][:300]}")
-                self.placements[w]["cells"].append(result.key)
-                yield key, result
+                    # the worker died more often than it may be restarted: failed cells, the run goes on
+                    results = [cell.new_result(ctx, Status.FAILED, f"Ray worker lost after {self.max_retries} "
+                                                                   f"restarts: {type(exc).__name__}: "
+                                                                   f"{str(exc).splitlines()[0][:300]}")
+                               for cell in _cells(unit)]
+                for result in results:
+                    self.placements[w]["cells"].append(result.key)
+                    yield key, result
 
     def where(self) -> list[dict]:
         """Where each worker ran (as it started): its pid and the GPU ids Ray gave it."""

@@ -313,7 +313,8 @@ def _run_entry(entry: Entry, suite: Suite, store_path: Path, *, workers: int | N
 
     request = entry.request(suite)
     run_options = RunOptions(**{f: getattr(request, f) for f in Request.__dataclass_fields__}, results=str(store_path),
-                         threads=1, workers=workers, data_root=data_root)
+                         threads=1, workers=workers, data_root=data_root,
+                         batch_cells="off")  # each cell alone: the record's numbers whatever the device
     if entry.plugin is not None:
         from benchmark.registry import load_plugin_modules
 

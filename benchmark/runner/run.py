@@ -19,6 +19,7 @@ from benchmark.enums import Status
 from benchmark.errors import UserError
 from benchmark.progress import make_console, progress
 from benchmark.provenance import git_commit
+from benchmark.runner.batching import batch_cells, use_batching
 from benchmark.runner.cells import Cell
 from benchmark.runner.context import CellContext, ensure_clean_inspection, prepare_context
 from benchmark.runner.executors import Executor, LocalExecutor, ProcessExecutor, RayExecutor
@@ -46,6 +47,9 @@ class RunOptions(Request):
     workers: int | None = None  # local worker processes (None: one per usable core for tiny suites on CPU)
     keep_images: bool = False  # results carry their adversarial images (``adversarial_images``; a submission)
     retry_failed: bool = True  # run cells stored as failed again (invalid verdicts stay)
+    #: attack cells that differ only by eps in one batch (benchmark.runner.batching): "auto" (on a
+    #: GPU only), "on" or "off"
+    batch_cells: str = "auto"
 
     @property
     def places(self) -> Places:
@@ -227,6 +231,7 @@ def run(run_options: RunOptions, *, console: Console | None = None, module: torc
     if module is not None and run_options.executor != "local":
         raise UserError("an nn.Module of this process runs with the local executor; save it as a checkpoint "
                         "directory (`mtlbench run --model DIR`) to run it on Ray")
+    batched = use_batching(run_options.batch_cells, run_options.device)
     plan = make_plan(run_options, run_options.places, module=module)
     suite, profile = plan.suite, plan.profile
     set_threads(run_options.threads, small_model=suite.tiny)
@@ -286,7 +291,7 @@ def run(run_options: RunOptions, *, console: Console | None = None, module: torc
                         _spread_nondeterminism(group, ctx, store, summary)
                         continue
                     running[index] = _Running(group, ctx, len(todo))
-                    yield index, todo, ctx
+                    yield index, batch_cells(todo) if batched else todo, ctx
 
             for index, result in executor.run_groups(to_run()):
                 store.put(result)
