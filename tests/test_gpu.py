@@ -79,3 +79,22 @@ def test_the_built_in_attacks_repeat_bit_for_bit_on_cuda(tiny_nyu):
                 assert run.verdict.valid, (spec, seed, run.verdict.reason)
     finally:
         model.cpu()
+
+
+def test_batched_cells_on_cuda_agree_with_each_cell_alone_on_the_cpu(tmp_path):
+    """--batch-cells auto batches on a GPU: the tiny AS's cells, batched across eps on CUDA, within
+    a point of ARP of the same cells alone on the CPU (the spread of CPU against GPU, 0.85 at most
+    over the quick profile), with the same counted passes."""
+    found = {}
+    for device in ("cpu", "cuda"):
+        db = tmp_path / f"{device}.db"
+        run(RunOptions(suite="tiny-nyuv2-resnet34", results=str(db), device=device, models=["AS"], images=16,
+                       attacks=["fgsm:gb-mta", "pgd:gb-mta", "mim:total"], eps=[2, 4, 8], defenses=["none"]))
+        with ResultsStore(db, readonly=True) as store:
+            found[device] = {(c.attack, c.eps): c for c in store.cells()}
+    assert set(found["cpu"]) == set(found["cuda"]) and len(found["cpu"]) == 9
+    for key, alone in found["cpu"].items():
+        batched = found["cuda"][key]
+        assert "batched" not in alone.config and batched.config["batched"]["cells"] == 3
+        assert (batched.forward_passes, batched.backward_passes) == (alone.forward_passes, alone.backward_passes)
+        assert batched.arp == pytest.approx(alone.arp, abs=1.0), key
