@@ -8,8 +8,9 @@ without a random start, with their default per-image loss); the others (a random
 randomised attack such as Square draws for the batch as a whole; APGD's and Auto-SAGA's steps
 depend on the batch) and transfer cells run alone. Every copy is validated against its own eps,
 scored into its own cell, and each cell keeps its own result: the same counted passes per image
-as alone, and an equal share of the batch's attack time. A batch whose output the validator
-refuses is run again cell by cell, so the verdict and its reason are each cell's own.
+as alone, an equal share of the batch's attack time, and the batch's peak memory. A batch whose
+output the validator refuses is run again cell by cell, so the verdict and its reason are each
+cell's own.
 
 A batched cell's numbers are the cell's alone up to float rounding (a larger batch may take
 another convolution algorithm): on the tiny suite, FGSM's ARP equal, PGD's and MIM's within 0.03
