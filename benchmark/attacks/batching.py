@@ -2,8 +2,9 @@
 
 The runner attacks the cells of one target, attack and seed that differ only by eps in one batch
 (each eps's copy of the images beside the others) when the attack says each image's result depends
-on that image alone, the same in any batch: its ``images_independent`` is true. It then gets eps as a ``(B, 1, 1, 1)``
-tensor, one value per image, and must use it as it uses a float (broadcast against the images).
+on that image alone, the same in any batch: its ``images_independent`` is true. It then gets eps
+as a ``(B, 1, 1, 1)`` tensor, one value per image, and must use it as it uses a float (broadcast
+against the images).
 An attack without the attribute is never batched this way.
 """
 

@@ -280,7 +280,8 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results", default="results.db", help="SQLite results database (created or resumed)")
     p.add_argument("--batch-cells", choices=("auto", "on", "off"), default="auto",
                    help="attack the cells that differ only by eps in one batch, each eps's copy of the images "
-                        "beside the others (FGSM, PGD, MIM, Square): auto = on a GPU only (default)")
+                        "beside the others (attacks that declare images_independent: FGSM, MIM, PGD without a "
+                        "random start): auto = on a GPU only (default)")
     p.add_argument("--no-retry", action="store_true", help="leave cells stored as failed as they are (by default a "
                                                            "run computes them again; invalid ones always stay)")
     p.add_argument("--weights-dir", help="local checkpoint directories DIR/<model>/ (Hub format)")

@@ -206,7 +206,8 @@ def _run(opts: CheckOptions, suite: str, profile: str, attacks: list[str], model
 
 
 def paired_time_ratio(suite: str, cell: CellResult, reference: CellResult, *, device: str = "cpu",
-                      rounds: int = SPEED_ROUNDS, min_s: float = MIN_TIMED_S) -> dict[str, Any]:
+                      rounds: int = SPEED_ROUNDS, min_s: float = MIN_TIMED_S,
+                      contexts: dict[tuple, Any] | None = None) -> dict[str, Any]:
     """The attack of ``cell`` timed against the reference attack of ``reference`` (a cell of the
     same model, eps and seed) on the cell's first batch, in this process, with the cell's seed so
     that every run does the same work. One warm-up run of each sets how many runs in a row one
@@ -215,7 +216,8 @@ def paired_time_ratio(suite: str, cell: CellResult, reference: CellResult, *, de
     first alternating. A round's ratio is the attack's time per run over the reference's in that
     round; ``time_ratio`` is the median. Both measurements of a round share whatever else loads the
     machine then, and the median sets aside a round that a burst of load hit in one of them.
-    Raises :class:`UserError` when a timing run's output is invalid."""
+    ``contexts`` keeps the loaded model and batches of each (model, images, batch) for the next
+    attack timed on them. Raises :class:`UserError` when a timing run's output is invalid."""
     import statistics
 
     import torch
@@ -227,8 +229,11 @@ def paired_time_ratio(suite: str, cell: CellResult, reference: CellResult, *, de
     from benchmark.targets import Target
 
     config = cell.config
-    ctx = prepare_context(Target.of(suite, cell.model), config.get("images"), int(config["batch_size"]),
-                          config.get("data_root"), device=torch.device(device), clean={})
+    data_key = (Target.of(suite, cell.model), config.get("images"), int(config["batch_size"]), config.get("data_root"))
+    contexts = {} if contexts is None else contexts
+    if data_key not in contexts:
+        contexts[data_key] = prepare_context(*data_key, device=torch.device(device), clean={})
+    ctx = contexts[data_key]
     batch = ctx.batches[0]
     attacks = {"attack": AttackSpec.parse(cell.attack, **config.get("options", {})).create(),
                "reference": AttackSpec.parse(reference.attack, **reference.config.get("options", {})).create()}
@@ -421,6 +426,7 @@ def check(opts: CheckOptions, *, console=None) -> CheckReport:
     from benchmark.threads import set_threads
 
     set_threads(opts.threads, small_model=load_suite(suite).tiny)  # the paired timing runs in this process
+    contexts: dict[tuple, Any] = {}  # each model loaded once for the timings of every attack
     for name, cells in by_attack.items():
         if name == reference and reference not in attacks:
             continue
@@ -429,7 +435,7 @@ def check(opts: CheckOptions, *, console=None) -> CheckReport:
         if pair is not None:
             console.print(f"timing {name} against {reference} on {pair[0].model} eps {pair[0].eps:g}: "
                           f"{SPEED_ROUNDS} paired rounds", highlight=False, markup=False)
-            timing = paired_time_ratio(suite, *pair, device=opts.device)
+            timing = paired_time_ratio(suite, *pair, device=opts.device, contexts=contexts)
         new["attacks"][name] = _summarise(cells, timing)
     report = CheckReport(attacks=[], baseline=base or {}, new=new)
     if base is not None:
